@@ -1,0 +1,39 @@
+"""Detect likely wrong labels from calibrated out-of-fold probabilities.
+
+Shapes: ``labels`` ``(N,)`` class indices of labelled rows, ``proba`` ``(N, K)``,
+``agreement`` ``(N,)``. Out: an issue mask ``(N,)`` and a quality score ``(N,)`` in [0, 1]
+(low = likely wrong). The detector never sees the model, only its outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+
+def detect_issues(
+    labels: np.ndarray,
+    proba: np.ndarray,
+    agreement: np.ndarray,
+    filter_by: str = "prune_by_noise_rate",
+    confident_threshold: float | None = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flag rows whose given label is likely wrong, and score every row's label quality.
+
+    A row is flagged when cleanlab's ``find_label_issues`` (method ``filter_by``) flags it and
+    the ensemble's most likely class is not the given one. Rows that every ensemble member
+    assigns to another class with calibrated probability at least ``confident_threshold`` are
+    flagged too: cleanlab's per-class thresholds (the mean self-confidence of each class)
+    undercount such rows when a class's noise is one-directional, as measured in
+    ``benchmarks/detection.py``; None turns this off. Quality is cleanlab's self-confidence:
+    the calibrated probability of the given label.
+    """
+    flagged = find_label_issues(labels, proba, filter_by=filter_by, n_jobs=1)
+    predicted = proba.argmax(1)
+    if confident_threshold is not None:
+        confidence = proba[np.arange(len(labels)), predicted]
+        flagged |= (confidence >= confident_threshold) & (agreement >= 1.0)
+    is_issue = flagged & (predicted != labels)
+    quality = get_label_quality_scores(labels, proba, method="self_confidence")
+    quality = np.clip(quality, 0.0, 1.0).astype(np.float32)
+    return is_issue, quality

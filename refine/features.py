@@ -1,0 +1,297 @@
+"""Encode feature columns into one float32 matrix of shape ``(N, D)``.
+
+Each usable column gets an encoder that is fitted on the whole table (no labels are seen, so
+fitting on every row leaks nothing into cross-fitting) and can transform new tables later:
+
+* numeric columns: standardised; missing, NaN and infinite values imputed with the mean,
+  plus a 0/1 indicator column when any are missing;
+* low-cardinality string, boolean and dictionary columns: one-hot, with a bucket for null;
+* ``list<float>`` and ``fixed_size_list<float>`` embedding columns: one feature per dimension,
+  standardised, with an indicator for null rows.
+
+Columns that cannot be encoded are skipped with a reason, which the CLI prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from refine.errors import InputError
+
+
+@dataclass
+class NumericEncoder:
+    name: str
+    mean: float = 0.0
+    std: float = 1.0
+    indicator: bool = False
+
+    kind = "numeric"
+
+    @property
+    def width(self) -> int:
+        return 1 + int(self.indicator)
+
+    def fit(self, column: pa.ChunkedArray) -> NumericEncoder:
+        values = _as_float(column)
+        finite = np.isfinite(values)
+        self.indicator = not finite.all()
+        if finite.any():
+            self.mean = float(values[finite].mean())
+            self.std = float(values[finite].std()) or 1.0
+        return self
+
+    def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
+        values = _as_float(column)
+        finite = np.isfinite(values)
+        out[:, 0] = np.where(finite, (values - self.mean) / self.std, 0.0)
+        if self.indicator:
+            out[:, 1] = ~finite
+
+    def describe(self) -> dict[str, Any]:
+        return {"column": self.name, "kind": self.kind, "mean": self.mean, "std": self.std,
+                "indicator": self.indicator}
+
+
+@dataclass
+class OneHotEncoder:
+    name: str
+    categories: list = field(default_factory=list)
+    null_bucket: bool = False
+
+    kind = "one-hot"
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + int(self.null_bucket)
+
+    def fit(self, column: pa.ChunkedArray) -> OneHotEncoder:
+        column = _decode(column)
+        values = pc.unique(column).drop_null()
+        self.categories = values.take(pc.sort_indices(values)).to_pylist()
+        self.null_bucket = column.null_count > 0
+        return self
+
+    def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
+        column = _decode(column)
+        codes = pc.index_in(column, value_set=pa.array(self.categories, type=column.type))
+        # Unseen values and nulls share the null bucket (or encode as all zeros without one).
+        codes = pc.fill_null(codes, len(self.categories)).to_numpy(zero_copy_only=False)
+        rows = np.arange(len(codes))
+        keep = codes < out.shape[1]
+        out[rows[keep], codes[keep]] = 1.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"column": self.name, "kind": self.kind, "categories": self.categories,
+                "null_bucket": self.null_bucket}
+
+
+@dataclass
+class EmbeddingEncoder:
+    name: str
+    dim: int = 0
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    indicator: bool = False
+
+    kind = "embedding"
+
+    @property
+    def width(self) -> int:
+        return self.dim + int(self.indicator)
+
+    def fit(self, column: pa.ChunkedArray) -> EmbeddingEncoder:
+        lengths = pc.list_value_length(column).drop_null()
+        if len(lengths) == 0:
+            raise _Skip("all values are null")
+        dims = pc.unique(lengths).to_pylist()
+        if len(dims) != 1:
+            raise _Skip(f"list lengths differ between rows ({sorted(dims)[:5]}); "
+                        "embedding columns need one length")
+        self.dim = int(dims[0])
+        if self.dim == 0:
+            raise _Skip("every list is empty")
+        values, valid = self._matrix(column)
+        self.indicator = not valid.all()
+        present = values[valid]
+        self.mean = np.nanmean(present, axis=0).astype(np.float32)
+        self.mean = np.nan_to_num(self.mean)
+        std = np.nanstd(present, axis=0).astype(np.float32)
+        self.std = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
+        return self
+
+    def _matrix(self, column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(column)
+        valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+        lengths = pc.fill_null(pc.list_value_length(column), self.dim).to_numpy(zero_copy_only=False)
+        if (lengths != self.dim).any():
+            row = int(np.argmax(lengths != self.dim))
+            raise InputError(
+                f"embedding column {self.name!r} has a list of length {lengths[row]} at row {row}; "
+                f"expected {self.dim} like the others"
+            )
+        flat = pc.list_flatten(column)
+        if flat.type != pa.float32():
+            flat = flat.cast(pa.float32())
+        flat_np = flat.to_numpy(zero_copy_only=False)
+        if valid.all():
+            return flat_np.reshape(n, self.dim), valid
+        values = np.full((n, self.dim), np.nan, dtype=np.float32)
+        values[valid] = flat_np.reshape(-1, self.dim)
+        return values, valid
+
+    def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
+        values, valid = self._matrix(column)
+        block = out[:, : self.dim]
+        np.subtract(values, self.mean, out=block)
+        block /= self.std
+        block[~np.isfinite(block)] = 0.0
+        if self.indicator:
+            out[:, self.dim] = ~valid
+
+    def describe(self) -> dict[str, Any]:
+        return {"column": self.name, "kind": self.kind, "dim": self.dim,
+                "indicator": self.indicator}
+
+
+Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder
+
+
+class _Skip(Exception):
+    """A column cannot be used as a feature; the message says why."""
+
+
+@dataclass
+class FeatureEncoder:
+    """The fitted encoders of a table's feature columns, in column order."""
+
+    encoders: list[Encoder]
+    skipped: dict[str, str]
+
+    @property
+    def width(self) -> int:
+        return sum(e.width for e in self.encoders)
+
+    @property
+    def columns(self) -> list[str]:
+        return [e.name for e in self.encoders]
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        """Encode ``table`` into a float32 matrix of shape ``(N, width)``."""
+        out = np.zeros((table.num_rows, self.width), dtype=np.float32)
+        start = 0
+        for encoder in self.encoders:
+            encoder.transform(table.column(encoder.name), out[:, start : start + encoder.width])
+            start += encoder.width
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "columns": [e.describe() for e in self.encoders],
+            "skipped": self.skipped,
+        }
+
+
+def fit_features(
+    table: pa.Table,
+    label: str,
+    features: tuple[str, ...] | None = None,
+    ignore: tuple[str, ...] = (),
+    max_categories: int = 64,
+) -> FeatureEncoder:
+    """Choose and fit an encoder for each feature column.
+
+    With ``features`` given, each named column must be usable, or an ``InputError`` says why.
+    Otherwise every column but the label and ``ignore`` is tried, and unusable ones are skipped.
+    """
+    check_named_columns(table, features, ignore)
+    names = table.column_names
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    explicit = features is not None
+    candidates = list(features) if explicit else [n for n in names if n != label and n not in ignore]
+    encoders: list[Encoder] = []
+    skipped: dict[str, str] = {}
+    for name in candidates:
+        if name in duplicated:
+            reason = f"{names.count(name)} columns share this name"
+        else:
+            try:
+                encoders.append(_fit_column(name, table.column(name), max_categories))
+                continue
+            except _Skip as why:
+                reason = str(why)
+        if explicit:
+            raise InputError(f"--features column {name!r} cannot be used: {reason}")
+        skipped[name] = reason
+    if not encoders:
+        detail = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
+        raise InputError(
+            f"no usable feature column ({detail}). refine needs numeric, low-cardinality "
+            "categorical or list<float> embedding columns besides the label"
+        )
+    return FeatureEncoder(encoders=encoders, skipped=skipped)
+
+
+def check_named_columns(table: pa.Table, features: tuple[str, ...] | None, ignore: tuple[str, ...]) -> None:
+    """Every column named by ``--features`` or ``--ignore`` must exist."""
+    names = table.column_names
+    for option, chosen in (("--features", features or ()), ("--ignore", ignore)):
+        missing = [c for c in chosen if c not in names]
+        if missing:
+            raise InputError(
+                f"{option} names column {missing[0]!r}, which the input does not have; "
+                f"its columns are: {', '.join(repr(n) for n in names[:30])}"
+            )
+
+
+def _fit_column(name: str, column: pa.ChunkedArray, max_categories: int) -> Encoder:
+    kind = column.type
+    if name.startswith("__index_level_"):
+        raise _Skip("pandas index column")
+    if column.null_count == len(column):
+        raise _Skip("all values are null")
+    value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if pa.types.is_boolean(value_kind) or pa.types.is_string(value_kind) or pa.types.is_large_string(
+        value_kind
+    ) or pa.types.is_dictionary(kind):
+        distinct = len(pc.unique(_decode(column)).drop_null())
+        if distinct < 2 and column.null_count == 0:
+            raise _Skip("constant (one distinct value)")
+        if distinct > max_categories:
+            raise _Skip(
+                f"{distinct} distinct values, more than --max-categories {max_categories} "
+                "(free text is not encoded yet; raise --max-categories if it is a category)"
+            )
+        return OneHotEncoder(name).fit(column)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        encoder = NumericEncoder(name).fit(column)
+        if encoder.std == 1.0 and not encoder.indicator and _is_constant(column):
+            raise _Skip("constant (one distinct value)")
+        return encoder
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        inner = kind.value_type
+        if not (pa.types.is_floating(inner) or pa.types.is_integer(inner)):
+            raise _Skip(f"list of {inner}, not of numbers")
+        return EmbeddingEncoder(name).fit(column)
+    raise _Skip(f"type {kind} is not a feature type refine encodes")
+
+
+def _decode(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
+
+
+def _as_float(column: pa.ChunkedArray) -> np.ndarray:
+    values = pc.cast(column, pa.float64(), safe=False)
+    return pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)
+
+
+def _is_constant(column: pa.ChunkedArray) -> bool:
+    return len(pc.unique(column).drop_null()) <= 1

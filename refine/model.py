@@ -1,0 +1,242 @@
+"""The teacher: a PyTorch MLP behind a scikit-learn style estimator.
+
+``MLPClassifier(...).fit(X, y, sample_weight)`` trains on hard labels ``(N,)`` or soft targets
+``(N, K)``; ``predict_proba(X)`` returns ``(N, K)`` probabilities whose columns follow
+``classes_`` (``0..K-1``). Weights are created inside ``fit``, so ``sklearn.base.clone`` works.
+
+Noisy labels are memorised by an MLP trained long enough, so the defaults lean on what holds
+that off: weight decay, dropout, early stopping on a held-out split (validation loss against
+noisy labels still bottoms out where the model generalises best), and averaging the
+predictions of the few best epochs' weights (``snapshots``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from torch import nn
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from refine.errors import ConfigError
+
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device(device)
+
+
+def build_network(n_features: int, n_classes: int, hidden: tuple[int, ...], dropout: float) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = n_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
+        width = size
+    layers.append(nn.Linear(width, n_classes))
+    return nn.Sequential(*layers)
+
+
+def auto_batch_size(n_rows: int) -> int:
+    """Small batches for small data (more steps), large ones for throughput on large data."""
+    return int(min(4096, max(64, 2 ** round(math.log2(max(n_rows, 1) / 200)))))
+
+
+class MLPClassifier(ClassifierMixin, BaseEstimator):
+    """A multilayer perceptron classifier trained with AdamW and early stopping.
+
+    Parameters
+    ----------
+    n_classes : int or None
+        Number of classes K; inferred from ``y`` when None.
+    hidden : tuple of int
+        Widths of the hidden layers.
+    dropout, lr, weight_decay : float
+        Regularisation and AdamW settings.
+    batch_size : int
+        Rows per step; 0 chooses from the number of rows (64 to 4096).
+    max_epochs : int
+        Most passes over the data.
+    max_rows_seen : int
+        Most rows seen in all (epochs x rows); bounds the cost on large data.
+    patience : int
+        Epochs without a better validation loss before stopping.
+    val_fraction : float
+        Share of rows held out for early stopping.
+    snapshots : int
+        Number of best epochs whose weights are kept; their predictions are averaged.
+    device : {"auto", "cpu", "cuda"}
+    random_state : int
+        Seeds the initial weights, the validation split, the batch order and dropout.
+    """
+
+    def __init__(
+        self,
+        n_classes: int | None = None,
+        hidden: tuple[int, ...] = (256, 256),
+        dropout: float = 0.2,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 0,
+        max_epochs: int = 60,
+        max_rows_seen: int = 4_000_000,
+        patience: int = 6,
+        val_fraction: float = 0.1,
+        snapshots: int = 3,
+        device: str = "auto",
+        random_state: int = 0,
+    ):
+        self.n_classes = n_classes
+        self.hidden = hidden
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.max_rows_seen = max_rows_seen
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.snapshots = snapshots
+        self.device = device
+        self.random_state = random_state
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        on_epoch: Callable[[int, int], None] | None = None,
+    ) -> MLPClassifier:
+        """Train on ``X`` ``(N, D)`` float32 and ``y``: class indices ``(N,)`` or soft targets ``(N, K)``.
+
+        ``on_epoch(epoch, max_epochs)`` is called after each epoch (for progress bars).
+        """
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        targets = self._targets(y)
+        n, k = targets.shape
+        weight = np.ones(n, np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+        self.classes_ = np.arange(k)
+        self.n_features_in_ = X.shape[1]
+        device = resolve_device(self.device)
+        self.device_ = str(device)
+        rng = np.random.default_rng(self.random_state)
+
+        # Hold out a validation split, stratified by the target's most likely class.
+        val = _stratified_holdout(targets.argmax(1), self.val_fraction, rng) if n >= 20 else np.zeros(n, bool)
+        train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        batch = self.batch_size or auto_batch_size(len(train_idx))
+        epochs = max(1, min(self.max_epochs, math.ceil(self.max_rows_seen / max(len(train_idx), 1))))
+
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.random_state)
+            net = build_network(X.shape[1], k, tuple(self.hidden), self.dropout).to(device)
+            optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimiser, T_max=epochs * math.ceil(len(train_idx) / batch)
+            )
+            Xd = torch.from_numpy(X).to(device)
+            Td = torch.from_numpy(targets).to(device)
+            Wd = torch.from_numpy(weight).to(device)
+            tr = torch.from_numpy(train_idx).to(device)
+            va = torch.from_numpy(val_idx).to(device)
+            generator = torch.Generator(device="cpu").manual_seed(self.random_state)
+
+            kept: list[tuple[float, int, dict]] = []  # (val loss, epoch, weights), best first
+            best, since_best = math.inf, 0
+            self.history_ = []
+            for epoch in range(epochs):
+                net.train()
+                order = tr[torch.randperm(len(tr), generator=generator).to(device)]
+                for start in range(0, len(order), batch):
+                    idx = order[start : start + batch]
+                    loss = _weighted_ce(net(Xd[idx]), Td[idx], Wd[idx])
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    schedule.step()
+                val_loss = self._val_loss(net, Xd, Td, Wd, va) if len(va) else -epoch
+                self.history_.append(float(val_loss))
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, epochs)
+                state = {name: t.detach().clone() for name, t in net.state_dict().items()}
+                kept = sorted([*kept, (val_loss, epoch, state)], key=lambda s: s[0])[: self.snapshots]
+                if val_loss < best - 1e-4:
+                    best, since_best = val_loss, 0
+                else:
+                    since_best += 1
+                    if since_best >= self.patience:
+                        break
+        self.epochs_ = len(self.history_)
+        self.snapshot_epochs_ = [e for _, e, _ in kept]
+        self.states_ = [s for _, _, s in kept]
+        self.network_ = net.eval()
+        return self
+
+    @torch.no_grad()
+    def predict_member_proba(self, X: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Probabilities of each kept snapshot: ``(S, N, K)``."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        device = next(self.network_.parameters()).device
+        net = copy.deepcopy(self.network_)
+        out = np.empty((len(self.states_), len(X), len(self.classes_)), np.float32)
+        for s, state in enumerate(self.states_):
+            net.load_state_dict(state)
+            net.eval()
+            for start in range(0, len(X), batch_size):
+                xb = torch.from_numpy(X[start : start + batch_size]).to(device)
+                out[s, start : start + len(xb)] = torch.softmax(net(xb), dim=1).cpu().numpy()
+        return out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Mean probabilities of the kept snapshots: ``(N, K)``, rows sum to 1."""
+        return self.predict_member_proba(X).mean(axis=0)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y)
+        if y.ndim == 2:
+            return np.ascontiguousarray(y, dtype=np.float32)
+        k = self.n_classes or int(y.max()) + 1
+        onehot = np.zeros((len(y), k), np.float32)
+        onehot[np.arange(len(y)), y.astype(np.int64)] = 1.0
+        return onehot
+
+    @torch.no_grad()
+    def _val_loss(self, net, Xd, Td, Wd, va, batch_size: int = 65536) -> float:
+        net.eval()
+        total, weight = 0.0, 0.0
+        for start in range(0, len(va), batch_size):
+            idx = va[start : start + batch_size]
+            w = Wd[idx]
+            losses = -(Td[idx] * torch.log_softmax(net(Xd[idx]), dim=1)).sum(1)
+            total += float((losses * w).sum())
+            weight += float(w.sum())
+        return total / max(weight, 1e-12)
+
+
+def _weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    losses = -(targets * torch.log_softmax(logits, dim=1)).sum(1)
+    return (losses * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def _stratified_holdout(classes: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A mask holding out ``fraction`` of each class (at least one row of classes with 2+ rows)."""
+    n = len(classes)
+    perm = rng.permutation(n)
+    order = perm[np.argsort(classes[perm], kind="stable")]  # grouped by class, shuffled within
+    grouped = classes[order]
+    rank = np.arange(n) - np.searchsorted(grouped, grouped, side="left")
+    counts = np.bincount(classes)
+    take = np.where(counts >= 2, np.maximum(1, np.round(fraction * counts)), 0)
+    mask = np.zeros(n, bool)
+    mask[order[rank < take[grouped]]] = True
+    return mask

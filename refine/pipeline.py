@@ -1,0 +1,335 @@
+"""The pipeline, in order: read, encode, then rounds of cross-fit, calibrate, detect, refine;
+then write. This is the one place that knows the order of the stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from refine import __version__
+from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from refine.config import ModelConfig, RunConfig
+from refine.crossfit import CrossFit, cross_fit, make_folds
+from refine.detect import detect_issues
+from refine.errors import InputError
+from refine.features import FeatureEncoder, check_named_columns, fit_features
+from refine.model import resolve_device
+from refine.progress import NULL_PROGRESS, Progress
+from refine.read import LabelledTable, check_no_clashes, encode_labels, read_table
+from refine.relabel import CORRECTED, EXCLUDED, GIVEN, Decisions, decide, teacher_is_reliable
+from refine.write import (
+    ROUNDS_SCHEMA,
+    atomic_directory,
+    check_output,
+    refined_table,
+    write_json,
+    write_parquet,
+)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the tables written to disk, the run's summary (``run.json``), and the
+    last round's calibrated probabilities ``proba`` ``(N, K)`` (out-of-fold for labelled rows)
+    and ensemble ``agreement`` ``(N,)``."""
+
+    refined: pa.Table
+    rounds: pa.Table
+    summary: dict[str, Any]
+    proba: np.ndarray
+    agreement: np.ndarray
+    out: Path | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> pa.Table:
+        return self.refined.filter(self.refined.column("is_label_issue"))
+
+
+def run(
+    data: str | Path | pa.Table,
+    out: str | Path | None = None,
+    *,
+    config: RunConfig | None = None,
+    overwrite: bool = False,
+    progress: Progress = NULL_PROGRESS,
+    **options: Any,
+) -> RunResult:
+    """Find and fix wrong labels in ``data``; write the run to ``out`` when given.
+
+    Parameters
+    ----------
+    data : path or pyarrow.Table
+        A Parquet file, a directory of Parquet files, or an Arrow table.
+    out : path, optional
+        The run directory to write (``refined.parquet``, ``rounds.parquet``, ``run.json``,
+        ``model.pt``). Written atomically; an existing one is replaced only with ``overwrite``.
+    config : RunConfig, optional
+        The full configuration; ``options`` override its fields (``label="y", rounds=2``), and
+        fields of ``ModelConfig`` may be given the same way (``max_epochs=20``).
+    progress : Progress
+        Receives progress updates (the CLI passes rich progress bars).
+
+    Returns
+    -------
+    RunResult
+    """
+    config = _with_options(config or RunConfig(), options)
+    config.validate()
+    if out is not None:
+        check_output(Path(out), overwrite)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    table = data if isinstance(data, pa.Table) else read_table(data)
+    if out is not None and not isinstance(data, pa.Table):
+        _check_input_outside(Path(data), Path(out))
+    check_no_clashes(table)
+    check_named_columns(table, config.features, config.ignore)
+    labelled_table = encode_labels(table, config.label, config.folds)
+    timings["read"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    encoder = fit_features(table, config.label, config.features, config.ignore, config.max_categories)
+    X = encoder.transform(table)
+    for column, reason in encoder.skipped.items():
+        progress.note(f"skipped column {column!r}: {reason}")
+    timings["encode"] = time.perf_counter() - started
+
+    state = _refine_rounds(labelled_table, X, config, progress, timings)
+
+    metadata = {
+        "refine.classes": labelled_table.class_values(),
+        "refine.run": {"version": __version__, "config": config.to_dict(), "seed": config.seed},
+    }
+    refined = refined_table(
+        labelled_table, state.decisions, state.proba, state.is_issue, state.quality, metadata
+    )
+    rounds = pa.Table.from_pylist(state.rounds, schema=ROUNDS_SCHEMA)
+    summary = _summary(labelled_table, encoder, config, state, timings, data)
+    result = RunResult(refined=refined, rounds=rounds, summary=summary, proba=state.proba,
+                       agreement=state.crossfit.agreement, skipped=encoder.skipped)
+    if out is not None:
+        started = time.perf_counter()
+        with atomic_directory(Path(out), overwrite) as tmp:
+            write_parquet(refined, tmp / "refined.parquet")
+            write_parquet(rounds, tmp / "rounds.parquet")
+            _save_model(tmp / "model.pt", state.crossfit, encoder, labelled_table, config)
+            timings["write"] = time.perf_counter() - started
+            write_json(summary, tmp / "run.json")
+        result.out = Path(out)
+    return result
+
+
+@dataclass
+class _State:
+    decisions: Decisions
+    proba: np.ndarray
+    is_issue: np.ndarray
+    quality: np.ndarray
+    crossfit: CrossFit
+    rounds: list[dict[str, Any]]
+    ece_before: float
+    ece_after: float
+    temperature: float
+    reliable: bool
+    device: str
+
+
+def _refine_rounds(
+    data: LabelledTable, X: np.ndarray, config: RunConfig, progress: Progress, timings: dict[str, float]
+) -> _State:
+    labels = data.labels
+    labelled = labels >= 0
+    k = data.n_classes
+    folds = make_folds(labels, config.folds, config.seed)
+    device = str(resolve_device(config.model.device))
+
+    targets = np.zeros((len(labels), k), np.float32)
+    targets[np.flatnonzero(labelled), labels[labelled]] = 1.0
+    weights = labelled.astype(np.float32)
+    previous = labels.copy()
+    rounds: list[dict[str, Any]] = []
+    for key in ("train", "predict", "calibrate", "detect", "refine"):
+        timings.setdefault(key, 0.0)
+
+    round_task = progress.start("rounds", "rounds", total=config.rounds)
+    for round_index in range(1, config.rounds + 1):
+        round_started = time.perf_counter()
+        fitted = cross_fit(X, targets, weights, folds, config.model, config.seeds, config.seed, progress)
+        timings["train"] += fitted.train_seconds
+        timings["predict"] += fitted.predict_seconds
+
+        started = time.perf_counter()
+        given = labels[labelled]
+        temperature = fit_temperature(fitted.proba[labelled], given)
+        proba = apply_temperature(fitted.proba, temperature)
+        ece_before = expected_calibration_error(fitted.proba[labelled], given)
+        ece_after = expected_calibration_error(proba[labelled], given)
+        timings["calibrate"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        is_issue = np.zeros(len(labels), bool)
+        quality = np.ones(len(labels), np.float32)
+        is_issue[labelled], quality[labelled] = detect_issues(
+            given, proba[labelled], fitted.agreement[labelled], config.filter_by,
+            config.relabel_threshold if config.flag_confident else None,
+        )
+        timings["detect"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        reliable = teacher_is_reliable(given, proba[labelled])
+        decisions = decide(
+            labels, proba, is_issue, quality, fitted.agreement,
+            config.relabel_threshold, config.exclude_threshold, config.soft_mix, reliable,
+        )
+        changed = int((decisions.refined != previous).sum())
+        timings["refine"] += time.perf_counter() - started
+        rounds.append(
+            {
+                "round": round_index,
+                "flagged": int(is_issue.sum()),
+                "corrected": decisions.count(CORRECTED),
+                "excluded": decisions.count(EXCLUDED),
+                "changed": changed,
+                "oof_accuracy": float((proba[labelled].argmax(1) == given).mean()),
+                "ece_before": ece_before,
+                "ece_after": ece_after,
+                "temperature": temperature,
+                "reliable": reliable,
+                "seconds": time.perf_counter() - round_started,
+            }
+        )
+        progress.advance(round_task)
+        previous = decisions.refined
+        targets, weights = decisions.soft, decisions.weight
+        if changed < config.min_changes:
+            break
+    progress.finish(round_task)
+    return _State(decisions, proba, is_issue, quality, fitted, rounds, ece_before, ece_after,
+                  temperature, reliable, device)
+
+
+def _summary(
+    data: LabelledTable,
+    encoder: FeatureEncoder,
+    config: RunConfig,
+    state: _State,
+    timings: dict[str, float],
+    source: Any,
+) -> dict[str, Any]:
+    labels = data.labels
+    classes = data.class_values()
+    d = state.decisions
+    issues = np.flatnonzero(state.is_issue)
+    predicted = state.proba.argmax(1)
+    confusions = Counter(zip(labels[issues].tolist(), predicted[issues].tolist()))
+    return {
+        "refine_version": __version__,
+        "input": str(source) if not isinstance(source, pa.Table) else "<arrow table>",
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "device": state.device,
+        "versions": _versions(),
+        "classes": classes,
+        "rows": int(len(labels)),
+        "labelled": int((labels >= 0).sum()),
+        "unlabelled": int((labels < 0).sum()),
+        "flagged": int(state.is_issue.sum()),
+        "corrected": d.count(CORRECTED),
+        "excluded": d.count(EXCLUDED),
+        "down_weighted": int(((d.source == GIVEN) & (d.weight < 1)).sum()),
+        "rounds_run": len(state.rounds),
+        "teacher_reliable": state.reliable,
+        "calibration": {
+            "temperature": state.temperature,
+            "ece_before": state.ece_before,
+            "ece_after": state.ece_after,
+        },
+        "top_confusions": [
+            {"given": classes[g], "predicted": classes[p], "rows": n}
+            for (g, p), n in confusions.most_common(10)
+        ],
+        "features": encoder.describe(),
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "epochs_per_fit": state.crossfit.epochs,
+        "rounds": state.rounds,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import cleanlab
+    import duckdb
+    import pandas
+    import sklearn
+
+    return {
+        "refine": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "pandas": pandas.__version__,
+        "scikit-learn": sklearn.__version__,
+        "cleanlab": cleanlab.__version__,
+        "duckdb": duckdb.__version__,
+    }
+
+
+def _save_model(path: Path, fitted: CrossFit, encoder: FeatureEncoder, data: LabelledTable,
+                config: RunConfig) -> None:
+    """The last round's fold ensembles: plain tensors and JSON-able values only, so the file
+    loads with ``torch.load(path, weights_only=True)``."""
+    members = [
+        {"fold": fold, "seed": m.random_state, "states": m.states_}
+        for fold, fold_models in enumerate(fitted.models)
+        for m in fold_models
+    ]
+    torch.save(
+        {
+            "format": "refine.mlp-ensemble/1",
+            "classes": data.class_values(),
+            "n_features": encoder.width,
+            "hidden": list(config.model.hidden),
+            "dropout": config.model.dropout,
+            "features": encoder.describe(),
+            "members": members,
+        },
+        path,
+    )
+
+
+def _with_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(options) - model_fields - run_fields)
+    if unknown:
+        raise TypeError(f"run() got unknown options: {', '.join(unknown)}")
+    model_options = {k: v for k, v in options.items() if k in model_fields and k not in run_fields}
+    run_options = {k: v for k, v in options.items() if k in run_fields}
+    for key in ("features", "ignore"):
+        if isinstance(run_options.get(key), list):
+            run_options[key] = tuple(run_options[key])
+    model = dataclasses.replace(config.model, **model_options)
+    return dataclasses.replace(config, model=model, **run_options)
+
+
+def _check_input_outside(source: Path, out: Path) -> None:
+    source, out = source.resolve(), out.resolve()
+    if source == out or out in source.parents:
+        raise InputError(
+            f"input {str(source)!r} lies inside the output directory {str(out)!r}; "
+            "choose an --out outside the input"
+        )

@@ -1,0 +1,142 @@
+"""Read the input: a Parquet file or a directory of Parquet files, and its label column.
+
+The input Arrow table is kept exactly as read; refine only ever appends columns to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from refine.errors import InputError
+
+# Columns refine appends to the input; an input column of the same name would be ambiguous.
+OUTPUT_COLUMNS = (
+    "label_refined",
+    "label_soft",
+    "label_quality",
+    "is_label_issue",
+    "label_predicted",
+    "label_source",
+    "sample_weight",
+)
+
+
+@dataclass(frozen=True)
+class LabelledTable:
+    """The input table and its labels encoded as class indices.
+
+    ``labels`` has shape ``(N,)``: the index into ``classes`` of each row's given label, or -1
+    where the label is null (an unlabelled row). ``classes`` holds the distinct label values in
+    sorted order, with the label column's value type.
+    """
+
+    table: pa.Table
+    label: str
+    labels: np.ndarray
+    classes: pa.Array
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self.labels >= 0
+
+    def class_values(self) -> list:
+        """Class values as plain Python objects, for JSON."""
+        return self.classes.to_pylist()
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """Read a Parquet file, or every Parquet file under a directory (hive partitions allowed)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input {str(path)!r} does not exist; pass a Parquet file or a directory")
+    try:
+        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        if path.is_dir() and not dataset.files:
+            raise InputError(
+                f"input directory {str(path)!r} holds no Parquet files; "
+                "pass a .parquet file or a directory of them"
+            )
+        return dataset.to_table()
+    except InputError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise InputError(
+            f"cannot read {str(path)!r} as Parquet: {exc}. "
+            "Check that the file is a complete Parquet file (not CSV, not truncated)"
+        ) from None
+
+
+def check_no_clashes(table: pa.Table) -> None:
+    clashes = [name for name in table.column_names if name in OUTPUT_COLUMNS]
+    if clashes:
+        raise InputError(
+            f"input column {clashes[0]!r} has the name of a column refine writes "
+            f"({', '.join(OUTPUT_COLUMNS)}); rename or drop it before running refine"
+        )
+
+
+def encode_labels(table: pa.Table, label: str, folds: int) -> LabelledTable:
+    """Check the label column and turn it into class indices (see ``LabelledTable``)."""
+    names = table.column_names
+    if label not in names:
+        shown = ", ".join(repr(n) for n in names[:30]) + (" ..." if len(names) > 30 else "")
+        raise InputError(
+            f"input has no label column {label!r}; its columns are: {shown}. "
+            "Name the label column with --label"
+        )
+    if names.count(label) > 1:
+        raise InputError(f"input has {names.count(label)} columns named {label!r}; rename all but one")
+    column = table.column(label)
+    value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (
+        pa.types.is_integer(value_type)
+        or pa.types.is_string(value_type)
+        or pa.types.is_large_string(value_type)
+        or pa.types.is_boolean(value_type)
+    ):
+        hint = (
+            "; if the values are whole numbers, cast the column to an integer type"
+            if pa.types.is_floating(value_type) or pa.types.is_decimal(value_type)
+            else ""
+        )
+        raise InputError(
+            f"label column {label!r} has type {column.type}; refine needs class labels of "
+            f"integer, string or boolean type{hint}"
+        )
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(value_type)
+    classes = pc.unique(column).drop_null()
+    classes = classes.take(pc.sort_indices(classes))
+    if len(classes) < 2:
+        found = f"only {classes.to_pylist()!r}" if len(classes) else "only nulls"
+        raise InputError(
+            f"label column {label!r} has fewer than 2 classes ({found}); "
+            "refine needs at least two classes to tell labels apart"
+        )
+    codes = pc.index_in(column, value_set=classes)
+    labels = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = np.bincount(labels[labels >= 0], minlength=len(classes))
+    if counts.min() < folds:
+        small = int(np.argmin(counts))
+        value = classes[small].as_py()
+        raise InputError(
+            f"class {json.dumps(value)} of label column {label!r} has {counts[small]} labelled "
+            f"row{'s' if counts[small] != 1 else ''}, fewer than the {folds} folds; "
+            f"use --folds {max(2, int(counts[small]))} or fewer, or drop or merge that class"
+            if counts[small] >= 2
+            else f"class {json.dumps(value)} of label column {label!r} has {counts[small]} labelled "
+            f"row, fewer than the {folds} folds; drop or merge that class "
+            "(cross-fitting needs at least 2 rows per class)"
+        )
+    return LabelledTable(table=table, label=label, labels=labels, classes=classes)

@@ -1,0 +1,96 @@
+"""Decide, per row, what to train on next: keep, correct, down-weight or exclude the label.
+
+Inputs are the stage shapes: ``labels`` ``(N,)`` (-1 = unlabelled), calibrated ``proba``
+``(N, K)``, ``is_issue`` / ``quality`` / ``agreement`` ``(N,)``. Out: a ``Decisions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SOURCES = ("given", "corrected", "pseudo", "excluded", "unlabelled")
+GIVEN, CORRECTED, PSEUDO, EXCLUDED, UNLABELLED = range(len(SOURCES))
+
+
+@dataclass
+class Decisions:
+    """``refined`` ``(N,)`` class index to train on (-1 = none), ``source`` ``(N,)`` index into
+    ``SOURCES``, ``weight`` ``(N,)`` sample weight, ``soft`` ``(N, K)`` soft training target."""
+
+    refined: np.ndarray
+    source: np.ndarray
+    weight: np.ndarray
+    soft: np.ndarray
+
+    def count(self, source: int) -> int:
+        return int((self.source == source).sum())
+
+
+def teacher_is_reliable(labels: np.ndarray, proba: np.ndarray, min_kappa: float = 0.2) -> bool:
+    """Whether the out-of-fold predictions agree with the given labels well beyond chance.
+
+    Cohen's kappa between predicted and given classes: near 0 for a model that learned
+    nothing (random features, far too little data), about 0.5 for a good model under 40%
+    symmetric noise. Below ``min_kappa`` refine keeps every label rather than flip any.
+    """
+    k = proba.shape[1]
+    predicted = proba.argmax(1)
+    observed = float((predicted == labels).mean())
+    expected = float(
+        (np.bincount(labels, minlength=k) / len(labels)) @ (np.bincount(predicted, minlength=k) / len(labels))
+    )
+    kappa = (observed - expected) / (1.0 - expected) if expected < 1 else 0.0
+    return kappa >= min_kappa
+
+
+def decide(
+    labels: np.ndarray,
+    proba: np.ndarray,
+    is_issue: np.ndarray,
+    quality: np.ndarray,
+    agreement: np.ndarray,
+    relabel_threshold: float,
+    exclude_threshold: float,
+    soft_mix: float,
+    reliable: bool,
+) -> Decisions:
+    """Apply the rules, for labelled rows (``labels >= 0``):
+
+    * not flagged: keep the given label, weight 1;
+    * flagged, and the calibrated confidence in the predicted class reaches
+      ``relabel_threshold`` with every ensemble member agreeing: correct it to that class;
+    * flagged, not correctable, quality below ``exclude_threshold``: exclude (weight 0);
+    * otherwise flagged: keep the label with weight = its quality (the probability it is right).
+
+    With an unreliable teacher every label is kept with weight 1. Unlabelled rows get no
+    label and weight 0. The soft target mixes the refined label's one-hot with the calibrated
+    prediction: ``(1 - soft_mix) * onehot + soft_mix * proba``; rows without a label get ``proba``.
+    """
+    n, k = proba.shape
+    labelled = labels >= 0
+    predicted = proba.argmax(1)
+    confidence = proba[np.arange(n), predicted]
+
+    refined = labels.copy()
+    source = np.where(labelled, GIVEN, UNLABELLED).astype(np.int8)
+    weight = labelled.astype(np.float32)
+    if reliable:
+        flagged = labelled & is_issue
+        correct = flagged & (confidence >= relabel_threshold) & (agreement >= 1.0) & (predicted != labels)
+        exclude = flagged & ~correct & (quality < exclude_threshold)
+        down = flagged & ~correct & ~exclude
+        refined[correct] = predicted[correct]
+        source[correct] = CORRECTED
+        refined[exclude] = -1
+        source[exclude] = EXCLUDED
+        weight[exclude] = 0.0
+        weight[down] = quality[down]
+
+    soft = proba.astype(np.float32, copy=True)
+    has_label = refined >= 0
+    onehot = np.zeros((int(has_label.sum()), k), np.float32)
+    onehot[np.arange(len(onehot)), refined[has_label]] = 1.0
+    soft[has_label] = (1.0 - soft_mix) * onehot + soft_mix * soft[has_label]
+    return Decisions(refined=refined, source=source, weight=weight, soft=soft)

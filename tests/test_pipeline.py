@@ -1,0 +1,176 @@
+"""The output contract, known answers and determinism of ``refine.run``."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import refine
+from refine.noise import flip_with_matrix
+from refine.write import ROUNDS_SCHEMA
+from tests.conftest import FAST, blobs, noisy_table
+
+NEW_COLUMNS = [
+    ("label_refined", pa.int64()),
+    ("label_soft", pa.list_(pa.float32())),
+    ("label_quality", pa.float32()),
+    ("is_label_issue", pa.bool_()),
+    ("label_predicted", pa.int64()),
+    ("label_source", pa.string()),
+    ("sample_weight", pa.float32()),
+]
+
+
+def test_refined_parquet_keeps_every_input_row_and_column(finished_run, noisy_parquet):
+    _, out = finished_run
+    source = pq.read_table(noisy_parquet)
+    refined = pq.read_table(out / "refined.parquet")
+    assert refined.column_names == source.column_names + [name for name, _ in NEW_COLUMNS]
+    assert [refined.schema.field(n).type for n, _ in NEW_COLUMNS] == [t for _, t in NEW_COLUMNS]
+    # Input columns equal to the input, row by row, in order: checked by DuckDB.
+    con = duckdb.connect()
+    cols = ", ".join(f'"{c}"' for c in source.column_names)
+    differing = con.execute(
+        f"""SELECT count(*) FROM (
+              SELECT row_number() OVER () AS r, {cols} FROM read_parquet('{noisy_parquet}')) a
+            FULL JOIN (
+              SELECT row_number() OVER () AS r, {cols} FROM read_parquet('{out / "refined.parquet"}')) b
+            USING (r)
+            WHERE a.r IS NULL OR b.r IS NULL OR {" OR ".join(f'a."{c}" IS DISTINCT FROM b."{c}"' for c in source.column_names)}"""
+    ).fetchone()[0]
+    assert differing == 0
+    assert refined.select(source.column_names).equals(source)
+
+
+def test_output_columns_hold_consistent_values(finished_run):
+    result, out = finished_run
+    t = pq.read_table(out / "refined.parquet").to_pandas()
+    classes = json.loads(pq.read_schema(out / "refined.parquet").metadata[b"refine.classes"])
+    assert classes == [0, 1, 2]
+    soft = np.stack(t["label_soft"].to_numpy())
+    assert soft.shape == (len(t), 3)
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+    assert t["label_quality"].between(0, 1).all()
+    assert (t["sample_weight"] >= 0).all()
+    assert set(t["label_source"]) <= {"given", "corrected", "excluded"}
+    given = t["label_source"] == "given"
+    assert (t.loc[given, "label_refined"] == t.loc[given, "label"]).all()
+    corrected = t["label_source"] == "corrected"
+    assert (t.loc[corrected, "label_refined"] == t.loc[corrected, "label_predicted"]).all()
+    assert (t.loc[corrected, "label_refined"] != t.loc[corrected, "label"]).all()
+    assert t.loc[t["label_source"] == "excluded", "label_refined"].isna().all()
+    assert (t.loc[t["label_source"] == "excluded", "sample_weight"] == 0).all()
+    # Every correction or exclusion is of a flagged row.
+    assert t.loc[~given, "is_label_issue"].all()
+
+
+def test_run_metadata_and_side_files(finished_run):
+    result, out = finished_run
+    meta = json.loads(pq.read_schema(out / "refined.parquet").metadata[b"refine.run"])
+    assert meta["version"] == refine.__version__
+    assert meta["seed"] == 0 and meta["config"]["folds"] == 3
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["classes"] == [0, 1, 2]
+    assert summary["config"]["ignore"] == ["id"]
+    assert {"ece_before", "ece_after", "temperature"} <= set(summary["calibration"])
+    assert summary["versions"]["torch"] == torch.__version__
+    assert summary["device"] == "cpu"
+    rounds = pq.read_table(out / "rounds.parquet")
+    assert rounds.schema.equals(ROUNDS_SCHEMA)
+    assert rounds.column("round").to_pylist() == list(range(1, rounds.num_rows + 1))
+    assert 1 <= rounds.num_rows <= 2
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert model["classes"] == [0, 1, 2]
+    assert len(model["members"]) == 3  # one per fold
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_noise_from_a_known_matrix_is_found():
+    # Class 0 -> 1 for 30% of class 0 rows, class 2 -> 0 for 20%: one-directional noise.
+    X, truth = blobs(n=450, k=3, seed=3)
+    transition = np.array([[0.7, 0.3, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]])
+    noisy = flip_with_matrix(truth, transition, seed=4)
+    table = pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "d": X[:, 3], "y": noisy})
+    result = refine.run(table, label="y", seed=0, **FAST)
+    flagged = result.refined.column("is_label_issue").to_numpy(zero_copy_only=False)
+    wrong = noisy != truth
+    assert wrong.sum() > 50
+    recall = (flagged & wrong).sum() / wrong.sum()
+    precision = (flagged & wrong).sum() / max(flagged.sum(), 1)
+    assert recall > 0.9 and precision > 0.9, (recall, precision)
+    refined = result.refined.column("label_refined").to_pandas()
+    assert (refined == truth).mean() > (noisy == truth).mean() + 0.1
+
+
+def test_string_labels_come_back_as_they_went_in():
+    table, truth = noisy_table(n=240, seed=5)
+    names = np.array(["cat", "dog", "ému"])
+    table = table.set_column(table.column_names.index("label"), "label",
+                             pa.array(names[table.column("label").to_numpy()]))
+    result = refine.run(table, ignore=("id",), seed=0, **FAST)
+    assert result.refined.schema.field("label_refined").type == pa.string()
+    assert set(result.refined.column("label_predicted").to_pylist()) <= set(names)
+    assert result.summary["classes"] == ["cat", "dog", "ému"]
+
+
+def test_unlabelled_rows_are_kept_and_marked():
+    table, _ = noisy_table(n=240, seed=6)
+    labels = table.column("label").to_numpy().astype(float)
+    mask = np.arange(240) % 8 == 0
+    table = table.set_column(table.column_names.index("label"), "label",
+                             pa.array(labels.astype(np.int64), mask=mask))
+    result = refine.run(table, ignore=("id",), seed=0, **FAST)
+    t = result.refined
+    source = np.array(t.column("label_source").to_pylist())
+    assert (source[mask] == "unlabelled").all()
+    assert t.column("label_refined").to_pandas()[mask].isna().all()
+    assert t.column("label_quality").to_pandas()[mask].isna().all()
+    assert not np.asarray(t.column("is_label_issue"))[mask].any()
+    assert (np.asarray(t.column("sample_weight"))[mask] == 0).all()
+    assert t.column("label_predicted").null_count == 0
+
+
+def test_same_seed_gives_identical_refined_parquet(tmp_path, noisy_parquet):
+    options = dict(ignore=("id",), seed=7, max_epochs=10, hidden=(32,), folds=3, rounds=2)
+    refine.run(noisy_parquet, tmp_path / "a", **options)
+    refine.run(noisy_parquet, tmp_path / "b", **options)
+    a = (tmp_path / "a" / "refined.parquet").read_bytes()
+    b = (tmp_path / "b" / "refined.parquet").read_bytes()
+    assert a == b
+
+
+def test_an_unreliable_teacher_keeps_every_label():
+    # Features carry no information about the labels: nothing should be corrected.
+    rng = np.random.default_rng(0)
+    table = pa.table({"a": rng.normal(size=300), "b": rng.normal(size=300),
+                      "y": rng.integers(0, 3, size=300)})
+    result = refine.run(table, label="y", seed=0, **FAST)
+    assert not result.summary["teacher_reliable"]
+    t = result.refined
+    assert t.column("label_refined").equals(t.column("y"))
+    assert set(t.column("label_source").to_pylist()) == {"given"}
+
+
+def test_a_directory_of_hive_partitions_reads_in_order(tmp_path):
+    table, _ = noisy_table(n=240, seed=8)
+    for part in range(2):
+        d = tmp_path / "data" / f"part={part}"
+        d.mkdir(parents=True)
+        pq.write_table(table.slice(part * 120, 120), d / "chunk.parquet")
+    result = refine.run(tmp_path / "data", ignore=("id", "part"), seed=0, **FAST)
+    assert result.refined.column("id").to_pylist() == table.column("id").to_pylist()
+    assert result.refined.column("part").to_pylist() == [0] * 120 + [1] * 120
+
+
+@pytest.mark.parametrize("option", [{"rounds": 0}, {"folds": 1}, {"relabel_threshold": 1.5}])
+def test_bad_options_raise_config_errors(option):
+    table, _ = noisy_table(n=60)
+    with pytest.raises(refine.ConfigError):
+        refine.run(table, **option)
