@@ -77,6 +77,9 @@ def cli() -> None:
               help="Models per fold, each with its own seed.")
 @click.option("--filter-by", type=click.Choice(FILTER_METHODS), default=_DEFAULTS.filter_by,
               show_default=True, help="cleanlab's method for find_label_issues.")
+@click.option("--flag-confident/--no-flag-confident", default=_DEFAULTS.flag_confident,
+              show_default=True,
+              help="Also flag rows every ensemble member confidently gives another class.")
 @click.option("--relabel-threshold", default=_DEFAULTS.relabel_threshold, show_default=True,
               help="Calibrated confidence needed to correct a flagged label.")
 @click.option("--exclude-threshold", default=_DEFAULTS.exclude_threshold, show_default=True,
@@ -224,8 +227,9 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
         table.add_row(method, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
                       f"{s['auprc']:.3f}", f"{s['label_accuracy']:.3f}", f"{s['seconds']:.1f}")
     console.print(table)
-    console.print("label accuracy: refine's label_refined against the true labels "
-                  "(excluded rows count as wrong); for cleanlab, the given labels'.")
+    console.print("cleanlab+LR: cleanlab's find_label_issues on 5-fold out-of-fold probabilities of a "
+                  "standardised LogisticRegression.\nlabel accuracy: refine's label_refined against "
+                  "the true labels (excluded rows count as wrong); for cleanlab+LR, the given labels'.")
     console.print(f'Look at the flagged rows: refine query {out} '
                   '"SELECT label, label_predicted, label_quality FROM flagged ORDER BY label_quality LIMIT 10"')
 

@@ -76,7 +76,7 @@ def run_demo(
     X = np.column_stack([table.column(f"px{i}").to_numpy() for i in range(64)])
     started = time.perf_counter()
     issues, quality, _ = cleanlab_baseline(X, labels, folds=5, seed=seed)
-    scores["cleanlab + LogisticRegression"] = {
+    scores["cleanlab+LR"] = {
         **flag_scores(issues, is_noisy, quality),
         "label_accuracy": float((labels == truth).mean()),  # it flags, it does not relabel
         "seconds": time.perf_counter() - started,

@@ -103,8 +103,12 @@ def run(
     started = time.perf_counter()
     encoder = fit_features(table, config.label, config.features, config.ignore, config.max_categories)
     X = encoder.transform(table)
+    by_reason: dict[str, list[str]] = {}
     for column, reason in encoder.skipped.items():
-        progress.note(f"skipped column {column!r}: {reason}")
+        by_reason.setdefault(reason, []).append(column)
+    for reason, columns in by_reason.items():
+        shown = ", ".join(columns[:8]) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
+        progress.note(f"skipped {'column' if len(columns) == 1 else 'columns'} {shown}: {reason}")
     timings["encode"] = time.perf_counter() - started
 
     state = _refine_rounds(labelled_table, X, config, progress, timings)
@@ -126,7 +130,7 @@ def run(
             write_parquet(refined, tmp / "refined.parquet")
             write_parquet(rounds, tmp / "rounds.parquet")
             _save_model(tmp / "model.pt", state.crossfit, encoder, labelled_table, config)
-            timings["write"] = time.perf_counter() - started
+            summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
         result.out = Path(out)
     return result

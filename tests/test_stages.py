@@ -1,0 +1,170 @@
+"""Each stage on tiny arrays with known answers: features, model, calibration, detection, relabel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.base import clone
+
+from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from refine.crossfit import make_folds
+from refine.detect import detect_issues
+from refine.errors import InputError
+from refine.features import fit_features
+from refine.model import MLPClassifier, _stratified_holdout
+from refine.noise import flip_symmetric, flip_with_matrix
+from refine.relabel import CORRECTED, EXCLUDED, GIVEN, UNLABELLED, decide, teacher_is_reliable
+from tests.conftest import blobs
+
+
+def test_features_encode_each_kind_and_skip_with_reasons():
+    table = pa.table(
+        {
+            "num": pa.array([1.0, None, 3.0, float("inf")]),
+            "cat": pa.array(["a", "b", None, "a"]),
+            "flag": pa.array([True, False, True, True]),
+            "emb": pa.array([[1.0, 2.0], [3.0, 4.0], None, [5.0, 6.0]], pa.list_(pa.float32())),
+            "const": pa.array([7, 7, 7, 7]),
+            "when": pa.array([1, 2, 3, 4], pa.timestamp("s")),
+            "y": pa.array([0, 1, 0, 1]),
+        }
+    )
+    encoder = fit_features(table, "y")
+    assert encoder.columns == ["num", "cat", "flag", "emb"]
+    assert encoder.skipped == {
+        "const": "constant (one distinct value)",
+        "when": "type timestamp[s] is not a feature type refine encodes",
+    }
+    X = encoder.transform(table)
+    # num: standardised value + missing indicator; cat: a, b, null; flag: False, True; emb: 2 + indicator
+    assert X.shape == (4, 2 + 3 + 2 + 3)
+    np.testing.assert_allclose(X[:, 0], [-1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(X[:, 1], [0, 1, 0, 1])
+    np.testing.assert_array_equal(X[:, 2:5], [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(X[:, 5:7], [[0, 1], [1, 0], [0, 1], [0, 1]])
+    np.testing.assert_allclose(X[:, 7], [-1.2247449, 0.0, 0.0, 1.2247449], rtol=1e-5)
+    np.testing.assert_array_equal(X[:, 9], [0, 0, 1, 0])
+
+
+def test_features_named_explicitly_must_be_usable():
+    table = pa.table({"const": [1, 1, 1], "y": [0, 1, 0]})
+    with pytest.raises(InputError, match="--features column 'const' cannot be used: constant"):
+        fit_features(table, "y", features=("const",))
+
+
+def test_high_cardinality_strings_are_skipped():
+    table = pa.table({"text": [f"row {i}" for i in range(100)], "x": np.arange(100.0), "y": [0, 1] * 50})
+    encoder = fit_features(table, "y", max_categories=64)
+    assert encoder.columns == ["x"]
+    assert encoder.skipped["text"].startswith("100 distinct values, more than --max-categories 64")
+
+
+def test_model_contract_probabilities_predict_and_clone():
+    X, y = blobs(n=300, k=3, seed=1)
+    model = MLPClassifier(hidden=(32,), random_state=0).fit(X, y)
+    proba = model.predict_proba(X)
+    assert proba.shape == (300, 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(1), model.predict(X))
+    assert (model.predict(X) == y).mean() > 0.95  # logistic regression: 0.98
+    assert model.predict_member_proba(X).shape == (len(model.states_), 300, 3)
+    twin = clone(model).fit(X, y)
+    np.testing.assert_array_equal(twin.predict_proba(X), proba)  # same seed, same weights
+
+
+def test_model_trains_on_soft_targets_and_ignores_zero_weights():
+    X, y = blobs(n=300, k=2, seed=2)
+    soft = np.eye(2, dtype=np.float32)[y]
+    weights = np.ones(300, np.float32)
+    # Rows of weight 0 carry the opposite label: they must not pull the model.
+    poisoned = np.arange(300) % 3 == 0
+    soft[poisoned] = 1 - soft[poisoned]
+    weights[poisoned] = 0
+    model = MLPClassifier(hidden=(16,), max_epochs=30, random_state=0).fit(X, soft, weights)
+    assert (model.predict(X) == y).mean() > 0.95  # logistic regression: 0.98
+
+
+def test_stratified_holdout_takes_the_share_of_each_class():
+    classes = np.repeat([0, 1, 2], [100, 20, 1])
+    mask = _stratified_holdout(classes, 0.1, np.random.default_rng(0))
+    assert [mask[classes == c].sum() for c in range(3)] == [10, 2, 0]
+
+
+def test_folds_are_stratified_and_skip_unlabelled_rows():
+    labels = np.array([0] * 10 + [1] * 10 + [-1] * 3)
+    folds = make_folds(labels, 5, seed=0)
+    assert (folds[-3:] == -1).all()
+    for fold in range(5):
+        assert (labels[folds == fold] == 0).sum() == 2 and (labels[folds == fold] == 1).sum() == 2
+    np.testing.assert_array_equal(folds, make_folds(labels, 5, seed=0))
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(20000, 4))
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = (rng.random((20000, 1)) > true_p.cumsum(1)).sum(1)
+    overconfident = np.exp(logits * 2.0)
+    overconfident /= overconfident.sum(1, keepdims=True)
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(2.0, rel=0.05)
+    calibrated = apply_temperature(overconfident, t)
+    assert expected_calibration_error(calibrated, labels) < expected_calibration_error(overconfident, labels)
+
+
+def test_ece_by_hand():
+    # Two rows at confidence 0.9 (one right), two at 0.6 (both right), 15 bins.
+    proba = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 1])
+    # bin of 0.9: |0.5 - 0.9| * 2 rows; bin of 0.6: |1.0 - 0.6| * 2 rows; over 4 rows.
+    assert expected_calibration_error(proba, labels) == pytest.approx((0.4 * 2 + 0.4 * 2) / 4)
+
+
+def test_detection_flags_only_disagreements():
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    proba = np.array([[0.9, 0.1], [0.95, 0.05], [0.1, 0.9], [0.2, 0.8], [0.05, 0.95], [0.97, 0.03]])
+    is_issue, quality = detect_issues(labels, proba, np.ones(6))
+    np.testing.assert_array_equal(is_issue, [False, False, False, False, True, True])
+    np.testing.assert_allclose(quality, [0.9, 0.95, 0.9, 0.8, 0.05, 0.03], rtol=1e-6)
+
+
+def test_decide_applies_each_rule():
+    labels = np.array([0, 0, 1, 1, -1])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.98, 0.02], [0.3, 0.7]], np.float32)
+    is_issue = np.array([False, True, True, True, False])
+    quality = np.array([0.9, 0.2, 0.45, 0.02, 1.0], np.float32)
+    agreement = np.array([1.0, 1.0, 1.0, 0.5, 1.0], np.float32)
+    d = decide(labels, proba, is_issue, quality, agreement, relabel_threshold=0.6,
+               exclude_threshold=0.05, soft_mix=0.5, reliable=True)
+    # kept; corrected (0.8 >= 0.6, unanimous); down-weighted (0.55 < 0.6);
+    # excluded (members disagree, quality 0.02 < 0.05); unlabelled.
+    np.testing.assert_array_equal(d.source, [GIVEN, CORRECTED, GIVEN, EXCLUDED, UNLABELLED])
+    np.testing.assert_array_equal(d.refined, [0, 1, 1, -1, -1])
+    np.testing.assert_allclose(d.weight, [1.0, 1.0, 0.45, 0.0, 0.0])
+    np.testing.assert_allclose(d.soft[0], [0.95, 0.05])
+    np.testing.assert_allclose(d.soft[1], [0.1, 0.9])
+    np.testing.assert_allclose(d.soft[3], [0.98, 0.02])
+    kept = decide(labels, proba, is_issue, quality, agreement, 0.6, 0.05, 0.5, reliable=False)
+    np.testing.assert_array_equal(kept.refined, labels)
+    np.testing.assert_array_equal(kept.weight, [1, 1, 1, 1, 0])
+
+
+def test_reliability_tells_a_learned_model_from_chance():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 3000)
+    labels = flip_symmetric(truth, 0.4, 3, seed=1)
+    good = np.eye(3)[truth] * 0.8 + 0.2 / 3
+    assert teacher_is_reliable(labels, good)
+    assert not teacher_is_reliable(labels, rng.dirichlet(np.ones(3), size=3000))
+
+
+def test_noise_generators_hit_their_rate_and_repeat_by_seed():
+    truth = np.arange(1000) % 4
+    noisy = flip_symmetric(truth, 0.25, 4, seed=3)
+    assert (noisy != truth).sum() == 250
+    np.testing.assert_array_equal(noisy, flip_symmetric(truth, 0.25, 4, seed=3))
+    identity = flip_with_matrix(truth, np.eye(4), seed=0)
+    np.testing.assert_array_equal(identity, truth)
+    shifted = flip_with_matrix(truth, np.roll(np.eye(4), 1, axis=1), seed=0)
+    np.testing.assert_array_equal(shifted, (truth + 1) % 4)
