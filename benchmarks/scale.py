@@ -47,12 +47,29 @@ def main() -> None:
     vectors, truth = make_embeddings(args.rows, args.dim, args.classes)
     noisy = flip_symmetric(truth, 0.2, args.classes, seed=1)
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), args.dim)
-    pq.write_table(pa.table({"id": np.arange(args.rows), "embedding": embedding, "label": noisy}), data)
+    pq.write_table(
+        pa.table({"id": np.arange(args.rows), "embedding": embedding, "label": noisy}), data
+    )
     del vectors, embedding
 
     out = args.workdir / "run"
-    command = [sys.executable, "-m", "refine", "run", str(data), "--out", str(out), "--overwrite",
-               "--ignore", "id", "--folds", "5", "--rounds", "2", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "refine",
+        "run",
+        str(data),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--ignore",
+        "id",
+        "--folds",
+        "5",
+        "--rounds",
+        "2",
+        "--quiet",
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - started

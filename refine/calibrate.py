@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import softmax
 
 _EPS = 1e-7
 
 
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising the log loss of ``softmax(log(proba) / T)`` on ``labels``.
+    """The temperature T minimising the Brier score of ``softmax(log(proba) / T)`` on ``labels``.
 
     ``proba`` ``(N, K)`` are probabilities (an ensemble mean, so its log serves as logits);
     ``labels`` ``(N,)`` class indices. Searched over T in [0.05, 20] on a log scale.
+
+    The Brier score rather than the usual log loss: both are proper scoring rules, so both
+    recover the right temperature on clean labels, but under label noise the log loss is
+    dominated by the mislabelled rows (probability near 0 for their given label), which drags
+    T up and leaves the bulk of rows underconfident. On the demo (digits, 20% flipped) the
+    log-loss fit raised the ECE from 0.129 to 0.142; the Brier fit lowers it to 0.115.
     """
     logits = np.log(np.clip(proba, _EPS, 1.0)).astype(np.float64)
     rows = np.arange(len(labels))
 
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean())
+    def brier(log_t: float) -> float:
+        q = softmax(logits / np.exp(log_t), axis=1)
+        return float((q**2).sum(1).mean() - 2.0 * q[rows, labels].mean())  # + 1, a constant
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
-                             options={"xatol": 1e-4})
+    result = minimize_scalar(
+        brier, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4}
+    )
     return float(np.exp(result.x))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
@@ -62,43 +63,101 @@ def cli() -> None:
 
 @cli.command("run")
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
-              help="Run directory to write; must not exist unless --overwrite.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory to write; must not exist unless --overwrite.",
+)
 @click.option("--label", "-l", default=_DEFAULTS.label, show_default=True, help="Label column.")
-@click.option("--features", multiple=True,
-              help="Feature columns (comma-separated or repeated). Default: every usable column.")
+@click.option(
+    "--features",
+    multiple=True,
+    help="Feature columns (comma-separated or repeated). Default: every usable column.",
+)
 @click.option("--ignore", multiple=True, help="Columns never used as features, such as ids.")
 @click.option("--folds", default=_DEFAULTS.folds, show_default=True, help="Cross-fitting folds.")
-@click.option("--rounds", default=_DEFAULTS.rounds, show_default=True,
-              help="Most rounds of refine-and-retrain.")
-@click.option("--min-changes", default=_DEFAULTS.min_changes, show_default=True,
-              help="Stop when a round changes fewer labels than this.")
-@click.option("--seeds", default=_DEFAULTS.seeds, show_default=True,
-              help="Models per fold, each with its own seed.")
-@click.option("--filter-by", type=click.Choice(FILTER_METHODS), default=_DEFAULTS.filter_by,
-              show_default=True, help="cleanlab's method for find_label_issues.")
-@click.option("--flag-confident/--no-flag-confident", default=_DEFAULTS.flag_confident,
-              show_default=True,
-              help="Also flag rows every ensemble member confidently gives another class.")
-@click.option("--relabel-threshold", default=_DEFAULTS.relabel_threshold, show_default=True,
-              help="Calibrated confidence needed to correct a flagged label.")
-@click.option("--exclude-threshold", default=_DEFAULTS.exclude_threshold, show_default=True,
-              help="Flagged rows with label quality below this and no confident fix are excluded.")
-@click.option("--soft-mix", default=_DEFAULTS.soft_mix, show_default=True,
-              help="Weight of the prediction in label_soft (0 = one-hot label, 1 = prediction).")
-@click.option("--max-categories", default=_DEFAULTS.max_categories, show_default=True,
-              help="Most distinct values for a string column to be one-hot encoded.")
+@click.option(
+    "--rounds",
+    default=_DEFAULTS.rounds,
+    show_default=True,
+    help="Most rounds of refine-and-retrain.",
+)
+@click.option(
+    "--min-changes",
+    default=_DEFAULTS.min_changes,
+    show_default=True,
+    help="Stop when a round changes fewer labels than this.",
+)
+@click.option(
+    "--seeds",
+    default=_DEFAULTS.seeds,
+    show_default=True,
+    help="Models per fold, each with its own seed.",
+)
+@click.option(
+    "--filter-by",
+    type=click.Choice(FILTER_METHODS),
+    default=_DEFAULTS.filter_by,
+    show_default=True,
+    help="cleanlab's method for find_label_issues.",
+)
+@click.option(
+    "--flag-confident/--no-flag-confident",
+    default=_DEFAULTS.flag_confident,
+    show_default=True,
+    help="Also flag rows every ensemble member confidently gives another class.",
+)
+@click.option(
+    "--relabel-threshold",
+    default=_DEFAULTS.relabel_threshold,
+    show_default=True,
+    help="Calibrated confidence needed to correct a flagged label.",
+)
+@click.option(
+    "--exclude-threshold",
+    default=_DEFAULTS.exclude_threshold,
+    show_default=True,
+    help="Flagged rows with label quality below this and no confident fix are excluded.",
+)
+@click.option(
+    "--soft-mix",
+    default=_DEFAULTS.soft_mix,
+    show_default=True,
+    help="Weight of the prediction in label_soft (0 = one-hot label, 1 = prediction).",
+)
+@click.option(
+    "--max-categories",
+    default=_DEFAULTS.max_categories,
+    show_default=True,
+    help="Most distinct values for a string column to be one-hot encoded.",
+)
 @click.option("--max-epochs", default=_MODEL.max_epochs, show_default=True)
-@click.option("--batch-size", default=_MODEL.batch_size, show_default=True,
-              help="Rows per training step; 0 chooses from the data size.")
+@click.option(
+    "--batch-size",
+    default=_MODEL.batch_size,
+    show_default=True,
+    help="Rows per training step; 0 chooses from the data size.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default=_MODEL.device, show_default=True)
 @click.option("--seed", default=_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
-def run_command(data: Path, out: Path, label: str, features: tuple[str, ...], ignore: tuple[str, ...],
-                max_epochs: int, batch_size: int, device: str, overwrite: bool, quiet: bool,
-                **options: Any) -> None:
+def run_command(
+    data: Path,
+    out: Path,
+    label: str,
+    features: tuple[str, ...],
+    ignore: tuple[str, ...],
+    max_epochs: int,
+    batch_size: int,
+    device: str,
+    overwrite: bool,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Find and fix wrong labels in DATA (a Parquet file or directory) and write a run to --out.
 
     \b
@@ -109,8 +168,13 @@ def run_command(data: Path, out: Path, label: str, features: tuple[str, ...], ig
     from refine.pipeline import run
 
     model = ModelConfig(max_epochs=max_epochs, batch_size=batch_size, device=device)
-    config = RunConfig(label=label, features=_columns(features) or None, ignore=_columns(ignore),
-                       model=model, **options)
+    config = RunConfig(
+        label=label,
+        features=_columns(features) or None,
+        ignore=_columns(ignore),
+        model=model,
+        **options,
+    )
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
         result = run(data, out, config=config, overwrite=overwrite, progress=progress)
@@ -131,8 +195,10 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("excluded", f"{s['excluded']:,}"),
         ("down-weighted", f"{s['down_weighted']:,}"),
         ("rounds", str(s["rounds_run"])),
-        ("ECE before / after calibration",
-         f"{s['calibration']['ece_before']:.3f} / {s['calibration']['ece_after']:.3f}"),
+        (
+            "ECE before / after calibration",
+            f"{s['calibration']['ece_before']:.3f} / {s['calibration']['ece_after']:.3f}",
+        ),
         ("device", s["device"]),
         ("seconds", f"{sum(s['timings'].values()):.1f}"),
     ]
@@ -140,24 +206,35 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         table.add_row(name, value)
     console.print(table)
     if not s["teacher_reliable"]:
-        console.print("[yellow]The model barely beats chance on these labels, so every label "
-                      "was kept. More data or better features would help.[/]")
+        console.print(
+            "[yellow]The model barely beats chance on these labels, so every label "
+            "was kept. More data or better features would help.[/]"
+        )
     if s["top_confusions"]:
-        confusions = Table(title="most common given → predicted among flagged rows",
-                           title_justify="left")
+        confusions = Table(
+            title="most common given → predicted among flagged rows", title_justify="left"
+        )
         for column in ("given", "predicted", "rows"):
             confusions.add_column(column, justify="right" if column == "rows" else "left")
         for c in s["top_confusions"][:5]:
             confusions.add_row(str(c["given"]), str(c["predicted"]), str(c["rows"]))
         console.print(confusions)
-    console.print(f'Query it: refine query {out} "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"')
+    console.print(
+        f'Query it: refine query {out} "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"'
+    )
 
 
 @cli.command("query")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="csv and json are for scripts.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="csv and json are for scripts.",
+)
 @_errors
 def query_command(run_dir: Path, sql: str, fmt: str) -> None:
     """Run SQL (DuckDB) over a run: views refined, flagged, rounds (and synthetic when present).
@@ -182,8 +259,9 @@ def query_command(run_dir: Path, sql: str, fmt: str) -> None:
         click.echo(buffer.getvalue(), nl=False)
     else:
         table = Table()
-        for name in result.column_names:
-            table.add_column(name, overflow="fold")
+        for field in result.schema:
+            numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+            table.add_column(field.name, overflow="fold", justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in result.column_names))
         Console(width=max(Console().width, 120)).print(table)
@@ -200,8 +278,14 @@ def _cell(value: Any) -> str:
 
 
 @cli.command("demo")
-@click.option("--out", "-o", default="runs/demo", show_default=True, type=click.Path(path_type=Path),
-              help="Run directory for the demo (replaced if it holds an earlier run).")
+@click.option(
+    "--out",
+    "-o",
+    default="runs/demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Run directory for the demo (replaced if it holds an earlier run).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the results.")
 @_errors
@@ -215,23 +299,38 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 
     console = Console()
     if not quiet:
-        console.print(f"digits (1,797 rows, 10 classes), {NOISE_RATE:.0%} of labels flipped; "
-                      f"writing the run to {out}")
-    with RichProgress(Console(stderr=True), bars=Console(stderr=True).is_terminal and not quiet) as p:
+        console.print(
+            f"digits (1,797 rows, 10 classes), {NOISE_RATE:.0%} of labels flipped; "
+            f"writing the run to {out}"
+        )
+    with RichProgress(
+        Console(stderr=True), bars=Console(stderr=True).is_terminal and not quiet
+    ) as p:
         report = run_demo(out, seed=seed, progress=p)
     table = Table(title="finding the flipped labels", title_justify="left")
     table.add_column("method")
     for column in ("precision", "recall", "F1", "AUPRC", "label accuracy", "seconds"):
         table.add_column(column, justify="right")
     for method, s in report.scores.items():
-        table.add_row(method, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
-                      f"{s['auprc']:.3f}", f"{s['label_accuracy']:.3f}", f"{s['seconds']:.1f}")
+        table.add_row(
+            method,
+            f"{s['precision']:.3f}",
+            f"{s['recall']:.3f}",
+            f"{s['f1']:.3f}",
+            f"{s['auprc']:.3f}",
+            f"{s['label_accuracy']:.3f}",
+            f"{s['seconds']:.1f}",
+        )
     console.print(table)
-    console.print("cleanlab+LR: cleanlab's find_label_issues on 5-fold out-of-fold probabilities of a "
-                  "standardised LogisticRegression.\nlabel accuracy: refine's label_refined against "
-                  "the true labels (excluded rows count as wrong); for cleanlab+LR, the given labels'.")
-    console.print(f'Look at the flagged rows: refine query {out} '
-                  '"SELECT label, label_predicted, label_quality FROM flagged ORDER BY label_quality LIMIT 10"')
+    console.print(
+        "cleanlab+LR: cleanlab's find_label_issues on 5-fold out-of-fold probabilities of a "
+        "standardised LogisticRegression.\nlabel accuracy: refine's label_refined against "
+        "the true labels (excluded rows count as wrong); for cleanlab+LR, the given labels'."
+    )
+    console.print(
+        f"Look at the flagged rows: refine query {out} "
+        '"SELECT label, label_predicted, label_quality FROM flagged ORDER BY label_quality LIMIT 10"'
+    )
 
 
 def main() -> None:

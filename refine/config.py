@@ -105,7 +105,9 @@ class RunConfig:
         if self.max_categories < 2:
             raise ConfigError(f"--max-categories must be at least 2, got {self.max_categories}")
         if self.label in self.ignore:
-            raise ConfigError(f"--ignore names the label column {self.label!r}; drop it from --ignore")
+            raise ConfigError(
+                f"--ignore names the label column {self.label!r}; drop it from --ignore"
+            )
         if self.features is not None and self.label in self.features:
             raise ConfigError(
                 f"--features names the label column {self.label!r}; a label cannot be a feature"

@@ -76,7 +76,9 @@ def cross_fit(
         members: list[MLPClassifier] = []
         for member in range(seeds):
             started = time.perf_counter()
-            epoch_task = progress.start("epochs", f"fold {fold + 1}/{n_folds}", total=model.max_epochs)
+            epoch_task = progress.start(
+                "epochs", f"fold {fold + 1}/{n_folds}", total=model.max_epochs
+            )
             estimator = MLPClassifier(
                 n_classes=k,
                 hidden=model.hidden,
@@ -109,7 +111,9 @@ def cross_fit(
         proba[held] = member_proba.mean(0)
         agreement[held] = _agreement(member_proba)
         if len(unlabelled):
-            pool_members.append(np.concatenate([m.predict_member_proba(X[unlabelled]) for m in members]))
+            pool_members.append(
+                np.concatenate([m.predict_member_proba(X[unlabelled]) for m in members])
+            )
         predict_seconds += time.perf_counter() - started
     progress.finish(task)
     if len(unlabelled):

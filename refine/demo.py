@@ -45,7 +45,9 @@ class DemoReport:
 
 
 def run_demo(
-    out: str | Path = "runs/demo", seed: int = 0, overwrite: bool = True,
+    out: str | Path = "runs/demo",
+    seed: int = 0,
+    overwrite: bool = True,
     progress: Progress = NULL_PROGRESS,
 ) -> DemoReport:
     """Write the noisy digits, run refine on them into ``out``, and score refine and the baseline."""
@@ -61,7 +63,9 @@ def run_demo(
 
     refined = result.refined
     refined_labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
-    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(np.int64)
+    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(
+        np.int64
+    )
     scores = {
         "refine": {
             **flag_scores(

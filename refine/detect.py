@@ -11,6 +11,7 @@ import numpy as np
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
+
 def detect_issues(
     labels: np.ndarray,
     proba: np.ndarray,

@@ -54,8 +54,13 @@ class NumericEncoder:
             out[:, 1] = ~finite
 
     def describe(self) -> dict[str, Any]:
-        return {"column": self.name, "kind": self.kind, "mean": self.mean, "std": self.std,
-                "indicator": self.indicator}
+        return {
+            "column": self.name,
+            "kind": self.kind,
+            "mean": self.mean,
+            "std": self.std,
+            "indicator": self.indicator,
+        }
 
 
 @dataclass
@@ -87,8 +92,12 @@ class OneHotEncoder:
         out[rows[keep], codes[keep]] = 1.0
 
     def describe(self) -> dict[str, Any]:
-        return {"column": self.name, "kind": self.kind, "categories": self.categories,
-                "null_bucket": self.null_bucket}
+        return {
+            "column": self.name,
+            "kind": self.kind,
+            "categories": self.categories,
+            "null_bucket": self.null_bucket,
+        }
 
 
 @dataclass
@@ -111,8 +120,10 @@ class EmbeddingEncoder:
             raise _Skip("all values are null")
         dims = pc.unique(lengths).to_pylist()
         if len(dims) != 1:
-            raise _Skip(f"list lengths differ between rows ({sorted(dims)[:5]}); "
-                        "embedding columns need one length")
+            raise _Skip(
+                f"list lengths differ between rows ({sorted(dims)[:5]}); "
+                "embedding columns need one length"
+            )
         self.dim = int(dims[0])
         if self.dim == 0:
             raise _Skip("every list is empty")
@@ -128,7 +139,9 @@ class EmbeddingEncoder:
     def _matrix(self, column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         n = len(column)
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
-        lengths = pc.fill_null(pc.list_value_length(column), self.dim).to_numpy(zero_copy_only=False)
+        lengths = pc.fill_null(pc.list_value_length(column), self.dim).to_numpy(
+            zero_copy_only=False
+        )
         if (lengths != self.dim).any():
             row = int(np.argmax(lengths != self.dim))
             raise InputError(
@@ -155,8 +168,12 @@ class EmbeddingEncoder:
             out[:, self.dim] = ~valid
 
     def describe(self) -> dict[str, Any]:
-        return {"column": self.name, "kind": self.kind, "dim": self.dim,
-                "indicator": self.indicator}
+        return {
+            "column": self.name,
+            "kind": self.kind,
+            "dim": self.dim,
+            "indicator": self.indicator,
+        }
 
 
 Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder
@@ -214,7 +231,9 @@ def fit_features(
     names = table.column_names
     duplicated = sorted({n for n in names if names.count(n) > 1})
     explicit = features is not None
-    candidates = list(features) if explicit else [n for n in names if n != label and n not in ignore]
+    candidates = (
+        list(features) if explicit else [n for n in names if n != label and n not in ignore]
+    )
     encoders: list[Encoder] = []
     skipped: dict[str, str] = {}
     for name in candidates:
@@ -230,7 +249,9 @@ def fit_features(
             raise InputError(f"--features column {name!r} cannot be used: {reason}")
         skipped[name] = reason
     if not encoders:
-        detail = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
+        detail = (
+            "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
+        )
         raise InputError(
             f"no usable feature column ({detail}). refine needs numeric, low-cardinality "
             "categorical or list<float> embedding columns besides the label"
@@ -238,7 +259,9 @@ def fit_features(
     return FeatureEncoder(encoders=encoders, skipped=skipped)
 
 
-def check_named_columns(table: pa.Table, features: tuple[str, ...] | None, ignore: tuple[str, ...]) -> None:
+def check_named_columns(
+    table: pa.Table, features: tuple[str, ...] | None, ignore: tuple[str, ...]
+) -> None:
     """Every column named by ``--features`` or ``--ignore`` must exist."""
     names = table.column_names
     for option, chosen in (("--features", features or ()), ("--ignore", ignore)):
@@ -257,9 +280,12 @@ def _fit_column(name: str, column: pa.ChunkedArray, max_categories: int) -> Enco
     if column.null_count == len(column):
         raise _Skip("all values are null")
     value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-    if pa.types.is_boolean(value_kind) or pa.types.is_string(value_kind) or pa.types.is_large_string(
-        value_kind
-    ) or pa.types.is_dictionary(kind):
+    if (
+        pa.types.is_boolean(value_kind)
+        or pa.types.is_string(value_kind)
+        or pa.types.is_large_string(value_kind)
+        or pa.types.is_dictionary(kind)
+    ):
         distinct = len(pc.unique(_decode(column)).drop_null())
         if distinct < 2 and column.null_count == 0:
             raise _Skip("constant (one distinct value)")

@@ -10,7 +10,9 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
 
-def flag_scores(is_issue: np.ndarray, is_noisy: np.ndarray, quality: np.ndarray | None = None) -> dict[str, float]:
+def flag_scores(
+    is_issue: np.ndarray, is_noisy: np.ndarray, quality: np.ndarray | None = None
+) -> dict[str, float]:
     """Precision, recall and F1 of the flags; AUPRC and AUROC of ``1 - quality`` when given."""
     precision, recall, f1, _ = precision_recall_fscore_support(
         is_noisy, is_issue, average="binary", zero_division=0

@@ -33,7 +33,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def build_network(n_features: int, n_classes: int, hidden: tuple[int, ...], dropout: float) -> nn.Module:
+def build_network(
+    n_features: int, n_classes: int, hidden: tuple[int, ...], dropout: float
+) -> nn.Module:
     layers: list[nn.Module] = []
     width = n_features
     for size in hidden:
@@ -120,7 +122,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         X = np.ascontiguousarray(X, dtype=np.float32)
         targets = self._targets(y)
         n, k = targets.shape
-        weight = np.ones(n, np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+        weight = (
+            np.ones(n, np.float32)
+            if sample_weight is None
+            else np.asarray(sample_weight, np.float32)
+        )
         self.classes_ = np.arange(k)
         self.n_features_in_ = X.shape[1]
         device = resolve_device(self.device)
@@ -128,16 +134,24 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
 
         # Hold out a validation split, stratified by the target's most likely class.
-        val = _stratified_holdout(targets.argmax(1), self.val_fraction, rng) if n >= 20 else np.zeros(n, bool)
+        val = (
+            _stratified_holdout(targets.argmax(1), self.val_fraction, rng)
+            if n >= 20
+            else np.zeros(n, bool)
+        )
         train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         batch = self.batch_size or auto_batch_size(len(train_idx))
-        epochs = max(1, min(self.max_epochs, math.ceil(self.max_rows_seen / max(len(train_idx), 1))))
+        epochs = max(
+            1, min(self.max_epochs, math.ceil(self.max_rows_seen / max(len(train_idx), 1)))
+        )
 
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.random_state)
             net = build_network(X.shape[1], k, tuple(self.hidden), self.dropout).to(device)
-            optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            optimiser = torch.optim.AdamW(
+                net.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            )
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
                 optimiser, T_max=epochs * math.ceil(len(train_idx) / batch)
             )
@@ -166,7 +180,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 if on_epoch is not None:
                     on_epoch(epoch + 1, epochs)
                 state = {name: t.detach().clone() for name, t in net.state_dict().items()}
-                kept = sorted([*kept, (val_loss, epoch, state)], key=lambda s: s[0])[: self.snapshots]
+                kept = sorted([*kept, (val_loss, epoch, state)], key=lambda s: s[0])[
+                    : self.snapshots
+                ]
                 if val_loss < best - 1e-4:
                     best, since_best = val_loss, 0
                 else:
@@ -228,7 +244,9 @@ def _weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tens
     return (losses * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
-def _stratified_holdout(classes: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def _stratified_holdout(
+    classes: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """A mask holding out ``fraction`` of each class (at least one row of classes with 2+ rows)."""
     n = len(classes)
     perm = rng.permutation(n)

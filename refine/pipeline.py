@@ -101,13 +101,17 @@ def run(
     timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    encoder = fit_features(table, config.label, config.features, config.ignore, config.max_categories)
+    encoder = fit_features(
+        table, config.label, config.features, config.ignore, config.max_categories
+    )
     X = encoder.transform(table)
     by_reason: dict[str, list[str]] = {}
     for column, reason in encoder.skipped.items():
         by_reason.setdefault(reason, []).append(column)
     for reason, columns in by_reason.items():
-        shown = ", ".join(columns[:8]) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
+        shown = ", ".join(columns[:8]) + (
+            f" and {len(columns) - 8} more" if len(columns) > 8 else ""
+        )
         progress.note(f"skipped {'column' if len(columns) == 1 else 'columns'} {shown}: {reason}")
     timings["encode"] = time.perf_counter() - started
 
@@ -122,8 +126,14 @@ def run(
     )
     rounds = pa.Table.from_pylist(state.rounds, schema=ROUNDS_SCHEMA)
     summary = _summary(labelled_table, encoder, config, state, timings, data)
-    result = RunResult(refined=refined, rounds=rounds, summary=summary, proba=state.proba,
-                       agreement=state.crossfit.agreement, skipped=encoder.skipped)
+    result = RunResult(
+        refined=refined,
+        rounds=rounds,
+        summary=summary,
+        proba=state.proba,
+        agreement=state.crossfit.agreement,
+        skipped=encoder.skipped,
+    )
     if out is not None:
         started = time.perf_counter()
         with atomic_directory(Path(out), overwrite) as tmp:
@@ -152,7 +162,11 @@ class _State:
 
 
 def _refine_rounds(
-    data: LabelledTable, X: np.ndarray, config: RunConfig, progress: Progress, timings: dict[str, float]
+    data: LabelledTable,
+    X: np.ndarray,
+    config: RunConfig,
+    progress: Progress,
+    timings: dict[str, float],
 ) -> _State:
     labels = data.labels
     labelled = labels >= 0
@@ -171,7 +185,9 @@ def _refine_rounds(
     round_task = progress.start("rounds", "rounds", total=config.rounds)
     for round_index in range(1, config.rounds + 1):
         round_started = time.perf_counter()
-        fitted = cross_fit(X, targets, weights, folds, config.model, config.seeds, config.seed, progress)
+        fitted = cross_fit(
+            X, targets, weights, folds, config.model, config.seeds, config.seed, progress
+        )
         timings["train"] += fitted.train_seconds
         timings["predict"] += fitted.predict_seconds
 
@@ -187,7 +203,10 @@ def _refine_rounds(
         is_issue = np.zeros(len(labels), bool)
         quality = np.ones(len(labels), np.float32)
         is_issue[labelled], quality[labelled] = detect_issues(
-            given, proba[labelled], fitted.agreement[labelled], config.filter_by,
+            given,
+            proba[labelled],
+            fitted.agreement[labelled],
+            config.filter_by,
             config.relabel_threshold if config.flag_confident else None,
         )
         timings["detect"] += time.perf_counter() - started
@@ -195,8 +214,15 @@ def _refine_rounds(
         started = time.perf_counter()
         reliable = teacher_is_reliable(given, proba[labelled])
         decisions = decide(
-            labels, proba, is_issue, quality, fitted.agreement,
-            config.relabel_threshold, config.exclude_threshold, config.soft_mix, reliable,
+            labels,
+            proba,
+            is_issue,
+            quality,
+            fitted.agreement,
+            config.relabel_threshold,
+            config.exclude_threshold,
+            config.soft_mix,
+            reliable,
         )
         changed = int((decisions.refined != previous).sum())
         timings["refine"] += time.perf_counter() - started
@@ -221,8 +247,19 @@ def _refine_rounds(
         if changed < config.min_changes:
             break
     progress.finish(round_task)
-    return _State(decisions, proba, is_issue, quality, fitted, rounds, ece_before, ece_after,
-                  temperature, reliable, device)
+    return _State(
+        decisions,
+        proba,
+        is_issue,
+        quality,
+        fitted,
+        rounds,
+        ece_before,
+        ece_after,
+        temperature,
+        reliable,
+        device,
+    )
 
 
 def _summary(
@@ -238,7 +275,7 @@ def _summary(
     d = state.decisions
     issues = np.flatnonzero(state.is_issue)
     predicted = state.proba.argmax(1)
-    confusions = Counter(zip(labels[issues].tolist(), predicted[issues].tolist()))
+    confusions = Counter(zip(labels[issues].tolist(), predicted[issues].tolist(), strict=True))
     return {
         "refine_version": __version__,
         "input": str(source) if not isinstance(source, pa.Table) else "<arrow table>",
@@ -292,8 +329,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _save_model(path: Path, fitted: CrossFit, encoder: FeatureEncoder, data: LabelledTable,
-                config: RunConfig) -> None:
+def _save_model(
+    path: Path, fitted: CrossFit, encoder: FeatureEncoder, data: LabelledTable, config: RunConfig
+) -> None:
     """The last round's fold ensembles: plain tensors and JSON-able values only, so the file
     loads with ``torch.load(path, weights_only=True)``."""
     members = [

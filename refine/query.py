@@ -23,12 +23,12 @@ def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the run's views defined."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise InputError(f"run directory {str(run_dir)!r} does not exist; pass the --out of a refine run")
+        raise InputError(
+            f"run directory {str(run_dir)!r} does not exist; pass the --out of a refine run"
+        )
     missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
     if missing:
-        raise InputError(
-            f"{str(run_dir)!r} is not a refine run directory: {missing[0]} is missing"
-        )
+        raise InputError(f"{str(run_dir)!r} is not a refine run directory: {missing[0]} is missing")
     con = duckdb.connect()
     for view, (filename, sql) in VIEWS.items():
         path = run_dir / filename

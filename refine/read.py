@@ -96,7 +96,9 @@ def encode_labels(table: pa.Table, label: str, folds: int) -> LabelledTable:
             "Name the label column with --label"
         )
     if names.count(label) > 1:
-        raise InputError(f"input has {names.count(label)} columns named {label!r}; rename all but one")
+        raise InputError(
+            f"input has {names.count(label)} columns named {label!r}; rename all but one"
+        )
     column = table.column(label)
     value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if not (

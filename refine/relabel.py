@@ -39,7 +39,8 @@ def teacher_is_reliable(labels: np.ndarray, proba: np.ndarray, min_kappa: float 
     predicted = proba.argmax(1)
     observed = float((predicted == labels).mean())
     expected = float(
-        (np.bincount(labels, minlength=k) / len(labels)) @ (np.bincount(predicted, minlength=k) / len(labels))
+        (np.bincount(labels, minlength=k) / len(labels))
+        @ (np.bincount(predicted, minlength=k) / len(labels))
     )
     kappa = (observed - expected) / (1.0 - expected) if expected < 1 else 0.0
     return kappa >= min_kappa
@@ -78,7 +79,9 @@ def decide(
     weight = labelled.astype(np.float32)
     if reliable:
         flagged = labelled & is_issue
-        correct = flagged & (confidence >= relabel_threshold) & (agreement >= 1.0) & (predicted != labels)
+        correct = (
+            flagged & (confidence >= relabel_threshold) & (agreement >= 1.0) & (predicted != labels)
+        )
         exclude = flagged & ~correct & (quality < exclude_threshold)
         down = flagged & ~correct & ~exclude
         refined[correct] = predicted[correct]

@@ -39,13 +39,15 @@ ROUNDS_SCHEMA = pa.schema(
 def output_schema(data: LabelledTable) -> pa.Schema:
     """The input schema followed by refine's columns (see DESIGN.md's output contract)."""
     label_type = data.table.schema.field(data.label).type
-    return data.table.schema.append(pa.field("label_refined", label_type)).append(
-        pa.field("label_soft", pa.list_(pa.float32()))
-    ).append(pa.field("label_quality", pa.float32())).append(
-        pa.field("is_label_issue", pa.bool_())
-    ).append(pa.field("label_predicted", label_type)).append(
-        pa.field("label_source", pa.string())
-    ).append(pa.field("sample_weight", pa.float32()))
+    return (
+        data.table.schema.append(pa.field("label_refined", label_type))
+        .append(pa.field("label_soft", pa.list_(pa.float32())))
+        .append(pa.field("label_quality", pa.float32()))
+        .append(pa.field("is_label_issue", pa.bool_()))
+        .append(pa.field("label_predicted", label_type))
+        .append(pa.field("label_source", pa.string()))
+        .append(pa.field("sample_weight", pa.float32()))
+    )
 
 
 def refined_table(
@@ -102,7 +104,9 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise OutputError(f"cannot create the output directory {str(out)!r}: {exc.strerror}") from None
+        raise OutputError(
+            f"cannot create the output directory {str(out)!r}: {exc.strerror}"
+        ) from None
     try:
         yield tmp
         if out.exists():
@@ -123,11 +127,14 @@ def check_output(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not overwrite:
-        raise OutputError(f"output {str(out)!r} already exists; pass --overwrite to replace it, "
-                          "or choose another --out")
+        raise OutputError(
+            f"output {str(out)!r} already exists; pass --overwrite to replace it, "
+            "or choose another --out"
+        )
     if not out.is_dir():
-        raise OutputError(f"output {str(out)!r} exists and is not a directory; remove it or "
-                          "choose another --out")
+        raise OutputError(
+            f"output {str(out)!r} exists and is not a directory; remove it or choose another --out"
+        )
     if any(out.iterdir()) and not (out / "run.json").exists():
         raise OutputError(
             f"output {str(out)!r} is a non-empty directory that is not a refine run (no run.json); "

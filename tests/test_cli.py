@@ -43,16 +43,30 @@ def test_run_writes_a_run_and_prints_a_summary(tmp_path, noisy_parquet):
     assert result.exit_code == 0, result.output
     assert "flagged" in result.output and "corrected" in result.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.pt", "refined.parquet", "rounds.parquet", "run.json"]
+        "model.pt",
+        "refined.parquet",
+        "rounds.parquet",
+        "run.json",
+    ]
     assert json.loads((out / "run.json").read_text())["config"]["rounds"] == 1
     # An existing run is refused, then replaced with --overwrite.
     again = invoke("run", str(noisy_parquet), "--out", str(out), *FAST_FLAGS)
     assert again.exit_code == 2
     assert again.output.strip() == (
         f"Error: output {str(out)!r} already exists; pass --overwrite to replace it, "
-        "or choose another --out")
-    replaced = invoke("run", str(noisy_parquet), "--out", str(out), "--overwrite", "--quiet",
-                      "--ignore", "id", *FAST_FLAGS)
+        "or choose another --out"
+    )
+    replaced = invoke(
+        "run",
+        str(noisy_parquet),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--quiet",
+        "--ignore",
+        "id",
+        *FAST_FLAGS,
+    )
     assert replaced.exit_code == 0 and replaced.output == ""
 
 
@@ -66,12 +80,19 @@ def test_query_formats(finished_run):
     assert sum(int(r[1]) for r in rows[1:]) == 360
     as_json = json.loads(invoke("query", str(out), sql, "--format", "json").output)
     assert [r["label"] for r in as_json] == [0, 1, 2]
-    flagged = json.loads(invoke("query", str(out), "SELECT count(*) AS n FROM flagged",
-                                "--format", "json").output)[0]["n"]
-    total = pq.read_table(out / "refined.parquet").column("is_label_issue").to_numpy(
-        zero_copy_only=False).sum()
+    flagged = json.loads(
+        invoke("query", str(out), "SELECT count(*) AS n FROM flagged", "--format", "json").output
+    )[0]["n"]
+    total = (
+        pq.read_table(out / "refined.parquet")
+        .column("is_label_issue")
+        .to_numpy(zero_copy_only=False)
+        .sum()
+    )
     assert flagged == total
-    rounds = json.loads(invoke("query", str(out), "SELECT * FROM rounds", "--format", "json").output)
+    rounds = json.loads(
+        invoke("query", str(out), "SELECT * FROM rounds", "--format", "json").output
+    )
     assert rounds[0]["round"] == 1
     table = invoke("query", str(out), "SELECT label, label_soft FROM refined LIMIT 2")
     assert table.exit_code == 0 and "label_soft" in table.output
@@ -85,13 +106,17 @@ def test_query_errors(tmp_path, finished_run):
     assert missing.exit_code == 2
     assert missing.output.strip() == (
         f"Error: run directory {str(tmp_path / 'nowhere')!r} does not exist; "
-        "pass the --out of a refine run")
+        "pass the --out of a refine run"
+    )
 
 
 def test_missing_path(tmp_path):
-    run_fails(tmp_path, tmp_path / "nope.parquet",
-              f"input {str(tmp_path / 'nope.parquet')!r} does not exist; "
-              "pass a Parquet file or a directory")
+    run_fails(
+        tmp_path,
+        tmp_path / "nope.parquet",
+        f"input {str(tmp_path / 'nope.parquet')!r} does not exist; "
+        "pass a Parquet file or a directory",
+    )
 
 
 def test_not_parquet(tmp_path):
@@ -102,7 +127,8 @@ def test_not_parquet(tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: cannot read {str(path)!r} as Parquet: ")
     assert result.output.strip().endswith(
-        "Check that the file is a complete Parquet file (not CSV, not truncated)")
+        "Check that the file is a complete Parquet file (not CSV, not truncated)"
+    )
     assert not out.exists()
 
 
@@ -116,55 +142,94 @@ def test_truncated_parquet(tmp_path, noisy_parquet):
 
 def test_missing_label_column(tmp_path):
     data = write(tmp_path, pa.table({"a": [1.0, 2.0], "b": [3, 4]}))
-    run_fails(tmp_path, data, "input has no label column 'label'; its columns are: 'a', 'b'. "
-              "Name the label column with --label")
+    run_fails(
+        tmp_path,
+        data,
+        "input has no label column 'label'; its columns are: 'a', 'b'. "
+        "Name the label column with --label",
+    )
 
 
 def test_float_label(tmp_path):
     data = write(tmp_path, pa.table({"a": [1.0, 2.0], "y": [0.0, 1.0]}))
-    run_fails(tmp_path, data, "label column 'y' has type double; refine needs class labels of "
-              "integer, string or boolean type; if the values are whole numbers, cast the column "
-              "to an integer type", "--label", "y")
+    run_fails(
+        tmp_path,
+        data,
+        "label column 'y' has type double; refine needs class labels of "
+        "integer, string or boolean type; if the values are whole numbers, cast the column "
+        "to an integer type",
+        "--label",
+        "y",
+    )
 
 
 def test_nested_label(tmp_path):
     data = write(tmp_path, pa.table({"a": [1.0, 2.0], "y": [[1], [2]]}))
     stored = pq.read_schema(data).field("y").type  # list<element: int64> after a Parquet round trip
-    run_fails(tmp_path, data, f"label column 'y' has type {stored}; refine needs class "
-              "labels of integer, string or boolean type", "--label", "y")
+    run_fails(
+        tmp_path,
+        data,
+        f"label column 'y' has type {stored}; refine needs class "
+        "labels of integer, string or boolean type",
+        "--label",
+        "y",
+    )
 
 
 def test_one_class(tmp_path):
     data = write(tmp_path, pa.table({"a": [1.0, 2.0, 3.0], "label": ["x", "x", None]}))
-    run_fails(tmp_path, data, "label column 'label' has fewer than 2 classes (only ['x']); "
-              "refine needs at least two classes to tell labels apart")
+    run_fails(
+        tmp_path,
+        data,
+        "label column 'label' has fewer than 2 classes (only ['x']); "
+        "refine needs at least two classes to tell labels apart",
+    )
 
 
 def test_class_smaller_than_folds(tmp_path):
     labels = ["a"] * 20 + ["b"] * 20 + ["rare"] * 3
     data = write(tmp_path, pa.table({"x": np.arange(43.0), "label": labels}))
-    run_fails(tmp_path, data, "class \"rare\" of label column 'label' has 3 labelled rows, fewer "
-              "than the 5 folds; use --folds 3 or fewer, or drop or merge that class")
+    run_fails(
+        tmp_path,
+        data,
+        "class \"rare\" of label column 'label' has 3 labelled rows, fewer "
+        "than the 5 folds; use --folds 3 or fewer, or drop or merge that class",
+    )
 
 
 def test_no_usable_feature(tmp_path):
     data = write(tmp_path, pa.table({"const": [1.0] * 10, "label": [0, 1] * 5}))
-    run_fails(tmp_path, data, "no usable feature column (const: constant (one distinct value)). "
-              "refine needs numeric, low-cardinality categorical or list<float> embedding columns "
-              "besides the label", "--folds", "2")
+    run_fails(
+        tmp_path,
+        data,
+        "no usable feature column (const: constant (one distinct value)). "
+        "refine needs numeric, low-cardinality categorical or list<float> embedding columns "
+        "besides the label",
+        "--folds",
+        "2",
+    )
 
 
 def test_unknown_feature_column(tmp_path):
     data = write(tmp_path, pa.table({"a": [1.0, 2.0], "label": [0, 1]}))
-    run_fails(tmp_path, data, "--features names column 'b', which the input does not have; "
-              "its columns are: 'a', 'label'", "--features", "b")
+    run_fails(
+        tmp_path,
+        data,
+        "--features names column 'b', which the input does not have; its columns are: 'a', 'label'",
+        "--features",
+        "b",
+    )
 
 
 def test_output_column_clash(tmp_path):
     data = write(tmp_path, pa.table({"a": [1.0, 2.0], "label_soft": [1, 2], "label": [0, 1]}))
-    run_fails(tmp_path, data, "input column 'label_soft' has the name of a column refine writes "
-              "(label_refined, label_soft, label_quality, is_label_issue, label_predicted, "
-              "label_source, sample_weight); rename or drop it before running refine")
+    run_fails(
+        tmp_path,
+        data,
+        "input column 'label_soft' has the name of a column refine writes "
+        "(label_refined, label_soft, label_quality, is_label_issue, label_predicted, "
+        "label_source, sample_weight); rename or drop it before running refine",
+    )
 
 
 def test_existing_non_run_directory_is_never_replaced(tmp_path, noisy_parquet):
@@ -185,8 +250,9 @@ def test_input_is_never_modified(tmp_path):
     table, _ = noisy_table(n=120)
     data = write(tmp_path, table)
     before = data.read_bytes()
-    result = invoke("run", str(data), "--out", str(tmp_path / "out"), "--ignore", "id", "--quiet",
-                    *FAST_FLAGS)
+    result = invoke(
+        "run", str(data), "--out", str(tmp_path / "out"), "--ignore", "id", "--quiet", *FAST_FLAGS
+    )
     assert result.exit_code == 0
     assert data.read_bytes() == before
 

@@ -112,8 +112,11 @@ def test_noise_from_a_known_matrix_is_found():
 def test_string_labels_come_back_as_they_went_in():
     table, truth = noisy_table(n=240, seed=5)
     names = np.array(["cat", "dog", "ému"])
-    table = table.set_column(table.column_names.index("label"), "label",
-                             pa.array(names[table.column("label").to_numpy()]))
+    table = table.set_column(
+        table.column_names.index("label"),
+        "label",
+        pa.array(names[table.column("label").to_numpy()]),
+    )
     result = refine.run(table, ignore=("id",), seed=0, **FAST)
     assert result.refined.schema.field("label_refined").type == pa.string()
     assert set(result.refined.column("label_predicted").to_pylist()) <= set(names)
@@ -124,8 +127,9 @@ def test_unlabelled_rows_are_kept_and_marked():
     table, _ = noisy_table(n=240, seed=6)
     labels = table.column("label").to_numpy().astype(float)
     mask = np.arange(240) % 8 == 0
-    table = table.set_column(table.column_names.index("label"), "label",
-                             pa.array(labels.astype(np.int64), mask=mask))
+    table = table.set_column(
+        table.column_names.index("label"), "label", pa.array(labels.astype(np.int64), mask=mask)
+    )
     result = refine.run(table, ignore=("id",), seed=0, **FAST)
     t = result.refined
     source = np.array(t.column("label_source").to_pylist())
@@ -149,8 +153,9 @@ def test_same_seed_gives_identical_refined_parquet(tmp_path, noisy_parquet):
 def test_an_unreliable_teacher_keeps_every_label():
     # Features carry no information about the labels: nothing should be corrected.
     rng = np.random.default_rng(0)
-    table = pa.table({"a": rng.normal(size=300), "b": rng.normal(size=300),
-                      "y": rng.integers(0, 3, size=300)})
+    table = pa.table(
+        {"a": rng.normal(size=300), "b": rng.normal(size=300), "y": rng.integers(0, 3, size=300)}
+    )
     result = refine.run(table, label="y", seed=0, **FAST)
     assert not result.summary["teacher_reliable"]
     t = result.refined

@@ -54,7 +54,9 @@ def test_features_named_explicitly_must_be_usable():
 
 
 def test_high_cardinality_strings_are_skipped():
-    table = pa.table({"text": [f"row {i}" for i in range(100)], "x": np.arange(100.0), "y": [0, 1] * 50})
+    table = pa.table(
+        {"text": [f"row {i}" for i in range(100)], "x": np.arange(100.0), "y": [0, 1] * 50}
+    )
     encoder = fit_features(table, "y", max_categories=64)
     assert encoder.columns == ["x"]
     assert encoder.skipped["text"].startswith("100 distinct values, more than --max-categories 64")
@@ -110,7 +112,9 @@ def test_temperature_scaling_recovers_a_known_temperature():
     t = fit_temperature(overconfident, labels)
     assert t == pytest.approx(2.0, rel=0.05)
     calibrated = apply_temperature(overconfident, t)
-    assert expected_calibration_error(calibrated, labels) < expected_calibration_error(overconfident, labels)
+    assert expected_calibration_error(calibrated, labels) < expected_calibration_error(
+        overconfident, labels
+    )
 
 
 def test_ece_by_hand():
@@ -135,8 +139,17 @@ def test_decide_applies_each_rule():
     is_issue = np.array([False, True, True, True, False])
     quality = np.array([0.9, 0.2, 0.45, 0.02, 1.0], np.float32)
     agreement = np.array([1.0, 1.0, 1.0, 0.5, 1.0], np.float32)
-    d = decide(labels, proba, is_issue, quality, agreement, relabel_threshold=0.6,
-               exclude_threshold=0.05, soft_mix=0.5, reliable=True)
+    d = decide(
+        labels,
+        proba,
+        is_issue,
+        quality,
+        agreement,
+        relabel_threshold=0.6,
+        exclude_threshold=0.05,
+        soft_mix=0.5,
+        reliable=True,
+    )
     # kept; corrected (0.8 >= 0.6, unanimous); down-weighted (0.55 < 0.6);
     # excluded (members disagree, quality 0.02 < 0.05); unlabelled.
     np.testing.assert_array_equal(d.source, [GIVEN, CORRECTED, GIVEN, EXCLUDED, UNLABELLED])
