@@ -23,17 +23,22 @@ def detect_issues(
 
     A row is flagged when cleanlab's ``find_label_issues`` (method ``filter_by``) flags it and
     the ensemble's most likely class is not the given one. Rows that every ensemble member
-    assigns to another class with calibrated probability at least ``confident_threshold`` are
-    flagged too: cleanlab's per-class thresholds (the mean self-confidence of each class)
-    undercount such rows when a class's noise is one-directional, as measured in
-    ``benchmarks/detection.py``; None turns this off. Quality is cleanlab's self-confidence:
-    the calibrated probability of the given label.
+    assigns to another class, with calibrated probability at least ``confident_threshold`` and
+    at least 0.5 above the given label's, are flagged too: cleanlab's per-class thresholds
+    undercount such rows when a class's noise is one-directional (recall 0.83 on the
+    known-matrix test; 0.94 with this rule), while the margin keeps the rule off rows in
+    overlapping classes, where flagging on confidence alone made labels worse (iris with 40%
+    of one class relabelled: refined-label accuracy 0.77 against 0.87 given). None turns the
+    rule off. Quality is cleanlab's self-confidence: the calibrated probability of the given
+    label.
     """
     flagged = find_label_issues(labels, proba, filter_by=filter_by, n_jobs=1)
     predicted = proba.argmax(1)
     if confident_threshold is not None:
-        confidence = proba[np.arange(len(labels)), predicted]
-        flagged |= (confidence >= confident_threshold) & (agreement >= 1.0)
+        rows = np.arange(len(labels))
+        confidence = proba[rows, predicted]
+        margin = confidence - proba[rows, labels]
+        flagged |= (confidence >= confident_threshold) & (margin >= 0.5) & (agreement >= 1.0)
     is_issue = flagged & (predicted != labels)
     quality = get_label_quality_scores(labels, proba, method="self_confidence")
     quality = np.clip(quality, 0.0, 1.0).astype(np.float32)

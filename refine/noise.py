@@ -1,8 +1,17 @@
-"""Label noise with a known answer: flip an exact share of labels, reproducibly by seed."""
+"""Label noise with a known answer: flip an exact share of labels, reproducibly by seed.
+
+Each generator takes true labels ``(N,)`` as class indices and returns a new array; the input
+is never changed. The ones that flip a rate change exactly ``round(rate * eligible_rows)`` rows,
+so a benchmark knows its noise share to the row. Randomness comes only from
+``np.random.default_rng(seed)``: the same seed gives the same noise.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+# Keeps rows the clean model finds easy eligible for instance-dependent flips, at a low weight.
+DIFFICULTY_EPSILON = 1e-3
 
 
 def flip_symmetric(labels: np.ndarray, rate: float, n_classes: int, seed: int) -> np.ndarray:
@@ -10,8 +19,7 @@ def flip_symmetric(labels: np.ndarray, rate: float, n_classes: int, seed: int) -
 
     ``labels`` ``(N,)`` class indices; returns new noisy labels, ``labels`` is not changed.
     """
-    if not 0 <= rate <= 1:
-        raise ValueError(f"noise rate must be in [0, 1], got {rate}")
+    _check_rate(rate)
     rng = np.random.default_rng(seed)
     noisy = np.asarray(labels).copy()
     rows = rng.choice(len(noisy), size=int(round(rate * len(noisy))), replace=False)
@@ -28,3 +36,206 @@ def flip_with_matrix(labels: np.ndarray, transition: np.ndarray, seed: int) -> n
     cumulative = transition.cumsum(1)[labels]
     draws = rng.random(len(labels))[:, None]
     return np.minimum((draws > cumulative).sum(1), transition.shape[1] - 1)
+
+
+def flip_pair(
+    labels: np.ndarray,
+    rate: float,
+    n_classes: int,
+    seed: int,
+    mapping: np.ndarray | list[int] | None = None,
+) -> np.ndarray:
+    """Pair (asymmetric) noise: each flipped row of class ``c`` becomes ``mapping[c]``.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+        True class indices in ``0 .. n_classes - 1``.
+    rate : float
+        Share of rows to flip, in [0, 1]. Exactly ``round(rate * N)`` rows, drawn uniformly
+        among all rows, change.
+    n_classes : int
+        Number of classes, at least 2.
+    seed : int
+        Seed of ``np.random.default_rng``; the same seed flips the same rows.
+    mapping : array-like of int, shape (n_classes,), optional
+        The confusable class of each class; ``mapping[c]`` must differ from ``c``.
+        Default ``(c + 1) % n_classes``, the pair-flip of Han et al. (2018).
+
+    Returns
+    -------
+    ndarray of int, shape (N,)
+        New noisy labels; ``labels`` is not changed.
+    """
+    labels = _check_labels(labels, n_classes)
+    _check_rate(rate)
+    if mapping is None:
+        mapping = (np.arange(n_classes) + 1) % n_classes
+    mapping = np.asarray(mapping)
+    if mapping.shape != (n_classes,) or not np.issubdtype(mapping.dtype, np.integer):
+        raise ValueError(
+            f"mapping must hold one class index per class, {n_classes} integers, "
+            f"got shape {mapping.shape} of {mapping.dtype}"
+        )
+    if mapping.min() < 0 or mapping.max() >= n_classes:
+        raise ValueError(
+            f"mapping names an unknown class: every entry must be in 0..{n_classes - 1}"
+        )
+    fixed = np.flatnonzero(mapping == np.arange(n_classes))
+    if len(fixed):
+        raise ValueError(
+            f"mapping sends class {int(fixed[0])} to itself; every class needs another class "
+            "to flip to"
+        )
+    rng = np.random.default_rng(seed)
+    noisy = labels.copy()
+    rows = rng.choice(len(noisy), size=int(round(rate * len(noisy))), replace=False)
+    noisy[rows] = mapping[noisy[rows]]
+    return noisy
+
+
+def flip_instance_dependent(
+    labels: np.ndarray, proba: np.ndarray, rate: float, seed: int
+) -> np.ndarray:
+    """Instance-dependent noise: hard rows flip more often, each to its most confusable class.
+
+    A row is chosen with probability proportional to its difficulty,
+    ``1 - proba[row, true] + DIFFICULTY_EPSILON``, without replacement, and becomes the class
+    the clean model rates highest after the true one. This mimics annotators, who err on
+    ambiguous rows and towards the class the row resembles.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+        True class indices in ``0 .. K - 1``.
+    proba : ndarray of float, shape (N, K)
+        A clean model's out-of-fold class probabilities; the caller computes them
+        (``sklearn.model_selection.cross_val_predict(..., method="predict_proba")``), so that
+        no row is scored by a model that saw it.
+    rate : float
+        Share of rows to flip, in [0, 1]. Exactly ``round(rate * N)`` rows change.
+    seed : int
+        Seed of ``np.random.default_rng``.
+
+    Returns
+    -------
+    ndarray of int, shape (N,)
+        New noisy labels; ``labels`` and ``proba`` are not changed.
+    """
+    labels = np.asarray(labels)
+    proba = np.asarray(proba, dtype=float)
+    if proba.ndim != 2 or proba.shape[0] != len(labels) or proba.shape[1] < 2:
+        raise ValueError(
+            f"proba must have shape (N, K) = ({len(labels)}, K) with K >= 2 classes, "
+            f"one row per label; got shape {proba.shape}"
+        )
+    if not np.isfinite(proba).all():
+        raise ValueError("proba holds NaN or infinite values; pass a model's probabilities")
+    labels = _check_labels(labels, proba.shape[1])
+    _check_rate(rate)
+    rows = np.arange(len(labels))
+    difficulty = 1.0 - proba[rows, labels] + DIFFICULTY_EPSILON
+    difficulty = np.clip(difficulty, DIFFICULTY_EPSILON, None)
+    confusion = proba.copy()
+    confusion[rows, labels] = -np.inf
+    rng = np.random.default_rng(seed)
+    noisy = labels.copy()
+    flipped = rng.choice(
+        len(labels),
+        size=int(round(rate * len(labels))),
+        replace=False,
+        p=difficulty / difficulty.sum(),
+    )
+    noisy[flipped] = confusion[flipped].argmax(1)
+    return noisy
+
+
+def flip_one_direction(
+    labels: np.ndarray, source: int, target: int, rate: float, seed: int
+) -> np.ndarray:
+    """Class-conditional noise in one direction: some rows of ``source`` become ``target``.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+        True class indices.
+    source, target : int
+        Classes that occur in ``labels``, ``source != target``.
+    rate : float
+        Share of the ``source`` rows to flip, in [0, 1]: exactly
+        ``round(rate * count(labels == source))`` of them, drawn uniformly. No other row changes.
+    seed : int
+        Seed of ``np.random.default_rng``.
+
+    Returns
+    -------
+    ndarray of int, shape (N,)
+        New noisy labels; ``labels`` is not changed.
+    """
+    labels = np.asarray(labels)
+    _check_rate(rate)
+    present = np.unique(labels)
+    for role, value in (("source", source), ("target", target)):
+        if value not in present:
+            raise ValueError(
+                f"{role} class {value!r} does not occur in the labels; "
+                f"choose one of {present.tolist()}"
+            )
+    if source == target:
+        raise ValueError(f"source and target are both class {source!r}; choose two classes")
+    rng = np.random.default_rng(seed)
+    noisy = labels.copy()
+    eligible = np.flatnonzero(labels == source)
+    rows = rng.choice(eligible, size=int(round(rate * len(eligible))), replace=False)
+    noisy[rows] = target
+    return noisy
+
+
+def hide_labels(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Choose exactly ``round(fraction * n)`` rows, uniformly, to become unlabelled.
+
+    Parameters
+    ----------
+    n : int
+        Number of rows, at least 0.
+    fraction : float
+        Share of rows to hide, in [0, 1].
+    seed : int
+        Seed of ``np.random.default_rng``.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        True on the rows whose label is to be hidden.
+    """
+    if n < 0:
+        raise ValueError(f"number of rows must be at least 0, got {n}")
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"unlabelled fraction must be in [0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    mask[rng.choice(n, size=int(round(fraction * n)), replace=False)] = True
+    return mask
+
+
+def _check_rate(rate: float) -> None:
+    if not 0 <= rate <= 1:
+        raise ValueError(f"noise rate must be in [0, 1], got {rate}")
+
+
+def _check_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``labels`` as an integer array ``(N,)`` whose values are all in ``0 .. n_classes - 1``."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(
+            f"labels must be class indices of shape (N,), got shape {labels.shape} of {labels.dtype}"
+        )
+    if n_classes < 2:
+        raise ValueError(f"label noise needs at least 2 classes, got n_classes={n_classes}")
+    unknown = labels[(labels < 0) | (labels >= n_classes)]
+    if len(unknown):
+        raise ValueError(
+            f"label {int(unknown[0])} is not a known class: with n_classes={n_classes}, "
+            f"labels must be in 0..{n_classes - 1}"
+        )
+    return labels

@@ -1,0 +1,350 @@
+"""``refine bench``: refine against cleanlab baselines, side by side, on the dataset recipes.
+
+For each recipe of a suite and each seed, in one process: build the noisy dataset, run refine,
+run the baselines on the same rows, and score everything against the truth. Baselines:
+
+* ``cleanlab+LR``: cleanlab's ``find_label_issues`` on 5-fold out-of-fold probabilities of a
+  standardised ``LogisticRegression``;
+* ``cleanlab+HGB``: the same on ``HistGradientBoostingClassifier``;
+* ``CleanLearning``: cleanlab's ``CleanLearning(LogisticRegression)``, for downstream accuracy.
+
+Downstream accuracy is that of one learner (standardised ``LogisticRegression``) on the clean
+test split, trained on the noisy labels, on refine's ``label_refined`` with ``sample_weight``,
+and on the true labels (the ceiling). Cost is wall time and peak memory (resident set growth
+while the method runs), as ratios to ``cleanlab+LR``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from refine.progress import NULL_PROGRESS, Progress
+
+TRUTH_COLUMNS = ("label_true", "is_noisy")
+METHODS = ("refine", "cleanlab+LR", "cleanlab+HGB")
+
+
+@dataclass
+class BenchReport:
+    rows: list[dict[str, Any]]  # one per recipe x seed x method
+    summary: dict[str, Any]
+    header: dict[str, Any]
+
+
+def run_bench(
+    suite: str = "quick",
+    seeds: int = 1,
+    recipes: tuple[str, ...] | None = None,
+    progress: Progress = NULL_PROGRESS,
+    **refine_options: Any,
+) -> BenchReport:
+    """Run every recipe of ``suite`` (or the named ``recipes``) for ``seeds`` seeds."""
+    from refine.recipes import list_recipes, load_recipe
+
+    chosen = [load_recipe(n) for n in recipes] if recipes else list_recipes(suite)
+    rows: list[dict[str, Any]] = []
+    task = progress.start("bench", "datasets", total=len(chosen) * seeds)
+    for recipe in chosen:
+        for offset in range(seeds):
+            progress.note(f"{recipe.name}, seed {recipe.seed + offset}")
+            rows.extend(_bench_one(recipe, recipe.seed + offset, refine_options))
+            progress.advance(task)
+    progress.finish(task)
+    return BenchReport(rows=rows, summary=summarise(rows), header=_header(suite, seeds))
+
+
+def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[dict[str, Any]]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    import refine
+    from refine.baselines import cleanlab_baseline
+    from refine.features import fit_features
+    from refine.recipes import build_dataset
+
+    built = build_dataset(recipe, seed=seed)
+    train, test = built.train, built.test
+    truth = train.column("label_true").to_numpy()
+    given = train.column("label").to_numpy(zero_copy_only=False)
+    labelled = ~np.isnan(given.astype(float))
+    given = np.where(labelled, given, -1).astype(np.int64)
+    is_noisy = train.column("is_noisy").to_numpy(zero_copy_only=False)
+
+    encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
+    X, X_test = encoder.transform(train), encoder.transform(test)
+    y_test = test.column("label").to_numpy()
+    base = {"dataset": recipe.name, "seed": seed, "rows": train.num_rows,
+            "noise_rate": float(is_noisy[labelled].mean())}
+
+    result, seconds, memory = measure(
+        lambda: refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **refine_options)
+    )
+    refined = result.refined
+    refined_labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
+    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(np.int64)
+    weight = refined.column("sample_weight").to_numpy()
+    rows = [
+        {
+            **base,
+            "method": "refine",
+            **_flags(refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
+                     is_noisy[labelled],
+                     refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled]),
+            **_labels(refined_labels[labelled], truth[labelled], given[labelled]),
+            **_pseudo(refined, labelled, truth),
+            "test_accuracy": _downstream(X, refined_labels, weight, X_test, y_test),
+            "seconds": seconds,
+            "memory_mb": memory,
+        }
+    ]
+    X_l, y_l = X[labelled], given[labelled]
+    for name, model in (("cleanlab+LR", None),
+                        ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed))):
+        (issues, quality, _), seconds, memory = measure(
+            lambda model=model: cleanlab_baseline(X_l, y_l, folds=5, seed=seed, model=model)
+        )
+        rows.append({**base, "method": name, **_flags(issues, is_noisy[labelled], quality),
+                     **_labels(y_l, truth[labelled], y_l), "seconds": seconds, "memory_mb": memory})
+    noisy_acc = _downstream(X_l, y_l, np.ones(len(y_l)), X_test, y_test)
+    clean_acc = _downstream(X, truth, np.ones(len(truth)), X_test, y_test)
+    cleanlearning_acc = _clean_learning(X_l, y_l, X_test, y_test, seed)
+    for row in rows:
+        row.update(noisy_test_accuracy=noisy_acc, clean_test_accuracy=clean_acc,
+                   cleanlearning_test_accuracy=cleanlearning_acc)
+        if row["method"] == "refine":
+            gap = clean_acc - noisy_acc
+            row["gap_recovered"] = (row["test_accuracy"] - noisy_acc) / gap if gap > 0.005 else None
+    return rows
+
+
+def _flags(is_issue: np.ndarray, is_noisy: np.ndarray, quality: np.ndarray) -> dict[str, float]:
+    from refine.metrics import flag_scores
+
+    return flag_scores(np.asarray(is_issue, bool), np.asarray(is_noisy, bool), np.asarray(quality))
+
+
+def _labels(refined: np.ndarray, truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
+    from refine.metrics import label_accuracy
+
+    scores = label_accuracy(refined, truth)
+    return {"label_accuracy": scores["accuracy"], "kept": scores["kept"],
+            "given_accuracy": float((given == truth).mean())}
+
+
+def _pseudo(refined: pa.Table, labelled: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Accuracy of pseudo-labels on unlabelled rows, where there are any."""
+    source = np.asarray(refined.column("label_source").to_pylist(), dtype=object)
+    pseudo = (source == "pseudo") & ~labelled
+    if not pseudo.any():
+        return {}
+    values = refined.column("label_refined").to_numpy(zero_copy_only=False)[pseudo].astype(np.int64)
+    return {"pseudo_labelled": int(pseudo.sum()), "pseudo_accuracy": float((values == truth[pseudo]).mean())}
+
+
+def _downstream(X, labels, weight, X_test, y_test) -> float:
+    """Test accuracy of a standardised LogisticRegression trained on ``labels`` (-1 = skip)."""
+    from refine.baselines import logistic_regression
+
+    keep = (labels >= 0) & (weight > 0)
+    model = logistic_regression()
+    model.fit(X[keep], labels[keep], logisticregression__sample_weight=weight[keep])
+    return float((model.predict(X_test) == y_test).mean())
+
+
+def _clean_learning(X, labels, X_test, y_test, seed: int) -> float:
+    from cleanlab.classification import CleanLearning
+
+    from refine.baselines import logistic_regression
+
+    model = CleanLearning(logistic_regression(), seed=seed,
+                          find_label_issues_kwargs={"n_jobs": 1}).fit(X, labels)
+    return float((model.predict(X_test) == y_test).mean())
+
+
+def measure(function: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Call ``function``; return its result, wall seconds and peak resident-set growth in MB.
+
+    Memory is sampled from /proc every 20 ms in a thread (Linux); elsewhere it is NaN.
+    """
+    statm = Path("/proc/self/statm")
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def rss() -> float:
+        return int(statm.read_text().split()[1]) * page / 2**20
+
+    if not statm.exists():
+        started = time.perf_counter()
+        return function(), time.perf_counter() - started, float("nan")
+    start_rss = peak = rss()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        result = function()
+    finally:
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    return result, seconds, max(peak, rss()) - start_rss
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means and standard deviations over seeds per dataset and method; targets over everything."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    metrics = [c for c in ("precision", "recall", "f1", "auprc", "auroc", "label_accuracy",
+                           "given_accuracy", "kept", "test_accuracy", "gap_recovered",
+                           "pseudo_accuracy", "seconds", "memory_mb") if c in df]
+    per = df.groupby(["dataset", "method"])[metrics].agg(["mean", "std"])
+    by_dataset = {}
+    for (dataset, method), values in per.iterrows():
+        by_dataset.setdefault(dataset, {})[method] = {
+            f"{m}_{stat}": _num(values[(m, stat)]) for m in metrics for stat in ("mean", "std")
+        }
+    refine_rows = df[df.method == "refine"].set_index(["dataset", "seed"])
+    best = df[df.method != "refine"].groupby(["dataset", "seed"])[["f1", "auprc"]].max()
+    lr = df[df.method == "cleanlab+LR"].set_index(["dataset", "seed"])
+    shared = {
+        "f1_margin_over_best_baseline": _num((refine_rows["f1"] - best["f1"]).mean()),
+        "auprc_margin_over_best_baseline": _num((refine_rows["auprc"] - best["auprc"]).mean()),
+        "cases_refined_labels_beat_given": int(
+            (refine_rows["label_accuracy"] > refine_rows["given_accuracy"]).sum()),
+        "cases": int(len(refine_rows)),
+        "mean_gap_recovered": _num(refine_rows["gap_recovered"].dropna().mean()),
+        "time_ratio_to_cleanlab_lr": _num((refine_rows["seconds"] / lr["seconds"]).median()),
+        "memory_ratio_to_cleanlab_lr": _num(
+            (refine_rows["memory_mb"] / lr["memory_mb"].clip(lower=1.0)).median()),
+    }
+    return {"targets": shared, "by_dataset": by_dataset}
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(value) else round(value, 4)
+
+
+def _header(suite: str, seeds: int) -> dict[str, Any]:
+    from refine.pipeline import _versions
+
+    return {
+        "command": " ".join(["refine", *sys.argv[1:]]) if sys.argv[0].endswith("refine")
+        else f"refine bench --suite {suite} --seeds {seeds}",
+        "suite": suite,
+        "seeds": seeds,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "versions": _versions(),
+    }
+
+
+def render_markdown(report: BenchReport) -> str:
+    """The report a person reads: header, targets, then one table per dataset."""
+    h, s = report.header, report.summary
+    t = s["targets"]
+    lines = [
+        "# refine benchmarks",
+        "",
+        f"Generated by `{h['command']}` on {h['date']}.",
+        f"Machine: {h['machine']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items() if k != "platform") + ".",
+        "",
+        "All methods run on the same rows in the same process. Flags are scored against the "
+        "injected noise on labelled rows; `label acc` is the accuracy of refine's `label_refined` "
+        "(excluded rows count as wrong) or, for the baselines, of the given labels; test accuracy "
+        "is a standardised LogisticRegression on the clean test split. Means ± standard deviations "
+        "over seeds.",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | measured |",
+        "|---|---|---|",
+        f"| F1 margin over the better cleanlab baseline | ≥ 0.05 | {_fmt(t['f1_margin_over_best_baseline'], sign=True)} |",
+        f"| AUPRC margin over the better cleanlab baseline | ≥ 0.03 | {_fmt(t['auprc_margin_over_best_baseline'], sign=True)} |",
+        f"| cases where refined labels beat the given ones | all | {t['cases_refined_labels_beat_given']} of {t['cases']} |",
+        f"| noisy→clean test-accuracy gap recovered | ≥ 80% | {_pct(t['mean_gap_recovered'])} |",
+        f"| wall time, refine / cleanlab+LR (median) | | {_fmt(t['time_ratio_to_cleanlab_lr'], 1)}× |",
+        f"| peak memory growth, refine / cleanlab+LR (median) | | {_fmt(t['memory_ratio_to_cleanlab_lr'], 1)}× |",
+        "",
+        "## Per dataset",
+        "",
+    ]
+    columns = [("precision", 3), ("recall", 3), ("f1", 3), ("auprc", 3), ("auroc", 3),
+               ("label_accuracy", 3), ("test_accuracy", 3), ("seconds", 1), ("memory_mb", 0)]
+    for dataset, methods in s["by_dataset"].items():
+        any_row = next(r for r in report.rows if r["dataset"] == dataset)
+        lines += [
+            f"### {dataset}",
+            "",
+            f"{any_row['rows']:,} training rows, {any_row['noise_rate']:.1%} of labels wrong. "
+            f"Test accuracy trained on noisy labels {any_row['noisy_test_accuracy']:.3f}, "
+            f"on clean labels {any_row['clean_test_accuracy']:.3f}, "
+            f"CleanLearning {any_row['cleanlearning_test_accuracy']:.3f}.",
+            "",
+            "| method | " + " | ".join(c.replace("_", " ") for c, _ in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for method in METHODS:
+            if method not in methods:
+                continue
+            m = methods[method]
+            cells = [_pm(m.get(f"{c}_mean"), m.get(f"{c}_std"), d) for c, d in columns]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if "pseudo_accuracy_mean" in methods.get("refine", {}):
+            lines.append(f"\nPseudo-labels: accuracy {_fmt(methods['refine']['pseudo_accuracy_mean'])}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 3, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _pm(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def write_report(report: BenchReport, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``benchmarks.md`` and ``benchmarks.json`` to ``out_dir``, each atomically."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "benchmarks.md", out_dir / "benchmarks.json"
+    for path, text in (
+        (md, render_markdown(report) + "\n"),
+        (js, json.dumps({"header": report.header, "summary": report.summary, "rows": report.rows},
+                        indent=2, default=_num) + "\n"),
+    ):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return md, js

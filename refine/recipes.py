@@ -1,0 +1,429 @@
+"""Benchmark datasets from recipes: a source, a noise model and a clean test split, fixed by a seed.
+
+A recipe is one JSON file in ``datasets/`` (its schema and the data card are in
+``datasets/README.md``). Building it loads the source without any download, splits off a clean
+test set stratified by the true label, injects label noise into the train split only with the
+generators of ``refine.noise``, and optionally hides a share of the train labels. Because every
+noise generator flips an exact number of rows, the noise share of a built dataset is known to
+the row, and the true labels stay aside in ``label_true`` to score a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+
+from refine.baselines import logistic_regression
+from refine.errors import InputError, OutputError
+from refine.noise import (
+    flip_instance_dependent,
+    flip_one_direction,
+    flip_pair,
+    flip_symmetric,
+    hide_labels,
+)
+
+RECIPE_DIR = Path(
+    os.environ.get("REFINE_DATASETS") or Path(__file__).resolve().parent.parent / "datasets"
+)
+METADATA_KEY = b"refine.recipe"
+
+SOURCE_KINDS = ("sklearn", "make_classification", "gaussian_embeddings")
+SKLEARN_SOURCES = ("breast_cancer", "digits", "iris", "wine")
+# Required and optional keys of each noise model, besides "model".
+NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "none": ((), ("rate",)),
+    "symmetric": (("rate",), ()),
+    "pair": (("rate",), ("mapping",)),
+    "instance": (("rate",), ()),
+    "one_direction": (("rate", "source", "target"), ()),
+}
+CLEAN_MODEL_FOLDS = 5
+EMBEDDING_COLUMN = "embedding"
+LABEL_FIELDS = (
+    pa.field("label", pa.int64()),
+    pa.field("label_true", pa.int64(), nullable=False),
+    pa.field("is_noisy", pa.bool_(), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One dataset x noise setting, as written in its JSON file.
+
+    ``source`` and ``noise`` keep the JSON objects as they are (see ``datasets/README.md``);
+    ``seed`` drives the split, the noise and the hidden labels, never the source data itself.
+    """
+
+    name: str
+    description: str
+    source: dict[str, Any]
+    noise: dict[str, Any]
+    unlabelled: float = 0.0
+    test_fraction: float = 0.25
+    suites: tuple[str, ...] = ()
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "<dict>") -> Recipe:
+        """Validate a recipe's JSON object; ``origin`` names it in error messages."""
+        if not isinstance(data, dict):
+            raise InputError(f"recipe {origin}: expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise InputError(
+                f"recipe {origin}: unknown key {unknown[0]!r}; the keys are {', '.join(fields)}"
+            )
+        missing = [
+            n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data
+        ]
+        if missing:
+            raise InputError(f"recipe {origin}: missing key {missing[0]!r}")
+        recipe = cls(**{**data, "suites": tuple(data.get("suites", ()))})
+        recipe._check(origin)
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as its JSON object."""
+        return {**dataclasses.asdict(self), "suites": list(self.suites)}
+
+    def _check(self, origin: str) -> None:
+        def fail(message: str) -> None:
+            raise InputError(f"recipe {origin}: {message}")
+
+        if not isinstance(self.name, str) or not self.name:
+            fail("'name' must be a non-empty string")
+        if not isinstance(self.description, str):
+            fail("'description' must be a string")
+        if not isinstance(self.source, dict) or self.source.get("kind") not in SOURCE_KINDS:
+            fail(f"'source' must be an object whose 'kind' is one of {', '.join(SOURCE_KINDS)}")
+        if self.source["kind"] == "sklearn":
+            if set(self.source) != {"kind", "name"} or self.source["name"] not in SKLEARN_SOURCES:
+                fail(
+                    'an sklearn source is {"kind": "sklearn", "name": ...} with a name in '
+                    f"{', '.join(SKLEARN_SOURCES)}"
+                )
+        elif set(self.source) != {"kind", "params"} or not isinstance(self.source["params"], dict):
+            fail(f'a {self.source["kind"]} source is {{"kind": ..., "params": {{...}}}}')
+        if not isinstance(self.noise, dict) or self.noise.get("model") not in NOISE_KEYS:
+            fail(f"'noise' must be an object whose 'model' is one of {', '.join(NOISE_KEYS)}")
+        model = self.noise["model"]
+        required, optional = NOISE_KEYS[model]
+        for key in required:
+            if key not in self.noise:
+                fail(f"noise model {model!r} needs the key {key!r}")
+        extra = sorted(set(self.noise) - {"model", *required, *optional})
+        if extra:
+            fail(f"noise model {model!r} takes no key {extra[0]!r}")
+        rate = self.noise.get("rate", 0.0)
+        if not _is_number(rate) or not 0 <= rate <= 1:
+            fail(f"noise rate must be a number in [0, 1], got {rate!r}")
+        if model == "one_direction" and not all(
+            isinstance(self.noise[k], int) and not isinstance(self.noise[k], bool)
+            for k in ("source", "target")
+        ):
+            fail("noise 'source' and 'target' must be class indices (integers)")
+        if model == "none" and rate != 0:
+            fail("noise model 'none' flips nothing; remove 'rate' or set it to 0")
+        if not _is_number(self.unlabelled) or not 0 <= self.unlabelled < 1:
+            fail(f"'unlabelled' must be a number in [0, 1), got {self.unlabelled!r}")
+        if not _is_number(self.test_fraction) or not 0 < self.test_fraction < 1:
+            fail(f"'test_fraction' must be a number in (0, 1), got {self.test_fraction!r}")
+        if not all(isinstance(suite, str) for suite in self.suites):
+            fail("'suites' must be a list of strings")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            fail(f"'seed' must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass
+class BuiltDataset:
+    """A built recipe: a noisy train split and a clean test split.
+
+    ``train`` has the feature columns (float32 ``f0 .. f{D-1}``, sklearn's own names where they
+    are plain identifiers, or one ``embedding`` column of ``fixed_size_list<float32>[D]``), then
+    ``label`` (int64, the noisy label, null on unlabelled rows), ``label_true`` (int64) and
+    ``is_noisy`` (bool: ``label`` is not null and differs from ``label_true``). ``test`` has the
+    same feature columns and ``label``, the true label. ``recipe.seed`` is the seed it was built
+    with.
+    """
+
+    recipe: Recipe
+    train: pa.Table
+    test: pa.Table
+
+
+def list_recipes(suite: str | None = None, directory: Path | None = None) -> list[Recipe]:
+    """Every recipe in ``directory`` (default ``RECIPE_DIR``), sorted by name.
+
+    Parameters
+    ----------
+    suite : str, optional
+        Keep only the recipes of this suite (e.g. ``"quick"``, ``"full"``).
+    directory : Path, optional
+        Folder of recipe JSON files; default the ``REFINE_DATASETS`` environment variable if set,
+        else ``RECIPE_DIR``.
+
+    Returns
+    -------
+    list of Recipe
+    """
+    recipes = [_read_recipe(path) for path in sorted(_recipe_dir(directory).glob("*.json"))]
+    if suite is None:
+        return recipes
+    suites = sorted({s for recipe in recipes for s in recipe.suites})
+    if suite not in suites:
+        raise InputError(
+            f"no recipe belongs to suite {suite!r}; the suites are {', '.join(suites)}"
+        )
+    return [recipe for recipe in recipes if suite in recipe.suites]
+
+
+def load_recipe(name: str, directory: Path | None = None) -> Recipe:
+    """The recipe called ``name`` (its file is ``<name>.json``) in ``directory``.
+
+    Raises ``InputError`` naming the available recipes when there is none of that name.
+    """
+    folder = _recipe_dir(directory)
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in folder.glob("*.json"))) or "none"
+        raise InputError(
+            f"unknown recipe {name!r} in {str(folder)!r}; the available recipes are: {available}"
+        )
+    return _read_recipe(path)
+
+
+def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset:
+    """Build a recipe's train and test tables.
+
+    Parameters
+    ----------
+    recipe : Recipe or str
+        A recipe, or the name of one in ``RECIPE_DIR``.
+    seed : int, optional
+        Seed of the split, the noise and the hidden labels; default the recipe's own. The same
+        seed gives identical tables; another seed gives another split and other noise over the
+        same source data.
+
+    Returns
+    -------
+    BuiltDataset
+        Its ``recipe`` records the seed used. Train rows: ``N_train = N - ceil(test_fraction *
+        N)``; exactly ``round(rate * eligible)`` of them are noisy and
+        ``round(unlabelled * N_train)`` unlabelled (hidden after the noise, so a few noisy rows
+        are among them).
+    """
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe)
+    if seed is not None:
+        recipe = dataclasses.replace(recipe, seed=seed)
+    recipe._check(repr(recipe.name))
+    try:
+        X, y, names = _load_source(recipe.source)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"recipe {recipe.name!r}: cannot build its source: {exc}") from None
+
+    rows = np.arange(len(y))
+    train, test = train_test_split(
+        rows, test_size=recipe.test_fraction, stratify=y, random_state=recipe.seed
+    )
+    # Independent streams for the noise, the hidden labels and the clean model's folds.
+    noise_seed, hide_seed, model_seed = (
+        int(s) for s in np.random.SeedSequence(recipe.seed).generate_state(3)
+    )
+    truth = y[train]
+    try:
+        noisy = _apply_noise(recipe.noise, X[train], truth, noise_seed, model_seed)
+    except ValueError as exc:
+        raise InputError(f"recipe {recipe.name!r}: cannot apply its noise: {exc}") from None
+    hidden = hide_labels(len(train), recipe.unlabelled, hide_seed)
+
+    features = _feature_fields(X.shape[1], names)
+    train_table = pa.Table.from_arrays(
+        [
+            *_feature_arrays(X[train], names),
+            pa.array(noisy, type=pa.int64(), mask=hidden),
+            pa.array(truth, type=pa.int64()),
+            pa.array(~hidden & (noisy != truth)),
+        ],
+        schema=pa.schema([*features, *LABEL_FIELDS]),
+    )
+    test_table = pa.Table.from_arrays(
+        [*_feature_arrays(X[test], names), pa.array(y[test], type=pa.int64())],
+        schema=pa.schema([*features, LABEL_FIELDS[0]]),
+    )
+    return BuiltDataset(recipe=recipe, train=train_table, test=test_table)
+
+
+def write_dataset(built: BuiltDataset, out: str | Path) -> tuple[Path, Path]:
+    """Write the train table to ``out`` and the test table to ``<stem>.test.parquet`` beside it.
+
+    Each file is written to a temporary file in the same directory and renamed into place, so a
+    reader never sees half a file. Both carry the recipe as JSON under the Parquet key-value
+    metadata key ``refine.recipe``.
+
+    Returns
+    -------
+    (train_path, test_path) : tuple of Path
+    """
+    out = Path(out)
+    test_out = out.with_name(f"{out.stem}.test.parquet")
+    recipe = json.dumps(built.recipe.to_dict()).encode()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the directory {str(out.parent)!r}: {exc.strerror}"
+        ) from None
+    for table, path in ((built.train, out), (built.test, test_out)):
+        metadata = {**(table.schema.metadata or {}), METADATA_KEY: recipe}
+        _write_atomic(table.replace_schema_metadata(metadata), path)
+    return out, test_out
+
+
+def _recipe_dir(directory: Path | None) -> Path:
+    if directory is not None:
+        return Path(directory)
+    # Read the variable at call time too, so a test or a shell can point at another folder.
+    return Path(os.environ.get("REFINE_DATASETS") or RECIPE_DIR)
+
+
+def _read_recipe(path: Path) -> Recipe:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the recipe {str(path)!r}: {exc}") from None
+    recipe = Recipe.from_dict(data, origin=repr(str(path)))
+    if recipe.name != path.stem:
+        raise InputError(
+            f"recipe {str(path)!r} is named {recipe.name!r}; a recipe's name must match its "
+            f"file name, so rename one of them to {path.stem!r}"
+        )
+    return recipe
+
+
+def _load_source(source: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Features ``(N, D)`` float32, true labels ``(N,)`` int64 in ``0 .. K - 1``, and the
+    feature column names (None: one ``embedding`` column)."""
+    kind = source["kind"]
+    if kind == "sklearn":
+        from sklearn import datasets
+
+        bunch = getattr(datasets, f"load_{source['name']}")()
+        names = [str(n) for n in bunch.feature_names]
+        if not all(n.isidentifier() for n in names) or {"label", "label_true", "is_noisy"} & set(
+            names
+        ):
+            names = [f"f{i}" for i in range(len(names))]
+        return bunch.data.astype(np.float32), bunch.target.astype(np.int64), names
+    if kind == "make_classification":
+        from sklearn.datasets import make_classification
+
+        # The source's labels are the truth, so make_classification's own label noise is off
+        # unless a recipe asks for it.
+        X, y = make_classification(**{"flip_y": 0.0, "random_state": 0, **source["params"]})
+        return X.astype(np.float32), y.astype(np.int64), [f"f{i}" for i in range(X.shape[1])]
+    X, y = _gaussian_embeddings(**source["params"])
+    return X, y, None
+
+
+def _gaussian_embeddings(
+    rows: int,
+    dim: int,
+    classes: int,
+    centres_per_class: int = 3,
+    separation: float = 0.8,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered Gaussian vectors, a stand-in for a model's embeddings of many classes.
+
+    Each class has ``centres_per_class`` centres drawn from ``N(0, separation**2 I)``; each row
+    is a centre of its class plus ``N(0, I)`` noise. Classes are balanced (sizes differ by at
+    most one) and multimodal, so a linear model falls well short while a good non-linear one
+    does not. With the defaults at 60,000 rows, 32 dimensions and 20 classes, neighbouring
+    clusters overlap a little: the Bayes-optimal accuracy is about 95%.
+
+    Returns
+    -------
+    X : ndarray of float32, shape (rows, dim)
+    y : ndarray of int64, shape (rows,)
+    """
+    if rows < classes or dim < 1 or classes < 2 or centres_per_class < 1 or separation <= 0:
+        raise ValueError(
+            "gaussian_embeddings needs rows >= classes >= 2, dim >= 1, centres_per_class >= 1 "
+            f"and separation > 0; got rows={rows}, dim={dim}, classes={classes}, "
+            f"centres_per_class={centres_per_class}, separation={separation}"
+        )
+    rng = np.random.default_rng(random_state)
+    centres = rng.normal(0.0, separation, size=(classes * centres_per_class, dim))
+    y = rng.permutation(np.arange(rows) % classes)
+    centre = y * centres_per_class + rng.integers(0, centres_per_class, size=rows)
+    X = centres[centre] + rng.normal(0.0, 1.0, size=(rows, dim))
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def _apply_noise(
+    noise: dict[str, Any], X: np.ndarray, truth: np.ndarray, seed: int, model_seed: int
+) -> np.ndarray:
+    """Noisy labels ``(N,)`` for the train rows ``X`` ``(N, D)`` with true labels ``truth``."""
+    model = noise["model"]
+    n_classes = int(truth.max()) + 1
+    if model == "none":
+        return truth.copy()
+    if model == "symmetric":
+        return flip_symmetric(truth, noise["rate"], n_classes, seed)
+    if model == "pair":
+        return flip_pair(truth, noise["rate"], n_classes, seed, noise.get("mapping"))
+    if model == "one_direction":
+        return flip_one_direction(truth, noise["source"], noise["target"], noise["rate"], seed)
+    proba = _clean_proba(X, truth, model_seed)
+    return flip_instance_dependent(truth, proba, noise["rate"], seed)
+
+
+def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold probabilities ``(N, K)`` of a standardised LogisticRegression on clean labels."""
+    folds = StratifiedKFold(n_splits=CLEAN_MODEL_FOLDS, shuffle=True, random_state=seed)
+    return cross_val_predict(logistic_regression(), X, truth, cv=folds, method="predict_proba")
+
+
+def _feature_fields(dim: int, names: list[str] | None) -> list[pa.Field]:
+    if names is None:
+        return [pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim))]
+    return [pa.field(name, pa.float32()) for name in names]
+
+
+def _feature_arrays(X: np.ndarray, names: list[str] | None) -> list[pa.Array]:
+    if names is None:
+        values = pa.array(np.ascontiguousarray(X).reshape(-1))
+        return [pa.FixedSizeListArray.from_arrays(values, X.shape[1])]
+    return [pa.array(X[:, i]) for i in range(X.shape[1])]
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to a temporary sibling of ``path``, then rename it to ``path``."""
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        os.close(handle)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {str(path.parent)!r}: {exc.strerror}") from None
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

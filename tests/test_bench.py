@@ -1,0 +1,91 @@
+"""refine bench: metric code against scikit-learn on hand-made cases, and a real small run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+from refine.bench import measure, render_markdown, run_bench, summarise, write_report
+from refine.cli import cli
+from refine.metrics import flag_scores, label_accuracy
+
+
+def test_flag_scores_agree_with_sklearn_by_hand():
+    is_noisy = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    is_issue = np.array([1, 1, 0, 1, 0, 0, 0, 0], bool)
+    quality = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.8, 0.7, 0.95])
+    scores = flag_scores(is_issue, is_noisy, quality)
+    # By hand: 2 true positives, 1 false positive, 1 false negative.
+    assert scores["precision"] == pytest.approx(2 / 3)
+    assert scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 / 3)
+    assert scores["precision"] == precision_score(is_noisy, is_issue)
+    assert scores["recall"] == recall_score(is_noisy, is_issue)
+    assert scores["f1"] == f1_score(is_noisy, is_issue)
+    assert scores["auprc"] == pytest.approx(average_precision_score(is_noisy, -quality))
+    # Ranking by quality: the noisy rows sit at ranks 1, 2 and 4 -> AP = (1 + 1 + 3/4) / 3.
+    assert scores["auprc"] == pytest.approx((1 + 1 + 0.75) / 3)
+
+
+def test_label_accuracy_counts_excluded_rows_as_wrong():
+    scores = label_accuracy(np.array([0, 1, -1, 2]), np.array([0, 1, 1, 0]))
+    assert scores == {"accuracy": 0.5, "accuracy_kept": pytest.approx(2 / 3), "kept": 0.75}
+
+
+def test_measure_reports_time_and_memory_growth():
+    result, seconds, memory = measure(lambda: np.ones(50_000_000, np.uint8).sum())
+    assert result == 50_000_000
+    assert seconds > 0
+    assert memory > 30  # MB: the 50 MB array was resident while the function ran
+
+
+def test_summary_targets_from_hand_made_rows():
+    def row(method, seed, f1, auprc, **extra):
+        return {"dataset": "d", "seed": seed, "method": method, "f1": f1, "auprc": auprc,
+                "seconds": 2.0 if method == "refine" else 1.0, "memory_mb": 10.0, **extra}
+
+    rows = [
+        row("refine", 0, 0.9, 0.95, label_accuracy=0.9, given_accuracy=0.8, gap_recovered=0.5),
+        row("cleanlab+LR", 0, 0.8, 0.90),
+        row("cleanlab+HGB", 0, 0.85, 0.80),
+        row("refine", 1, 0.7, 0.85, label_accuracy=0.7, given_accuracy=0.8, gap_recovered=1.0),
+        row("cleanlab+LR", 1, 0.6, 0.80),
+        row("cleanlab+HGB", 1, 0.65, 0.90),
+    ]
+    targets = summarise(rows)["targets"]
+    assert targets["f1_margin_over_best_baseline"] == pytest.approx(0.05)  # (0.05 + 0.05) / 2
+    assert targets["auprc_margin_over_best_baseline"] == pytest.approx(0.0)  # (0.05 - 0.05) / 2
+    assert targets["cases_refined_labels_beat_given"] == 1 and targets["cases"] == 2
+    assert targets["mean_gap_recovered"] == pytest.approx(0.75)
+    assert targets["time_ratio_to_cleanlab_lr"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_bench_runs_side_by_side_on_a_small_recipe(tmp_path):
+    report = run_bench(recipes=("iris-onedir",), seeds=1)
+    methods = [r["method"] for r in report.rows]
+    assert methods == ["refine", "cleanlab+LR", "cleanlab+HGB"]
+    for r in report.rows:
+        assert 0 <= r["f1"] <= 1 and 0 <= r["auprc"] <= 1 and r["seconds"] > 0
+        assert r["clean_test_accuracy"] > 0.8
+    md, js = write_report(report, tmp_path)
+    data = json.loads(js.read_text())
+    assert data["header"]["suite"] == "quick" and len(data["rows"]) == 3
+    text = md.read_text()
+    assert text == render_markdown(report) + "\n"
+    assert "### iris-onedir" in text and "| refine |" in text and "| cleanlab+HGB |" in text
+
+
+@pytest.mark.slow
+def test_bench_command_writes_the_report(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--dataset", "iris-onedir", "--out", str(tmp_path),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (f"wrote {tmp_path / 'benchmarks.md'} and "
+                                     f"{tmp_path / 'benchmarks.json'}")
+    unknown = CliRunner().invoke(cli, ["bench", "--dataset", "nope", "--out", str(tmp_path)])
+    assert unknown.exit_code == 2 and "nope" in unknown.output

@@ -1,0 +1,267 @@
+"""Recipes load, list and build into tables whose noise, split and metadata are known exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from refine.errors import InputError
+from refine.recipes import (
+    METADATA_KEY,
+    RECIPE_DIR,
+    BuiltDataset,
+    Recipe,
+    _gaussian_embeddings,
+    _load_source,
+    build_dataset,
+    list_recipes,
+    load_recipe,
+    write_dataset,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_FILES = sorted((ROOT / "datasets").glob("*.json"))
+QUICK = ["breast_cancer-instance20", "digits-sym20", "iris-onedir", "wine-pair30"]
+LABEL_COLUMNS = ["label", "label_true", "is_noisy"]
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict[str, BuiltDataset]:
+    return {recipe.name: build_dataset(recipe) for recipe in list_recipes("quick")}
+
+
+def test_recipe_dir_is_the_repositorys_datasets_folder():
+    assert RECIPE_DIR == ROOT / "datasets"
+    assert not list(RECIPE_DIR.glob("*.py")), "datasets/ holds data, not code"
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.stem)
+def test_every_recipe_loads_and_has_a_data_card_entry(path):
+    recipe = load_recipe(path.stem)
+    assert recipe.name == path.stem
+    assert "full" in recipe.suites
+    assert f"`{recipe.name}`" in (ROOT / "datasets" / "README.md").read_text()
+
+
+def test_recipes_list_sorted_by_name_and_by_suite():
+    assert [r.name for r in list_recipes()] == [p.stem for p in RECIPE_FILES]
+    assert len(RECIPE_FILES) == 13
+    assert [r.name for r in list_recipes("quick")] == QUICK
+    assert len(list_recipes("full")) == 13
+    with pytest.raises(
+        InputError, match="no recipe belongs to suite 'nightly'; the suites are full, quick"
+    ):
+        list_recipes("nightly")
+
+
+def test_an_unknown_recipe_names_the_available_ones():
+    with pytest.raises(InputError, match="unknown recipe 'digits-sym99'") as error:
+        load_recipe("digits-sym99")
+    assert all(name in str(error.value) for name in [p.stem for p in RECIPE_FILES])
+
+
+def test_the_environment_variable_points_at_another_folder(tmp_path, monkeypatch):
+    recipe = load_recipe("iris-onedir").to_dict()
+    (tmp_path / "mine.json").write_text(json.dumps({**recipe, "name": "mine"}))
+    monkeypatch.setenv("REFINE_DATASETS", str(tmp_path))
+    assert [r.name for r in list_recipes()] == ["mine"]
+    with pytest.raises(InputError, match="available recipes are: mine$"):
+        load_recipe("digits-sym20")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"nosie": {}}, "unknown key 'nosie'"),
+        ({"name": "other"}, "is named 'other'; a recipe's name must match its file name"),
+        ({"noise": {"model": "symmetric"}}, "noise model 'symmetric' needs the key 'rate'"),
+        ({"noise": {"model": "gaussian", "rate": 0.1}}, "'model' is one of none, symmetric"),
+        (
+            {"noise": {"model": "symmetric", "rate": 1.5}},
+            r"noise rate must be a number in \[0, 1\]",
+        ),
+        ({"noise": {"model": "pair", "rate": 0.1, "source": 1}}, "takes no key 'source'"),
+        ({"source": {"kind": "sklearn", "name": "mnist"}}, "name in breast_cancer, digits"),
+        ({"test_fraction": 1.0}, r"'test_fraction' must be a number in \(0, 1\)"),
+        ({"seed": -1}, "'seed' must be a non-negative integer"),
+    ],
+)
+def test_a_broken_recipe_is_refused_with_its_path(tmp_path, change, message):
+    recipe = {**load_recipe("iris-onedir").to_dict(), "name": "broken", **change}
+    (tmp_path / "broken.json").write_text(json.dumps(recipe))
+    with pytest.raises(InputError, match=message) as error:
+        load_recipe("broken", directory=tmp_path)
+    assert "broken.json" in str(error.value)
+
+
+def test_noise_that_does_not_fit_the_source_fails_at_build():
+    recipe = dataclasses.replace(
+        load_recipe("wine-pair30"), noise={"model": "pair", "rate": 0.3, "mapping": [1, 0]}
+    )
+    with pytest.raises(InputError, match="recipe 'wine-pair30': cannot apply its noise: mapping"):
+        build_dataset(recipe)
+
+
+def test_the_quick_suite_stays_small(quick):
+    assert sum(b.train.num_rows + b.test.num_rows for b in quick.values()) < 6000
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_a_built_recipe_has_its_columns_and_types(quick, name):
+    built = quick[name]
+    train, test = built.train, built.test
+    features = train.column_names[: -len(LABEL_COLUMNS)]
+    assert train.column_names[-len(LABEL_COLUMNS) :] == LABEL_COLUMNS
+    assert test.column_names == [*features, "label"]
+    assert all(train.schema.field(f).type == pa.float32() for f in features)
+    assert train.schema.field("label").type == pa.int64()
+    assert train.schema.field("label_true").type == pa.int64()
+    assert train.schema.field("is_noisy").type == pa.bool_()
+    assert test.schema.field("label").type == pa.int64()
+    assert train.num_rows + test.num_rows == len(_load_source(built.recipe.source)[1])
+    assert test.num_rows == int(
+        np.ceil(built.recipe.test_fraction * (train.num_rows + test.num_rows))
+    )
+
+
+def test_sklearn_feature_names_are_kept_only_when_they_are_identifiers(quick):
+    assert quick["digits-sym20"].train.column_names[:2] == ["pixel_0_0", "pixel_0_1"]
+    assert quick["iris-onedir"].train.column_names[:4] == ["f0", "f1", "f2", "f3"]
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_the_noise_share_is_the_recipes_rate_exactly(quick, name):
+    built = quick[name]
+    label = built.train.column("label").to_numpy()
+    truth = built.train.column("label_true").to_numpy()
+    is_noisy = built.train.column("is_noisy").to_numpy()
+    np.testing.assert_array_equal(is_noisy, label != truth)
+    noise = built.recipe.noise
+    eligible = (truth == noise["source"]).sum() if "source" in noise else len(truth)
+    assert is_noisy.sum() == round(noise["rate"] * eligible)
+
+
+def test_each_noise_model_flips_where_it_should(quick):
+    wine = quick["wine-pair30"].train
+    truth, label = wine["label_true"].to_numpy(), wine["label"].to_numpy()
+    noisy = truth != label
+    np.testing.assert_array_equal(label[noisy], (truth[noisy] + 1) % 3)
+    iris = quick["iris-onedir"].train
+    truth, label = iris["label_true"].to_numpy(), iris["label"].to_numpy()
+    noisy = truth != label
+    assert (truth[noisy] == 1).all() and (label[noisy] == 2).all()
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_the_test_split_holds_the_true_labels(quick, name):
+    built = quick[name]
+    X, y, _ = _load_source(built.recipe.source)
+    truth_of = {}
+    for row, label in zip(X, y, strict=True):
+        truth_of.setdefault(row.tobytes(), set()).add(int(label))
+
+    def features(table: pa.Table) -> np.ndarray:
+        columns = table.column_names[: X.shape[1]]
+        return np.column_stack([table.column(c).to_numpy() for c in columns])
+
+    test = built.test
+    for row, label in zip(features(test), test["label"].to_numpy(), strict=True):
+        assert label in truth_of[row.tobytes()]
+    for row, label in zip(features(built.train), built.train["label_true"].to_numpy(), strict=True):
+        assert label in truth_of[row.tobytes()]
+    # Stratified: each class's share of the test split is its share of the source, within a row.
+    expected = np.bincount(y) * test.num_rows / len(y)
+    assert np.abs(np.bincount(test["label"].to_numpy()) - expected).max() <= 1
+
+
+def test_the_unlabelled_share_is_exact_and_keeps_the_truth():
+    built = build_dataset("digits-unlabelled50")
+    train = built.train
+    hidden = train.column("label").is_null().to_numpy(zero_copy_only=False)
+    assert hidden.sum() == round(0.5 * train.num_rows)
+    assert train.column("label_true").null_count == 0
+    assert not train.column("is_noisy").to_numpy()[hidden].any()
+    label = train.column("label").to_numpy(zero_copy_only=False)
+    truth = train.column("label_true").to_numpy()
+    np.testing.assert_array_equal(
+        train["is_noisy"].to_numpy()[~hidden], label[~hidden] != truth[~hidden]
+    )
+    assert 0.15 < train["is_noisy"].to_numpy()[~hidden].mean() < 0.25
+
+
+def test_the_same_seed_gives_identical_tables_and_another_seed_other_noise(quick):
+    first = quick["digits-sym20"]
+    again = build_dataset("digits-sym20")
+    assert first.train.equals(again.train) and first.test.equals(again.test)
+    other = build_dataset("digits-sym20", seed=1)
+    assert other.recipe.seed == 1 and first.recipe.seed == 0
+    assert not other.train.equals(first.train) and not other.test.equals(first.test)
+    assert other.train["is_noisy"].to_numpy().sum() == first.train["is_noisy"].to_numpy().sum()
+
+
+def test_instance_noise_is_reproducible(quick):
+    again = build_dataset("breast_cancer-instance20")
+    assert quick["breast_cancer-instance20"].train.equals(again.train)
+
+
+def test_write_dataset_writes_both_splits_atomically_with_the_recipe(quick, tmp_path):
+    built = quick["iris-onedir"]
+    train_path, test_path = write_dataset(built, tmp_path / "out" / "iris.parquet")
+    assert train_path == tmp_path / "out" / "iris.parquet"
+    assert test_path == tmp_path / "out" / "iris.test.parquet"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "iris.parquet",
+        "iris.test.parquet",
+    ]
+    for path, table in ((train_path, built.train), (test_path, built.test)):
+        written = pq.read_table(path)
+        assert written.equals(table)
+        assert json.loads(written.schema.metadata[METADATA_KEY]) == built.recipe.to_dict()
+    # Writing again replaces the files and still leaves no temporary file behind.
+    write_dataset(built, train_path)
+    assert len(list((tmp_path / "out").iterdir())) == 2
+
+
+def test_the_embeddings_generator_is_balanced_and_reproducible():
+    X, y = _gaussian_embeddings(rows=400, dim=8, classes=5, random_state=1)
+    assert X.shape == (400, 8) and X.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(np.bincount(y), [80] * 5)
+    np.testing.assert_array_equal(
+        X, _gaussian_embeddings(rows=400, dim=8, classes=5, random_state=1)[0]
+    )
+    assert not np.array_equal(
+        X, _gaussian_embeddings(rows=400, dim=8, classes=5, random_state=2)[0]
+    )
+    # Clusters overlap a little at the default separation, and not at all when far apart.
+    knn = KNeighborsClassifier(n_neighbors=5)
+    X, y = _gaussian_embeddings(rows=600, dim=32, classes=5)
+    assert 0.8 < cross_val_score(knn, X, y, cv=3).mean() < 0.99
+    X, y = _gaussian_embeddings(rows=600, dim=32, classes=5, separation=3.0)
+    assert cross_val_score(knn, X, y, cv=3).mean() > 0.99
+    with pytest.raises(ValueError, match="rows >= classes >= 2"):
+        _gaussian_embeddings(rows=400, dim=8, classes=1)
+
+
+def test_an_embeddings_recipe_builds_one_fixed_size_list_column():
+    recipe = dataclasses.replace(
+        load_recipe("embeddings-sym20"),
+        source={"kind": "gaussian_embeddings", "params": {"rows": 300, "dim": 8, "classes": 5}},
+    )
+    built = build_dataset(recipe)
+    assert built.train.column_names == ["embedding", *LABEL_COLUMNS]
+    assert built.test.column_names == ["embedding", "label"]
+    assert built.train.schema.field("embedding").type == pa.list_(pa.float32(), 8)
+    assert built.train["is_noisy"].to_numpy().sum() == round(0.2 * built.train.num_rows)
+
+
+def test_a_recipe_round_trips_through_its_dict():
+    recipe = load_recipe("digits-pair30")
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
