@@ -84,23 +84,31 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
     encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
     X, X_test = encoder.transform(train), encoder.transform(test)
     y_test = test.column("label").to_numpy()
-    base = {"dataset": recipe.name, "seed": seed, "rows": train.num_rows,
-            "noise_rate": float(is_noisy[labelled].mean())}
+    base = {
+        "dataset": recipe.name,
+        "seed": seed,
+        "rows": train.num_rows,
+        "noise_rate": float(is_noisy[labelled].mean()),
+    }
 
     result, seconds, memory = measure(
         lambda: refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **refine_options)
     )
     refined = result.refined
     refined_labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
-    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(np.int64)
+    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(
+        np.int64
+    )
     weight = refined.column("sample_weight").to_numpy()
     rows = [
         {
             **base,
             "method": "refine",
-            **_flags(refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
-                     is_noisy[labelled],
-                     refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled]),
+            **_flags(
+                refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
+                is_noisy[labelled],
+                refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
+            ),
             **_labels(refined_labels[labelled], truth[labelled], given[labelled]),
             **_pseudo(refined, labelled, truth),
             "test_accuracy": _downstream(X, refined_labels, weight, X_test, y_test),
@@ -109,19 +117,32 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
         }
     ]
     X_l, y_l = X[labelled], given[labelled]
-    for name, model in (("cleanlab+LR", None),
-                        ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed))):
+    for name, model in (
+        ("cleanlab+LR", None),
+        ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed)),
+    ):
         (issues, quality, _), seconds, memory = measure(
             lambda model=model: cleanlab_baseline(X_l, y_l, folds=5, seed=seed, model=model)
         )
-        rows.append({**base, "method": name, **_flags(issues, is_noisy[labelled], quality),
-                     **_labels(y_l, truth[labelled], y_l), "seconds": seconds, "memory_mb": memory})
+        rows.append(
+            {
+                **base,
+                "method": name,
+                **_flags(issues, is_noisy[labelled], quality),
+                **_labels(y_l, truth[labelled], y_l),
+                "seconds": seconds,
+                "memory_mb": memory,
+            }
+        )
     noisy_acc = _downstream(X_l, y_l, np.ones(len(y_l)), X_test, y_test)
     clean_acc = _downstream(X, truth, np.ones(len(truth)), X_test, y_test)
     cleanlearning_acc = _clean_learning(X_l, y_l, X_test, y_test, seed)
     for row in rows:
-        row.update(noisy_test_accuracy=noisy_acc, clean_test_accuracy=clean_acc,
-                   cleanlearning_test_accuracy=cleanlearning_acc)
+        row.update(
+            noisy_test_accuracy=noisy_acc,
+            clean_test_accuracy=clean_acc,
+            cleanlearning_test_accuracy=cleanlearning_acc,
+        )
         if row["method"] == "refine":
             gap = clean_acc - noisy_acc
             row["gap_recovered"] = (row["test_accuracy"] - noisy_acc) / gap if gap > 0.005 else None
@@ -138,8 +159,11 @@ def _labels(refined: np.ndarray, truth: np.ndarray, given: np.ndarray) -> dict[s
     from refine.metrics import label_accuracy
 
     scores = label_accuracy(refined, truth)
-    return {"label_accuracy": scores["accuracy"], "kept": scores["kept"],
-            "given_accuracy": float((given == truth).mean())}
+    return {
+        "label_accuracy": scores["accuracy"],
+        "kept": scores["kept"],
+        "given_accuracy": float((given == truth).mean()),
+    }
 
 
 def _pseudo(refined: pa.Table, labelled: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -149,7 +173,10 @@ def _pseudo(refined: pa.Table, labelled: np.ndarray, truth: np.ndarray) -> dict[
     if not pseudo.any():
         return {}
     values = refined.column("label_refined").to_numpy(zero_copy_only=False)[pseudo].astype(np.int64)
-    return {"pseudo_labelled": int(pseudo.sum()), "pseudo_accuracy": float((values == truth[pseudo]).mean())}
+    return {
+        "pseudo_labelled": int(pseudo.sum()),
+        "pseudo_accuracy": float((values == truth[pseudo]).mean()),
+    }
 
 
 def _downstream(X, labels, weight, X_test, y_test) -> float:
@@ -167,8 +194,9 @@ def _clean_learning(X, labels, X_test, y_test, seed: int) -> float:
 
     from refine.baselines import logistic_regression
 
-    model = CleanLearning(logistic_regression(), seed=seed,
-                          find_label_issues_kwargs={"n_jobs": 1}).fit(X, labels)
+    model = CleanLearning(
+        logistic_regression(), seed=seed, find_label_issues_kwargs={"n_jobs": 1}
+    ).fit(X, labels)
     return float((model.predict(X_test) == y_test).mean())
 
 
@@ -211,9 +239,25 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    metrics = [c for c in ("precision", "recall", "f1", "auprc", "auroc", "label_accuracy",
-                           "given_accuracy", "kept", "test_accuracy", "gap_recovered",
-                           "pseudo_accuracy", "seconds", "memory_mb") if c in df]
+    metrics = [
+        c
+        for c in (
+            "precision",
+            "recall",
+            "f1",
+            "auprc",
+            "auroc",
+            "label_accuracy",
+            "given_accuracy",
+            "kept",
+            "test_accuracy",
+            "gap_recovered",
+            "pseudo_accuracy",
+            "seconds",
+            "memory_mb",
+        )
+        if c in df
+    ]
     per = df.groupby(["dataset", "method"])[metrics].agg(["mean", "std"])
     by_dataset = {}
     for (dataset, method), values in per.iterrows():
@@ -227,12 +271,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "f1_margin_over_best_baseline": _num((refine_rows["f1"] - best["f1"]).mean()),
         "auprc_margin_over_best_baseline": _num((refine_rows["auprc"] - best["auprc"]).mean()),
         "cases_refined_labels_beat_given": int(
-            (refine_rows["label_accuracy"] > refine_rows["given_accuracy"]).sum()),
+            (refine_rows["label_accuracy"] > refine_rows["given_accuracy"]).sum()
+        ),
         "cases": int(len(refine_rows)),
         "mean_gap_recovered": _num(refine_rows["gap_recovered"].dropna().mean()),
         "time_ratio_to_cleanlab_lr": _num((refine_rows["seconds"] / lr["seconds"]).median()),
         "memory_ratio_to_cleanlab_lr": _num(
-            (refine_rows["memory_mb"] / lr["memory_mb"].clip(lower=1.0)).median()),
+            (refine_rows["memory_mb"] / lr["memory_mb"].clip(lower=1.0)).median()
+        ),
     }
     return {"targets": shared, "by_dataset": by_dataset}
 
@@ -249,7 +295,8 @@ def _header(suite: str, seeds: int) -> dict[str, Any]:
     from refine.pipeline import _versions
 
     return {
-        "command": " ".join(["refine", *sys.argv[1:]]) if sys.argv[0].endswith("refine")
+        "command": " ".join(["refine", *sys.argv[1:]])
+        if sys.argv[0].endswith("refine")
         else f"refine bench --suite {suite} --seeds {seeds}",
         "suite": suite,
         "seeds": seeds,
@@ -268,7 +315,9 @@ def render_markdown(report: BenchReport) -> str:
         "",
         f"Generated by `{h['command']}` on {h['date']}.",
         f"Machine: {h['machine']}.",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items() if k != "platform") + ".",
+        "Versions: "
+        + ", ".join(f"{k} {v}" for k, v in h["versions"].items() if k != "platform")
+        + ".",
         "",
         "All methods run on the same rows in the same process. Flags are scored against the "
         "injected noise on labelled rows; `label acc` is the accuracy of refine's `label_refined` "
@@ -290,8 +339,17 @@ def render_markdown(report: BenchReport) -> str:
         "## Per dataset",
         "",
     ]
-    columns = [("precision", 3), ("recall", 3), ("f1", 3), ("auprc", 3), ("auroc", 3),
-               ("label_accuracy", 3), ("test_accuracy", 3), ("seconds", 1), ("memory_mb", 0)]
+    columns = [
+        ("precision", 3),
+        ("recall", 3),
+        ("f1", 3),
+        ("auprc", 3),
+        ("auroc", 3),
+        ("label_accuracy", 3),
+        ("test_accuracy", 3),
+        ("seconds", 1),
+        ("memory_mb", 0),
+    ]
     for dataset, methods in s["by_dataset"].items():
         any_row = next(r for r in report.rows if r["dataset"] == dataset)
         lines += [
@@ -312,7 +370,9 @@ def render_markdown(report: BenchReport) -> str:
             cells = [_pm(m.get(f"{c}_mean"), m.get(f"{c}_std"), d) for c, d in columns]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         if "pseudo_accuracy_mean" in methods.get("refine", {}):
-            lines.append(f"\nPseudo-labels: accuracy {_fmt(methods['refine']['pseudo_accuracy_mean'])}.")
+            lines.append(
+                f"\nPseudo-labels: accuracy {_fmt(methods['refine']['pseudo_accuracy_mean'])}."
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -341,8 +401,15 @@ def write_report(report: BenchReport, out_dir: Path) -> tuple[Path, Path]:
     md, js = out_dir / "benchmarks.md", out_dir / "benchmarks.json"
     for path, text in (
         (md, render_markdown(report) + "\n"),
-        (js, json.dumps({"header": report.header, "summary": report.summary, "rows": report.rows},
-                        indent=2, default=_num) + "\n"),
+        (
+            js,
+            json.dumps(
+                {"header": report.header, "summary": report.summary, "rows": report.rows},
+                indent=2,
+                default=_num,
+            )
+            + "\n",
+        ),
     ):
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(text)

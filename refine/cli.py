@@ -334,15 +334,30 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 
 
 @cli.command("bench")
-@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
-              help="quick: a few small datasets (minutes); full: every recipe (under 30 minutes).")
-@click.option("--seeds", default=1, show_default=True, help="Seeds per dataset; means and stds over them.")
+@click.option(
+    "--suite",
+    type=click.Choice(["quick", "full"]),
+    default="quick",
+    show_default=True,
+    help="quick: a few small datasets (minutes); full: every recipe (under 30 minutes).",
+)
+@click.option(
+    "--seeds", default=1, show_default=True, help="Seeds per dataset; means and stds over them."
+)
 @click.option("--dataset", "datasets", multiple=True, help="Run only these recipes (repeatable).")
-@click.option("--out", "-o", default="reports", show_default=True, type=click.Path(path_type=Path),
-              help="Folder for benchmarks.md and benchmarks.json.")
+@click.option(
+    "--out",
+    "-o",
+    default="reports",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for benchmarks.md and benchmarks.json.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only where the report went.")
 @_errors
-def bench_command(suite: str, seeds: int, datasets: tuple[str, ...], out: Path, quiet: bool) -> None:
+def bench_command(
+    suite: str, seeds: int, datasets: tuple[str, ...], out: Path, quiet: bool
+) -> None:
     """Measure refine against cleanlab baselines, side by side, on the dataset recipes.
 
     \b
@@ -376,8 +391,12 @@ def datasets_group() -> None:
 
 
 @datasets_group.command("list")
-@click.option("--suite", type=click.Choice(["quick", "full"]), default=None,
-              help="Only the recipes of this suite.")
+@click.option(
+    "--suite",
+    type=click.Choice(["quick", "full"]),
+    default=None,
+    help="Only the recipes of this suite.",
+)
 @_errors
 def datasets_list(suite: str | None) -> None:
     """List the dataset recipes with a one-line description each.
@@ -404,9 +423,19 @@ def datasets_list(suite: str | None) -> None:
 
 @datasets_group.command("build")
 @click.argument("name")
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
-              help="Parquet file for the training rows; the clean test split goes beside it.")
-@click.option("--seed", type=int, default=None, help="Seed for the split and the noise (default: the recipe's).")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Parquet file for the training rows; the clean test split goes beside it.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed for the split and the noise (default: the recipe's).",
+)
 @_errors
 def datasets_build(name: str, out: Path, seed: int | None) -> None:
     """Build the dataset of recipe NAME into --out (noisy label, truth beside it) and a test file.
@@ -422,8 +451,12 @@ def datasets_build(name: str, out: Path, seed: int | None) -> None:
     from refine.recipes import build_dataset, write_dataset
 
     train_path, test_path = write_dataset(build_dataset(name, seed=seed), out)
-    click.echo(f"wrote {train_path} (training rows, noisy labels) and {test_path} (clean test split)")
-    click.echo(f"next: refine run {train_path} --ignore label_true,is_noisy --out runs/{Path(name).stem}")
+    click.echo(
+        f"wrote {train_path} (training rows, noisy labels) and {test_path} (clean test split)"
+    )
+    click.echo(
+        f"next: refine run {train_path} --ignore label_true,is_noisy --out runs/{Path(name).stem}"
+    )
 
 
 def main() -> None:

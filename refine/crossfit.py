@@ -6,6 +6,8 @@ a row's own label or target never trains a model that predicts that row.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,8 +60,6 @@ def cross_fit(
     ``targets`` ``(N, K)`` are the (soft) training targets and ``weights`` ``(N,)`` the sample
     weights; rows with weight 0 (excluded, unlabelled) do not train.
     """
-    import time
-
     n, k = targets.shape
     n_folds = int(folds.max()) + 1
     proba = np.zeros((n, k), np.float32)
@@ -81,18 +81,8 @@ def cross_fit(
             )
             estimator = MLPClassifier(
                 n_classes=k,
-                hidden=model.hidden,
-                dropout=model.dropout,
-                lr=model.lr,
-                weight_decay=model.weight_decay,
-                batch_size=model.batch_size,
-                max_epochs=model.max_epochs,
-                max_rows_seen=model.max_rows_seen,
-                patience=model.patience,
-                val_fraction=model.val_fraction,
-                snapshots=model.snapshots,
-                device=model.device,
                 random_state=_member_seed(seed, fold, member),
+                **dataclasses.asdict(model),
             ).fit(
                 X[train],
                 targets[train],

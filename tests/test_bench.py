@@ -45,8 +45,16 @@ def test_measure_reports_time_and_memory_growth():
 
 def test_summary_targets_from_hand_made_rows():
     def row(method, seed, f1, auprc, **extra):
-        return {"dataset": "d", "seed": seed, "method": method, "f1": f1, "auprc": auprc,
-                "seconds": 2.0 if method == "refine" else 1.0, "memory_mb": 10.0, **extra}
+        return {
+            "dataset": "d",
+            "seed": seed,
+            "method": method,
+            "f1": f1,
+            "auprc": auprc,
+            "seconds": 2.0 if method == "refine" else 1.0,
+            "memory_mb": 10.0,
+            **extra,
+        }
 
     rows = [
         row("refine", 0, 0.9, 0.95, label_accuracy=0.9, given_accuracy=0.8, gap_recovered=0.5),
@@ -82,10 +90,12 @@ def test_bench_runs_side_by_side_on_a_small_recipe(tmp_path):
 
 @pytest.mark.slow
 def test_bench_command_writes_the_report(tmp_path):
-    result = CliRunner().invoke(cli, ["bench", "--dataset", "iris-onedir", "--out", str(tmp_path),
-                                      "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["bench", "--dataset", "iris-onedir", "--out", str(tmp_path), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == (f"wrote {tmp_path / 'benchmarks.md'} and "
-                                     f"{tmp_path / 'benchmarks.json'}")
+    assert result.output.strip() == (
+        f"wrote {tmp_path / 'benchmarks.md'} and {tmp_path / 'benchmarks.json'}"
+    )
     unknown = CliRunner().invoke(cli, ["bench", "--dataset", "nope", "--out", str(tmp_path)])
     assert unknown.exit_code == 2 and "nope" in unknown.output
