@@ -74,7 +74,7 @@ class RunConfig:
     flag_confident: bool = True
     relabel_threshold: float = 0.5
     exclude_threshold: float = 0.05
-    soft_mix: float = 0.5
+    soft_mix: float = 0.2
     max_categories: int = 64
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
