@@ -105,14 +105,7 @@ def run(
         table, config.label, config.features, config.ignore, config.max_categories
     )
     X = encoder.transform(table)
-    by_reason: dict[str, list[str]] = {}
-    for column, reason in encoder.skipped.items():
-        by_reason.setdefault(reason, []).append(column)
-    for reason, columns in by_reason.items():
-        shown = ", ".join(columns[:8]) + (
-            f" and {len(columns) - 8} more" if len(columns) > 8 else ""
-        )
-        progress.note(f"skipped {'column' if len(columns) == 1 else 'columns'} {shown}: {reason}")
+    _note_skipped(encoder.skipped, progress)
     timings["encode"] = time.perf_counter() - started
 
     state = _refine_rounds(labelled_table, X, config, progress, timings)
@@ -366,6 +359,18 @@ def _with_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
             run_options[key] = tuple(run_options[key])
     model = dataclasses.replace(config.model, **model_options)
     return dataclasses.replace(config, model=model, **run_options)
+
+
+def _note_skipped(skipped: dict[str, str], progress: Progress) -> None:
+    """Tell the user which columns are not features, one line per reason."""
+    by_reason: dict[str, list[str]] = {}
+    for column, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(column)
+    for reason, columns in by_reason.items():
+        shown = ", ".join(columns[:8]) + (
+            f" and {len(columns) - 8} more" if len(columns) > 8 else ""
+        )
+        progress.note(f"skipped {'column' if len(columns) == 1 else 'columns'} {shown}: {reason}")
 
 
 def _check_input_outside(source: Path, out: Path) -> None:
