@@ -303,9 +303,8 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
             f"digits (1,797 rows, 10 classes), {NOISE_RATE:.0%} of labels flipped; "
             f"writing the run to {out}"
         )
-    with RichProgress(
-        Console(stderr=True), bars=Console(stderr=True).is_terminal and not quiet
-    ) as p:
+    errors = Console(stderr=True, quiet=quiet)
+    with RichProgress(errors, bars=errors.is_terminal and not quiet) as p:
         report = run_demo(out, seed=seed, progress=p)
     table = Table(title="finding the flipped labels", title_justify="left")
     table.add_column("method")
