@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from refine.progress import NULL_PROGRESS, Progress
 
@@ -110,7 +109,6 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
                 refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
             ),
             **_labels(refined_labels[labelled], truth[labelled], given[labelled]),
-            **_pseudo(refined, labelled, truth),
             "test_accuracy": _downstream(X, refined_labels, weight, X_test, y_test),
             "seconds": seconds,
             "memory_mb": memory,
@@ -163,19 +161,6 @@ def _labels(refined: np.ndarray, truth: np.ndarray, given: np.ndarray) -> dict[s
         "label_accuracy": scores["accuracy"],
         "kept": scores["kept"],
         "given_accuracy": float((given == truth).mean()),
-    }
-
-
-def _pseudo(refined: pa.Table, labelled: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """Accuracy of pseudo-labels on unlabelled rows, where there are any."""
-    source = np.asarray(refined.column("label_source").to_pylist(), dtype=object)
-    pseudo = (source == "pseudo") & ~labelled
-    if not pseudo.any():
-        return {}
-    values = refined.column("label_refined").to_numpy(zero_copy_only=False)[pseudo].astype(np.int64)
-    return {
-        "pseudo_labelled": int(pseudo.sum()),
-        "pseudo_accuracy": float((values == truth[pseudo]).mean()),
     }
 
 
@@ -252,7 +237,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "kept",
             "test_accuracy",
             "gap_recovered",
-            "pseudo_accuracy",
             "seconds",
             "memory_mb",
         )
@@ -369,10 +353,6 @@ def render_markdown(report: BenchReport) -> str:
             m = methods[method]
             cells = [_pm(m.get(f"{c}_mean"), m.get(f"{c}_std"), d) for c, d in columns]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        if "pseudo_accuracy_mean" in methods.get("refine", {}):
-            lines.append(
-                f"\nPseudo-labels: accuracy {_fmt(methods['refine']['pseudo_accuracy_mean'])}."
-            )
         lines.append("")
     return "\n".join(lines)
 
