@@ -259,12 +259,25 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "cases": int(len(refine_rows)),
         "mean_gap_recovered": _num(refine_rows["gap_recovered"].dropna().mean()),
+        "pooled_gap_recovered": _pooled_gap(refine_rows),
         "time_ratio_to_cleanlab_lr": _num((refine_rows["seconds"] / lr["seconds"]).median()),
         "memory_ratio_to_cleanlab_lr": _num(
             (refine_rows["memory_mb"] / lr["memory_mb"].clip(lower=1.0)).median()
         ),
     }
     return {"targets": shared, "by_dataset": by_dataset}
+
+
+def _pooled_gap(rows: Any) -> float | None:
+    """Test accuracy recovered over the noisy->clean gap, summed over all cases before dividing.
+
+    The mean of per-case ratios is dominated by the small test splits (45 rows for wine, where
+    one test row moves a case's ratio by a third of its gap); pooling weighs each case by the
+    accuracy at stake in it.
+    """
+    gap = (rows["clean_test_accuracy"] - rows["noisy_test_accuracy"]).sum()
+    recovered = (rows["test_accuracy"] - rows["noisy_test_accuracy"]).sum()
+    return _num(recovered / gap) if gap > 0 else None
 
 
 def _num(value: Any) -> float | None:
@@ -316,7 +329,8 @@ def render_markdown(report: BenchReport) -> str:
         f"| F1 margin over the better cleanlab baseline | ≥ 0.05 | {_fmt(t['f1_margin_over_best_baseline'], sign=True)} |",
         f"| AUPRC margin over the better cleanlab baseline | ≥ 0.03 | {_fmt(t['auprc_margin_over_best_baseline'], sign=True)} |",
         f"| cases where refined labels beat the given ones | all | {t['cases_refined_labels_beat_given']} of {t['cases']} |",
-        f"| noisy→clean test-accuracy gap recovered | ≥ 80% | {_pct(t['mean_gap_recovered'])} |",
+        f"| noisy→clean test-accuracy gap recovered, mean of cases | ≥ 80% | {_pct(t['mean_gap_recovered'])} |",
+        f"| noisy→clean test-accuracy gap recovered, pooled over cases | | {_pct(t.get('pooled_gap_recovered'))} |",
         f"| wall time, refine / cleanlab+LR (median) | | {_fmt(t['time_ratio_to_cleanlab_lr'], 1)}× |",
         f"| peak memory growth, refine / cleanlab+LR (median) | | {_fmt(t['memory_ratio_to_cleanlab_lr'], 1)}× |",
         "",

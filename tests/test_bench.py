@@ -63,10 +63,16 @@ def test_summary_targets_from_hand_made_rows():
         }
 
     rows = [
-        row("refine", 0, 0.9, 0.95, label_accuracy=0.9, given_accuracy=0.8, gap_recovered=0.5),
+        row(
+            "refine", 0, 0.9, 0.95, label_accuracy=0.9, given_accuracy=0.8, gap_recovered=0.5,
+            test_accuracy=0.85, noisy_test_accuracy=0.8, clean_test_accuracy=0.9,
+        ),
         row("cleanlab+LR", 0, 0.8, 0.90),
         row("cleanlab+HGB", 0, 0.85, 0.80),
-        row("refine", 1, 0.7, 0.85, label_accuracy=0.7, given_accuracy=0.8, gap_recovered=1.0),
+        row(
+            "refine", 1, 0.7, 0.85, label_accuracy=0.7, given_accuracy=0.8, gap_recovered=1.0,
+            test_accuracy=0.9, noisy_test_accuracy=0.6, clean_test_accuracy=0.9,
+        ),
         row("cleanlab+LR", 1, 0.6, 0.80),
         row("cleanlab+HGB", 1, 0.65, 0.90),
     ]
@@ -75,6 +81,7 @@ def test_summary_targets_from_hand_made_rows():
     assert targets["auprc_margin_over_best_baseline"] == pytest.approx(0.0)  # (0.05 - 0.05) / 2
     assert targets["cases_refined_labels_beat_given"] == 1 and targets["cases"] == 2
     assert targets["mean_gap_recovered"] == pytest.approx(0.75)
+    assert targets["pooled_gap_recovered"] == pytest.approx(0.875)  # (0.05 + 0.3) / (0.1 + 0.3)
     assert targets["time_ratio_to_cleanlab_lr"] == pytest.approx(2.0)
 
 
