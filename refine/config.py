@@ -70,7 +70,7 @@ class RunConfig:
     rounds: int = 3
     min_changes: int = 1
     seeds: int = 1  # models per fold, each with its own seed
-    filter_by: str = "prune_by_noise_rate"
+    filter_by: str = "predicted_neq_given"
     flag_confident: bool = True
     relabel_threshold: float = 0.5
     exclude_threshold: float = 0.05
