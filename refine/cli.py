@@ -128,6 +128,19 @@ def cli() -> None:
     help="Weight of the prediction in label_soft (0 = one-hot label, 1 = prediction).",
 )
 @click.option(
+    "--pseudo/--no-pseudo",
+    "pseudo_label",
+    default=_DEFAULTS.pseudo_label,
+    show_default=True,
+    help="Pseudo-label unlabelled rows the ensemble is confident and unanimous about.",
+)
+@click.option(
+    "--pseudo-threshold",
+    default=_DEFAULTS.pseudo_threshold,
+    show_default=True,
+    help="Calibrated confidence needed to pseudo-label an unlabelled row.",
+)
+@click.option(
     "--max-categories",
     default=_DEFAULTS.max_categories,
     show_default=True,
@@ -193,6 +206,7 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("flagged", f"{s['flagged']:,} ({s['flagged'] / labelled:.1%})"),
         ("corrected", f"{s['corrected']:,}"),
         ("excluded", f"{s['excluded']:,}"),
+        ("pseudo-labelled", f"{s['pseudo_labelled']:,}"),
         ("down-weighted", f"{s['down_weighted']:,}"),
         ("rounds", str(s["rounds_run"])),
         (
@@ -222,6 +236,65 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     console.print(
         f'Query it: refine query {out} "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"'
     )
+
+
+@cli.command("update")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory to write for the new rows; must not exist unless --overwrite.",
+)
+@click.option(
+    "--replay",
+    default=1.0,
+    show_default=True,
+    help="Rows of the earlier run replayed in training per new row (0: the new rows alone).",
+)
+@click.option(
+    "--rounds",
+    type=int,
+    default=None,
+    help="Retraining rounds after the earlier model judges the batch. Default: the run's.",
+)
+@click.option("--seed", type=int, default=None, help="Default: the run's seed.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@_errors
+def update_command(
+    run_dir: Path,
+    data: Path,
+    out: Path,
+    replay: float,
+    rounds: int | None,
+    seed: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Refine a new batch DATA with the run in RUN_DIR as the teacher, and write a new run.
+
+    The earlier run's model flags and pseudo-labels the new rows; refine then retrains on them
+    plus a replayed sample of the earlier refined rows, so the model does not forget them.
+    The batch must have the run's input columns with the same types.
+
+    \b
+    Examples:
+      refine update runs/monday tuesday.parquet --out runs/tuesday
+      refine update runs/tuesday wednesday/ --out runs/wednesday --replay 2
+    """
+    from refine.update import update
+
+    options = {k: v for k, v in (("rounds", rounds), ("seed", seed)) if v is not None}
+    console = Console(stderr=True, quiet=quiet)
+    with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
+        result = update(
+            run_dir, data, out, replay=replay, overwrite=overwrite, progress=progress, **options
+        )
+    if not quiet:
+        _print_summary(Console(), result.summary, out)
 
 
 @cli.command("query")

@@ -75,6 +75,8 @@ class RunConfig:
     relabel_threshold: float = 0.5
     exclude_threshold: float = 0.05
     soft_mix: float = 0.2
+    pseudo_label: bool = True
+    pseudo_threshold: float = 0.9
     max_categories: int = 64
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -99,6 +101,10 @@ class RunConfig:
         if not 0 <= self.exclude_threshold < 1:
             raise ConfigError(
                 f"--exclude-threshold must be in [0, 1), got {self.exclude_threshold}"
+            )
+        if not 0.5 <= self.pseudo_threshold <= 1:
+            raise ConfigError(
+                f"--pseudo-threshold must be in [0.5, 1], got {self.pseudo_threshold}"
             )
         if not 0 <= self.soft_mix <= 1:
             raise ConfigError(f"--soft-mix must be in [0, 1], got {self.soft_mix}")

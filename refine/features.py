@@ -175,6 +175,9 @@ class EmbeddingEncoder:
             "indicator": self.indicator,
         }
 
+    def state(self) -> dict[str, Any]:
+        return {**self.describe(), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
 
 Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder
 
@@ -213,6 +216,36 @@ class FeatureEncoder:
             "columns": [e.describe() for e in self.encoders],
             "skipped": self.skipped,
         }
+
+    def state(self) -> dict[str, Any]:
+        """Every fitted parameter, as plain Python values (JSON, ``torch.load(weights_only=True)``)."""
+        return {
+            "columns": [getattr(e, "state", e.describe)() for e in self.encoders],
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FeatureEncoder:
+        """The encoder ``state()`` saved: it encodes new rows exactly as the run's rows were."""
+        encoders: list[Encoder] = []
+        for c in state["columns"]:
+            if c["kind"] == NumericEncoder.kind:
+                encoders.append(NumericEncoder(c["column"], c["mean"], c["std"], c["indicator"]))
+            elif c["kind"] == OneHotEncoder.kind:
+                encoders.append(OneHotEncoder(c["column"], list(c["categories"]), c["null_bucket"]))
+            elif c["kind"] == EmbeddingEncoder.kind:
+                encoders.append(
+                    EmbeddingEncoder(
+                        c["column"],
+                        c["dim"],
+                        np.asarray(c["mean"], np.float32),
+                        np.asarray(c["std"], np.float32),
+                        c["indicator"],
+                    )
+                )
+            else:
+                raise ValueError(f"unknown encoder kind {c['kind']!r}")
+        return cls(encoders=encoders, skipped=dict(state["skipped"]))
 
 
 def fit_features(

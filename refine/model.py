@@ -195,6 +195,25 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.network_ = net.eval()
         return self
 
+    @classmethod
+    def from_states(
+        cls,
+        states: list[dict[str, torch.Tensor]],
+        n_features: int,
+        n_classes: int,
+        hidden: tuple[int, ...],
+        dropout: float,
+        device: str = "auto",
+    ) -> MLPClassifier:
+        """A fitted classifier from saved snapshot weights (a run's ``model.pt``)."""
+        model = cls(n_classes=n_classes, hidden=tuple(hidden), dropout=dropout, device=device)
+        net = build_network(n_features, n_classes, tuple(hidden), dropout)
+        net.load_state_dict(states[0])
+        model.network_ = net.to(resolve_device(device)).eval()
+        model.states_ = [{k: v.to(resolve_device(device)) for k, v in s.items()} for s in states]
+        model.classes_ = np.arange(n_classes)
+        return model
+
     @torch.no_grad()
     def predict_member_proba(self, X: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """Probabilities of each kept snapshot: ``(S, N, K)``."""

@@ -9,6 +9,7 @@ import platform
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,15 @@ from refine.features import FeatureEncoder, check_named_columns, fit_features
 from refine.model import resolve_device
 from refine.progress import NULL_PROGRESS, Progress
 from refine.read import LabelledTable, check_no_clashes, encode_labels, read_table
-from refine.relabel import CORRECTED, EXCLUDED, GIVEN, Decisions, decide, teacher_is_reliable
+from refine.relabel import (
+    CORRECTED,
+    EXCLUDED,
+    GIVEN,
+    PSEUDO,
+    Decisions,
+    decide,
+    teacher_is_reliable,
+)
 from refine.write import (
     ROUNDS_SCHEMA,
     atomic_directory,
@@ -109,22 +118,34 @@ def run(
     timings["encode"] = time.perf_counter() - started
 
     state = _refine_rounds(labelled_table, X, config, progress, timings)
+    summary = _summary(labelled_table, encoder, config, state, timings, data)
+    return _finish(labelled_table, encoder, config, state, summary, out, overwrite)
 
+
+def _finish(
+    data: LabelledTable,
+    encoder: FeatureEncoder,
+    config: RunConfig,
+    state: _State,
+    summary: dict[str, Any],
+    out: str | Path | None,
+    overwrite: bool,
+) -> RunResult:
+    """Build the output tables from the last round and write the run directory atomically."""
     metadata = {
-        "refine.classes": labelled_table.class_values(),
+        "refine.classes": data.class_values(),
         "refine.run": {"version": __version__, "config": config.to_dict(), "seed": config.seed},
     }
     refined = refined_table(
-        labelled_table, state.decisions, state.proba, state.is_issue, state.quality, metadata
+        data, state.decisions, state.proba, state.is_issue, state.quality, metadata
     )
     rounds = pa.Table.from_pylist(state.rounds, schema=ROUNDS_SCHEMA)
-    summary = _summary(labelled_table, encoder, config, state, timings, data)
     result = RunResult(
         refined=refined,
         rounds=rounds,
         summary=summary,
         proba=state.proba,
-        agreement=state.crossfit.agreement,
+        agreement=state.agreement,
         skipped=encoder.skipped,
     )
     if out is not None:
@@ -132,7 +153,7 @@ def run(
         with atomic_directory(Path(out), overwrite) as tmp:
             write_parquet(refined, tmp / "refined.parquet")
             write_parquet(rounds, tmp / "rounds.parquet")
-            _save_model(tmp / "model.pt", state.crossfit, encoder, labelled_table, config)
+            _save_model(tmp / "model.pt", state.crossfit, encoder, data, config)
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
         result.out = Path(out)
@@ -140,9 +161,33 @@ def run(
 
 
 @dataclass
+class Extra:
+    """Training rows beside the judged ones: they train every round with fixed targets, are
+    never judged, and never appear in ``refined.parquet`` (replayed rows of an earlier run,
+    synthetic rows). ``labels`` ``(M,)`` is each row's class, used to deal them to folds;
+    ``folds`` ``(M,)`` overrides that when given."""
+
+    X: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray | None = None
+
+
+@dataclass
+class Teacher:
+    """Round 1's probabilities ``(N, K)`` and agreement ``(N,)`` for the judged rows, from a
+    model that never saw them (``refine update``'s previous run), instead of a cross-fit."""
+
+    proba: np.ndarray
+    agreement: np.ndarray
+
+
+@dataclass
 class _State:
     decisions: Decisions
     proba: np.ndarray
+    agreement: np.ndarray
     is_issue: np.ndarray
     quality: np.ndarray
     crossfit: CrossFit
@@ -152,6 +197,12 @@ class _State:
     temperature: float
     reliable: bool
     device: str
+    folds: np.ndarray
+    synthetic: Any = None
+
+
+# After a round's decisions: (decisions, folds of the judged rows) -> synthetic rows, or None.
+Augment = Callable[[Decisions, np.ndarray, np.ndarray], Any]
 
 
 def _refine_rounds(
@@ -160,45 +211,72 @@ def _refine_rounds(
     config: RunConfig,
     progress: Progress,
     timings: dict[str, float],
+    teacher: Teacher | None = None,
+    replay: Extra | None = None,
+    augment: Augment | None = None,
 ) -> _State:
+    """Rounds of cross-fit, calibrate, detect and decide on the rows of ``data`` (the judged
+    rows), training on them plus ``replay`` rows and each round's synthetic rows."""
     labels = data.labels
+    n = len(labels)
     labelled = labels >= 0
     k = data.n_classes
-    folds = make_folds(labels, config.folds, config.seed)
+    replay_labels = replay.labels if replay is not None else np.zeros(0, np.int64)
+    all_folds = make_folds(np.concatenate([labels, replay_labels]), config.folds, config.seed)
+    folds, replay_folds = all_folds[:n], all_folds[n:]
     device = str(resolve_device(config.model.device))
 
-    targets = np.zeros((len(labels), k), np.float32)
+    targets = np.zeros((n, k), np.float32)
     targets[np.flatnonzero(labelled), labels[labelled]] = 1.0
     weights = labelled.astype(np.float32)
     previous = labels.copy()
     rounds: list[dict[str, Any]] = []
+    synthetic = None
+    fitted: CrossFit | None = None
     for key in ("train", "predict", "calibrate", "detect", "refine"):
         timings.setdefault(key, 0.0)
 
-    round_task = progress.start("rounds", "rounds", total=config.rounds)
-    for round_index in range(1, config.rounds + 1):
+    total = config.rounds + (teacher is not None)  # the teacher's round trains nothing
+    round_task = progress.start("rounds", "rounds", total=total)
+    for round_index in range(1, total + 1):
         round_started = time.perf_counter()
-        fitted = cross_fit(
-            X, targets, weights, folds, config.model, config.seeds, config.seed, progress
-        )
-        timings["train"] += fitted.train_seconds
-        timings["predict"] += fitted.predict_seconds
+        if round_index == 1 and teacher is not None:
+            raw, agreement = teacher.proba, teacher.agreement
+        else:
+            extras = [e for e in (replay, synthetic) if e is not None and len(e.X)]
+            extra_folds = [replay_folds if e is replay else e.folds for e in extras]
+            fitted = cross_fit(
+                np.concatenate([X, *(e.X for e in extras)]),
+                np.concatenate([targets, *(e.targets for e in extras)]),
+                np.concatenate([weights, *(e.weights for e in extras)]),
+                np.concatenate([folds, *extra_folds]),
+                config.model,
+                config.seeds,
+                config.seed,
+                progress,
+                pooled=np.concatenate(
+                    [~labelled & (weights == 0), *(np.zeros(len(e.X), bool) for e in extras)]
+                ),
+            )
+            timings["train"] += fitted.train_seconds
+            timings["predict"] += fitted.predict_seconds
+            raw, agreement = fitted.proba[:n], fitted.agreement[:n]
 
         started = time.perf_counter()
         given = labels[labelled]
-        temperature = fit_temperature(fitted.proba[labelled], given)
-        proba = apply_temperature(fitted.proba, temperature)
-        ece_before = expected_calibration_error(fitted.proba[labelled], given)
+        temperature = fit_temperature(raw[labelled], given)
+        proba = apply_temperature(raw, temperature)
+        ece_before = expected_calibration_error(raw[labelled], given)
         ece_after = expected_calibration_error(proba[labelled], given)
         timings["calibrate"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        is_issue = np.zeros(len(labels), bool)
-        quality = np.ones(len(labels), np.float32)
+        is_issue = np.zeros(n, bool)
+        quality = np.ones(n, np.float32)
         is_issue[labelled], quality[labelled] = detect_issues(
             given,
             proba[labelled],
-            fitted.agreement[labelled],
+            agreement[labelled],
             config.filter_by,
             config.relabel_threshold if config.flag_confident else None,
         )
@@ -211,13 +289,16 @@ def _refine_rounds(
             proba,
             is_issue,
             quality,
-            fitted.agreement,
+            agreement,
             config.relabel_threshold,
             config.exclude_threshold,
             config.soft_mix,
             reliable,
+            config.pseudo_threshold if config.pseudo_label else None,
         )
         changed = int((decisions.refined != previous).sum())
+        if augment is not None:
+            synthetic = augment(decisions, is_issue, folds)
         timings["refine"] += time.perf_counter() - started
         rounds.append(
             {
@@ -225,6 +306,7 @@ def _refine_rounds(
                 "flagged": int(is_issue.sum()),
                 "corrected": decisions.count(CORRECTED),
                 "excluded": decisions.count(EXCLUDED),
+                "pseudo_labelled": decisions.count(PSEUDO),
                 "changed": changed,
                 "oof_accuracy": float((proba[labelled].argmax(1) == given).mean()),
                 "ece_before": ece_before,
@@ -237,12 +319,14 @@ def _refine_rounds(
         progress.advance(round_task)
         previous = decisions.refined
         targets, weights = decisions.soft, decisions.weight
-        if changed < config.min_changes:
+        if changed < config.min_changes and fitted is not None:
             break
     progress.finish(round_task)
+    assert fitted is not None, "a run trains at least one round"
     return _State(
         decisions,
         proba,
+        agreement,
         is_issue,
         quality,
         fitted,
@@ -252,6 +336,8 @@ def _refine_rounds(
         temperature,
         reliable,
         device,
+        folds,
+        synthetic,
     )
 
 
@@ -283,6 +369,7 @@ def _summary(
         "flagged": int(state.is_issue.sum()),
         "corrected": d.count(CORRECTED),
         "excluded": d.count(EXCLUDED),
+        "pseudo_labelled": d.count(PSEUDO),
         "down_weighted": int(((d.source == GIVEN) & (d.weight < 1)).sum()),
         "rounds_run": len(state.rounds),
         "teacher_reliable": state.reliable,
@@ -340,6 +427,7 @@ def _save_model(
             "hidden": list(config.model.hidden),
             "dropout": config.model.dropout,
             "features": encoder.describe(),
+            "encoder": encoder.state(),
             "members": members,
         },
         path,

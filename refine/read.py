@@ -86,8 +86,15 @@ def check_no_clashes(table: pa.Table) -> None:
         )
 
 
-def encode_labels(table: pa.Table, label: str, folds: int) -> LabelledTable:
-    """Check the label column and turn it into class indices (see ``LabelledTable``)."""
+def encode_labels(
+    table: pa.Table, label: str, folds: int, classes: pa.Array | None = None
+) -> LabelledTable:
+    """Check the label column and turn it into class indices (see ``LabelledTable``).
+
+    With ``classes`` (a new batch for an earlier run's classes), every label must be one of them
+    and a class may have any number of rows here: the batch is folded together with the rows
+    replayed from the run.
+    """
     names = table.column_names
     if label not in names:
         shown = ", ".join(repr(n) for n in names[:30]) + (" ..." if len(names) > 30 else "")
@@ -118,6 +125,8 @@ def encode_labels(table: pa.Table, label: str, folds: int) -> LabelledTable:
         )
     if pa.types.is_dictionary(column.type):
         column = column.cast(value_type)
+    if classes is not None:
+        return _encode_with_classes(table, label, column, classes)
     classes = pc.unique(column).drop_null()
     classes = classes.take(pc.sort_indices(classes))
     if len(classes) < 2:
@@ -141,4 +150,26 @@ def encode_labels(table: pa.Table, label: str, folds: int) -> LabelledTable:
             f"row, fewer than the {folds} folds; drop or merge that class "
             "(cross-fitting needs at least 2 rows per class)"
         )
+    return LabelledTable(table=table, label=label, labels=labels, classes=classes)
+
+
+def _encode_with_classes(
+    table: pa.Table, label: str, column: pa.ChunkedArray, classes: pa.Array
+) -> LabelledTable:
+    try:
+        column = column.cast(classes.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InputError(
+            f"label column {label!r} has type {column.type}; the run's labels are {classes.type}"
+        ) from None
+    codes = pc.index_in(column, value_set=classes)
+    unknown = np.flatnonzero(pc.and_(pc.is_null(codes), pc.is_valid(column)).to_numpy(False))
+    if len(unknown):
+        row = int(unknown[0])
+        raise InputError(
+            f"label {json.dumps(column[row].as_py())} in row {row} of column {label!r} is not a "
+            f"class of the run ({len(unknown)} rows have unknown labels; the classes are "
+            f"{json.dumps(classes.to_pylist()[:20])}). Start a new run with refine run to add a class"
+        )
+    labels = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return LabelledTable(table=table, label=label, labels=labels, classes=classes)

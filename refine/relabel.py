@@ -56,6 +56,7 @@ def decide(
     exclude_threshold: float,
     soft_mix: float,
     reliable: bool,
+    pseudo_threshold: float | None = None,
 ) -> Decisions:
     """Apply the rules, for labelled rows (``labels >= 0``):
 
@@ -65,8 +66,11 @@ def decide(
     * flagged, not correctable, quality below ``exclude_threshold``: exclude (weight 0);
     * otherwise flagged: keep the label with weight = its quality (the probability it is right).
 
-    With an unreliable teacher every label is kept with weight 1. Unlabelled rows get no
-    label and weight 0. The soft target mixes the refined label's one-hot with the calibrated
+    Unlabelled rows (``labels == -1``) are pseudo-labelled with the predicted class when
+    ``pseudo_threshold`` is given, the calibrated confidence reaches it and every ensemble member
+    agrees; their weight is that confidence, so an uncertain pseudo-label counts for less than a
+    given label. Other unlabelled rows get no label and weight 0. With an unreliable teacher
+    every label is kept with weight 1 and nothing is pseudo-labelled. The soft target mixes the refined label's one-hot with the calibrated
     prediction: ``(1 - soft_mix) * onehot + soft_mix * proba``; rows without a label get ``proba``.
     """
     n, k = proba.shape
@@ -90,6 +94,11 @@ def decide(
         source[exclude] = EXCLUDED
         weight[exclude] = 0.0
         weight[down] = quality[down]
+        if pseudo_threshold is not None:
+            pseudo = ~labelled & (confidence >= pseudo_threshold) & (agreement >= 1.0)
+            refined[pseudo] = predicted[pseudo]
+            source[pseudo] = PSEUDO
+            weight[pseudo] = confidence[pseudo]
 
     soft = proba.astype(np.float32, copy=True)
     has_label = refined >= 0

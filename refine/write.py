@@ -25,6 +25,7 @@ ROUNDS_SCHEMA = pa.schema(
         ("flagged", pa.int64()),
         ("corrected", pa.int64()),
         ("excluded", pa.int64()),
+        ("pseudo_labelled", pa.int64()),
         ("changed", pa.int64()),
         ("oof_accuracy", pa.float64()),
         ("ece_before", pa.float64()),

@@ -130,7 +130,7 @@ def test_unlabelled_rows_are_kept_and_marked():
     table = table.set_column(
         table.column_names.index("label"), "label", pa.array(labels.astype(np.int64), mask=mask)
     )
-    result = refine.run(table, ignore=("id",), seed=0, **FAST)
+    result = refine.run(table, ignore=("id",), seed=0, pseudo_label=False, **FAST)
     t = result.refined
     source = np.array(t.column("label_source").to_pylist())
     assert (source[mask] == "unlabelled").all()
@@ -161,6 +161,32 @@ def test_an_unreliable_teacher_keeps_every_label():
     t = result.refined
     assert t.column("label_refined").equals(t.column("y"))
     assert set(t.column("label_source").to_pylist()) == {"given"}
+
+
+def test_unlabelled_rows_are_pseudo_labelled_when_the_ensemble_is_sure():
+    """Half the rows unlabelled, well-separated clusters: most get the right pseudo-label,
+    labelled rows never become pseudo, and every pseudo-label passed the threshold."""
+    table, truth = noisy_table(n=360, rate=0.1, seed=9)
+    labels = table.column("label").to_numpy()
+    mask = np.random.default_rng(0).random(360) < 0.5
+    table = table.set_column(
+        table.column_names.index("label"), "label", pa.array(labels, mask=mask)
+    )
+    result = refine.run(table, ignore=("id",), seed=0, pseudo_threshold=0.9, **FAST)
+    t = result.refined
+    source = np.array(t.column("label_source").to_pylist())
+    pseudo = source == "pseudo"
+    assert not pseudo[~mask].any()
+    assert pseudo[mask].mean() > 0.8
+    refined = np.asarray(t.column("label_refined").to_pandas())
+    assert (refined[pseudo] == truth[pseudo]).mean() > 0.97
+    weight = np.asarray(t.column("sample_weight"))
+    assert (weight[pseudo] >= 0.9).all() and (weight[pseudo] <= 1.0).all()
+    assert (np.asarray(t.column("label_predicted").to_pandas())[pseudo] == refined[pseudo]).all()
+    assert result.summary["pseudo_labelled"] == pseudo.sum()
+    assert result.rounds.column("pseudo_labelled").to_pylist()[-1] == pseudo.sum()
+    strict = refine.run(table, ignore=("id",), seed=0, pseudo_threshold=1.0, **FAST)
+    assert strict.summary["pseudo_labelled"] < pseudo.sum()
 
 
 def test_a_directory_of_hive_partitions_reads_in_order(tmp_path):

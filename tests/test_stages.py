@@ -8,13 +8,22 @@ import pytest
 from sklearn.base import clone
 
 from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
-from refine.crossfit import make_folds
+from refine.config import ModelConfig
+from refine.crossfit import cross_fit, make_folds
 from refine.detect import detect_issues
 from refine.errors import InputError
 from refine.features import fit_features
 from refine.model import MLPClassifier, _stratified_holdout
 from refine.noise import flip_symmetric, flip_with_matrix
-from refine.relabel import CORRECTED, EXCLUDED, GIVEN, UNLABELLED, decide, teacher_is_reliable
+from refine.relabel import (
+    CORRECTED,
+    EXCLUDED,
+    GIVEN,
+    PSEUDO,
+    UNLABELLED,
+    decide,
+    teacher_is_reliable,
+)
 from tests.conftest import blobs
 
 
@@ -93,13 +102,24 @@ def test_stratified_holdout_takes_the_share_of_each_class():
     assert [mask[classes == c].sum() for c in range(3)] == [10, 2, 0]
 
 
-def test_folds_are_stratified_and_skip_unlabelled_rows():
-    labels = np.array([0] * 10 + [1] * 10 + [-1] * 3)
+def test_folds_are_stratified_and_deal_unlabelled_rows_evenly():
+    labels = np.array([0] * 10 + [1] * 10 + [-1] * 12)
     folds = make_folds(labels, 5, seed=0)
-    assert (folds[-3:] == -1).all()
     for fold in range(5):
         assert (labels[folds == fold] == 0).sum() == 2 and (labels[folds == fold] == 1).sum() == 2
+    assert sorted(np.bincount(folds[-12:], minlength=5)) == [2, 2, 2, 3, 3]
     np.testing.assert_array_equal(folds, make_folds(labels, 5, seed=0))
+    # the labelled rows' folds do not depend on the unlabelled rows
+    np.testing.assert_array_equal(folds[:20], make_folds(labels[:20], 5, seed=0))
+
+
+def test_pooled_rows_must_not_train():
+    X, truth = blobs(60, 2, seed=0)
+    targets = np.eye(2, dtype=np.float32)[truth]
+    weights = np.ones(60, np.float32)
+    folds = make_folds(truth, 3, seed=0)
+    with pytest.raises(ValueError, match="pooled rows must have weight 0"):
+        cross_fit(X, targets, weights, folds, ModelConfig(), 1, 0, pooled=truth == 0)
 
 
 def test_temperature_scaling_recovers_a_known_temperature():
@@ -161,6 +181,30 @@ def test_decide_applies_each_rule():
     kept = decide(labels, proba, is_issue, quality, agreement, 0.6, 0.05, 0.5, reliable=False)
     np.testing.assert_array_equal(kept.refined, labels)
     np.testing.assert_array_equal(kept.weight, [1, 1, 1, 1, 0])
+
+
+def test_pseudo_labels_only_confident_unanimous_unlabelled_rows():
+    labels = np.array([0, 1, -1, -1, -1, -1])
+    proba = np.array(
+        [[0.05, 0.95], [0.9, 0.1], [0.95, 0.05], [0.15, 0.85], [0.02, 0.98], [0.5, 0.5]],
+        np.float32,
+    )
+    agreement = np.array([1.0, 1.0, 1.0, 1.0, 0.8, 1.0], np.float32)
+    no_issue = np.zeros(6, bool)
+    quality = np.ones(6, np.float32)
+    d = decide(labels, proba, no_issue, quality, agreement, 0.5, 0.05, 0.0, True, 0.9)
+    # labelled rows keep their labels however confident the model is against them;
+    # 0.95 unanimous: pseudo; 0.85 < 0.9: not; 0.98 with a dissenting member: not; 0.5: not.
+    np.testing.assert_array_equal(
+        d.source, [GIVEN, GIVEN, PSEUDO, UNLABELLED, UNLABELLED, UNLABELLED]
+    )
+    np.testing.assert_array_equal(d.refined, [0, 1, 0, -1, -1, -1])
+    np.testing.assert_allclose(d.weight, [1.0, 1.0, 0.95, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(d.soft[2], [1.0, 0.0])
+    off = decide(labels, proba, no_issue, quality, agreement, 0.5, 0.05, 0.0, True, None)
+    assert off.count(PSEUDO) == 0
+    weak = decide(labels, proba, no_issue, quality, agreement, 0.5, 0.05, 0.0, False, 0.9)
+    assert weak.count(PSEUDO) == 0
 
 
 def test_reliability_tells_a_learned_model_from_chance():

@@ -1,0 +1,236 @@
+"""``refine update``: refine a new batch of data with an earlier run's model as the teacher.
+
+The previous run's fold ensemble judges the new rows (it never saw them, so its predictions
+are held out without cross-fitting), then refine retrains on the new rows plus a replay
+sample of the run's refined rows, so the model keeps what it learned from earlier batches,
+and re-judges the new rows out of fold for the remaining rounds. The new run directory has the
+same contract as ``refine run``'s, for the new rows only, and ``run.json`` names its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from refine.config import RunConfig
+from refine.crossfit import ensemble_agreement
+from refine.errors import ConfigError, InputError
+from refine.features import FeatureEncoder
+from refine.model import MLPClassifier
+from refine.pipeline import (
+    Extra,
+    RunResult,
+    Teacher,
+    _check_input_outside,
+    _finish,
+    _refine_rounds,
+    _summary,
+    _with_options,
+)
+from refine.progress import NULL_PROGRESS, Progress
+from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
+from refine.write import check_output
+
+MODEL_FORMAT = "refine.mlp-ensemble/1"
+
+
+@dataclass
+class PreviousRun:
+    """A finished run loaded back: its configuration, summary, refined rows, the encoder of its
+    input columns and its fold models."""
+
+    path: Path
+    config: RunConfig
+    summary: dict[str, Any]
+    refined: pa.Table
+    classes: pa.Array
+    encoder: FeatureEncoder
+    models: list[MLPClassifier]
+
+    @property
+    def input_schema(self) -> pa.Schema:
+        return pa.schema([f for f in self.refined.schema if f.name not in OUTPUT_COLUMNS])
+
+    def input_table(self) -> pa.Table:
+        return self.refined.select([f.name for f in self.input_schema])
+
+    def predict(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated class probabilities ``(N, K)`` for ``table`` from every fold model, and
+        the share of members that agree with the ensemble ``(N,)``."""
+        members = self.member_proba(self.encoder.transform(table))
+        temperature = float(self.summary["calibration"]["temperature"])
+        from refine.calibrate import apply_temperature
+
+        return apply_temperature(members.mean(0), temperature), ensemble_agreement(members)
+
+    def member_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.concatenate([m.predict_member_proba(X) for m in self.models])
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
+    """Load a run directory written by ``refine run`` or ``refine update``.
+
+    The model file is read with ``torch.load(..., weights_only=True)``: plain tensors and
+    values only, no code runs. It holds the fitted feature encoder too, so new rows are encoded
+    exactly as the run's were (an update run's own rows would fit a different one).
+    """
+    path = Path(run_dir)
+    for name in ("run.json", "refined.parquet", "model.pt"):
+        if not (path / name).is_file():
+            raise InputError(
+                f"{str(path)!r} is not a refine run: it has no {name}. "
+                "Pass a directory written by refine run or refine update"
+            )
+    try:
+        summary = json.loads((path / "run.json").read_text())
+        config = RunConfig.from_dict(summary["config"])
+        refined = pq.read_table(path / "refined.parquet")
+        saved = torch.load(path / "model.pt", weights_only=True, map_location="cpu")
+    except (ValueError, KeyError, TypeError, OSError, pa.ArrowInvalid, RuntimeError) as exc:
+        raise InputError(f"cannot load the run {str(path)!r}: {exc}") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise InputError(f"{str(path / 'model.pt')!r} is not a refine model ({MODEL_FORMAT})")
+    classes = pa.array(summary["classes"], type=refined.schema.field(config.label).type)
+    if "encoder" not in saved:
+        raise InputError(
+            f"{str(path / 'model.pt')!r} has no saved feature encoder; it was written by an older "
+            "refine. Rerun refine run on the data to update from it"
+        )
+    encoder = FeatureEncoder.from_state(saved["encoder"])
+    models = [
+        MLPClassifier.from_states(
+            member["states"],
+            saved["n_features"],
+            len(classes),
+            tuple(saved["hidden"]),
+            saved["dropout"],
+            device,
+        )
+        for member in saved["members"]
+    ]
+    return PreviousRun(path, config, summary, refined, classes, encoder, models)
+
+
+def update(
+    run_dir: str | Path,
+    data: str | Path | pa.Table,
+    out: str | Path | None = None,
+    *,
+    replay: float = 1.0,
+    overwrite: bool = False,
+    progress: Progress = NULL_PROGRESS,
+    **options: Any,
+) -> RunResult:
+    """Refine the rows of ``data`` with the run in ``run_dir`` as the teacher; write to ``out``.
+
+    Parameters
+    ----------
+    run_dir : path
+        The previous run (``refine run`` or ``refine update`` output).
+    data : path or pyarrow.Table
+        The new batch: the same columns, with the same types, as the run's input.
+    replay : float
+        Replayed rows per new row: a random sample of the run's refined rows (with their
+        ``label_soft`` and ``sample_weight``) trains beside the new rows, so the model does not
+        forget earlier batches. 0 trains on the new rows alone.
+    options
+        Settings to change from the run's configuration (``rounds=2``, ``seed=1``); the label
+        and feature columns cannot change.
+
+    Returns
+    -------
+    RunResult
+        For the new rows. ``summary["parent"]`` names the previous run.
+    """
+    fixed = {"label", "features", "ignore", "max_categories"} & set(options)
+    if fixed:
+        raise ConfigError(
+            f"refine update keeps the run's {', '.join(sorted(fixed))}; start a new run to change it"
+        )
+    if not 0 <= replay <= 100:
+        raise ConfigError(f"--replay must be in [0, 100] replayed rows per new row, got {replay}")
+    if out is not None:
+        check_output(Path(out), overwrite)
+    started = time.perf_counter()
+    previous = load_run(run_dir)
+    config = _with_options(previous.config, options)
+    config.validate()
+    table = data if isinstance(data, pa.Table) else read_table(data)
+    if out is not None and not isinstance(data, pa.Table):
+        _check_input_outside(Path(data), Path(out))
+    check_same_columns(previous.input_schema, table.schema)
+    table = table.select(previous.input_schema.names)
+    batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
+    timings = {"read": time.perf_counter() - started}
+
+    started = time.perf_counter()
+    X = previous.encoder.transform(table)
+    replayed = _replay_sample(previous, round(replay * table.num_rows), config.seed)
+    timings["encode"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    members = previous.member_proba(X)
+    teacher = Teacher(proba=members.mean(0), agreement=ensemble_agreement(members))
+    timings["teacher"] = time.perf_counter() - started
+
+    state = _refine_rounds(batch, X, config, progress, timings, teacher=teacher, replay=replayed)
+    summary = _summary(batch, previous.encoder, config, state, timings, data)
+    summary["parent"] = {
+        "run": str(previous.path.resolve()),
+        "input": previous.summary.get("input"),
+        "rows": previous.summary.get("rows"),
+        "refine_version": previous.summary.get("refine_version"),
+    }
+    summary["replayed_rows"] = len(replayed.X)
+    return _finish(batch, previous.encoder, config, state, summary, out, overwrite)
+
+
+def check_same_columns(expected: pa.Schema, found: pa.Schema) -> None:
+    """The new batch must have the run's input columns with the same types (any order)."""
+    found_types = {f.name: f.type for f in found}
+    for field in expected:
+        if field.name not in found_types:
+            raise InputError(
+                f"the new batch has no column {field.name!r}, which the run's input has; "
+                "a batch needs every input column of the run"
+            )
+        if found_types[field.name] != field.type:
+            raise InputError(
+                f"column {field.name!r} of the new batch has type {found_types[field.name]}, "
+                f"the run's input has {field.type}; cast it before updating"
+            )
+    extra = [n for n in found.names if n not in expected.names]
+    if extra:
+        raise InputError(
+            f"the new batch has column {extra[0]!r}, which the run's input does not; "
+            "drop it or start a new run with refine run"
+        )
+
+
+def _replay_sample(previous: PreviousRun, rows: int, seed: int) -> Extra:
+    """A uniform sample of the run's rows that trained (weight > 0), with their targets."""
+    refined = previous.refined
+    weight = refined.column("sample_weight").to_numpy()
+    codes = pc.index_in(refined.column("label_refined"), value_set=previous.classes)
+    labels = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    pool = np.flatnonzero((weight > 0) & (labels >= 0))
+    rng = np.random.default_rng([seed, 2])
+    take = np.sort(rng.choice(pool, size=min(rows, len(pool)), replace=False))
+    k = len(previous.classes)
+    soft = refined.column("label_soft").take(pa.array(take)).combine_chunks()
+    targets = soft.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+    return Extra(
+        X=previous.encoder.transform(previous.input_table().take(pa.array(take))),
+        targets=targets,
+        weights=weight[take].astype(np.float32),
+        labels=labels[take],
+    )
