@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from refine import __version__
-from refine.config import DEVICES, FILTER_METHODS, ModelConfig, RunConfig
+from refine.config import AUGMENT_METHODS, DEVICES, FILTER_METHODS, ModelConfig, RunConfig
 from refine.errors import RefineError
 from refine.progress import RichProgress
 
@@ -141,6 +141,19 @@ def cli() -> None:
     help="Calibrated confidence needed to pseudo-label an unlabelled row.",
 )
 @click.option(
+    "--augment",
+    type=click.Choice(AUGMENT_METHODS),
+    default=None,
+    help="Add synthetic rows made from trusted rows each round: interpolate (SMOTE-like, "
+    "same class), mixup, or noise. Off by default.",
+)
+@click.option(
+    "--augment-ratio",
+    default=_DEFAULTS.augment_ratio,
+    show_default=True,
+    help="Synthetic rows per trusted row, with --augment.",
+)
+@click.option(
     "--max-categories",
     default=_DEFAULTS.max_categories,
     show_default=True,
@@ -207,6 +220,7 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("corrected", f"{s['corrected']:,}"),
         ("excluded", f"{s['excluded']:,}"),
         ("pseudo-labelled", f"{s['pseudo_labelled']:,}"),
+        ("synthetic rows", f"{s['synthetic_rows']:,}"),
         ("down-weighted", f"{s['down_weighted']:,}"),
         ("rounds", str(s["rounds_run"])),
         (

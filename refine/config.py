@@ -18,6 +18,7 @@ FILTER_METHODS = (
     "low_self_confidence",
 )
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_METHODS = ("interpolate", "mixup", "noise")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class RunConfig:
     soft_mix: float = 0.2
     pseudo_label: bool = True
     pseudo_threshold: float = 0.9
+    augment: str | None = None
+    augment_ratio: float = 1.0
     max_categories: int = 64
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -105,6 +108,15 @@ class RunConfig:
         if not 0.5 <= self.pseudo_threshold <= 1:
             raise ConfigError(
                 f"--pseudo-threshold must be in [0.5, 1], got {self.pseudo_threshold}"
+            )
+        if self.augment is not None and self.augment not in AUGMENT_METHODS:
+            raise ConfigError(
+                f"--augment must be one of {', '.join(AUGMENT_METHODS)}, got {self.augment!r}"
+            )
+        if not 0 < self.augment_ratio <= 10:
+            raise ConfigError(
+                f"--augment-ratio must be in (0, 10] synthetic rows per trusted row, "
+                f"got {self.augment_ratio}"
             )
         if not 0 <= self.soft_mix <= 1:
             raise ConfigError(f"--soft-mix must be in [0, 1], got {self.soft_mix}")

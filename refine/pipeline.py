@@ -33,6 +33,7 @@ from refine.relabel import (
     EXCLUDED,
     GIVEN,
     PSEUDO,
+    SYNTHETIC,
     Decisions,
     decide,
     teacher_is_reliable,
@@ -60,6 +61,7 @@ class RunResult:
     agreement: np.ndarray
     out: Path | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    synthetic: pa.Table | None = None  # synthetic.parquet, with --augment
 
     @property
     def flagged(self) -> pa.Table:
@@ -117,7 +119,8 @@ def run(
     _note_skipped(encoder.skipped, progress)
     timings["encode"] = time.perf_counter() - started
 
-    state = _refine_rounds(labelled_table, X, config, progress, timings)
+    augment = _augmenter(labelled_table, encoder, config) if config.augment else None
+    state = _refine_rounds(labelled_table, X, config, progress, timings, augment=augment)
     summary = _summary(labelled_table, encoder, config, state, timings, data)
     return _finish(labelled_table, encoder, config, state, summary, out, overwrite)
 
@@ -140,6 +143,7 @@ def _finish(
         data, state.decisions, state.proba, state.is_issue, state.quality, metadata
     )
     rounds = pa.Table.from_pylist(state.rounds, schema=ROUNDS_SCHEMA)
+    synthetic = _synthetic_table(data, state, metadata) if state.synthetic is not None else None
     result = RunResult(
         refined=refined,
         rounds=rounds,
@@ -147,12 +151,15 @@ def _finish(
         proba=state.proba,
         agreement=state.agreement,
         skipped=encoder.skipped,
+        synthetic=synthetic,
     )
     if out is not None:
         started = time.perf_counter()
         with atomic_directory(Path(out), overwrite) as tmp:
             write_parquet(refined, tmp / "refined.parquet")
             write_parquet(rounds, tmp / "rounds.parquet")
+            if synthetic is not None:
+                write_parquet(synthetic, tmp / "synthetic.parquet")
             _save_model(tmp / "model.pt", state.crossfit, encoder, data, config)
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
@@ -172,6 +179,7 @@ class Extra:
     weights: np.ndarray
     labels: np.ndarray
     folds: np.ndarray | None = None
+    synthetic: Any = None  # the augment.Synthetic these rows came from, if any
 
 
 @dataclass
@@ -201,8 +209,8 @@ class _State:
     synthetic: Any = None
 
 
-# After a round's decisions: (decisions, folds of the judged rows) -> synthetic rows, or None.
-Augment = Callable[[Decisions, np.ndarray, np.ndarray], Any]
+# After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
+Augment = Callable[[Decisions, np.ndarray, np.ndarray, np.ndarray], Extra]
 
 
 def _refine_rounds(
@@ -298,7 +306,7 @@ def _refine_rounds(
         )
         changed = int((decisions.refined != previous).sum())
         if augment is not None:
-            synthetic = augment(decisions, is_issue, folds)
+            synthetic = augment(decisions, is_issue, quality, folds)
         timings["refine"] += time.perf_counter() - started
         rounds.append(
             {
@@ -341,6 +349,76 @@ def _refine_rounds(
     )
 
 
+# Rows that may parent synthetic rows: given labels the run did not flag and rates at least
+# this likely to be right (calibrated probability of the given label).
+TRUSTED_QUALITY = 0.5
+
+
+def _augmenter(data: LabelledTable, encoder: FeatureEncoder, config: RunConfig) -> Augment:
+    """Synthetic rows from each round's trusted rows, for the next round to train on."""
+    from refine.augment import synthesize
+
+    def augment(
+        decisions: Decisions, is_issue: np.ndarray, quality: np.ndarray, folds: np.ndarray
+    ) -> Extra:
+        trusted = (decisions.source == GIVEN) & ~is_issue & (quality >= TRUSTED_QUALITY)
+        synthetic = synthesize(
+            data.table,
+            encoder,
+            data.label,
+            data.classes,
+            decisions.refined,
+            trusted,
+            folds,
+            config.augment,
+            config.augment_ratio,
+            config.seed,
+        )
+        return Extra(
+            X=encoder.transform(synthetic.table),
+            targets=synthetic.soft,
+            weights=np.ones(len(synthetic), np.float32),
+            labels=synthetic.labels,
+            folds=synthetic.folds,
+            synthetic=synthetic,
+        )
+
+    return augment
+
+
+def _synthetic_table(data: LabelledTable, state: _State, metadata: dict[str, Any]) -> pa.Table:
+    """``synthetic.parquet``: the last round's synthetic rows with refined.parquet's columns
+    (``label_source`` 'synthetic', no ``label_quality``), plus ``synthetic_parent_rows``: the
+    row numbers in ``refined.parquet`` of the rows each was made from. ``label_predicted`` is
+    the last round's fold models' calibrated mean, as for unlabelled rows."""
+    extra = state.synthetic
+    synthetic = extra.synthetic
+    m = len(synthetic)
+    members = [mm.predict_member_proba(extra.X) for fold in state.crossfit.models for mm in fold]
+    proba = apply_temperature(
+        np.concatenate(members).mean(0) if m else np.zeros((0, data.n_classes), np.float32),
+        state.temperature,
+    )
+    table = refined_table(
+        LabelledTable(synthetic.table, data.label, np.full(m, -1), data.classes),
+        Decisions(
+            refined=synthetic.labels,
+            source=np.full(m, SYNTHETIC, np.int8),
+            weight=extra.weights,
+            soft=synthetic.soft,
+        ),
+        proba,
+        np.zeros(m, bool),
+        np.ones(m, np.float32),
+        metadata,
+    )
+    parents = [[int(p) for p in row if p >= 0] for row in synthetic.parents]
+    return table.append_column(
+        pa.field("synthetic_parent_rows", pa.list_(pa.int64())),
+        pa.array(parents, pa.list_(pa.int64())),
+    )
+
+
 def _summary(
     data: LabelledTable,
     encoder: FeatureEncoder,
@@ -370,6 +448,7 @@ def _summary(
         "corrected": d.count(CORRECTED),
         "excluded": d.count(EXCLUDED),
         "pseudo_labelled": d.count(PSEUDO),
+        "synthetic_rows": len(state.synthetic.X) if state.synthetic is not None else 0,
         "down_weighted": int(((d.source == GIVEN) & (d.weight < 1)).sum()),
         "rounds_run": len(state.rounds),
         "teacher_reliable": state.reliable,

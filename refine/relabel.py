@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SOURCES = ("given", "corrected", "pseudo", "excluded", "unlabelled")
-GIVEN, CORRECTED, PSEUDO, EXCLUDED, UNLABELLED = range(len(SOURCES))
+SOURCES = ("given", "corrected", "pseudo", "excluded", "unlabelled", "synthetic")
+GIVEN, CORRECTED, PSEUDO, EXCLUDED, UNLABELLED, SYNTHETIC = range(len(SOURCES))
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 
 import refine
 from refine.noise import flip_with_matrix
+from refine.query import query
 from refine.write import ROUNDS_SCHEMA
 from tests.conftest import FAST, blobs, noisy_table
 
@@ -205,3 +206,44 @@ def test_bad_options_raise_config_errors(option):
     table, _ = noisy_table(n=60)
     with pytest.raises(refine.ConfigError):
         refine.run(table, **option)
+
+
+@pytest.mark.parametrize("method", ["interpolate", "mixup", "noise"])
+def test_augmentation_writes_synthetic_rows_with_provenance(tmp_path, method):
+    table, _ = noisy_table(n=240, rate=0.15, seed=12)
+    result = refine.run(
+        table, tmp_path / "run", ignore=("id",), seed=0, augment=method, augment_ratio=0.5, **FAST
+    )
+    refined = pq.read_table(tmp_path / "run" / "refined.parquet")
+    assert refined.num_rows == 240 and refined.select(table.column_names).equals(table)
+    synthetic = pq.read_table(tmp_path / "run" / "synthetic.parquet")
+    assert synthetic.schema.names == refined.schema.names + ["synthetic_parent_rows"]
+    for name in refined.schema.names:
+        assert synthetic.schema.field(name).type == refined.schema.field(name).type
+    assert result.summary["synthetic_rows"] == synthetic.num_rows > 0
+    assert set(synthetic.column("label_source").to_pylist()) == {"synthetic"}
+    assert synthetic.column("label_quality").null_count == synthetic.num_rows
+    assert synthetic.column("label").equals(synthetic.column("label_refined"))
+
+    source = np.array(refined.column("label_source").to_pylist())
+    flagged = np.asarray(refined.column("is_label_issue"))
+    quality = np.asarray(refined.column("label_quality"))
+    given = np.asarray(refined.column("label_refined").to_pandas())
+    labels = np.asarray(synthetic.column("label_refined"))
+    soft = np.array(synthetic.column("label_soft").to_pylist())
+    for row, parents in enumerate(synthetic.column("synthetic_parent_rows").to_pylist()):
+        assert 1 <= len(parents) <= 2
+        # parents are rows refine trusts: given labels, not flagged, quality >= 0.5
+        assert all(source[p] == "given" and not flagged[p] and quality[p] >= 0.5 for p in parents)
+        if method == "mixup":
+            assert soft[row][given[parents[0]]] >= 0.5
+        else:
+            assert labels[row] == given[parents[0]] == given[parents[-1]]
+    counts = query(tmp_path / "run", "SELECT count(*) AS n FROM synthetic").column("n")
+    assert counts.to_pylist() == [synthetic.num_rows]
+
+
+def test_no_synthetic_file_without_augment(finished_run):
+    result, out = finished_run
+    assert not (out / "synthetic.parquet").exists()
+    assert result.synthetic is None and result.summary["synthetic_rows"] == 0
