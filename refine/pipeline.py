@@ -96,7 +96,7 @@ def run(
     -------
     RunResult
     """
-    config = _with_options(config or RunConfig(), options)
+    config = with_options(config or RunConfig(), options)
     config.validate()
     if out is not None:
         check_output(Path(out), overwrite)
@@ -105,7 +105,7 @@ def run(
     started = time.perf_counter()
     table = data if isinstance(data, pa.Table) else read_table(data)
     if out is not None and not isinstance(data, pa.Table):
-        _check_input_outside(Path(data), Path(out))
+        check_input_outside(Path(data), Path(out))
     check_no_clashes(table)
     check_named_columns(table, config.features, config.ignore)
     labelled_table = encode_labels(table, config.label, config.folds)
@@ -119,13 +119,13 @@ def run(
     _note_skipped(encoder.skipped, progress)
     timings["encode"] = time.perf_counter() - started
 
-    augment = _augmenter(labelled_table, encoder, config) if config.augment else None
-    state = _refine_rounds(labelled_table, X, config, progress, timings, augment=augment)
-    summary = _summary(labelled_table, encoder, config, state, timings, data)
-    return _finish(labelled_table, encoder, config, state, summary, out, overwrite)
+    augment = augmenter(labelled_table, encoder, config) if config.augment else None
+    state = refine_rounds(labelled_table, X, config, progress, timings, augment=augment)
+    summary = summarise_run(labelled_table, encoder, config, state, timings, data)
+    return finish_run(labelled_table, encoder, config, state, summary, out, overwrite)
 
 
-def _finish(
+def finish_run(
     data: LabelledTable,
     encoder: FeatureEncoder,
     config: RunConfig,
@@ -213,7 +213,7 @@ class _State:
 Augment = Callable[[Decisions, np.ndarray, np.ndarray, np.ndarray], Extra]
 
 
-def _refine_rounds(
+def refine_rounds(
     data: LabelledTable,
     X: np.ndarray,
     config: RunConfig,
@@ -354,7 +354,7 @@ def _refine_rounds(
 TRUSTED_QUALITY = 0.5
 
 
-def _augmenter(data: LabelledTable, encoder: FeatureEncoder, config: RunConfig) -> Augment:
+def augmenter(data: LabelledTable, encoder: FeatureEncoder, config: RunConfig) -> Augment:
     """Synthetic rows from each round's trusted rows, for the next round to train on."""
     from refine.augment import synthesize
 
@@ -419,7 +419,7 @@ def _synthetic_table(data: LabelledTable, state: _State, metadata: dict[str, Any
     )
 
 
-def _summary(
+def summarise_run(
     data: LabelledTable,
     encoder: FeatureEncoder,
     config: RunConfig,
@@ -513,7 +513,7 @@ def _save_model(
     )
 
 
-def _with_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
+def with_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(options) - model_fields - run_fields)
@@ -540,7 +540,7 @@ def _note_skipped(skipped: dict[str, str], progress: Progress) -> None:
         progress.note(f"skipped {'column' if len(columns) == 1 else 'columns'} {shown}: {reason}")
 
 
-def _check_input_outside(source: Path, out: Path) -> None:
+def check_input_outside(source: Path, out: Path) -> None:
     source, out = source.resolve(), out.resolve()
     if source == out or out in source.parents:
         raise InputError(

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from refine.calibrate import apply_temperature
 from refine.config import RunConfig
 from refine.crossfit import ensemble_agreement
 from refine.errors import ConfigError, InputError
@@ -30,11 +31,12 @@ from refine.pipeline import (
     Extra,
     RunResult,
     Teacher,
-    _check_input_outside,
-    _finish,
-    _refine_rounds,
-    _summary,
-    _with_options,
+    augmenter,
+    check_input_outside,
+    finish_run,
+    refine_rounds,
+    summarise_run,
+    with_options,
 )
 from refine.progress import NULL_PROGRESS, Progress
 from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
@@ -68,8 +70,6 @@ class PreviousRun:
         the share of members that agree with the ensemble ``(N,)``."""
         members = self.member_proba(self.encoder.transform(table))
         temperature = float(self.summary["calibration"]["temperature"])
-        from refine.calibrate import apply_temperature
-
         return apply_temperature(members.mean(0), temperature), ensemble_agreement(members)
 
     def member_proba(self, X: np.ndarray) -> np.ndarray:
@@ -162,11 +162,11 @@ def update(
         check_output(Path(out), overwrite)
     started = time.perf_counter()
     previous = load_run(run_dir)
-    config = _with_options(previous.config, options)
+    config = with_options(previous.config, options)
     config.validate()
     table = data if isinstance(data, pa.Table) else read_table(data)
     if out is not None and not isinstance(data, pa.Table):
-        _check_input_outside(Path(data), Path(out))
+        check_input_outside(Path(data), Path(out))
     check_same_columns(previous.input_schema, table.schema)
     table = table.select(previous.input_schema.names)
     batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
@@ -182,8 +182,11 @@ def update(
     teacher = Teacher(proba=members.mean(0), agreement=ensemble_agreement(members))
     timings["teacher"] = time.perf_counter() - started
 
-    state = _refine_rounds(batch, X, config, progress, timings, teacher=teacher, replay=replayed)
-    summary = _summary(batch, previous.encoder, config, state, timings, data)
+    augment = augmenter(batch, previous.encoder, config) if config.augment else None
+    state = refine_rounds(
+        batch, X, config, progress, timings, teacher=teacher, replay=replayed, augment=augment
+    )
+    summary = summarise_run(batch, previous.encoder, config, state, timings, data)
     summary["parent"] = {
         "run": str(previous.path.resolve()),
         "input": previous.summary.get("input"),
@@ -191,7 +194,7 @@ def update(
         "refine_version": previous.summary.get("refine_version"),
     }
     summary["replayed_rows"] = len(replayed.X)
-    return _finish(batch, previous.encoder, config, state, summary, out, overwrite)
+    return finish_run(batch, previous.encoder, config, state, summary, out, overwrite)
 
 
 def check_same_columns(expected: pa.Schema, found: pa.Schema) -> None:
