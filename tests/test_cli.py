@@ -246,6 +246,29 @@ def test_bad_option_value(tmp_path, noisy_parquet):
     run_fails(tmp_path, noisy_parquet, "--rounds must be at least 1, got 0", "--rounds", "0")
 
 
+def test_unknown_augmentation_method(tmp_path, noisy_parquet):
+    out = tmp_path / "out"
+    result = invoke("run", str(noisy_parquet), "--out", str(out), "--augment", "smote")
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--augment': 'smote' is not one of 'interpolate', 'mixup', 'noise'"
+        in (result.output)
+    )
+    assert not out.exists()
+
+
+def test_bad_augment_ratio(tmp_path, noisy_parquet):
+    run_fails(
+        tmp_path,
+        noisy_parquet,
+        "--augment-ratio must be in (0, 10] synthetic rows per trusted row, got 0.0",
+        "--augment",
+        "mixup",
+        "--augment-ratio",
+        "0",
+    )
+
+
 def test_input_is_never_modified(tmp_path):
     table, _ = noisy_table(n=120)
     data = write(tmp_path, table)
@@ -257,7 +280,7 @@ def test_input_is_never_modified(tmp_path):
     assert data.read_bytes() == before
 
 
-@pytest.mark.parametrize("command", ["run", "query", "demo"])
+@pytest.mark.parametrize("command", ["run", "update", "query", "demo"])
 def test_every_command_has_help_with_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
