@@ -133,8 +133,10 @@ def finish_run(
     summary: dict[str, Any],
     out: str | Path | None,
     overwrite: bool,
+    extra_files: dict[str, pa.Table] | None = None,
 ) -> RunResult:
-    """Build the output tables from the last round and write the run directory atomically."""
+    """Build the output tables from the last round and write the run directory atomically,
+    with ``extra_files`` (name -> table) beside them."""
     metadata = {
         "refine.classes": data.class_values(),
         "refine.run": {"version": __version__, "config": config.to_dict(), "seed": config.seed},
@@ -160,6 +162,8 @@ def finish_run(
             write_parquet(rounds, tmp / "rounds.parquet")
             if synthetic is not None:
                 write_parquet(synthetic, tmp / "synthetic.parquet")
+            for name, table in (extra_files or {}).items():
+                write_parquet(table, tmp / name)
             _save_model(tmp / "model.pt", state.crossfit, encoder, data, config)
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")

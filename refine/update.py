@@ -43,6 +43,8 @@ from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
 from refine.write import check_output
 
 MODEL_FORMAT = "refine.mlp-ensemble/1"
+# Most rows an update run keeps in history.parquet to replay from.
+HISTORY_ROWS = 100_000
 
 
 @dataclass
@@ -174,7 +176,8 @@ def update(
 
     started = time.perf_counter()
     X = previous.encoder.transform(table)
-    replayed = _replay_sample(previous, round(replay * table.num_rows), config.seed)
+    history, seen = _history(previous, config.seed)
+    replayed = _replay_sample(previous, history, round(replay * table.num_rows), config.seed)
     timings["encode"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -194,7 +197,17 @@ def update(
         "refine_version": previous.summary.get("refine_version"),
     }
     summary["replayed_rows"] = len(replayed.X)
-    return finish_run(batch, previous.encoder, config, state, summary, out, overwrite)
+    summary["history"] = {"rows_seen": seen, "rows_kept": history.num_rows}
+    return finish_run(
+        batch,
+        previous.encoder,
+        config,
+        state,
+        summary,
+        out,
+        overwrite,
+        extra_files={"history.parquet": history},
+    )
 
 
 def check_same_columns(expected: pa.Schema, found: pa.Schema) -> None:
@@ -219,21 +232,51 @@ def check_same_columns(expected: pa.Schema, found: pa.Schema) -> None:
         )
 
 
-def _replay_sample(previous: PreviousRun, rows: int, seed: int) -> Extra:
-    """A uniform sample of the run's rows that trained (weight > 0), with their targets."""
-    refined = previous.refined
-    weight = refined.column("sample_weight").to_numpy()
-    codes = pc.index_in(refined.column("label_refined"), value_set=previous.classes)
-    labels = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    pool = np.flatnonzero((weight > 0) & (labels >= 0))
+def _history(previous: PreviousRun, seed: int) -> tuple[pa.Table, int]:
+    """A uniform sample, of at most ``HISTORY_ROWS`` rows, of every row that trained in the
+    chain of runs ending with ``previous``, and the number of rows it stands for.
+
+    A plain run's history is its own rows. An update run keeps, in ``history.parquet``, the
+    sample of everything before its batch; here it is merged with that batch, each part
+    sampled in proportion to the rows it stands for, so the oldest batch is replayed as often
+    as the newest and the file does not grow without bound.
+    """
+    refined = previous.refined.replace_schema_metadata(None)
+    trained = pc.and_(
+        pc.greater(refined.column("sample_weight"), 0), pc.is_valid(refined.column("label_refined"))
+    )
+    latest = refined.filter(trained)
+    path = previous.path / "history.parquet"
+    if path.is_file():
+        old = pq.read_table(path).replace_schema_metadata(None)
+        seen_old = int(previous.summary.get("history", {}).get("rows_seen", old.num_rows))
+    else:
+        old, seen_old = latest.slice(0, 0), 0
+    seen = seen_old + latest.num_rows
+    keep = min(HISTORY_ROWS, old.num_rows + latest.num_rows)
+    from_old = min(old.num_rows, round(keep * seen_old / max(seen, 1)))
+    from_latest = min(latest.num_rows, keep - from_old)
+    rng = np.random.default_rng([seed, 3])
+    parts = [
+        part.take(pa.array(np.sort(rng.choice(part.num_rows, size=size, replace=False))))
+        for part, size in ((old, from_old), (latest, from_latest))
+    ]
+    return pa.concat_tables(parts), seen
+
+
+def _replay_sample(previous: PreviousRun, history: pa.Table, rows: int, seed: int) -> Extra:
+    """A uniform sample of the history's rows, with their refined targets and weights."""
     rng = np.random.default_rng([seed, 2])
-    take = np.sort(rng.choice(pool, size=min(rows, len(pool)), replace=False))
+    take = pa.array(
+        np.sort(rng.choice(history.num_rows, size=min(rows, history.num_rows), replace=False))
+    )
+    sample = history.take(take)
     k = len(previous.classes)
-    soft = refined.column("label_soft").take(pa.array(take)).combine_chunks()
-    targets = soft.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+    codes = pc.index_in(sample.column("label_refined"), value_set=previous.classes)
+    soft = sample.column("label_soft").combine_chunks()
     return Extra(
-        X=previous.encoder.transform(previous.input_table().take(pa.array(take))),
-        targets=targets,
-        weights=weight[take].astype(np.float32),
-        labels=labels[take],
+        X=previous.encoder.transform(sample),
+        targets=soft.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k),
+        weights=sample.column("sample_weight").to_numpy().astype(np.float32),
+        labels=codes.to_numpy(zero_copy_only=False).astype(np.int64),
     )

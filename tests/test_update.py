@@ -157,3 +157,22 @@ def test_update_from_a_directory_that_is_not_a_run(first_run, tmp_path):
         f"Error: {str(tmp_path / 'notarun')!r} is not a refine run: it has no run.json. "
         "Pass a directory written by refine run or refine update"
     )
+
+
+def test_history_reaches_back_to_the_first_batch(first_run, tmp_path):
+    """A chain of updates replays from every earlier batch, not only the latest: each update
+    run keeps a uniform sample of all rows before its batch in history.parquet."""
+    out, table, _ = first_run
+    second = update(out, table.slice(360, 180), tmp_path / "second", **UPDATE_FAST)
+    third = update(second.out, table.slice(540, 180), tmp_path / "third", **UPDATE_FAST)
+    history = pq.read_table(tmp_path / "third" / "history.parquet")
+    ids = set(history.column("id").to_pylist())
+    first_ids = set(table.slice(0, 360).column("id").to_pylist())
+    second_ids = set(table.slice(360, 180).column("id").to_pylist())
+    assert ids <= first_ids | second_ids
+    assert len(ids & first_ids) > 0 and len(ids & second_ids) > 0
+    trained_first = pc.sum(pc.greater(pq.read_table(out / "refined.parquet")["sample_weight"], 0))
+    trained_second = pc.sum(pc.greater(second.refined["sample_weight"], 0))
+    seen = trained_first.as_py() + trained_second.as_py()
+    assert third.summary["history"] == {"rows_seen": seen, "rows_kept": history.num_rows}
+    assert history.schema.names == pq.read_table(out / "refined.parquet").schema.names
