@@ -1,5 +1,5 @@
 """SQL over a run directory through DuckDB: views ``refined``, ``flagged``, ``rounds`` and,
-when present, ``synthetic``."""
+when present, ``synthetic`` (``--augment``) and ``history`` (``refine update``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ VIEWS = {
     "flagged": ("refined.parquet", "SELECT * FROM read_parquet({path}) WHERE is_label_issue"),
     "rounds": ("rounds.parquet", "SELECT * FROM read_parquet({path})"),
     "synthetic": ("synthetic.parquet", "SELECT * FROM read_parquet({path})"),
+    "history": ("history.parquet", "SELECT * FROM read_parquet({path})"),
 }
 REQUIRED = ("refined.parquet", "rounds.parquet")
 

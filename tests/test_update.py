@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
+from refine.query import query
 from refine.update import load_run, update
 from tests.conftest import FAST, noisy_table
 
@@ -176,3 +177,5 @@ def test_history_reaches_back_to_the_first_batch(first_run, tmp_path):
     seen = trained_first.as_py() + trained_second.as_py()
     assert third.summary["history"] == {"rows_seen": seen, "rows_kept": history.num_rows}
     assert history.schema.names == pq.read_table(out / "refined.parquet").schema.names
+    rows = query(tmp_path / "third", "SELECT count(*) AS n FROM history").column("n").to_pylist()
+    assert rows == [history.num_rows]
