@@ -266,7 +266,7 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     "--replay",
     default=1.0,
     show_default=True,
-    help="Rows of the earlier run replayed in training per new row (0: the new rows alone).",
+    help="Rows from earlier batches replayed in training per new row (0: the new rows alone).",
 )
 @click.option(
     "--rounds",
