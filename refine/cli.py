@@ -208,6 +208,13 @@ def run_command(
         _print_summary(Console(), result.summary, out)
 
 
+def _ece(calibration: dict[str, Any]) -> str:
+    before, after = calibration["ece_before"], calibration["ece_after"]
+    if before is None or after is None:
+        return "no labels to measure"
+    return f"{before:.3f} / {after:.3f}"
+
+
 def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     table = Table(title=f"refine: {out}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -223,10 +230,7 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("synthetic rows", f"{s['synthetic_rows']:,}"),
         ("down-weighted", f"{s['down_weighted']:,}"),
         ("rounds", str(s["rounds_run"])),
-        (
-            "ECE before / after calibration",
-            f"{s['calibration']['ece_before']:.3f} / {s['calibration']['ece_after']:.3f}",
-        ),
+        ("ECE before / after calibration", _ece(s["calibration"])),
         ("device", s["device"]),
         ("seconds", f"{sum(s['timings'].values()):.1f}"),
     ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
 
 
 def detect_issues(
@@ -37,14 +36,19 @@ def detect_issues(
     None turns the rule off. Quality is cleanlab's self-confidence: the calibrated probability
     of the given label.
     """
-    flagged = find_label_issues(labels, proba, filter_by=filter_by, n_jobs=1)
-    predicted = proba.argmax(1)
-    if confident_threshold is not None:
-        rows = np.arange(len(labels))
+    rows = np.arange(len(labels))
+    predicted = proba.argmax(1) if len(labels) else np.zeros(0, np.int64)
+    if filter_by == "predicted_neq_given" or len(np.unique(labels)) < 2:
+        # cleanlab's predicted_neq_given is exactly this; computing it here also serves a batch
+        # with fewer than two classes (refine update), which cleanlab refuses.
+        flagged = predicted != labels
+    else:
+        flagged = find_label_issues(labels, proba, filter_by=filter_by, n_jobs=1)
+    if confident_threshold is not None and len(labels):
         confidence = proba[rows, predicted]
         margin = confidence - proba[rows, labels]
         flagged |= (confidence >= confident_threshold) & (margin >= 0.5) & (agreement >= 1.0)
     is_issue = flagged & (predicted != labels)
-    quality = get_label_quality_scores(labels, proba, method="self_confidence")
-    quality = np.clip(quality, 0.0, 1.0).astype(np.float32)
+    # cleanlab's self-confidence score: the calibrated probability of the given label
+    quality = np.clip(proba[rows, labels], 0.0, 1.0).astype(np.float32)
     return is_issue, quality

@@ -189,10 +189,14 @@ class Extra:
 @dataclass
 class Teacher:
     """Round 1's probabilities ``(N, K)`` and agreement ``(N,)`` for the judged rows, from a
-    model that never saw them (``refine update``'s previous run), instead of a cross-fit."""
+    model that never saw them (``refine update``'s previous run), instead of a cross-fit; and
+    that run's calibration temperature and reliability, for a batch whose own labels cannot
+    measure them (none, or a single class)."""
 
     proba: np.ndarray
     agreement: np.ndarray
+    temperature: float = 1.0
+    reliable: bool = True
 
 
 @dataclass
@@ -276,10 +280,16 @@ def refine_rounds(
 
         started = time.perf_counter()
         given = labels[labelled]
-        temperature = fit_temperature(raw[labelled], given)
+        ece_before = ece_after = oof_accuracy = None
+        if labelled.any():
+            temperature = fit_temperature(raw[labelled], given)
+            ece_before = expected_calibration_error(raw[labelled], given)
+        else:  # a batch with no labels (refine update): keep the earlier run's calibration
+            temperature = teacher.temperature if teacher is not None else 1.0
         proba = apply_temperature(raw, temperature)
-        ece_before = expected_calibration_error(raw[labelled], given)
-        ece_after = expected_calibration_error(proba[labelled], given)
+        if labelled.any():
+            ece_after = expected_calibration_error(proba[labelled], given)
+            oof_accuracy = float((proba[labelled].argmax(1) == given).mean())
         timings["calibrate"] += time.perf_counter() - started
 
         started = time.perf_counter()
@@ -295,7 +305,10 @@ def refine_rounds(
         timings["detect"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        reliable = teacher_is_reliable(given, proba[labelled])
+        if len(np.unique(given)) >= 2 or teacher is None:
+            reliable = teacher_is_reliable(given, proba[labelled])
+        else:  # agreement beyond chance needs two classes; trust the earlier run's verdict
+            reliable = teacher.reliable
         decisions = decide(
             labels,
             proba,
@@ -320,7 +333,7 @@ def refine_rounds(
                 "excluded": decisions.count(EXCLUDED),
                 "pseudo_labelled": decisions.count(PSEUDO),
                 "changed": changed,
-                "oof_accuracy": float((proba[labelled].argmax(1) == given).mean()),
+                "oof_accuracy": oof_accuracy,
                 "ece_before": ece_before,
                 "ece_after": ece_after,
                 "temperature": temperature,

@@ -170,6 +170,8 @@ def update(
     if out is not None and not isinstance(data, pa.Table):
         check_input_outside(Path(data), Path(out))
     check_same_columns(previous.input_schema, table.schema)
+    if table.num_rows == 0:
+        raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
     table = table.select(previous.input_schema.names)
     batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
     timings = {"read": time.perf_counter() - started}
@@ -182,7 +184,12 @@ def update(
 
     started = time.perf_counter()
     members = previous.member_proba(X)
-    teacher = Teacher(proba=members.mean(0), agreement=ensemble_agreement(members))
+    teacher = Teacher(
+        proba=members.mean(0),
+        agreement=ensemble_agreement(members),
+        temperature=float(previous.summary["calibration"]["temperature"]),
+        reliable=bool(previous.summary.get("teacher_reliable", True)),
+    )
     timings["teacher"] = time.perf_counter() - started
 
     augment = augmenter(batch, previous.encoder, config) if config.augment else None

@@ -179,3 +179,32 @@ def test_history_reaches_back_to_the_first_batch(first_run, tmp_path):
     assert history.schema.names == pq.read_table(out / "refined.parquet").schema.names
     rows = query(tmp_path / "third", "SELECT count(*) AS n FROM history").column("n").to_pylist()
     assert rows == [history.num_rows]
+
+
+def test_batches_without_labels_or_with_one_class_are_refined(first_run, tmp_path):
+    """Streams bring batches the run's own checks would refuse: no labels at all (to be
+    pseudo-labelled), or one class only. The earlier run's calibration and reliability stand
+    in where the batch cannot measure them."""
+    out, table, truth = first_run
+    batch = table.slice(360, 120)
+    unlabelled = batch.set_column(
+        batch.column_names.index("label"), "label", pa.nulls(120, pa.int64())
+    )
+    result = update(out, unlabelled, tmp_path / "unlabelled", **UPDATE_FAST)
+    assert result.refined.num_rows == 120
+    assert result.rounds.column("pseudo_labelled").to_pylist()[0] > 60  # the teacher's round
+    assert result.summary["calibration"]["ece_before"] is None
+    one_class = batch.filter(pa.array(np.asarray(batch.column("label")) == 1))
+    result = update(out, one_class, tmp_path / "one", **UPDATE_FAST)
+    flagged = np.asarray(result.refined.column("is_label_issue"))
+    wrong = truth[360:480][np.asarray(batch.column("label")) == 1] != 1
+    assert (flagged == wrong).mean() >= 0.95
+
+
+def test_an_empty_batch(first_run, tmp_path):
+    update_fails(
+        first_run,
+        tmp_path,
+        first_run[1].slice(0, 0),
+        "the new batch has no rows; pass a Parquet file with rows to update",
+    )
