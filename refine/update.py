@@ -45,6 +45,10 @@ from refine.write import check_output
 MODEL_FORMAT = "refine.mlp-ensemble/1"
 # Most rows an update run keeps in history.parquet to replay from.
 HISTORY_ROWS = 100_000
+# Replay tops a small batch up to this many training rows (as far as the history goes): below
+# it the retrained models are weaker than the teacher that judged the batch, and training on
+# a few thousand rows costs seconds.
+MIN_TRAIN_ROWS = 2_000
 
 
 @dataclass
@@ -141,9 +145,10 @@ def update(
     data : path or pyarrow.Table
         The new batch: the same columns, with the same types, as the run's input.
     replay : float
-        Replayed rows per new row: a random sample of the run's refined rows (with their
-        ``label_soft`` and ``sample_weight``) trains beside the new rows, so the model does not
-        forget earlier batches. 0 trains on the new rows alone.
+        Replayed rows per new row: a uniform sample of every earlier batch's refined rows (with
+        their ``label_soft`` and ``sample_weight``) trains beside the new rows, so the model does
+        not forget earlier batches. A batch smaller than ``MIN_TRAIN_ROWS`` is topped up to that
+        many training rows from the history, unless ``replay`` is 0 (the new rows alone).
     options
         Settings to change from the run's configuration (``rounds=2``, ``seed=1``); the label
         and feature columns cannot change.
@@ -179,7 +184,10 @@ def update(
     started = time.perf_counter()
     X = previous.encoder.transform(table)
     history, seen = _history(previous, config.seed)
-    replayed = _replay_sample(previous, history, round(replay * table.num_rows), config.seed)
+    wanted = round(replay * table.num_rows)
+    if replay > 0:
+        wanted = max(wanted, MIN_TRAIN_ROWS - table.num_rows)
+    replayed = _replay_sample(previous, history, wanted, config.seed)
     timings["encode"] = time.perf_counter() - started
 
     started = time.perf_counter()
