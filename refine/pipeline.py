@@ -47,6 +47,9 @@ from refine.write import (
     write_parquet,
 )
 
+# The layout of model.pt: refine.update.load_run reads what _save_model writes.
+MODEL_FORMAT = "refine.mlp-ensemble/1"
+
 
 @dataclass
 class RunResult:
@@ -213,7 +216,6 @@ class _State:
     temperature: float
     reliable: bool
     device: str
-    folds: np.ndarray
     synthetic: Any = None
 
 
@@ -366,7 +368,6 @@ def refine_rounds(
         temperature,
         reliable,
         device,
-        folds,
         synthetic,
     )
 
@@ -522,7 +523,7 @@ def _save_model(
     ]
     torch.save(
         {
-            "format": "refine.mlp-ensemble/1",
+            "format": MODEL_FORMAT,
             "classes": data.class_values(),
             "n_features": encoder.width,
             "hidden": list(config.model.hidden),

@@ -28,6 +28,7 @@ from refine.errors import ConfigError, InputError
 from refine.features import FeatureEncoder
 from refine.model import MLPClassifier
 from refine.pipeline import (
+    MODEL_FORMAT,
     Extra,
     RunResult,
     Teacher,
@@ -42,7 +43,6 @@ from refine.progress import NULL_PROGRESS, Progress
 from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
 from refine.write import check_output
 
-MODEL_FORMAT = "refine.mlp-ensemble/1"
 # Most rows an update run keeps in history.parquet to replay from.
 HISTORY_ROWS = 100_000
 # Replay tops a small batch up to this many training rows (as far as the history goes): below
@@ -67,9 +67,6 @@ class PreviousRun:
     @property
     def input_schema(self) -> pa.Schema:
         return pa.schema([f for f in self.refined.schema if f.name not in OUTPUT_COLUMNS])
-
-    def input_table(self) -> pa.Table:
-        return self.refined.select([f.name for f in self.input_schema])
 
     def predict(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated class probabilities ``(N, K)`` for ``table`` from every fold model, and
