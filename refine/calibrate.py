@@ -41,13 +41,43 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
 
 def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Top-label ECE: the mean |accuracy - confidence| over equal-width confidence bins."""
+    counts, correct, confidence = _bin_sums(proba, labels, bins)
+    return float(np.abs(correct - confidence).sum() / max(counts.sum(), 1))
+
+
+def reliability_bins(proba: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, list]:
+    """The data of a reliability diagram: per equal-width confidence bin, the rows' mean top-label
+    confidence, their accuracy, and their count.
+
+    The same bins as ``expected_calibration_error``, which is the count-weighted mean of
+    ``|accuracy - confidence|`` over them. ``proba`` ``(N, K)``, ``labels`` ``(N,)`` class
+    indices. Returns JSON-ready lists of length ``bins``: ``edges`` (``bins + 1`` bin edges),
+    ``confidence`` and ``accuracy`` (None for an empty bin) and ``count``.
+    """
+    counts, correct, confidence = _bin_sums(proba, labels, bins)
+    filled = counts > 0
+    safe = np.maximum(counts, 1)
+    return {
+        "edges": [round(float(e), 6) for e in np.linspace(0.0, 1.0, bins + 1)],
+        "confidence": [
+            float(c) if f else None for c, f in zip(confidence / safe, filled, strict=True)
+        ],
+        "accuracy": [float(a) if f else None for a, f in zip(correct / safe, filled, strict=True)],
+        "count": [int(c) for c in counts],
+    }
+
+
+def _bin_sums(
+    proba: np.ndarray, labels: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of top-label confidence ``(bins,)``: rows, correct rows, and the sum
+    of their confidences."""
     confidence = proba.max(1)
     correct = proba.argmax(1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    gap = np.abs(
-        np.bincount(which, weights=correct, minlength=bins)
-        - np.bincount(which, weights=confidence, minlength=bins)
+    return (
+        np.bincount(which, minlength=bins),
+        np.bincount(which, weights=correct, minlength=bins),
+        np.bincount(which, weights=confidence, minlength=bins),
     )
-    return float(gap.sum() / max(counts.sum(), 1))

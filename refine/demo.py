@@ -49,8 +49,11 @@ def run_demo(
     seed: int = 0,
     overwrite: bool = True,
     progress: Progress = NULL_PROGRESS,
+    command: str | None = None,
 ) -> DemoReport:
-    """Write the noisy digits, run refine on them into ``out``, and score refine and the baseline."""
+    """Write the noisy digits, run refine on them into ``out``, and score refine and the baseline.
+
+    ``command``, the command line that asked for it, goes to the run's ``run.json``."""
     table, truth = noisy_digits()
     labels = table.column("label").to_numpy()
     is_noisy = labels != truth
@@ -58,7 +61,15 @@ def run_demo(
         source = Path(tmp) / "digits_noisy.parquet"
         pq.write_table(table, source)
         started = time.perf_counter()
-        result = run(source, out, label="label", seed=seed, overwrite=overwrite, progress=progress)
+        result = run(
+            source,
+            out,
+            label="label",
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+            command=command,
+        )
         refine_seconds = time.perf_counter() - started
 
     refined = result.refined

@@ -1,0 +1,624 @@
+"""The run report: one self-contained HTML page built from a run directory's files alone.
+
+``build_report(run_dir)`` reads ``run.json``, ``rounds.parquet``, ``refined.parquet`` (and counts
+``synthetic.parquet``) and returns the page; ``write_report`` writes it, by default to
+``RUN_DIR/report.html``. ``refine run`` writes it inside the run's temporary directory, and
+``refine report RUN_DIR`` rebuilds it later, byte for byte the same.
+
+This module reads the run and decides what each section says; ``refine.plots`` draws the
+figures (SVG ``data:`` URLs) and ``refine.page`` holds the HTML frame, stylesheet and escaping.
+The page fetches nothing, runs no script, and escapes every value from the data.
+
+``confident_joint`` is here because the report is what reads it: the run stores it in
+``run.json`` so the report needs no probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from refine import plots
+from refine.errors import InputError, OutputError
+from refine.metrics import flag_scores, label_accuracy
+from refine.page import document, escape, figure, note, table
+from refine.read import plain_values
+
+REPORT_NAME = "report.html"
+NOT_RECORDED = "not recorded"
+TOP_ROWS = 50  # rows in the table of likely wrong labels
+HEATMAP_CLASSES = 20  # above this many classes the noise matrix shows the noisiest ones
+TABLE_CLASSES = 30  # rows of the per-class table above which it shows the most flagged ones
+FEATURE_COLUMNS = 4  # feature values shown per likely wrong row
+TRUTH_COLUMNS = ("label_true", "is_noisy")  # written by `refine datasets build`
+_REFINED_COLUMNS = (
+    "label_refined",
+    "label_quality",
+    "is_label_issue",
+    "label_predicted",
+    "label_source",
+)
+
+
+def confident_joint(labels: np.ndarray, proba: np.ndarray) -> list[list[int]] | None:
+    """cleanlab's confident joint: rows counted by given label (rows) and the class they
+    confidently belong to (columns), calibrated to the label counts.
+
+    ``labels`` ``(N,)`` class indices of labelled rows, ``proba`` ``(N, K)`` their calibrated
+    out-of-fold probabilities. Returns a ``K x K`` list of ints, or None when fewer than two
+    classes are labelled (no noise to estimate).
+    """
+    if len(np.unique(labels)) < 2:
+        return None
+    from cleanlab.count import compute_confident_joint
+
+    return compute_confident_joint(labels, proba).astype(np.int64).tolist()
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Build the report of the run in ``run_dir`` and write it to ``out``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A directory written by ``refine run`` or ``refine update``.
+    out : path, optional
+        The HTML file to write; default ``RUN_DIR/report.html``. Replaced atomically.
+
+    Returns
+    -------
+    Path
+        Where the report went.
+    """
+    page = build_report(run_dir)
+    out = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write the report to {str(out)!r}: {exc.strerror}; choose another --out"
+        ) from None
+    return out
+
+
+def build_report(run_dir: str | Path) -> str:
+    """The report of the run in ``run_dir`` as one HTML page (a string), from its files alone.
+
+    Sections: summary, estimated noise matrix, label quality, calibration, rounds, classes,
+    the likely wrong labels and, when ``refined.parquet`` has the truth (``label_true``,
+    ``is_noisy``, as ``refine datasets build`` writes them), scores against it. A field an
+    older run did not record shows as "not recorded".
+    """
+    run = _load(Path(run_dir))
+    with plots.style():
+        sections = [
+            ("summary", "Summary", _summary_section(run)),
+            ("noise", "Estimated label noise", _noise_section(run)),
+            ("quality", "Label quality", _quality_section(run)),
+            ("calibration", "Calibration", _calibration_section(run)),
+            ("rounds", "Rounds", _rounds_section(run)),
+            ("classes", "Classes", _classes_section(run)),
+            ("rows", "Likely wrong labels", _rows_section(run)),
+        ]
+        truth = _truth_section(run)
+        if truth is not None:
+            sections.append(("truth", "Against the true labels", truth))
+    return _page(run, sections)
+
+
+# --- reading the run ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the report reads: ``run.json``, ``rounds.parquet`` and columns of ``refined.parquet``
+    with the labels as class indices ``(N,)`` (-1: none)."""
+
+    summary: dict[str, Any]
+    rounds: pa.Table
+    refined: pa.Table  # the columns the report shows
+    classes: list[Any]
+    label: str
+    given: np.ndarray
+    refined_codes: np.ndarray
+    predicted: np.ndarray
+    quality: np.ndarray  # NaN for unlabelled rows
+    is_issue: np.ndarray
+    source: np.ndarray
+    features: list[str]  # input columns shown beside the likely wrong rows
+    synthetic_rows: int | None
+
+    @property
+    def names(self) -> list[str]:
+        return [str(c) for c in self.classes]
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self.given >= 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The summary's counts, from refined.parquet itself (run.json holds the same numbers,
+        but an older or hand-made run may lack some)."""
+        labelled = int(self.labelled.sum())
+        return {
+            "rows": len(self.given),
+            "labelled": labelled,
+            "unlabelled": len(self.given) - labelled,
+            "flagged": int(self.is_issue.sum()),
+            "corrected": int((self.source == "corrected").sum()),
+            "excluded": int((self.source == "excluded").sum()),
+            "pseudo_labelled": int((self.source == "pseudo").sum()),
+        }
+
+
+def _load(path: Path) -> _Run:
+    if not path.is_dir():
+        raise InputError(
+            f"run directory {str(path)!r} does not exist; pass the --out of a refine run"
+        )
+    for name in ("run.json", "refined.parquet", "rounds.parquet"):
+        if not (path / name).is_file():
+            raise InputError(
+                f"{str(path)!r} is not a refine run: it has no {name}. "
+                "Pass a directory written by refine run or refine update"
+            )
+    try:
+        summary = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        schema = pq.read_schema(path / "refined.parquet")
+        rounds = pq.read_table(path / "rounds.parquet")
+    except (ValueError, OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"cannot read the run {str(path)!r}: {exc}") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"{str(path / 'run.json')!r} does not hold a refine run summary")
+    metadata = schema.metadata or {}
+    config = summary.get("config") or {}
+    label = config.get("label") or json.loads(metadata.get(b"refine.run", b"{}")).get(
+        "config", {}
+    ).get("label", "label")
+    classes = summary.get("classes")
+    if classes is None and b"refine.classes" in metadata:
+        classes = json.loads(metadata[b"refine.classes"])
+    missing = [c for c in (label, *_REFINED_COLUMNS) if c not in schema.names]
+    if missing or classes is None:
+        raise InputError(
+            f"{str(path / 'refined.parquet')!r} is not a refine output: "
+            + (f"it has no column {missing[0]!r}" if missing else "its classes are not recorded")
+            + ". Rerun refine run to rewrite the run"
+        )
+    outputs = {label, *_REFINED_COLUMNS, "label_soft", "sample_weight", *TRUTH_COLUMNS}
+    used = [c["column"] for c in (summary.get("features") or {}).get("columns", [])]
+    inputs = [n for n in schema.names if n not in outputs]
+    features = ([n for n in used if n in inputs] or inputs)[:FEATURE_COLUMNS]
+    truth = [c for c in TRUTH_COLUMNS if c in schema.names]
+    try:
+        refined = pq.read_table(
+            path / "refined.parquet", columns=[label, *_REFINED_COLUMNS, *truth, *features]
+        )
+        synthetic = path / "synthetic.parquet"
+        synthetic_rows = pq.read_metadata(synthetic).num_rows if synthetic.is_file() else None
+    except (ValueError, OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"cannot read the run {str(path)!r}: {exc}") from None
+    quality = refined.column("label_quality").to_numpy(zero_copy_only=False)
+    return _Run(
+        summary=summary,
+        rounds=rounds,
+        refined=refined,
+        classes=classes,
+        label=label,
+        given=_codes(refined.column(label), classes),
+        refined_codes=_codes(refined.column("label_refined"), classes),
+        predicted=_codes(refined.column("label_predicted"), classes),
+        quality=np.asarray(quality, dtype=np.float64),
+        is_issue=refined.column("is_label_issue").fill_null(False).to_numpy(zero_copy_only=False),
+        source=np.asarray(refined.column("label_source").to_pylist(), dtype=object),
+        features=features,
+        synthetic_rows=synthetic_rows,
+    )
+
+
+def _codes(column: pa.ChunkedArray, classes: Sequence[Any]) -> np.ndarray:
+    """Class indices ``(N,)`` of a column of class values; -1 for null or an unknown value."""
+    column = plain_values(column)  # no dictionary, no string_view: index_in takes it
+    try:
+        values = pa.array(list(classes), type=column.type)
+        found = pc.index_in(column, value_set=values).fill_null(-1)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        # A type index_in has no kernel for, or classes that do not fit it: look up in Python.
+        lookup = {value: code for code, value in enumerate(classes)}
+        return np.array([lookup.get(v, -1) for v in column.to_pylist()], dtype=np.int64)
+    return found.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+def _summary_section(run: _Run) -> str:
+    s = run.summary
+    counts = run.counts
+    labelled, flagged = counts["labelled"], counts["flagged"]
+    share = f"{flagged / labelled:.1%} of labelled" if labelled else ""
+    cards = [
+        ("rows", f"{counts['rows']:,}", f"{len(run.classes):,} classes"),
+        ("labelled", f"{labelled:,}", f"{counts['unlabelled']:,} unlabelled"),
+        ("flagged", f"{flagged:,}", share),
+        ("corrected", f"{counts['corrected']:,}", ""),
+        ("excluded", f"{counts['excluded']:,}", ""),
+        ("pseudo-labelled", f"{counts['pseudo_labelled']:,}", ""),
+    ]
+    card_html = "".join(
+        f'<div class="card"><div class="name">{escape(name)}</div>'
+        f'<div class="value">{escape(value)}</div><div class="sub">{escape(sub)}</div></div>'
+        for name, value, sub in cards
+    )
+    timings = s.get("timings")
+    calibration = s.get("calibration") or {}
+    rows = [
+        ("down-weighted (weight < 1)", _int(s.get("down_weighted"))),
+        ("synthetic rows", _int(run.synthetic_rows if run.synthetic_rows is not None else 0)),
+        ("rounds run", _int(s.get("rounds_run", run.rounds.num_rows or None))),
+        ("time", f"{sum(timings.values()):.1f} s" if timings else NOT_RECORDED),
+        ("ECE before / after calibration", _ece_pair(calibration)),
+        ("temperature", _float(calibration.get("temperature"), 3)),
+        ("device", _text(s.get("device"))),
+        ("refine version", _text(s.get("refine_version"))),
+        ("seed", _text(s.get("seed"))),
+        ("input", _text(s.get("input"))),
+    ]
+    details = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
+    if "command" not in s:  # a run from before refine recorded it
+        command = escape(NOT_RECORDED)
+    elif s["command"] is None:
+        command = escape(f"{NOT_RECORDED} (run from Python)")
+    else:
+        command = f"<code>{escape(s['command'])}</code>"
+    details += f"<tr><th>command</th><td>{command}</td></tr>"
+    parent = s.get("parent")
+    if isinstance(parent, dict):
+        details += (
+            f"<tr><th>updated from</th><td><code>{escape(parent.get('run'))}</code> "
+            f"({escape(_int(s.get('replayed_rows')))} rows replayed)</td></tr>"
+        )
+    warning = ""
+    if s.get("teacher_reliable") is False:
+        warning = (
+            '<p class="warn">The model barely beats chance on these labels, so every label was '
+            "kept. More data or better features would help.</p>"
+        )
+    return f'{warning}<div class="cards">{card_html}</div><table class="keyvalue">{details}</table>'
+
+
+def _noise_section(run: _Run) -> str:
+    joint = (run.summary.get("noise_matrix") or {}).get("confident_joint")
+    if joint is None:
+        if "noise_matrix" in run.summary:
+            return note("No noise matrix: fewer than two classes have labelled rows.")
+        return note(f"Noise matrix {NOT_RECORDED} (the run predates it).")
+    joint = np.asarray(joint, dtype=np.int64)
+    off = joint.copy()
+    np.fill_diagonal(off, 0)
+    total = max(int(joint.sum()), 1)
+    k = len(joint)
+    shown = np.arange(k)
+    said = ""
+    if k > HEATMAP_CLASSES:
+        mass = off.sum(0) + off.sum(1)
+        shown = np.sort(np.argsort(-mass, kind="stable")[:HEATMAP_CLASSES])
+        kept = int(off[np.ix_(shown, shown)].sum())
+        said = (
+            f" Showing the {HEATMAP_CLASSES} of {k:,} classes with the most estimated "
+            f"off-diagonal rows (given or estimated true); they hold {kept:,} of the "
+            f"{int(off.sum()):,} off-diagonal rows."
+        )
+    image = plots.noise_heatmap(joint[np.ix_(shown, shown)], [run.names[i] for i in shown])
+    caption = (
+        "cleanlab's confident joint on the last round's calibrated out-of-fold probabilities: "
+        "labelled rows counted by their given label (rows) and the class they most likely "
+        "belong to (columns). The diagonal, labels estimated right, is grey, so the colour "
+        "scale belongs to the off-diagonal cells: the estimated label noise. Estimated noise: "
+        f"{int(off.sum()):,} of {total:,} labelled rows ({off.sum() / total:.1%}).{said}"
+    )
+    return figure(image, "Estimated noise matrix, given label by estimated true label", caption)
+
+
+def _quality_section(run: _Run) -> str:
+    labelled = run.labelled & ~np.isnan(run.quality)
+    if not labelled.any():
+        return note("No labelled rows, so no label quality to show.")
+    quality, flagged = run.quality[labelled], run.is_issue[labelled]
+    threshold = (run.summary.get("config") or {}).get("exclude_threshold")
+    image = plots.quality_histogram(quality[~flagged], quality[flagged], threshold)
+    caption = (
+        f"label_quality of the {int(labelled.sum()):,} labelled rows (low: the given label is "
+        f"likely wrong), on a log scale; the {int(flagged.sum()):,} flagged rows in orange. "
+        f"Median {np.median(quality):.3f}."
+    )
+    return figure(image, "Histogram of label quality, flagged rows highlighted", caption)
+
+
+def _calibration_section(run: _Run) -> str:
+    calibration = run.summary.get("calibration") or {}
+    before, after = calibration.get("ece_before"), calibration.get("ece_after")
+    text = (
+        f"Expected calibration error (15 equal-width confidence bins) before temperature "
+        f"scaling {_float(before, 3)}, after {_float(after, 3)}; temperature "
+        f"{_float(calibration.get('temperature'), 3)}."
+    )
+    reliability = calibration.get("reliability")
+    if not reliability:
+        why = "no labelled rows to measure" if "reliability" in calibration else NOT_RECORDED
+        return f"<p>{escape(text)}</p>" + note(f"Reliability diagram: {why}.")
+    titles = (f"before calibration: ECE {_float(before, 3)}", f"after: ECE {_float(after, 3)}")
+    image = plots.reliability_diagram(reliability["before"], reliability["after"], titles)
+    caption = (
+        "The last round's out-of-fold probabilities of labelled rows, against their given "
+        "labels: bars are each bin's accuracy, the hatched part the gap to its mean confidence; "
+        "the dashed line is perfect calibration. Below: rows per bin. Label noise lowers "
+        "accuracy against given labels, so some gap remains by design."
+    )
+    return f"<p>{escape(text)}</p>" + figure(
+        image, "Reliability diagrams before and after calibration", caption
+    )
+
+
+def _rounds_section(run: _Run) -> str:
+    rounds = run.rounds
+    if rounds.num_rows == 0:
+        return note("No rounds recorded.")
+    columns = {n: rounds.column(n).to_pylist() for n in rounds.column_names}
+    image = plots.round_curves(columns)
+    heads = [
+        ("round", "round", 0),
+        ("flagged", "flagged", 0),
+        ("corrected", "corrected", 0),
+        ("excluded", "excluded", 0),
+        ("pseudo_labelled", "pseudo", 0),
+        ("changed", "changed", 0),
+        ("oof_accuracy", "OOF accuracy", 3),
+        ("ece_before", "ECE before", 3),
+        ("ece_after", "ECE after", 3),
+        ("seconds", "seconds", 1),
+    ]
+    heads = [h for h in heads if h[0] in columns]
+    body = [[_num(columns[key][i], digits) for key, _, digits in heads] for i in range(len(rounds))]
+    return figure(
+        image,
+        "Per-round curves: flagged and changed rows, out-of-fold accuracy, ECE",
+        "Each round retrains on the previous round's refined labels. Changed: rows whose "
+        "refined label differs from the previous round's. Out-of-fold accuracy is against "
+        "the given labels.",
+    ) + table([h[1] for h in heads], body, numeric=range(len(heads)))
+
+
+def _classes_section(run: _Run) -> str:
+    k = len(run.classes)
+    labelled = run.labelled
+    given = run.given[labelled]
+    rows = np.bincount(given, minlength=k)
+    flagged_given = run.given[run.is_issue & labelled]
+    flagged = np.bincount(flagged_given, minlength=k)
+    corrected = np.bincount(run.given[labelled & (run.source == "corrected")], minlength=k)
+    excluded = np.bincount(run.given[labelled & (run.source == "excluded")], minlength=k)
+    pairs = flagged_given * k + run.predicted[run.is_issue & labelled]
+    values, counts = np.unique(
+        pairs[run.predicted[run.is_issue & labelled] >= 0], return_counts=True
+    )
+    confusions: dict[int, list[tuple[int, int]]] = {}
+    for pair, n in sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda x: -x[1]):
+        confusions.setdefault(pair // k, []).append((pair % k, n))
+    order = np.arange(k)
+    shown = ""
+    if k > TABLE_CLASSES:
+        order = np.argsort(-flagged, kind="stable")[:TABLE_CLASSES]
+        shown = note(f"The {TABLE_CLASSES} of {k:,} classes with the most flagged rows.")
+    body = []
+    for c in order:
+        top = ", ".join(f"→ {_short(run.names[p])} ({n:,})" for p, n in confusions.get(c, [])[:3])
+        body.append(
+            [
+                _short(run.names[c]),
+                f"{rows[c]:,}",
+                f"{flagged[c]:,}",
+                f"{flagged[c] / rows[c]:.1%}" if rows[c] else "–",
+                f"{corrected[c]:,}",
+                f"{excluded[c]:,}",
+                top or "–",
+            ]
+        )
+    heads = ["given class", "rows", "flagged", "flagged share", "corrected", "excluded"]
+    return shown + table(
+        [*heads, "flagged as (top 3)"],
+        body,
+        numeric=range(1, 6),
+        caption="Labelled rows by given label.",
+    )
+
+
+def _rows_section(run: _Run) -> str:
+    labelled = run.labelled & ~np.isnan(run.quality)
+    pool = run.is_issue & labelled
+    intro = f"The {TOP_ROWS} flagged rows with the lowest label quality"
+    if not pool.any():
+        pool = labelled
+        intro = f"No row was flagged; the {TOP_ROWS} labelled rows with the lowest label quality"
+    if not pool.any():
+        return note("No labelled rows.")
+    candidates = np.flatnonzero(pool)
+    order = candidates[np.argsort(run.quality[candidates], kind="stable")[:TOP_ROWS]]
+    taken = run.refined.select(run.features).take(pa.array(order)) if run.features else None
+    features = {n: taken.column(n).to_pylist() for n in run.features} if taken else {}
+    heads = ["row", "given", "predicted", "refined", "source", "quality", *run.features]
+    body = []
+    for i, row in enumerate(order.tolist()):
+        body.append(
+            [
+                f"{row:,}",
+                _class_name(run, run.given[row]),
+                _class_name(run, run.predicted[row]),
+                _class_name(run, run.refined_codes[row]),
+                str(run.source[row]),
+                f"{run.quality[row]:.4f}",
+                *(_cell(features[n][i]) for n in run.features),
+            ]
+        )
+    text = (
+        f"{intro}, lowest first. Row: the row number in refined.parquet, from 0; refined: the "
+        "label to train on (empty where the row is excluded); then the first feature columns."
+    )
+    numeric = [0, 5, *(6 + j for j, n in enumerate(run.features) if _is_numeric(run.refined, n))]
+    return f"<p>{escape(text)}</p>" + table(heads, body, numeric=numeric, scroll=True, words=[4])
+
+
+def _truth_section(run: _Run) -> str | None:
+    names = run.refined.column_names
+    if not any(c in names for c in TRUTH_COLUMNS):
+        return None
+    labelled = run.labelled
+    truth = _codes(run.refined.column("label_true"), run.classes) if "label_true" in names else None
+    if "is_noisy" in names:
+        is_noisy = run.refined.column("is_noisy").fill_null(False).to_numpy(zero_copy_only=False)
+    else:
+        is_noisy = run.given != truth
+    parts = []
+    if labelled.any():
+        quality = np.nan_to_num(run.quality[labelled], nan=1.0)
+        scores = flag_scores(run.is_issue[labelled], is_noisy[labelled], quality)
+        heads = ["rows", "truly wrong", "flagged", "precision", "recall", "F1", "AUPRC", "AUROC"]
+        body = [
+            [
+                f"{int(labelled.sum()):,}",
+                f"{int(is_noisy[labelled].sum()):,}",
+                f"{int(run.is_issue[labelled].sum()):,}",
+                *(_float(scores.get(key), 3) for key in ("precision", "recall", "f1")),
+                *(_float(scores.get(key), 3) for key in ("auprc", "auroc")),
+            ]
+        ]
+        parts.append(
+            table(
+                heads,
+                body,
+                numeric=range(len(heads)),
+                caption="is_label_issue against is_noisy on labelled rows; AUPRC and AUROC rank "
+                "rows by 1 − label_quality.",
+            )
+        )
+    if truth is not None and labelled.any():
+        refined = label_accuracy(run.refined_codes[labelled], truth[labelled])
+        given = float((run.given[labelled] == truth[labelled]).mean())
+        body = [
+            ["given label", f"{given:.3f}", "–", "–"],
+            [
+                "label_refined",
+                f"{refined['accuracy']:.3f}",
+                f"{refined['accuracy_kept']:.3f}",
+                f"{refined['kept']:.1%}",
+            ],
+        ]
+        pseudo = run.source == "pseudo"
+        if pseudo.any():
+            right = float((run.refined_codes[pseudo] == truth[pseudo]).mean())
+            body.append(
+                ["pseudo-labels", f"{right:.3f}", f"{right:.3f}", f"{int(pseudo.sum()):,} rows"]
+            )
+        parts.append(
+            table(
+                ["labels", "accuracy", "accuracy of kept rows", "kept"],
+                body,
+                numeric=range(1, 4),
+                caption="Against label_true, on labelled rows (excluded rows count as wrong in "
+                "accuracy); pseudo-labels on the unlabelled rows that got one.",
+            )
+        )
+    return "".join(parts) or note("The truth columns hold nothing to score against.")
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+
+def _page(run: _Run, sections: list[tuple[str, str, str]]) -> str:
+    s = run.summary
+    source = s.get("input")
+    header = (
+        "<h1>refine report</h1>"
+        f'<p class="meta">{escape(_text(source))} · {len(run.given):,} rows, '
+        f"{len(run.classes):,} classes, label column <code>{escape(run.label)}</code> · "
+        f"refine {escape(_text(s.get('refine_version')))}</p>"
+    )
+    versions = s.get("versions") or {}
+    listed = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform")
+    footer = (
+        '<p class="meta">Built from run.json, rounds.parquet and refined.parquet by '
+        f"<code>refine report</code>. Versions: {escape(listed or NOT_RECORDED)}.</p>"
+    )
+    title = f"refine report: {source}" if source else "refine report"
+    return document(title, header, sections, footer)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _class_name(run: _Run, code: int) -> str:
+    return _short(run.names[code]) if code >= 0 else ""
+
+
+def _cell(value: Any) -> str:
+    """A feature value for a table cell: short, whatever its type."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bytes):
+        return f"<{len(value):,} bytes>"
+    if isinstance(value, list):
+        return f"[{len(value)} values]"
+    return _short(str(value), 60)
+
+
+def _is_numeric(data: pa.Table, column: str) -> bool:
+    t = data.schema.field(column).type
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _int(value: Any) -> str:
+    return NOT_RECORDED if value is None else f"{int(value):,}"
+
+
+def _float(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_RECORDED
+    return f"{float(value):.{digits}f}"
+
+
+def _num(value: Any, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    return f"{value:,}" if digits == 0 else f"{float(value):.{digits}f}"
+
+
+def _text(value: Any) -> str:
+    return NOT_RECORDED if value is None else str(value)
+
+
+def _ece_pair(calibration: dict[str, Any]) -> str:
+    if "ece_before" not in calibration:
+        return NOT_RECORDED
+    before, after = calibration.get("ece_before"), calibration.get("ece_after")
+    if before is None or after is None:
+        return "no labels to measure"
+    return f"{before:.3f} / {after:.3f}"
