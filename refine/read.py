@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from refine.errors import InputError
 
@@ -71,10 +72,26 @@ def read_table(path: str | Path) -> pa.Table:
     except InputError:
         raise
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        _check_unique_names(path)
         raise InputError(
             f"cannot read {str(path)!r} as Parquet: {exc}. "
             "Check that the file is a complete Parquet file (not CSV, not truncated)"
         ) from None
+
+
+def _check_unique_names(path: Path) -> None:
+    """Parquet allows two columns of one name, Arrow datasets do not: say so, not "cannot read"."""
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    try:
+        names = pq.read_schema(files[0]).names if files else []
+    except (pa.ArrowInvalid, OSError):
+        return
+    duplicated = [n for n in names if names.count(n) > 1]
+    if duplicated:
+        raise InputError(
+            f"input has {names.count(duplicated[0])} columns named {duplicated[0]!r}; Parquet "
+            "allows that but refine needs distinct column names: rename all but one"
+        )
 
 
 def check_no_clashes(table: pa.Table) -> None:
@@ -112,21 +129,33 @@ def encode_labels(
         pa.types.is_integer(value_type)
         or pa.types.is_string(value_type)
         or pa.types.is_large_string(value_type)
+        or pa.types.is_string_view(value_type)
         or pa.types.is_boolean(value_type)
     ):
         hint = (
             "; if the values are whole numbers, cast the column to an integer type"
             if pa.types.is_floating(value_type) or pa.types.is_decimal(value_type)
+            else "; this column holds only nulls"
+            if pa.types.is_null(value_type)
             else ""
         )
         raise InputError(
             f"label column {label!r} has type {column.type}; refine needs class labels of "
             f"integer, string or boolean type{hint}"
         )
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(value_type)
+    column = plain_values(column)
+    bad = invalid_utf8_row(column)
+    if bad is not None:
+        raise InputError(
+            f"label column {label!r} holds bytes that are not valid UTF-8 in row {bad}; "
+            "refine reads strings as UTF-8: fix the encoding of that column"
+        )
     if classes is not None:
-        return _encode_with_classes(table, label, column, classes)
+        return _encode_with_classes(table, label, column, plain_values(classes))
+    if table.num_rows == 0:
+        raise InputError(
+            "the input has no rows; refine needs labelled rows of at least two classes"
+        )
     classes = pc.unique(column).drop_null()
     classes = classes.take(pc.sort_indices(classes))
     if len(classes) < 2:
@@ -173,3 +202,35 @@ def _encode_with_classes(
         )
     labels = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return LabelledTable(table=table, label=label, labels=labels, classes=classes)
+
+
+def plain_values(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """``values`` without dictionary encoding, and with ``string_view`` as ``string``: the
+    types Arrow's compute functions (unique, sort, index_in) all take."""
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if pa.types.is_string_view(values.type):
+        values = values.cast(pa.string())
+    return values
+
+
+def invalid_utf8_row(column: pa.ChunkedArray) -> int | None:
+    """The first row of a string ``column`` whose bytes are not valid UTF-8, or None.
+
+    Parquet readers do not check, and Python fails on such a value later, far from the cause.
+    """
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return None
+    try:
+        column.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    binary = column.cast(pa.large_binary())  # a cast, not a decode: any bytes pass
+    for row, value in enumerate(binary.to_pylist()):
+        try:
+            if value is not None:
+                value.decode("utf-8")
+        except UnicodeDecodeError:
+            return row
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,14 @@ import pyarrow.parquet as pq
 from refine.errors import OutputError
 from refine.read import LabelledTable
 from refine.relabel import SOURCES, Decisions
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, output_lock does nothing
+    fcntl = None  # type: ignore[assignment]
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # a full disk, or quota
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 ROUNDS_SCHEMA = pa.schema(
     [
@@ -89,6 +98,8 @@ def _class_column(data: LabelledTable, index: np.ndarray, label_type: pa.DataTyp
     column = data.classes.take(pa.array(index, mask=index < 0))
     if pa.types.is_dictionary(label_type):
         column = column.dictionary_encode().cast(label_type)
+    elif column.type != label_type:  # classes of a string_view label are plain strings
+        column = column.cast(label_type)
     return column
 
 
@@ -97,7 +108,10 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success rename it to ``out``.
 
     Nothing appears at ``out`` until every file is written. With ``overwrite``, an existing run
-    directory is replaced only after the new one is complete.
+    directory is replaced only after the new one is complete, and is put back if the new one
+    cannot take its place. Any failure removes the temporary directory; an ``OSError`` (no
+    space, permission denied) becomes an ``OutputError`` that names ``out``. Hold
+    ``output_lock(out)`` around it so that no other refine process writes ``out`` meanwhile.
     """
     out = Path(out)
     check_output(out, overwrite)
@@ -105,21 +119,120 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise OutputError(
-            f"cannot create the output directory {str(out)!r}: {exc.strerror}"
-        ) from None
+        raise output_error(out, exc) from None
     try:
         yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
+        _move_into_place(tmp, out)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise output_error(out, exc) from None
         raise
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # the earlier run stays where it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def output_error(out: Path, exc: OSError) -> OutputError:
+    """An ``OutputError`` that names ``out`` for ``exc``, raised while writing it."""
+    where = str(Path(out).parent.resolve())
+    failed = f"cannot write the output directory {str(out)!r}"
+    if exc.errno in _NO_SPACE or "No space left" in str(exc):
+        return OutputError(
+            f"{failed}: no space left on the device holding {where!r}; "
+            "free space or choose another --out"
+        )
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_PERMISSION:
+        return OutputError(
+            f"{failed}: {reason} in {where!r}; "
+            "choose another --out, or get write permission on that directory"
+        )
+    return OutputError(f"{failed}: {reason}; choose another --out")
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on the output location ``out`` (nothing when ``out`` is None).
+
+    The lock is ``flock`` on ``.<name>.lock`` beside ``out``, taken without waiting: a second
+    refine process writing the same ``out`` stops at once with an ``OutputError`` instead of
+    racing the first one to the rename. The lock file is removed on release; the kernel drops
+    the lock of a process that dies, so a crash never leaves ``out`` locked. On platforms
+    without ``fcntl`` (Windows) nothing is locked.
+    """
+    if out is None or fcntl is None:
+        yield
+        return
+    out = Path(out)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = _lock_file(out)
+    except OSError as exc:
+        _remove_empty(created)
+        if isinstance(exc, OutputError):
+            raise
+        raise output_error(out, exc) from None
+    path = _lock_path(out)
+    try:
+        yield
+    finally:
+        # Unlink while still holding the lock: a process that opened the old file finds, once
+        # it gets the lock, that the path no longer names it, and starts again (_lock_file).
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        if not out.exists():
+            _remove_empty(created)
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock_file(out: Path) -> int:
+    """An open descriptor of ``out``'s lock file, locked by this process."""
+    path = _lock_path(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"another refine process is writing {str(out)!r}; "
+                "wait for it or choose another --out"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed this file as we opened it: lock the new one
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories this process created for an output it did not write."""
+    for directory in directories:  # deepest first
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def check_output(out: Path, overwrite: bool) -> None:
