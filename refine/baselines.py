@@ -16,6 +16,15 @@ def logistic_regression():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
 
+def text_logistic_regression():
+    """TF-IDF of word 1-2-grams into LogisticRegression: the usual strong text baseline."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return make_pipeline(
+        TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)), LogisticRegression(max_iter=2000)
+    )
+
+
 def cleanlab_baseline(
     X: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, model=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ import csv
 import functools
 import io
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def _errors(function):
     return wrapper
 
 
+def _command_line() -> str:
+    """The command as the user typed it, for run.json: ``refine`` and its arguments."""
+    return shlex.join(["refine", *sys.argv[1:]])
+
+
 def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--features a,b --features c`` -> ``("a", "b", "c")``."""
     return tuple(c.strip() for v in values for c in v.split(",") if c.strip())
@@ -77,6 +83,12 @@ def cli() -> None:
     help="Feature columns (comma-separated or repeated). Default: every usable column.",
 )
 @click.option("--ignore", multiple=True, help="Columns never used as features, such as ids.")
+@click.option(
+    "--text",
+    multiple=True,
+    help="String columns to read as free text (comma-separated or repeated). "
+    "Default: string columns of many distinct values, most with spaces.",
+)
 @click.option("--folds", default=_DEFAULTS.folds, show_default=True, help="Cross-fitting folds.")
 @click.option(
     "--rounds",
@@ -159,6 +171,12 @@ def cli() -> None:
     show_default=True,
     help="Most distinct values for a string column to be one-hot encoded.",
 )
+@click.option(
+    "--report/--no-report",
+    default=_DEFAULTS.report,
+    show_default=True,
+    help="Write report.html, a self-contained page of plots and tables, into the run.",
+)
 @click.option("--max-epochs", default=_MODEL.max_epochs, show_default=True)
 @click.option(
     "--batch-size",
@@ -177,6 +195,7 @@ def run_command(
     label: str,
     features: tuple[str, ...],
     ignore: tuple[str, ...],
+    text: tuple[str, ...],
     max_epochs: int,
     batch_size: int,
     device: str,
@@ -198,12 +217,20 @@ def run_command(
         label=label,
         features=_columns(features) or None,
         ignore=_columns(ignore),
+        text=_columns(text),
         model=model,
         **options,
     )
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
-        result = run(data, out, config=config, overwrite=overwrite, progress=progress)
+        result = run(
+            data,
+            out,
+            config=config,
+            overwrite=overwrite,
+            progress=progress,
+            command=_command_line(),
+        )
     if not quiet:
         _print_summary(Console(), result.summary, out)
 
@@ -254,6 +281,8 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     console.print(
         f'Query it: refine query {out} "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"'
     )
+    if (out / "report.html").is_file():
+        console.print(f"Report: {out / 'report.html'}")
 
 
 @cli.command("update")
@@ -309,7 +338,14 @@ def update_command(
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
         result = update(
-            run_dir, data, out, replay=replay, overwrite=overwrite, progress=progress, **options
+            run_dir,
+            data,
+            out,
+            replay=replay,
+            overwrite=overwrite,
+            progress=progress,
+            command=_command_line(),
+            **options,
         )
     if not quiet:
         _print_summary(Console(), result.summary, out)
@@ -368,6 +404,33 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HTML file to write.  [default: RUN_DIR/report.html]",
+)
+@_errors
+def report_command(run_dir: Path, out: Path | None) -> None:
+    """Build the HTML report of the run in RUN_DIR from its files, and write it.
+
+    One self-contained page (plots inlined, nothing fetched, printable): the summary, the
+    estimated noise matrix, label quality, calibration, rounds, classes and the likely wrong
+    labels, and scores against label_true / is_noisy where the data has them.
+
+    \b
+    Examples:
+      refine report runs/first                       # rewrites runs/first/report.html
+      refine report runs/first --out first.html
+    """
+    from refine.report import write_report
+
+    click.echo(f"wrote {write_report(run_dir, out)}")
+
+
 @cli.command("demo")
 @click.option(
     "--out",
@@ -396,7 +459,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
         )
     errors = Console(stderr=True, quiet=quiet)
     with RichProgress(errors, bars=errors.is_terminal and not quiet) as p:
-        report = run_demo(out, seed=seed, progress=p)
+        report = run_demo(out, seed=seed, progress=p, command=_command_line())
     table = Table(title="finding the flipped labels", title_justify="left")
     table.add_column("method")
     for column in ("precision", "recall", "F1", "AUPRC", "label accuracy", "seconds"):
@@ -426,10 +489,11 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 @cli.command("bench")
 @click.option(
     "--suite",
-    type=click.Choice(["quick", "full"]),
+    type=click.Choice(["quick", "full", "text"]),
     default="quick",
     show_default=True,
-    help="quick: a few small datasets (minutes); full: every recipe (under 30 minutes).",
+    help="quick: a few small datasets (minutes); full: every generated and bundled recipe "
+    "(under 30 minutes); text: text recipes, the real WRENCH sets when ../shared/data has them.",
 )
 @click.option(
     "--seeds", default=1, show_default=True, help="Seeds per dataset; means and stds over them."
@@ -483,7 +547,7 @@ def datasets_group() -> None:
 @datasets_group.command("list")
 @click.option(
     "--suite",
-    type=click.Choice(["quick", "full"]),
+    type=click.Choice(["quick", "full", "text"]),
     default=None,
     help="Only the recipes of this suite.",
 )

@@ -67,6 +67,7 @@ class RunConfig:
     label: str = "label"
     features: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()  # string columns to read as free text
     folds: int = 5
     rounds: int = 3
     min_changes: int = 1
@@ -81,6 +82,7 @@ class RunConfig:
     augment: str | None = None
     augment_ratio: float = 1.0
     max_categories: int = 64
+    report: bool = True  # write report.html beside the run's files
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -141,7 +143,7 @@ class RunConfig:
         model = ModelConfig(**{**data.pop("model", {})})
         if isinstance(model.hidden, list):
             model = dataclasses.replace(model, hidden=tuple(model.hidden))
-        for key in ("features", "ignore"):
+        for key in ("features", "ignore", "text"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         known = {f.name for f in dataclasses.fields(cls)}

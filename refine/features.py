@@ -7,7 +7,9 @@ fitting on every row leaks nothing into cross-fitting) and can transform new tab
   plus a 0/1 indicator column when any are missing;
 * low-cardinality string, boolean and dictionary columns: one-hot, with a bucket for null;
 * ``list<float>`` and ``fixed_size_list<float>`` embedding columns: one feature per dimension,
-  standardised, with an indicator for null rows.
+  standardised, with an indicator for null rows;
+* free-text string columns (many distinct values, most with spaces, or named by ``--text``):
+  TF-IDF n-grams reduced to a dense block (``refine.text``).
 
 Columns that cannot be encoded are skipped with a reason, which the CLI prints.
 """
@@ -22,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.errors import InputError
+from refine.read import invalid_utf8_row, plain_values
+from refine.text import TextEncoder, _NoVocabulary, looks_like_text
 
 
 @dataclass
@@ -42,14 +46,17 @@ class NumericEncoder:
         finite = np.isfinite(values)
         self.indicator = not finite.all()
         if finite.any():
-            self.mean = float(values[finite].mean())
-            self.std = float(values[finite].std()) or 1.0
+            self.mean, self.std = _mean_std(values[finite])
         return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
         values = _as_float(column)
         finite = np.isfinite(values)
-        out[:, 0] = np.where(finite, (values - self.mean) / self.std, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (values - self.mean) / self.std
+            # Near the float64 limit the difference overflows; this order does not.
+            z = np.where(np.isfinite(z), z, values / self.std - self.mean / self.std)
+        out[:, 0] = np.where(finite, _bounded(z), 0.0)
         if self.indicator:
             out[:, 1] = ~finite
 
@@ -130,9 +137,18 @@ class EmbeddingEncoder:
         values, valid = self._matrix(column)
         self.indicator = not valid.all()
         present = values[valid]
-        self.mean = np.nanmean(present, axis=0).astype(np.float32)
-        self.mean = np.nan_to_num(self.mean)
-        std = np.nanstd(present, axis=0).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = np.nanmean(present, axis=0)
+            std = np.nanstd(present, axis=0)
+        overflow = np.isfinite(present).any(axis=0) & ~(np.isfinite(mean) & np.isfinite(std))
+        if overflow.any():
+            # Infinities, or squares past the float32 limit: infinities count as missing (as in
+            # numeric columns), and the sums run in float64, in which float32 squares fit.
+            part = present[:, overflow].astype(np.float64)
+            part[~np.isfinite(part)] = np.nan
+            mean[overflow], std[overflow] = np.nanmean(part, axis=0), np.nanstd(part, axis=0)
+        self.mean = np.nan_to_num(mean.astype(np.float32))
+        std = std.astype(np.float32)
         self.std = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
         return self
 
@@ -161,9 +177,14 @@ class EmbeddingEncoder:
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
         values, valid = self._matrix(column)
         block = out[:, : self.dim]
-        np.subtract(values, self.mean, out=block)
-        block /= self.std
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.subtract(values, self.mean, out=block)
+            block /= self.std
+            overflow = ~np.isfinite(block) & np.isfinite(values)
+            if overflow.any():  # a difference past the float32 limit; this order stays inside
+                block[overflow] = (values / self.std - self.mean / self.std)[overflow]
         block[~np.isfinite(block)] = 0.0
+        np.clip(block, -FEATURE_LIMIT, FEATURE_LIMIT, out=block)
         if self.indicator:
             out[:, self.dim] = ~valid
 
@@ -179,7 +200,7 @@ class EmbeddingEncoder:
         return {**self.describe(), "mean": self.mean.tolist(), "std": self.std.tolist()}
 
 
-Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder
+Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder | TextEncoder
 
 
 class _Skip(Exception):
@@ -210,6 +231,11 @@ class FeatureEncoder:
             start += encoder.width
         return out
 
+    @property
+    def notes(self) -> list[str]:
+        """What the user should hear once about how columns were encoded (truncated text)."""
+        return [n for e in self.encoders if (n := getattr(e, "note", lambda: None)())]
+
     def describe(self) -> dict[str, Any]:
         return {
             "width": self.width,
@@ -233,6 +259,8 @@ class FeatureEncoder:
                 encoders.append(NumericEncoder(c["column"], c["mean"], c["std"], c["indicator"]))
             elif c["kind"] == OneHotEncoder.kind:
                 encoders.append(OneHotEncoder(c["column"], list(c["categories"]), c["null_bucket"]))
+            elif c["kind"] == TextEncoder.kind:
+                encoders.append(TextEncoder.from_state(c))
             elif c["kind"] == EmbeddingEncoder.kind:
                 encoders.append(
                     EmbeddingEncoder(
@@ -254,19 +282,26 @@ def fit_features(
     features: tuple[str, ...] | None = None,
     ignore: tuple[str, ...] = (),
     max_categories: int = 64,
+    text: tuple[str, ...] = (),
+    seed: int = 0,
 ) -> FeatureEncoder:
     """Choose and fit an encoder for each feature column.
 
     With ``features`` given, each named column must be usable, or an ``InputError`` says why.
     Otherwise every column but the label and ``ignore`` is tried, and unusable ones are skipped.
+    Columns in ``text`` are encoded as free text (they must be string columns); other string
+    columns are text when they have more than ``max_categories`` distinct values, most of them
+    with spaces. ``seed`` fixes the text projection.
     """
     check_named_columns(table, features, ignore)
+    check_text_columns(table, label, text, ignore)
     names = table.column_names
     duplicated = sorted({n for n in names if names.count(n) > 1})
     explicit = features is not None
     candidates = (
         list(features) if explicit else [n for n in names if n != label and n not in ignore]
     )
+    candidates += [n for n in text if n not in candidates]
     encoders: list[Encoder] = []
     skipped: dict[str, str] = {}
     for name in candidates:
@@ -274,7 +309,9 @@ def fit_features(
             reason = f"{names.count(name)} columns share this name"
         else:
             try:
-                encoders.append(_fit_column(name, table.column(name), max_categories))
+                encoders.append(
+                    _fit_column(name, table.column(name), max_categories, name in text, seed)
+                )
                 continue
             except _Skip as why:
                 reason = str(why)
@@ -286,8 +323,8 @@ def fit_features(
             "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
         )
         raise InputError(
-            f"no usable feature column ({detail}). refine needs numeric, low-cardinality "
-            "categorical or list<float> embedding columns besides the label"
+            f"no usable feature column ({detail}). refine needs numeric, categorical, free-text "
+            "or list<float> embedding columns besides the label"
         )
     return FeatureEncoder(encoders=encoders, skipped=skipped)
 
@@ -306,8 +343,46 @@ def check_named_columns(
             )
 
 
-def _fit_column(name: str, column: pa.ChunkedArray, max_categories: int) -> Encoder:
+def check_text_columns(
+    table: pa.Table, label: str, text: tuple[str, ...], ignore: tuple[str, ...]
+) -> None:
+    """Every ``--text`` column must exist, hold strings, and be neither the label nor ignored."""
+    for name in text:
+        if name not in table.column_names:
+            raise InputError(
+                f"--text names column {name!r}, which the input does not have; its columns are: "
+                f"{', '.join(repr(n) for n in table.column_names[:30])}"
+            )
+        if name == label or name in ignore:
+            which = "the label" if name == label else "also given to --ignore"
+            raise InputError(f"--text column {name!r} is {which}; drop it from --text")
+        kind = table.schema.field(name).type
+        value = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (pa.types.is_string(value) or pa.types.is_large_string(value)):
+            raise InputError(
+                f"--text column {name!r} has type {kind}, not strings; only string columns "
+                "can be read as text"
+            )
+
+
+def _fit_text(name: str, column: pa.ChunkedArray, seed: int) -> TextEncoder:
+    try:
+        return TextEncoder(name, seed=seed).fit(column)
+    except _NoVocabulary:
+        raise _Skip("free text with no words or characters in any row") from None
+
+
+def _fit_column(
+    name: str, column: pa.ChunkedArray, max_categories: int, text: bool = False, seed: int = 0
+) -> Encoder:
     kind = column.type
+    bad = invalid_utf8_row(_decode(column))
+    if bad is not None:
+        raise _Skip(f"row {bad} holds bytes that are not valid UTF-8")
+    if text:
+        if column.null_count == len(column):
+            raise _Skip("all values are null")
+        return _fit_text(name, column, seed)
     if name.startswith("__index_level_"):
         raise _Skip("pandas index column")
     if column.null_count == len(column):
@@ -317,15 +392,19 @@ def _fit_column(name: str, column: pa.ChunkedArray, max_categories: int) -> Enco
         pa.types.is_boolean(value_kind)
         or pa.types.is_string(value_kind)
         or pa.types.is_large_string(value_kind)
+        or pa.types.is_string_view(value_kind)
         or pa.types.is_dictionary(kind)
     ):
         distinct = len(pc.unique(_decode(column)).drop_null())
         if distinct < 2 and column.null_count == 0:
             raise _Skip("constant (one distinct value)")
         if distinct > max_categories:
+            if not pa.types.is_boolean(value_kind) and looks_like_text(_decode(column)):
+                return _fit_text(name, column, seed)
             raise _Skip(
-                f"{distinct} distinct values, more than --max-categories {max_categories} "
-                "(free text is not encoded yet; raise --max-categories if it is a category)"
+                f"{distinct} distinct values, more than --max-categories {max_categories}, and "
+                "few have spaces (an id?); name it with --text if it is free text, or raise "
+                "--max-categories if it is a category"
             )
         return OneHotEncoder(name).fit(column)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
@@ -342,14 +421,34 @@ def _fit_column(name: str, column: pa.ChunkedArray, max_categories: int) -> Enco
 
 
 def _decode(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_dictionary(column.type):
-        return column.cast(column.type.value_type)
-    return column
+    return plain_values(column)
 
 
 def _as_float(column: pa.ChunkedArray) -> np.ndarray:
     values = pc.cast(column, pa.float64(), safe=False)
     return pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation (1.0 for a constant) of finite ``values``. Where values near
+    the float64 limit overflow the sums, they are computed on the values scaled into [-1, 1]."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(values.mean()), float(values.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        scale = float(np.abs(values).max())
+        scaled = values / scale
+        mean, std = float(scaled.mean() * scale), float(scaled.std() * scale)
+    return mean, std or 1.0
+
+
+# Standardised features are clipped here: a fitted column cannot pass sqrt(N) standard
+# deviations (Samuelson's inequality), so this bites only on new rows far outside the fitted
+# range, where a huge input would otherwise make the network's outputs NaN.
+FEATURE_LIMIT = 1e4
+
+
+def _bounded(z: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(z, nan=0.0), -FEATURE_LIMIT, FEATURE_LIMIT)
 
 
 def _is_constant(column: pa.ChunkedArray) -> bool:

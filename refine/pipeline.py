@@ -19,7 +19,12 @@ import pyarrow as pa
 import torch
 
 from refine import __version__
-from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from refine.calibrate import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 from refine.config import ModelConfig, RunConfig
 from refine.crossfit import CrossFit, cross_fit, make_folds
 from refine.detect import detect_issues
@@ -38,10 +43,12 @@ from refine.relabel import (
     decide,
     teacher_is_reliable,
 )
+from refine.report import confident_joint
 from refine.write import (
     ROUNDS_SCHEMA,
     atomic_directory,
     check_output,
+    output_lock,
     refined_table,
     write_json,
     write_parquet,
@@ -78,6 +85,7 @@ def run(
     config: RunConfig | None = None,
     overwrite: bool = False,
     progress: Progress = NULL_PROGRESS,
+    command: str | None = None,
     **options: Any,
 ) -> RunResult:
     """Find and fix wrong labels in ``data``; write the run to ``out`` when given.
@@ -88,12 +96,15 @@ def run(
         A Parquet file, a directory of Parquet files, or an Arrow table.
     out : path, optional
         The run directory to write (``refined.parquet``, ``rounds.parquet``, ``run.json``,
-        ``model.pt``). Written atomically; an existing one is replaced only with ``overwrite``.
+        ``model.pt``, ``report.html`` unless ``report=False``). Written atomically; an existing
+        one is replaced only with ``overwrite``.
     config : RunConfig, optional
         The full configuration; ``options`` override its fields (``label="y", rounds=2``), and
         fields of ``ModelConfig`` may be given the same way (``max_epochs=20``).
     progress : Progress
         Receives progress updates (the CLI passes rich progress bars).
+    command : str, optional
+        The command line that started the run, recorded in ``run.json`` (the CLI passes it).
 
     Returns
     -------
@@ -101,6 +112,19 @@ def run(
     """
     config = with_options(config or RunConfig(), options)
     config.validate()
+    # Held until the run directory is renamed into place: one refine process per --out.
+    with output_lock(out):
+        return _run(data, out, config, overwrite, progress, command)
+
+
+def _run(
+    data: str | Path | pa.Table,
+    out: str | Path | None,
+    config: RunConfig,
+    overwrite: bool,
+    progress: Progress,
+    command: str | None = None,
+) -> RunResult:
     if out is not None:
         check_output(Path(out), overwrite)
     timings: dict[str, float] = {}
@@ -116,15 +140,23 @@ def run(
 
     started = time.perf_counter()
     encoder = fit_features(
-        table, config.label, config.features, config.ignore, config.max_categories
+        table,
+        config.label,
+        config.features,
+        config.ignore,
+        config.max_categories,
+        config.text,
+        config.seed,
     )
     X = encoder.transform(table)
     _note_skipped(encoder.skipped, progress)
+    for note in encoder.notes:
+        progress.note(note)
     timings["encode"] = time.perf_counter() - started
 
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
     state = refine_rounds(labelled_table, X, config, progress, timings, augment=augment)
-    summary = summarise_run(labelled_table, encoder, config, state, timings, data)
+    summary = summarise_run(labelled_table, encoder, config, state, timings, data, command)
     return finish_run(labelled_table, encoder, config, state, summary, out, overwrite)
 
 
@@ -139,7 +171,8 @@ def finish_run(
     extra_files: dict[str, pa.Table] | None = None,
 ) -> RunResult:
     """Build the output tables from the last round and write the run directory atomically,
-    with ``extra_files`` (name -> table) beside them."""
+    with ``extra_files`` (name -> table) beside them, and ``report.html`` (built from the
+    written files) when ``config.report``."""
     metadata = {
         "refine.classes": data.class_values(),
         "refine.run": {"version": __version__, "config": config.to_dict(), "seed": config.seed},
@@ -170,6 +203,10 @@ def finish_run(
             _save_model(tmp / "model.pt", state.crossfit, encoder, data, config)
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
+            if config.report:
+                from refine.report import write_report  # matplotlib loads only when needed
+
+                write_report(tmp)
         result.out = Path(out)
     return result
 
@@ -217,6 +254,7 @@ class _State:
     reliable: bool
     device: str
     synthetic: Any = None
+    reliability: dict[str, Any] | None = None  # the last round's bins before/after calibration
 
 
 # After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
@@ -250,6 +288,7 @@ def refine_rounds(
     previous = labels.copy()
     rounds: list[dict[str, Any]] = []
     synthetic = None
+    reliability = None
     fitted: CrossFit | None = None
     for key in ("train", "predict", "calibrate", "detect", "refine"):
         timings.setdefault(key, 0.0)
@@ -292,6 +331,12 @@ def refine_rounds(
         if labelled.any():
             ece_after = expected_calibration_error(proba[labelled], given)
             oof_accuracy = float((proba[labelled].argmax(1) == given).mean())
+            reliability = {
+                "before": reliability_bins(raw[labelled], given),
+                "after": reliability_bins(proba[labelled], given),
+            }
+        else:
+            reliability = None
         timings["calibrate"] += time.perf_counter() - started
 
         started = time.perf_counter()
@@ -369,6 +414,7 @@ def refine_rounds(
         reliable,
         device,
         synthetic,
+        reliability,
     )
 
 
@@ -449,6 +495,7 @@ def summarise_run(
     state: _State,
     timings: dict[str, float],
     source: Any,
+    command: str | None = None,
 ) -> dict[str, Any]:
     labels = data.labels
     classes = data.class_values()
@@ -459,6 +506,7 @@ def summarise_run(
     return {
         "refine_version": __version__,
         "input": str(source) if not isinstance(source, pa.Table) else "<arrow table>",
+        "command": command,
         "config": config.to_dict(),
         "seed": config.seed,
         "device": state.device,
@@ -479,6 +527,10 @@ def summarise_run(
             "temperature": state.temperature,
             "ece_before": state.ece_before,
             "ece_after": state.ece_after,
+            "reliability": state.reliability,
+        },
+        "noise_matrix": {
+            "confident_joint": confident_joint(labels[labels >= 0], state.proba[labels >= 0])
         },
         "top_confusions": [
             {"given": classes[g], "predicted": classes[p], "rows": n}

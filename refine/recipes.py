@@ -38,7 +38,11 @@ RECIPE_DIR = Path(
 )
 METADATA_KEY = b"refine.recipe"
 
-SOURCE_KINDS = ("sklearn", "make_classification", "gaussian_embeddings")
+SOURCE_KINDS = ("sklearn", "make_classification", "gaussian_embeddings", "generated_text", "files")
+# A files source: a train and a test Parquet file, paths relative to the repository root (the
+# recipe folder's parent), whose labels are already noisy, with the truth in another column.
+FILES_KEYS = {"kind", "train", "test", "text", "truth"}
+TEXT_COLUMN = "text"
 SKLEARN_SOURCES = ("breast_cancer", "digits", "iris", "wine")
 # Required and optional keys of each noise model, besides "model".
 NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -114,6 +118,16 @@ class Recipe:
                     'an sklearn source is {"kind": "sklearn", "name": ...} with a name in '
                     f"{', '.join(SKLEARN_SOURCES)}"
                 )
+        elif self.source["kind"] == "files":
+            if set(self.source) != FILES_KEYS or not all(
+                isinstance(self.source[k], str) for k in FILES_KEYS
+            ):
+                fail(
+                    'a files source is {"kind": "files", "train": PATH, "test": PATH, '
+                    '"text": COLUMN, "truth": COLUMN}'
+                )
+            if self.noise.get("model") != "none" or self.unlabelled:
+                fail("a files source brings its own noisy labels: use noise model 'none'")
         elif set(self.source) != {"kind", "params"} or not isinstance(self.source["params"], dict):
             fail(f'a {self.source["kind"]} source is {{"kind": ..., "params": {{...}}}}')
         if not isinstance(self.noise, dict) or self.noise.get("model") not in NOISE_KEYS:
@@ -144,6 +158,16 @@ class Recipe:
             fail("'suites' must be a list of strings")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             fail(f"'seed' must be a non-negative integer, got {self.seed!r}")
+
+    def missing_files(self) -> list[str]:
+        """The files a ``files`` source names that are not on this machine (none for others)."""
+        if self.source.get("kind") != "files":
+            return []
+        return [
+            self.source[k]
+            for k in ("train", "test")
+            if not (_repo_root() / self.source[k]).is_file()
+        ]
 
 
 @dataclass
@@ -229,6 +253,8 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
     if seed is not None:
         recipe = dataclasses.replace(recipe, seed=seed)
     recipe._check(repr(recipe.name))
+    if recipe.source["kind"] == "files":
+        return _build_from_files(recipe)
     try:
         X, y, names = _load_source(recipe.source)
     except (TypeError, ValueError) as exc:
@@ -249,7 +275,7 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
         raise InputError(f"recipe {recipe.name!r}: cannot apply its noise: {exc}") from None
     hidden = hide_labels(len(train), recipe.unlabelled, hide_seed)
 
-    features = _feature_fields(X.shape[1], names)
+    features = _feature_fields(X.shape[1], names, text=X.dtype == object)
     train_table = pa.Table.from_arrays(
         [
             *_feature_arrays(X[train], names),
@@ -327,6 +353,9 @@ def _load_source(source: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[s
         ):
             names = [f"f{i}" for i in range(len(names))]
         return bunch.data.astype(np.float32), bunch.target.astype(np.int64), names
+    if kind == "generated_text":
+        texts, y = generated_text(**source["params"])
+        return texts[:, None], y, [TEXT_COLUMN]
     if kind == "make_classification":
         from sklearn.datasets import make_classification
 
@@ -394,16 +423,26 @@ def _apply_noise(
 def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
     """Out-of-fold probabilities ``(N, K)`` of a standardised LogisticRegression on clean labels."""
     folds = StratifiedKFold(n_splits=CLEAN_MODEL_FOLDS, shuffle=True, random_state=seed)
-    return cross_val_predict(logistic_regression(), X, truth, cv=folds, method="predict_proba")
+    if X.dtype == object:  # a text column
+        from refine.baselines import text_logistic_regression
+
+        model, X = text_logistic_regression(), X[:, 0]
+    else:
+        model = logistic_regression()
+    return cross_val_predict(model, X, truth, cv=folds, method="predict_proba")
 
 
-def _feature_fields(dim: int, names: list[str] | None) -> list[pa.Field]:
+def _feature_fields(dim: int, names: list[str] | None, text: bool = False) -> list[pa.Field]:
+    if text:
+        return [pa.field(name, pa.string()) for name in names]
     if names is None:
         return [pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim))]
     return [pa.field(name, pa.float32()) for name in names]
 
 
 def _feature_arrays(X: np.ndarray, names: list[str] | None) -> list[pa.Array]:
+    if X.dtype == object:
+        return [pa.array(X[:, i].tolist(), pa.string()) for i in range(X.shape[1])]
     if names is None:
         values = pa.array(np.ascontiguousarray(X).reshape(-1))
         return [pa.FixedSizeListArray.from_arrays(values, X.shape[1])]
@@ -427,3 +466,100 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _repo_root() -> Path:
+    return _recipe_dir(None).resolve().parent
+
+
+def _build_from_files(recipe: Recipe) -> BuiltDataset:
+    """A ``files`` recipe: its labels are already noisy; the truth column says which."""
+    source = recipe.source
+    missing = recipe.missing_files()
+    if missing:
+        raise InputError(
+            f"recipe {recipe.name!r} reads {missing[0]!r} (relative to {str(_repo_root())!r}), "
+            "which is not on this machine"
+        )
+    train = pq.read_table(_repo_root() / source["train"])
+    test = pq.read_table(_repo_root() / source["test"])
+    for table, path, needed in (
+        (train, source["train"], (source["text"], "label", source["truth"])),
+        (test, source["test"], (source["text"], "label")),
+    ):
+        absent = [c for c in needed if c not in table.column_names]
+        if absent:
+            raise InputError(f"recipe {recipe.name!r}: {path!r} has no column {absent[0]!r}")
+    noisy = train.column("label").cast(pa.int64())
+    truth = train.column(source["truth"]).cast(pa.int64())
+    text = train.column(source["text"]).cast(pa.string())
+    train_table = pa.table(
+        [text, noisy, truth, pc_not_equal(noisy, truth)],
+        schema=pa.schema([pa.field(TEXT_COLUMN, pa.string()), *LABEL_FIELDS]),
+    )
+    test_table = pa.table(
+        [test.column(source["text"]).cast(pa.string()), test.column("label").cast(pa.int64())],
+        schema=pa.schema([pa.field(TEXT_COLUMN, pa.string()), LABEL_FIELDS[0]]),
+    )
+    return BuiltDataset(recipe=recipe, train=train_table, test=test_table)
+
+
+def pc_not_equal(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.not_equal(a, b), False)
+
+
+# Pseudo-words from syllables, so the generated text needs no word list; a few carry accents
+# and non-Latin scripts to exercise Unicode tokenisation.
+_SYLLABLES = ("ka", "lo", "mi", "nu", "re", "sa", "ti", "vo", "ze", "pa", "du", "fe", "gi", "ho")
+_UNICODE_WORDS = ("café", "naïve", "über", "東京", "привет", "ñandú", "straße", "日本語")
+
+
+def generated_text(
+    rows: int,
+    classes: int,
+    topic_words: int = 25,
+    shared_words: int = 300,
+    topic_share: float = 0.25,
+    length: tuple[int, int] = (6, 24),
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Short texts of ``classes`` topics: each word is one of the topic's ``topic_words`` words
+    with probability ``topic_share``, else a shared word (neighbouring topics share half their
+    words, so classes overlap and short texts are ambiguous).
+
+    Returns
+    -------
+    texts : ndarray of object (str), shape (rows,)
+    y : ndarray of int64, shape (rows,), balanced classes
+    """
+    if rows < classes or classes < 2 or topic_words < 2 or not 0 < topic_share <= 1:
+        raise ValueError(
+            "generated_text needs rows >= classes >= 2, topic_words >= 2 and topic_share in "
+            f"(0, 1]; got rows={rows}, classes={classes}, topic_words={topic_words}, "
+            f"topic_share={topic_share}"
+        )
+    rng = np.random.default_rng(random_state)
+    vocabulary: list[str] = list(_UNICODE_WORDS)
+    seen = set(vocabulary)
+    while len(vocabulary) < shared_words + classes * topic_words:
+        word = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4))))
+        if word not in seen:
+            seen.add(word)
+            vocabulary.append(word)
+    order = rng.permutation(len(vocabulary))
+    words = np.array(vocabulary, dtype=object)[order]
+    shared, topical = words[:shared_words], words[shared_words:]
+    topics = [list(topical[c * topic_words : (c + 1) * topic_words]) for c in range(classes)]
+    half = topic_words // 2
+    for c in range(classes):  # share half of each topic with the next one
+        topics[c] = topics[c][:half] + topics[(c + 1) % classes][:half]
+    y = rng.permutation(np.arange(rows) % classes).astype(np.int64)
+    texts = np.empty(rows, dtype=object)
+    for i, c in enumerate(y):
+        n = int(rng.integers(length[0], length[1] + 1))
+        from_topic = rng.random(n) < topic_share
+        picked = np.where(from_topic, rng.choice(topics[c], size=n), rng.choice(shared, size=n))
+        texts[i] = " ".join(picked)
+    return texts, y

@@ -10,7 +10,9 @@ same contract as ``refine run``'s, for the new rows only, and ``run.json`` names
 from __future__ import annotations
 
 import json
+import pickle
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from refine.pipeline import (
 )
 from refine.progress import NULL_PROGRESS, Progress
 from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
-from refine.write import check_output
+from refine.write import check_output, output_lock
 
 # Most rows an update run keeps in history.parquet to replay from.
 HISTORY_ROWS = 100_000
@@ -97,7 +99,16 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
         summary = json.loads((path / "run.json").read_text())
         config = RunConfig.from_dict(summary["config"])
         refined = pq.read_table(path / "refined.parquet")
-        saved = torch.load(path / "model.pt", weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about a pickle it is about to refuse
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            saved = torch.load(path / "model.pt", weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code.
+        raise InputError(
+            f"{str(path / 'model.pt')!r} holds Python objects or code besides tensors and plain "
+            "values; refine does not load such a file, since loading it could run code. Rerun "
+            "refine run on the data to write a fresh model.pt"
+        ) from None
     except (ValueError, KeyError, TypeError, OSError, pa.ArrowInvalid, RuntimeError) as exc:
         raise InputError(f"cannot load the run {str(path)!r}: {exc}") from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
@@ -131,6 +142,7 @@ def update(
     replay: float = 1.0,
     overwrite: bool = False,
     progress: Progress = NULL_PROGRESS,
+    command: str | None = None,
     **options: Any,
 ) -> RunResult:
     """Refine the rows of ``data`` with the run in ``run_dir`` as the teacher; write to ``out``.
@@ -146,6 +158,8 @@ def update(
         their ``label_soft`` and ``sample_weight``) trains beside the new rows, so the model does
         not forget earlier batches. A batch smaller than ``MIN_TRAIN_ROWS`` is topped up to that
         many training rows from the history, unless ``replay`` is 0 (the new rows alone).
+    command : str, optional
+        The command line that started the update, recorded in ``run.json`` (the CLI passes it).
     options
         Settings to change from the run's configuration (``rounds=2``, ``seed=1``); the label
         and feature columns cannot change.
@@ -155,13 +169,28 @@ def update(
     RunResult
         For the new rows. ``summary["parent"]`` names the previous run.
     """
-    fixed = {"label", "features", "ignore", "max_categories"} & set(options)
+    fixed = {"label", "features", "ignore", "text", "max_categories"} & set(options)
     if fixed:
         raise ConfigError(
             f"refine update keeps the run's {', '.join(sorted(fixed))}; start a new run to change it"
         )
     if not 0 <= replay <= 100:
         raise ConfigError(f"--replay must be in [0, 100] replayed rows per new row, got {replay}")
+    # Held until the run directory is renamed into place: one refine process per --out.
+    with output_lock(out):
+        return _update(run_dir, data, out, replay, overwrite, progress, options, command)
+
+
+def _update(
+    run_dir: str | Path,
+    data: str | Path | pa.Table,
+    out: str | Path | None,
+    replay: float,
+    overwrite: bool,
+    progress: Progress,
+    options: dict[str, Any],
+    command: str | None = None,
+) -> RunResult:
     if out is not None:
         check_output(Path(out), overwrite)
     started = time.perf_counter()
@@ -201,7 +230,7 @@ def update(
     state = refine_rounds(
         batch, X, config, progress, timings, teacher=teacher, replay=replayed, augment=augment
     )
-    summary = summarise_run(batch, previous.encoder, config, state, timings, data)
+    summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
     summary["parent"] = {
         "run": str(previous.path.resolve()),
         "input": previous.summary.get("input"),

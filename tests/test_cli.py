@@ -45,6 +45,7 @@ def test_run_writes_a_run_and_prints_a_summary(tmp_path, noisy_parquet):
     assert sorted(p.name for p in out.iterdir()) == [
         "model.pt",
         "refined.parquet",
+        "report.html",
         "rounds.parquet",
         "run.json",
     ]
@@ -203,7 +204,7 @@ def test_no_usable_feature(tmp_path):
         tmp_path,
         data,
         "no usable feature column (const: constant (one distinct value)). "
-        "refine needs numeric, low-cardinality categorical or list<float> embedding columns "
+        "refine needs numeric, categorical, free-text or list<float> embedding columns "
         "besides the label",
         "--folds",
         "2",
@@ -280,7 +281,7 @@ def test_input_is_never_modified(tmp_path):
     assert data.read_bytes() == before
 
 
-@pytest.mark.parametrize("command", ["run", "update", "query", "demo"])
+@pytest.mark.parametrize("command", ["run", "update", "query", "report", "demo"])
 def test_every_command_has_help_with_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
