@@ -1,0 +1,101 @@
+"""Cross-modal distillation: a student on other columns learns the refined targets.
+
+The refine rounds train a teacher on ``--teacher-features`` (an expensive, strong modality such
+as a precomputed embedding); its final soft labels and weights then train a student on
+``--student-features`` (a cheap one such as raw text), cross-fitted on the same folds with the
+same model settings. The student is the model the run keeps in ``model.pt``, so predicting new
+rows needs only the student's columns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from refine.calibrate import apply_temperature, fit_temperature
+from refine.config import RunConfig
+from refine.crossfit import CrossFit, cross_fit, make_folds
+from refine.features import FeatureEncoder, fit_features
+from refine.progress import Progress
+from refine.read import LabelledTable
+
+if TYPE_CHECKING:
+    from refine.pipeline import _State
+
+
+@dataclass
+class Student:
+    """The student's encoder and fold models, its calibration ``temperature``, and its summary
+    for ``run.json`` (``features``, out-of-fold accuracies, ``seconds``)."""
+
+    encoder: FeatureEncoder
+    crossfit: CrossFit
+    temperature: float
+    summary: dict[str, Any]
+
+
+def distill(
+    data: LabelledTable,
+    state: _State,
+    config: RunConfig,
+    progress: Progress,
+    timings: dict[str, float],
+) -> Student:
+    """Cross-fit a student on ``config.student_features`` to the teacher's final targets
+    (``state.decisions.soft`` ``(N, K)``, weighted by ``state.decisions.weight`` ``(N,)``).
+
+    The folds are the teacher's (same labels, folds and seed), so no row's refined target
+    trains the student model that predicts it, and the out-of-fold accuracies are honest.
+    """
+    started = time.perf_counter()
+    columns = config.student_features
+    assert columns is not None, "distill needs student_features"  # checked by RunConfig
+    encoder = fit_features(
+        data.table,
+        config.label,
+        columns,
+        config.ignore,
+        config.max_categories,
+        tuple(c for c in config.text if c in columns),
+        config.seed,
+    )
+    X = encoder.transform(data.table)
+    labels = data.labels
+    labelled = labels >= 0
+    decisions = state.decisions
+    folds = make_folds(labels, config.folds, config.seed)
+    fitted = cross_fit(
+        X,
+        decisions.soft,
+        decisions.weight,
+        folds,
+        config.model,
+        config.seeds,
+        config.seed,
+        progress,
+        pooled=~labelled & (decisions.weight == 0),
+    )
+    # Calibrated against the refined labels it learned, not the teacher's temperature.
+    refined = labelled & (decisions.refined >= 0)
+    temperature = (
+        fit_temperature(fitted.proba[refined], decisions.refined[refined]) if refined.any() else 1.0
+    )
+    predicted = apply_temperature(fitted.proba, temperature).argmax(1)
+    seconds = time.perf_counter() - started
+    timings["student"] = seconds
+    summary = {
+        "features": list(encoder.columns),
+        "oof_accuracy_vs_refined": _accuracy(predicted[refined], decisions.refined[refined]),
+        "oof_accuracy_vs_given": _accuracy(predicted[labelled], labels[labelled]),
+        "temperature": temperature,
+        "epochs_per_fit": fitted.epochs,
+        "seconds": round(seconds, 4),
+    }
+    return Student(encoder, fitted, temperature, summary)
+
+
+def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    return float((predicted == truth).mean()) if len(truth) else None
