@@ -6,6 +6,7 @@ Errors the user can fix (``RefineError``) print one line and exit with code 2.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -16,11 +17,20 @@ from typing import Any
 
 import click
 import pyarrow as pa
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from refine import __version__
-from refine.config import AUGMENT_METHODS, DEVICES, FILTER_METHODS, ModelConfig, RunConfig
+from refine.config import (
+    AUGMENT_METHODS,
+    DEVICES,
+    FILTER_METHODS,
+    ModelConfig,
+    RunConfig,
+    load_config,
+    version_differences,
+)
 from refine.errors import RefineError
 from refine.progress import RichProgress
 
@@ -68,7 +78,14 @@ def cli() -> None:
 
 
 @cli.command("run")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Rerun a recorded run: its run.json (or a JSON object of options). Options given "
+    "here override the file's; DATA defaults to the run's input.",
+)
 @click.option(
     "--out",
     "-o",
@@ -83,6 +100,18 @@ def cli() -> None:
     help="Feature columns (comma-separated or repeated). Default: every usable column.",
 )
 @click.option("--ignore", multiple=True, help="Columns never used as features, such as ids.")
+@click.option(
+    "--teacher-features",
+    multiple=True,
+    help="Columns the refining teacher trains on, instead of --features (cross-modal "
+    "distillation; comma-separated or repeated).",
+)
+@click.option(
+    "--student-features",
+    multiple=True,
+    help="Columns of a student trained on the teacher's refined labels; model.pt keeps the "
+    "student. Needs --teacher-features.",
+)
 @click.option(
     "--text",
     multiple=True,
@@ -190,11 +219,14 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
 def run_command(
-    data: Path,
+    data: Path | None,
+    config_file: Path | None,
     out: Path,
     label: str,
     features: tuple[str, ...],
     ignore: tuple[str, ...],
+    teacher_features: tuple[str, ...],
+    student_features: tuple[str, ...],
     text: tuple[str, ...],
     max_epochs: int,
     batch_size: int,
@@ -209,6 +241,7 @@ def run_command(
     Examples:
       refine run data.parquet --label label --out runs/first
       refine run events/ --label intent --ignore id --rounds 2 --out runs/intents
+      refine run --config runs/first/run.json --out runs/again
     """
     from refine.pipeline import run
 
@@ -218,9 +251,18 @@ def run_command(
         features=_columns(features) or None,
         ignore=_columns(ignore),
         text=_columns(text),
+        teacher_features=_columns(teacher_features) if teacher_features else None,
+        student_features=_columns(student_features) if student_features else None,
         model=model,
         **options,
     )
+    if config_file is not None:
+        config, data = _from_config_file(config_file, config, data, quiet=quiet)
+    elif data is None:
+        raise click.UsageError(
+            "Missing argument 'DATA': pass the input, or --config RUN_DIR/run.json to rerun a run",
+            click.get_current_context(),
+        )
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
         result = run(
@@ -233,6 +275,45 @@ def run_command(
         )
     if not quiet:
         _print_summary(Console(), result.summary, out)
+
+
+def _from_config_file(
+    path: Path, flags: RunConfig, data: Path | None, *, quiet: bool
+) -> tuple[RunConfig, Path]:
+    """The configuration of ``refine run --config``: the file's, with each option the user typed
+    on the command line in place of the file's value, and DATA defaulting to the run's input."""
+    from refine.pipeline import _versions
+
+    recorded_config, recorded = load_config(path)
+    ctx = click.get_current_context()
+    typed = {
+        name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"model"}
+    model = dataclasses.replace(
+        recorded_config.model, **{name: getattr(flags.model, name) for name in typed & model_fields}
+    )
+    config = dataclasses.replace(
+        recorded_config, model=model, **{name: getattr(flags, name) for name in typed & run_fields}
+    )
+    if data is None:
+        source = recorded.get("input")
+        if not isinstance(source, str) or source == "<arrow table>":
+            what = "an Arrow table, not a file" if source == "<arrow table>" else "no input path"
+            raise CLIError(
+                f"config file {str(path)!r} records {what}; pass DATA: "
+                f"refine run DATA --config {path} --out ..."
+            )
+        data = Path(source)
+    differences = version_differences(recorded.get("versions") or {}, _versions())
+    if differences and not quiet:
+        click.echo(
+            f"Warning: the run was recorded with other versions, so its results may not be "
+            f"reproduced exactly: {', '.join(differences)}",
+            err=True,
+        )
+    return config, data
 
 
 def _ece(calibration: dict[str, Any]) -> str:

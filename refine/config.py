@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from refine.errors import ConfigError
@@ -68,6 +71,10 @@ class RunConfig:
     features: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     text: tuple[str, ...] = ()  # string columns to read as free text
+    # Cross-modal distillation: the rounds train on teacher_features, then a student on
+    # student_features learns the refined targets and is the model the run keeps.
+    teacher_features: tuple[str, ...] | None = None
+    student_features: tuple[str, ...] | None = None
     folds: int = 5
     rounds: int = 3
     min_changes: int = 1
@@ -132,7 +139,29 @@ class RunConfig:
             raise ConfigError(
                 f"--features names the label column {self.label!r}; a label cannot be a feature"
             )
+        self._validate_distillation()
         self.model.validate()
+
+    def _validate_distillation(self) -> None:
+        if self.student_features is not None and self.teacher_features is None:
+            raise ConfigError(
+                "--student-features needs --teacher-features: name the columns the teacher "
+                "trains on"
+            )
+        if self.teacher_features is None:
+            return
+        if self.features is not None:
+            raise ConfigError("--teacher-features replaces --features; pass one of them, not both")
+        for option, columns in (
+            ("--teacher-features", self.teacher_features),
+            ("--student-features", self.student_features),
+        ):
+            if columns is not None and not columns:
+                raise ConfigError(f"{option} names no columns; name at least one column")
+            if columns is not None and self.label in columns:
+                raise ConfigError(
+                    f"{option} names the label column {self.label!r}; a label cannot be a feature"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,14 +169,110 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         data = dict(data)
-        model = ModelConfig(**{**data.pop("model", {})})
+        model_data = dict(data.pop("model", {}))
+        model_known = {f.name for f in dataclasses.fields(ModelConfig)}
+        model_unknown = sorted(set(model_data) - model_known)
+        if model_unknown:
+            raise ConfigError(
+                f"unknown configuration keys: {', '.join(f'model.{k}' for k in model_unknown)}; "
+                "the model's keys are the fields of ModelConfig"
+            )
+        model = ModelConfig(**model_data)
         if isinstance(model.hidden, list):
             model = dataclasses.replace(model, hidden=tuple(model.hidden))
-        for key in ("features", "ignore", "text"):
+        for key in ("features", "ignore", "text", "teacher_features", "student_features"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+            raise ConfigError(
+                f"unknown configuration keys: {', '.join(unknown)}; the keys are the fields of "
+                "RunConfig, as in a run's run.json"
+            )
         return cls(model=model, **data)
+
+
+# The packages whose versions decide a run's numbers; run.json records them (with others).
+REPRODUCIBLE_VERSIONS = ("refine", "torch", "numpy", "cleanlab", "scikit-learn")
+
+
+def load_config(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, Any]]:
+    """Read the configuration of an earlier run, to run it again.
+
+    Parameters
+    ----------
+    path : path
+        A run's ``run.json``, or a JSON object of ``RunConfig`` fields (``{"rounds": 2,
+        "model": {"max_epochs": 20}}``); fields it leaves out keep their defaults.
+
+    Returns
+    -------
+    config : RunConfig
+        The configuration, validated.
+    recorded : dict
+        What ``run.json`` recorded beside it: ``input`` (the input path, or ``"<arrow table>"``)
+        and ``versions``, where present; empty for a plain configuration.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not a JSON object, or holds unknown keys or unusable values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; pass the run.json of an earlier run"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"config file {str(path)!r} is a directory; pass the run.json inside it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read config file {str(path)!r}: {reason}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+            f"column {exc.colno}"
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} holds a JSON {type(document).__name__}; expected an "
+            'object: a run\'s run.json, or configuration keys such as {"rounds": 2}'
+        )
+    # A run.json nests the configuration under "config"; a plain file is the configuration.
+    is_run = "config" in document
+    options = document["config"] if is_run else document
+    if not isinstance(options, dict) or not isinstance(options.get("model", {}), dict):
+        raise ConfigError(
+            f"config file {str(path)!r}: the configuration must be a JSON object, and its "
+            '"model" too'
+        )
+    try:
+        config = RunConfig.from_dict(options)
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc}") from None
+    except TypeError as exc:
+        # A value of the wrong JSON type ("rounds": "two") fails a comparison in validate().
+        raise ConfigError(
+            f"config file {str(path)!r} holds a value of the wrong type ({exc}); compare it "
+            "with the run.json of a run"
+        ) from None
+    recorded = {k: document[k] for k in ("input", "versions") if is_run and k in document}
+    return config, recorded
+
+
+def version_differences(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """``["torch 2.3.0 (now 2.4.1)", ...]`` for each package in ``REPRODUCIBLE_VERSIONS`` whose
+    recorded version differs from the running one; a package left unrecorded is skipped."""
+    return [
+        f"{name} {recorded[name]} (now {current.get(name)})"
+        for name in REPRODUCIBLE_VERSIONS
+        if name in recorded and recorded[name] != current.get(name)
+    ]

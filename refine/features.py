@@ -330,11 +330,14 @@ def fit_features(
 
 
 def check_named_columns(
-    table: pa.Table, features: tuple[str, ...] | None, ignore: tuple[str, ...]
+    table: pa.Table,
+    features: tuple[str, ...] | None,
+    ignore: tuple[str, ...],
+    option_name: str = "--features",
 ) -> None:
-    """Every column named by ``--features`` or ``--ignore`` must exist."""
+    """Every column named by ``--features`` (or ``option_name``) or ``--ignore`` must exist."""
     names = table.column_names
-    for option, chosen in (("--features", features or ()), ("--ignore", ignore)):
+    for option, chosen in ((option_name, features or ()), ("--ignore", ignore)):
         missing = [c for c in chosen if c not in names]
         if missing:
             raise InputError(

@@ -135,18 +135,18 @@ def _run(
         check_input_outside(Path(data), Path(out))
     check_no_clashes(table)
     check_named_columns(table, config.features, config.ignore)
+    check_named_columns(table, config.teacher_features, (), "--teacher-features")
+    check_named_columns(table, config.student_features, (), "--student-features")
     labelled_table = encode_labels(table, config.label, config.folds)
     timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    features, text = config.features, config.text
+    if config.teacher_features is not None:  # the rounds' model is the teacher
+        features = config.teacher_features
+        text = tuple(c for c in config.text if c in features)
     encoder = fit_features(
-        table,
-        config.label,
-        config.features,
-        config.ignore,
-        config.max_categories,
-        config.text,
-        config.seed,
+        table, config.label, features, config.ignore, config.max_categories, text, config.seed
     )
     X = encoder.transform(table)
     _note_skipped(encoder.skipped, progress)
@@ -156,8 +156,25 @@ def _run(
 
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
     state = refine_rounds(labelled_table, X, config, progress, timings, augment=augment)
+    student = None
+    if config.student_features is not None:
+        from refine.distill import distill
+
+        student = distill(labelled_table, state, config, progress, timings)
     summary = summarise_run(labelled_table, encoder, config, state, timings, data, command)
-    return finish_run(labelled_table, encoder, config, state, summary, out, overwrite)
+    if student is None:
+        return finish_run(labelled_table, encoder, config, state, summary, out, overwrite)
+    summary["student"] = student.summary
+    return finish_run(
+        labelled_table,
+        encoder,
+        config,
+        state,
+        summary,
+        out,
+        overwrite,
+        kept=(student.crossfit, student.encoder),
+    )
 
 
 def finish_run(
@@ -169,10 +186,12 @@ def finish_run(
     out: str | Path | None,
     overwrite: bool,
     extra_files: dict[str, pa.Table] | None = None,
+    kept: tuple[CrossFit, FeatureEncoder] | None = None,
 ) -> RunResult:
     """Build the output tables from the last round and write the run directory atomically,
     with ``extra_files`` (name -> table) beside them, and ``report.html`` (built from the
-    written files) when ``config.report``."""
+    written files) when ``config.report``. ``model.pt`` holds the last round's fold models
+    and ``encoder``, or ``kept`` (fold models, encoder) instead: a distilled student."""
     metadata = {
         "refine.classes": data.class_values(),
         "refine.run": {"version": __version__, "config": config.to_dict(), "seed": config.seed},
@@ -200,7 +219,8 @@ def finish_run(
                 write_parquet(synthetic, tmp / "synthetic.parquet")
             for name, table in (extra_files or {}).items():
                 write_parquet(table, tmp / name)
-            _save_model(tmp / "model.pt", state.crossfit, encoder, data, config)
+            fitted, model_encoder = kept or (state.crossfit, encoder)
+            _save_model(tmp / "model.pt", fitted, model_encoder, data, config)
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
             if config.report:
@@ -596,7 +616,7 @@ def with_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
         raise TypeError(f"run() got unknown options: {', '.join(unknown)}")
     model_options = {k: v for k, v in options.items() if k in model_fields and k not in run_fields}
     run_options = {k: v for k, v in options.items() if k in run_fields}
-    for key in ("features", "ignore"):
+    for key in ("features", "ignore", "teacher_features", "student_features"):
         if isinstance(run_options.get(key), list):
             run_options[key] = tuple(run_options[key])
     model = dataclasses.replace(config.model, **model_options)

@@ -74,8 +74,13 @@ class PreviousRun:
         """Calibrated class probabilities ``(N, K)`` for ``table`` from every fold model, and
         the share of members that agree with the ensemble ``(N,)``."""
         members = self.member_proba(self.encoder.transform(table))
-        temperature = float(self.summary["calibration"]["temperature"])
-        return apply_temperature(members.mean(0), temperature), ensemble_agreement(members)
+        return apply_temperature(members.mean(0), self.temperature), ensemble_agreement(members)
+
+    @property
+    def temperature(self) -> float:
+        """The saved models' calibration: a distilled run keeps its student's."""
+        calibration = self.summary.get("student") or self.summary["calibration"]
+        return float(calibration["temperature"])
 
     def member_proba(self, X: np.ndarray) -> np.ndarray:
         return np.concatenate([m.predict_member_proba(X) for m in self.models])
@@ -169,7 +174,15 @@ def update(
     RunResult
         For the new rows. ``summary["parent"]`` names the previous run.
     """
-    fixed = {"label", "features", "ignore", "text", "max_categories"} & set(options)
+    fixed = {
+        "label",
+        "features",
+        "ignore",
+        "text",
+        "max_categories",
+        "teacher_features",
+        "student_features",
+    } & set(options)
     if fixed:
         raise ConfigError(
             f"refine update keeps the run's {', '.join(sorted(fixed))}; start a new run to change it"
@@ -221,7 +234,7 @@ def _update(
     teacher = Teacher(
         proba=members.mean(0),
         agreement=ensemble_agreement(members),
-        temperature=float(previous.summary["calibration"]["temperature"]),
+        temperature=previous.temperature,
         reliable=bool(previous.summary.get("teacher_reliable", True)),
     )
     timings["teacher"] = time.perf_counter() - started
