@@ -52,3 +52,18 @@ def detect_issues(
     # cleanlab's self-confidence score: the calibrated probability of the given label
     quality = np.clip(proba[rows, labels], 0.0, 1.0).astype(np.float32)
     return is_issue, quality
+
+
+def confident_joint(labels: np.ndarray, proba: np.ndarray) -> list[list[int]] | None:
+    """cleanlab's confident joint: rows counted by given label (rows) and the class they
+    confidently belong to (columns), calibrated to the label counts.
+
+    ``labels`` ``(N,)`` class indices of labelled rows, ``proba`` ``(N, K)`` their calibrated
+    out-of-fold probabilities. Returns a ``K x K`` list of ints, or None when fewer than two
+    classes are labelled (no noise to estimate).
+    """
+    if len(np.unique(labels)) < 2:
+        return None
+    from cleanlab.count import compute_confident_joint
+
+    return compute_confident_joint(labels, proba).astype(np.int64).tolist()

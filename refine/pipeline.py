@@ -27,7 +27,7 @@ from refine.calibrate import (
 )
 from refine.config import ModelConfig, RunConfig
 from refine.crossfit import CrossFit, cross_fit, make_folds
-from refine.detect import detect_issues
+from refine.detect import confident_joint, detect_issues
 from refine.errors import InputError
 from refine.features import FeatureEncoder, check_named_columns, fit_features
 from refine.model import resolve_device
@@ -43,7 +43,6 @@ from refine.relabel import (
     decide,
     teacher_is_reliable,
 )
-from refine.report import confident_joint
 from refine.write import (
     ROUNDS_SCHEMA,
     atomic_directory,

@@ -9,7 +9,7 @@ This module reads the run and decides what each section says; ``refine.plots`` d
 figures (SVG ``data:`` URLs) and ``refine.page`` holds the HTML frame, stylesheet and escaping.
 The page fetches nothing, runs no script, and escapes every value from the data.
 
-``confident_joint`` is here because the report is what reads it: the run stores it in
+The run stores ``refine.detect.confident_joint`` in
 ``run.json`` so the report needs no probabilities.
 """
 
@@ -48,21 +48,6 @@ _REFINED_COLUMNS = (
     "label_predicted",
     "label_source",
 )
-
-
-def confident_joint(labels: np.ndarray, proba: np.ndarray) -> list[list[int]] | None:
-    """cleanlab's confident joint: rows counted by given label (rows) and the class they
-    confidently belong to (columns), calibrated to the label counts.
-
-    ``labels`` ``(N,)`` class indices of labelled rows, ``proba`` ``(N, K)`` their calibrated
-    out-of-fold probabilities. Returns a ``K x K`` list of ints, or None when fewer than two
-    classes are labelled (no noise to estimate).
-    """
-    if len(np.unique(labels)) < 2:
-        return None
-    from cleanlab.count import compute_confident_joint
-
-    return compute_confident_joint(labels, proba).astype(np.int64).tolist()
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -19,10 +19,11 @@ from click.testing import CliRunner
 import refine
 from refine.calibrate import expected_calibration_error, reliability_bins
 from refine.cli import cli
+from refine.detect import confident_joint
 from refine.errors import InputError
 from refine.metrics import flag_scores
 from refine.page import CSP
-from refine.report import build_report, confident_joint, write_report
+from refine.report import build_report, write_report
 from refine.write import ROUNDS_SCHEMA
 from tests.conftest import blobs
 
