@@ -5,7 +5,7 @@ run the baselines on the same rows, and score everything against the truth. Base
 
 * ``cleanlab+LR``: cleanlab's ``find_label_issues`` on 5-fold out-of-fold probabilities of a
   standardised ``LogisticRegression`` (on text recipes: TF-IDF of word 1-2-grams of the raw
-  text into ``LogisticRegression``);
+  text into ``LogisticRegression``; on image recipes, the decoded, standardised pixels);
 * ``cleanlab+HGB``: the same on ``HistGradientBoostingClassifier``;
 * ``CleanLearning``: cleanlab's ``CleanLearning(LogisticRegression)``, for downstream accuracy.
 

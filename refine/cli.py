@@ -118,6 +118,26 @@ def cli() -> None:
     help="String columns to read as free text (comma-separated or repeated). "
     "Default: string columns of many distinct values, most with spaces.",
 )
+@click.option(
+    "--image",
+    multiple=True,
+    help="Binary columns to read as encoded images (comma-separated or repeated). "
+    "Default: binary columns of PNG, JPEG, GIF, BMP or WebP bytes, and {bytes, path} structs.",
+)
+@click.option(
+    "--image-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A TorchScript file (torch.jit.save) turning images into features, in place of the "
+    "small CNN trained from scratch. It is code: name only a file you trust.",
+)
+@click.option(
+    "--image-size",
+    default=_DEFAULTS.image_size,
+    show_default=True,
+    help="Side in pixels images are resized to; 0: their own size up to 28 (224 with "
+    "--image-model).",
+)
 @click.option("--folds", default=_DEFAULTS.folds, show_default=True, help="Cross-fitting folds.")
 @click.option(
     "--rounds",
@@ -216,6 +236,19 @@ def cli() -> None:
 @click.option("--device", type=click.Choice(DEVICES), default=_MODEL.device, show_default=True)
 @click.option("--seed", default=_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Go on from the checkpoint an interrupted run to --out left (.OUT.partial beside it); "
+    "same result as an uninterrupted run.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes training folds side by side; the output is the same for any number.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
 def run_command(
@@ -228,10 +261,14 @@ def run_command(
     teacher_features: tuple[str, ...],
     student_features: tuple[str, ...],
     text: tuple[str, ...],
+    image: tuple[str, ...],
+    image_model: Path | None,
     max_epochs: int,
     batch_size: int,
     device: str,
     overwrite: bool,
+    resume: bool,
+    workers: int,
     quiet: bool,
     **options: Any,
 ) -> None:
@@ -242,6 +279,7 @@ def run_command(
       refine run data.parquet --label label --out runs/first
       refine run events/ --label intent --ignore id --rounds 2 --out runs/intents
       refine run --config runs/first/run.json --out runs/again
+      refine run data.parquet --out runs/first --resume     # after an interrupted run
     """
     from refine.pipeline import run
 
@@ -251,6 +289,8 @@ def run_command(
         features=_columns(features) or None,
         ignore=_columns(ignore),
         text=_columns(text),
+        image=_columns(image),
+        image_model=str(image_model) if image_model is not None else None,
         teacher_features=_columns(teacher_features) if teacher_features else None,
         student_features=_columns(student_features) if student_features else None,
         model=model,
@@ -272,6 +312,8 @@ def run_command(
             overwrite=overwrite,
             progress=progress,
             command=_command_line(),
+            resume=resume,
+            workers=workers,
         )
     if not quiet:
         _print_summary(Console(), result.summary, out)
@@ -570,11 +612,12 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 @cli.command("bench")
 @click.option(
     "--suite",
-    type=click.Choice(["quick", "full", "text"]),
+    type=click.Choice(["quick", "full", "text", "image"]),
     default="quick",
     show_default=True,
     help="quick: a few small datasets (minutes); full: every generated and bundled recipe "
-    "(under 30 minutes); text: text recipes, the real WRENCH sets when ../shared/data has them.",
+    "(under 30 minutes); text: text recipes, the real WRENCH sets when ../shared/data has them; "
+    "image: digits rendered to PNG bytes.",
 )
 @click.option(
     "--seeds", default=1, show_default=True, help="Seeds per dataset; means and stds over them."
@@ -628,7 +671,7 @@ def datasets_group() -> None:
 @datasets_group.command("list")
 @click.option(
     "--suite",
-    type=click.Choice(["quick", "full", "text"]),
+    type=click.Choice(["quick", "full", "text", "image"]),
     default=None,
     help="Only the recipes of this suite.",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class RunConfig:
     features: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     text: tuple[str, ...] = ()  # string columns to read as free text
+    image: tuple[str, ...] = ()  # binary columns to read as encoded images
+    image_model: str | None = None  # a TorchScript file: image features in place of the CNN
+    image_size: int = 0  # side images are resized to; 0: their own, at most 28 (224 for a model)
     # Cross-modal distillation: the rounds train on teacher_features, then a student on
     # student_features learns the refined targets and is the model the run keeps.
     teacher_features: tuple[str, ...] | None = None
@@ -94,6 +98,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
+        check_types(self)
+        check_types(self.model)
         if self.folds < 2:
             raise ConfigError(f"--folds must be at least 2, got {self.folds}")
         if self.rounds < 1:
@@ -129,6 +135,10 @@ class RunConfig:
             )
         if not 0 <= self.soft_mix <= 1:
             raise ConfigError(f"--soft-mix must be in [0, 1], got {self.soft_mix}")
+        if not 0 <= self.image_size <= 1024:
+            raise ConfigError(
+                f"--image-size must be in [0, 1024] pixels (0 = automatic), got {self.image_size}"
+            )
         if self.max_categories < 2:
             raise ConfigError(f"--max-categories must be at least 2, got {self.max_categories}")
         if self.label in self.ignore:
@@ -180,7 +190,14 @@ class RunConfig:
         model = ModelConfig(**model_data)
         if isinstance(model.hidden, list):
             model = dataclasses.replace(model, hidden=tuple(model.hidden))
-        for key in ("features", "ignore", "text", "teacher_features", "student_features"):
+        for key in (
+            "features",
+            "ignore",
+            "text",
+            "image",
+            "teacher_features",
+            "student_features",
+        ):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         known = {f.name for f in dataclasses.fields(cls)}
@@ -276,3 +293,96 @@ def version_differences(recorded: dict[str, str], current: dict[str, str]) -> li
         for name in REPRODUCIBLE_VERSIONS
         if name in recorded and recorded[name] != current.get(name)
     ]
+
+
+def check_types(config: RunConfig | ModelConfig) -> None:
+    """Refuse a value of the wrong type (``"rounds": "two"`` in a hand-edited run.json, a float
+    seed from Python), naming the option, before any comparison or seeding trips over it.
+
+    The expected type is the field's default's: bool, whole number, number or string; a tuple
+    default holds strings (``hidden``: whole numbers); a None default allows None besides a
+    tuple of column names (``*features``) or a string."""
+    for f in dataclasses.fields(config):
+        if f.name == "model":
+            continue
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is None and value is None:
+            continue
+        option = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            expected = "a whole number"
+        elif isinstance(default, float):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            expected = "a number"
+        elif isinstance(default, tuple) or f.name.endswith("features"):
+            item = numbers.Integral if f.name == "hidden" else str
+            ok = isinstance(value, tuple | list) and all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value
+            )
+            expected = "a list of " + ("whole numbers" if item is not str else "column names")
+        else:
+            ok, expected = isinstance(value, str), "a string"
+        if not ok:
+            raise ConfigError(f"{option} must be {expected}, got {json.dumps(value, default=repr)}")
+
+
+_SUMMARY_OBJECTS = ("config", "calibration", "features", "noise_matrix", "timings", "versions")
+_SUMMARY_LISTS = ("rounds", "top_confusions", "epochs_per_fit")
+
+
+def check_summary(
+    summary: Any, path: str | os.PathLike[str], parquet_classes: Any = None
+) -> dict[str, Any]:
+    """The ``run.json`` summary at ``path``, checked for the shapes refine reads back
+    (``refine report``, ``refine update``), and its classes against ``parquet_classes`` (those
+    ``refined.parquet`` records) when given; raises ``InputError`` naming the bad key."""
+    from refine.errors import InputError
+
+    def bad(key: str, expected: str, value: Any) -> InputError:
+        shown = json.dumps(value, default=repr)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return InputError(
+            f"{str(path)!r}: {key} must be {expected}, got {shown}; restore the run.json that "
+            "refine wrote, or rerun refine run to write the run again"
+        )
+
+    if not isinstance(summary, dict):
+        raise bad("the file", "a JSON object (a refine run summary)", summary)
+    classes = summary.get("classes")
+    scalars = (str, int, float, bool, type(None))
+    if "classes" in summary and (not isinstance(classes, list) or not classes):
+        raise bad('"classes"', "a JSON list of the class values", classes)
+    if "classes" in summary and not all(isinstance(c, scalars) for c in classes):
+        raise bad('"classes"', "a list of strings or numbers", classes)
+    if "classes" in summary and parquet_classes is not None and classes != parquet_classes:
+        raise bad('"classes"', f"refined.parquet's classes {json.dumps(parquet_classes)}", classes)
+    for key in _SUMMARY_OBJECTS:
+        if key in summary and not isinstance(summary[key], dict):
+            raise bad(f'"{key}"', "a JSON object", summary[key])
+    for key in _SUMMARY_LISTS:
+        if key in summary and not isinstance(summary[key], list):
+            raise bad(f'"{key}"', "a JSON list", summary[key])
+    for key in ("calibration", "student"):
+        value = summary.get(key)
+        if isinstance(value, dict) and "temperature" in value:
+            t = value["temperature"]
+            if not isinstance(t, int | float) or isinstance(t, bool) or not t > 0:
+                raise bad(f'"{key}.temperature"', "a positive number", t)
+    timings = summary.get("timings") or {}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values()):
+        raise bad('"timings"', "an object of seconds", timings)
+    if "config" in summary:
+        try:
+            RunConfig.from_dict(summary["config"]).validate()
+        except ConfigError as exc:
+            raise InputError(
+                f"{str(path)!r} holds a configuration refine cannot use: {exc}; restore the "
+                "run.json that refine wrote, or rerun refine run to write the run again"
+            ) from None
+        except TypeError as exc:
+            raise bad('"config"', "the fields of RunConfig", str(exc)) from None
+    return summary

@@ -6,16 +6,31 @@ a row's own label or target never trains a model that predicts that row.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import multiprocessing
+import os
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from sklearn.model_selection import StratifiedKFold
 
 from refine.config import ModelConfig
+from refine.errors import WorkerError
 from refine.model import MLPClassifier
 from refine.progress import NULL_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from refine.checkpoint import Checkpoint
 
 
 def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -62,6 +77,9 @@ def cross_fit(
     seed: int,
     progress: Progress = NULL_PROGRESS,
     pooled: np.ndarray | None = None,
+    image_blocks: tuple[tuple[int, int, int, int], ...] = (),
+    runner: FoldRunner | None = None,
+    stage: str = "",
 ) -> CrossFit:
     """Train one ensemble per fold on the other folds' rows and predict the held-out fold.
 
@@ -69,61 +87,294 @@ def cross_fit(
     weights; rows with weight 0 (excluded, unlabelled) do not train. ``pooled`` ``(N,)`` marks
     rows that every fold model predicts, their probabilities averaged and their agreement
     counted over all members: it must only mark rows of weight 0, which no model trains on.
+    ``image_blocks`` go to every ``MLPClassifier``. ``runner`` says where the folds train (this
+    process, or worker processes) and which checkpoint records them, under ``stage``
+    (``"round-2"``); folds the checkpoint already holds are loaded, not trained again.
     """
     n, k = targets.shape
     n_folds = int(folds.max()) + 1
-    proba = np.zeros((n, k), np.float32)
-    agreement = np.ones(n, np.float32)
     pooled = np.zeros(n, bool) if pooled is None else pooled
     if (weights[pooled] > 0).any():
         raise ValueError("pooled rows must have weight 0: a model that trains on a row predicts it")
     pool_rows = np.flatnonzero(pooled)
-    pool_members: list[np.ndarray] = []
+    runner = runner or FoldRunner()
+    checkpoint = runner.checkpoint if stage else None
+    options = {**dataclasses.asdict(model), "n_classes": k, "image_blocks": tuple(image_blocks)}
+    jobs = [
+        FoldJob(
+            fold,
+            n_folds,
+            train=np.flatnonzero((folds != fold) & (weights > 0)),
+            held=np.flatnonzero((folds == fold) & ~pooled),
+            pool=pool_rows,
+        )
+        for fold in range(n_folds)
+    ]
+    records: dict[int, dict[str, Any]] = {}
+    task = progress.start("folds", "folds", total=n_folds * seeds)
+
+    def finished(record: dict[str, Any]) -> None:
+        records[record["fold"]] = record
+        if checkpoint is not None:
+            checkpoint.save_fold(stage, record["fold"], record)
+        progress.advance(task, seeds)
+
+    for job in jobs:
+        saved = (
+            checkpoint.load_fold(stage, job.fold, len(job.held), len(pool_rows))
+            if checkpoint
+            else None
+        )
+        if saved is not None:
+            records[job.fold] = saved
+            progress.advance(task, seeds)
+    pending = [job for job in jobs if job.fold not in records]
+    if runner.workers == 1 or len(pending) < 2:
+        for job in pending:
+            finished(fit_fold(X, targets, weights, job, options, seeds, seed, progress))
+    else:
+        runner.fit_folds(X, targets, weights, pending, options, seeds, seed, finished)
+    progress.finish(task)
+    return _assemble(records, n, k, X.shape[1], options, jobs, pool_rows)
+
+
+def _assemble(
+    records: dict[int, dict[str, Any]],
+    n: int,
+    k: int,
+    n_features: int,
+    options: dict[str, Any],
+    jobs: list[FoldJob],
+    pool_rows: np.ndarray,
+) -> CrossFit:
+    """The round's ``CrossFit`` from its folds' records, in fold order (however they came)."""
+    proba = np.zeros((n, k), np.float32)
+    agreement = np.ones(n, np.float32)
     models: list[list[MLPClassifier]] = []
     epochs: list[int] = []
+    pool_members: list[np.ndarray] = []
     train_seconds = predict_seconds = 0.0
-    task = progress.start("folds", "folds", total=n_folds * seeds)
-    for fold in range(n_folds):
-        held = np.flatnonzero((folds == fold) & ~pooled)
-        train = np.flatnonzero((folds != fold) & (weights > 0))
-        members: list[MLPClassifier] = []
-        for member in range(seeds):
-            started = time.perf_counter()
-            epoch_task = progress.start(
-                "epochs", f"fold {fold + 1}/{n_folds}", total=model.max_epochs
-            )
-            estimator = MLPClassifier(
-                n_classes=k,
-                random_state=_member_seed(seed, fold, member),
-                **dataclasses.asdict(model),
-            ).fit(
-                X[train],
-                targets[train],
-                weights[train],
-                on_epoch=lambda done, total, t=epoch_task: progress.update(t, done, total),
-            )
-            progress.finish(epoch_task)
-            train_seconds += time.perf_counter() - started
-            epochs.append(estimator.epochs_)
-            members.append(estimator)
-            progress.advance(task)
-        models.append(members)
-
-        started = time.perf_counter()
-        member_proba = np.concatenate([m.predict_member_proba(X[held]) for m in members])
-        proba[held] = member_proba.mean(0)
-        agreement[held] = ensemble_agreement(member_proba)
-        if len(pool_rows):
-            pool_members.append(
-                np.concatenate([m.predict_member_proba(X[pool_rows]) for m in members])
-            )
-        predict_seconds += time.perf_counter() - started
-    progress.finish(task)
+    for job in jobs:
+        record = records[job.fold]
+        member_proba = record["held"].numpy()
+        proba[job.held] = member_proba.mean(0)
+        agreement[job.held] = ensemble_agreement(member_proba)
+        pool_members.append(record["pool"].numpy())
+        models.append([_rebuild(m, n_features, options) for m in record["members"]])
+        epochs += [int(m["epochs"]) for m in record["members"]]
+        train_seconds += float(record["train_seconds"])
+        predict_seconds += float(record["predict_seconds"])
     if len(pool_rows):
         pool_proba = np.concatenate(pool_members)
         proba[pool_rows] = pool_proba.mean(0)
         agreement[pool_rows] = ensemble_agreement(pool_proba)
     return CrossFit(proba, agreement, models, train_seconds, predict_seconds, epochs)
+
+
+def restore_cross_fit(
+    checkpoint: Checkpoint,
+    stage: str,
+    n_folds: int,
+    n_features: int,
+    n_classes: int,
+    model: ModelConfig,
+    image_blocks: tuple[tuple[int, int, int, int], ...] = (),
+) -> CrossFit | None:
+    """The fold models of a finished ``stage`` from its checkpoint, or None when a fold's file
+    is missing or unreadable. Its ``proba`` and ``agreement`` are empty: the round's record
+    holds the calibrated ones."""
+    records = [checkpoint.load_fold(stage, fold) for fold in range(n_folds)]
+    if any(record is None for record in records):
+        return None
+    options = {**dataclasses.asdict(model), "n_classes": n_classes, "image_blocks": image_blocks}
+    models = [[_rebuild(m, n_features, options) for m in r["members"]] for r in records]
+    return CrossFit(
+        np.zeros((0, n_classes), np.float32),
+        np.zeros(0, np.float32),
+        models,
+        sum(float(r["train_seconds"]) for r in records),
+        sum(float(r["predict_seconds"]) for r in records),
+        [int(m["epochs"]) for r in records for m in r["members"]],
+    )
+
+
+def _rebuild(member: dict[str, Any], n_features: int, options: dict[str, Any]) -> MLPClassifier:
+    model = MLPClassifier.from_states(
+        member["states"],
+        n_features,
+        options["n_classes"],
+        tuple(options["hidden"]),
+        options["dropout"],
+        options["device"],
+        options["image_blocks"],
+    )
+    model.random_state = int(member["seed"])
+    model.epochs_ = int(member["epochs"])
+    return model
+
+
+@dataclass
+class FoldJob:
+    """One fold to fit: its training rows, held-out rows and pooled rows (indices into X)."""
+
+    fold: int
+    n_folds: int
+    train: np.ndarray
+    held: np.ndarray
+    pool: np.ndarray
+
+
+def fit_fold(
+    X: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    job: FoldJob,
+    options: dict[str, Any],
+    seeds: int,
+    seed: int,
+    progress: Progress = NULL_PROGRESS,
+) -> dict[str, Any]:
+    """Train a fold's members and predict its held-out and pooled rows, on one thread.
+
+    Returns the fold's record: plain tensors and values (``members``: each member's seed,
+    epochs and snapshot weights on the CPU; ``held`` ``(S, H, K)`` and ``pool`` ``(S, P, K)``:
+    every snapshot's probabilities), what a checkpoint stores and a worker process sends back.
+    One thread, wherever the fold trains, so that the sums inside every matrix product are
+    taken in the same order and the bytes do not depend on --workers or on the machine's
+    cores; it is also the fast setting for these small models (README, "Parallel folds").
+    """
+    with one_thread():
+        started = time.perf_counter()
+        fitted = []
+        for member in range(seeds):
+            epoch_task = progress.start(
+                "epochs", f"fold {job.fold + 1}/{job.n_folds}", total=options["max_epochs"]
+            )
+            estimator = MLPClassifier(
+                random_state=_member_seed(seed, job.fold, member), **options
+            ).fit(
+                X[job.train],
+                targets[job.train],
+                weights[job.train],
+                on_epoch=lambda done, total, t=epoch_task: progress.update(t, done, total),
+            )
+            progress.finish(epoch_task)
+            fitted.append(estimator)
+        train_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        held = np.concatenate([m.predict_member_proba(X[job.held]) for m in fitted])
+        pool = np.concatenate([m.predict_member_proba(X[job.pool]) for m in fitted])
+        predict_seconds = time.perf_counter() - started
+    return {
+        "fold": job.fold,
+        "members": [
+            {
+                "seed": m.random_state,
+                "epochs": m.epochs_,
+                "states": [{k: v.detach().cpu() for k, v in s.items()} for s in m.states_],
+            }
+            for m in fitted
+        ],
+        "held": torch.from_numpy(held),
+        "pool": torch.from_numpy(pool),
+        "train_seconds": train_seconds,
+        "predict_seconds": predict_seconds,
+    }
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class FoldRunner:
+    """Where folds train: in this process (``workers=1``) or in ``workers`` worker processes,
+    each training one fold at a time; and the checkpoint (if any) that records each finished
+    fold. Use it as a context manager, so the worker processes end with it."""
+
+    def __init__(self, workers: int = 1, checkpoint: Checkpoint | None = None):
+        self.workers = workers
+        self.checkpoint = checkpoint
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> FoldRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=exc[0] is None, cancel_futures=True)
+            self._executor = None
+
+    def fit_folds(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        jobs: list[FoldJob],
+        options: dict[str, Any],
+        seeds: int,
+        seed: int,
+        finished: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Fit ``jobs`` in the worker processes, calling ``finished(record)`` as each ends.
+
+        The arrays go to the workers once, as .npy files they map into memory (spawned
+        processes share nothing; fork is unsafe once torch has started threads)."""
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
+        where = self.checkpoint.path if self.checkpoint is not None else None
+        with tempfile.TemporaryDirectory(prefix=".arrays-", dir=where) as tmp:
+            paths = []
+            for name, array in (("X", X), ("targets", targets), ("weights", weights)):
+                paths.append(str(Path(tmp) / f"{name}.npy"))
+                np.save(paths[-1], np.ascontiguousarray(array))
+            futures = [
+                self._executor.submit(_fit_fold_in_worker, paths, job, options, seeds, seed)
+                for job in jobs
+            ]
+            try:
+                for future in as_completed(futures):
+                    finished(future.result())
+            except BrokenProcessPool:
+                raise WorkerError(
+                    "a --workers process died while training a fold (often: out of memory); "
+                    "rerun with fewer --workers, adding --resume to keep the finished folds"
+                ) from None
+            finally:
+                for future in futures:
+                    future.cancel()
+
+
+def _watch_parent(parent: int) -> None:
+    """In a worker: exit as soon as the parent is gone (killed), instead of training on."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _fit_fold_in_worker(
+    paths: list[str],
+    job: FoldJob,
+    options: dict[str, Any],
+    seeds: int,
+    seed: int,
+) -> dict[str, Any]:
+    X, targets, weights = (np.load(path, mmap_mode="r") for path in paths)
+    return fit_fold(X, targets, weights, job, options, seeds, seed)
 
 
 def ensemble_agreement(member_proba: np.ndarray) -> np.ndarray:

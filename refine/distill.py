@@ -17,7 +17,7 @@ import numpy as np
 
 from refine.calibrate import apply_temperature, fit_temperature
 from refine.config import RunConfig
-from refine.crossfit import CrossFit, cross_fit, make_folds
+from refine.crossfit import CrossFit, FoldRunner, cross_fit, make_folds
 from refine.features import FeatureEncoder, fit_features
 from refine.progress import Progress
 from refine.read import LabelledTable
@@ -43,6 +43,7 @@ def distill(
     config: RunConfig,
     progress: Progress,
     timings: dict[str, float],
+    runner: FoldRunner | None = None,
 ) -> Student:
     """Cross-fit a student on ``config.student_features`` to the teacher's final targets
     (``state.decisions.soft`` ``(N, K)``, weighted by ``state.decisions.weight`` ``(N,)``).
@@ -61,6 +62,9 @@ def distill(
         config.max_categories,
         tuple(c for c in config.text if c in columns),
         config.seed,
+        tuple(c for c in config.image if c in columns),
+        config.image_model,
+        config.image_size,
     )
     X = encoder.transform(data.table)
     labels = data.labels
@@ -77,6 +81,9 @@ def distill(
         config.seed,
         progress,
         pooled=~labelled & (decisions.weight == 0),
+        image_blocks=encoder.image_blocks,
+        runner=runner,
+        stage="student",
     )
     # Calibrated against the refined labels it learned, not the teacher's temperature.
     refined = labelled & (decisions.refined >= 0)

@@ -22,3 +22,7 @@ class ConfigError(RefineError, ValueError):
 
 class OutputError(RefineError, OSError):
     """The output location cannot be written as asked."""
+
+
+class WorkerError(RefineError, RuntimeError):
+    """A worker process (``--workers``) died before it finished its fold."""

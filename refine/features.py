@@ -17,6 +17,7 @@ Columns that cannot be encoded are skipped with a reason, which the CLI prints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.errors import InputError
+from refine.image import ImageEncoder, check_image_columns, is_image_column
 from refine.read import invalid_utf8_row, plain_values
 from refine.text import TextEncoder, _NoVocabulary, looks_like_text
 
@@ -200,7 +202,7 @@ class EmbeddingEncoder:
         return {**self.describe(), "mean": self.mean.tolist(), "std": self.std.tolist()}
 
 
-Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder | TextEncoder
+Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder | TextEncoder | ImageEncoder
 
 
 class _Skip(Exception):
@@ -221,6 +223,17 @@ class FeatureEncoder:
     @property
     def columns(self) -> list[str]:
         return [e.name for e in self.encoders]
+
+    @property
+    def image_blocks(self) -> tuple[tuple[int, int, int, int], ...]:
+        """``(start, channels, height, width)`` of each block of pixels in the encoded matrix,
+        for the network to read as an image (``MLPClassifier(image_blocks=...)``)."""
+        blocks, start = [], 0
+        for e in self.encoders:
+            if isinstance(e, ImageEncoder) and e.block is not None:
+                blocks.append((start, *e.block))
+            start += e.width
+        return tuple(blocks)
 
     def transform(self, table: pa.Table) -> np.ndarray:
         """Encode ``table`` into a float32 matrix of shape ``(N, width)``."""
@@ -261,6 +274,8 @@ class FeatureEncoder:
                 encoders.append(OneHotEncoder(c["column"], list(c["categories"]), c["null_bucket"]))
             elif c["kind"] == TextEncoder.kind:
                 encoders.append(TextEncoder.from_state(c))
+            elif c["kind"] == ImageEncoder.kind:
+                encoders.append(ImageEncoder.from_state(c))
             elif c["kind"] == EmbeddingEncoder.kind:
                 encoders.append(
                     EmbeddingEncoder(
@@ -284,6 +299,9 @@ def fit_features(
     max_categories: int = 64,
     text: tuple[str, ...] = (),
     seed: int = 0,
+    image: tuple[str, ...] = (),
+    image_model: str | None = None,
+    image_size: int = 0,
 ) -> FeatureEncoder:
     """Choose and fit an encoder for each feature column.
 
@@ -291,17 +309,27 @@ def fit_features(
     Otherwise every column but the label and ``ignore`` is tried, and unusable ones are skipped.
     Columns in ``text`` are encoded as free text (they must be string columns); other string
     columns are text when they have more than ``max_categories`` distinct values, most of them
-    with spaces. ``seed`` fixes the text projection.
+    with spaces. ``seed`` fixes the text projection. Columns in ``image`` are read as encoded
+    images (binary, or a struct with a binary ``bytes`` field); other binary columns are when
+    their values are PNG, JPEG, GIF, BMP or WebP bytes (see ``refine.image``). Images are
+    resized to ``image_size`` pixels square (0: their own size, at most 28), and go through the
+    TorchScript network at ``image_model`` when given.
     """
     check_named_columns(table, features, ignore)
     check_text_columns(table, label, text, ignore)
+    check_image_columns(table, label, image, ignore)
+    model = None
+    if image_model is not None:
+        from refine.image import load_image_model
+
+        model = load_image_model(image_model)
     names = table.column_names
     duplicated = sorted({n for n in names if names.count(n) > 1})
     explicit = features is not None
     candidates = (
         list(features) if explicit else [n for n in names if n != label and n not in ignore]
     )
-    candidates += [n for n in text if n not in candidates]
+    candidates += [n for n in (*text, *image) if n not in candidates]
     encoders: list[Encoder] = []
     skipped: dict[str, str] = {}
     for name in candidates:
@@ -309,9 +337,11 @@ def fit_features(
             reason = f"{names.count(name)} columns share this name"
         else:
             try:
-                encoders.append(
-                    _fit_column(name, table.column(name), max_categories, name in text, seed)
-                )
+                column = table.column(name)
+                if name in image or is_image_column(column):
+                    encoders.append(_fit_image(name, column, seed, model, image_model, image_size))
+                else:
+                    encoders.append(_fit_column(name, column, max_categories, name in text, seed))
                 continue
             except _Skip as why:
                 reason = str(why)
@@ -323,8 +353,8 @@ def fit_features(
             "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
         )
         raise InputError(
-            f"no usable feature column ({detail}). refine needs numeric, categorical, free-text "
-            "or list<float> embedding columns besides the label"
+            f"no usable feature column ({detail}). refine needs numeric, categorical, free-text, "
+            "image or list<float> embedding columns besides the label"
         )
     return FeatureEncoder(encoders=encoders, skipped=skipped)
 
@@ -366,6 +396,21 @@ def check_text_columns(
                 f"--text column {name!r} has type {kind}, not strings; only string columns "
                 "can be read as text"
             )
+
+
+def _fit_image(
+    name: str,
+    column: pa.ChunkedArray,
+    seed: int,
+    model: tuple[Any, str] | None,
+    model_path: str | None,
+    size: int,
+) -> ImageEncoder:
+    encoder = ImageEncoder(name, side=size, seed=seed)
+    if model is not None:
+        encoder.model, encoder.model_sha256 = model
+        encoder.model_path = str(Path(str(model_path)).resolve())
+    return encoder.fit(column)
 
 
 def _fit_text(name: str, column: pa.ChunkedArray, seed: int) -> TextEncoder:

@@ -34,8 +34,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def build_network(
-    n_features: int, n_classes: int, hidden: tuple[int, ...], dropout: float
+    n_features: int,
+    n_classes: int,
+    hidden: tuple[int, ...],
+    dropout: float,
+    image_blocks: tuple[tuple[int, int, int, int], ...] = (),
 ) -> nn.Module:
+    """The MLP; with ``image_blocks`` ``((start, channels, height, width), ...)``, each block of
+    columns is read as an image by a small CNN whose features join the other columns."""
+    if image_blocks:
+        return ImageNetwork(n_features, n_classes, hidden, dropout, image_blocks)
     layers: list[nn.Module] = []
     width = n_features
     for size in hidden:
@@ -43,6 +51,73 @@ def build_network(
         width = size
     layers.append(nn.Linear(width, n_classes))
     return nn.Sequential(*layers)
+
+
+# The CNN: conv 3x3 -> batch norm -> GELU -> max-pool twice, a third conv, then average pooling
+# to a 2x2 grid (position still matters for shapes: a 6 is a rotated 9). Small on purpose: it
+# trains from scratch on a few thousand noisy rows, on CPU, in every fold of every round. On
+# digits rendered to 16x16 PNG (a held-out fifth, 20% noisy labels, 2 seeds), batch norm stopped
+# early after 13-14 epochs instead of 21-30, at the same accuracy (0.96-0.97), and 16-32-32
+# channels cost 1.5x the time of 8-16-16 for no gain.
+CONV_CHANNELS = (8, 16, 16)
+POOL_GRID = 2
+# Rows per forward pass when predicting with a CNN (its activations dwarf the input).
+IMAGE_EVAL_BATCH = 2048
+
+
+def _conv_tower(channels: int) -> nn.Module:
+    c1, c2, c3 = CONV_CHANNELS
+    return nn.Sequential(
+        nn.Conv2d(channels, c1, 3, padding=1),
+        nn.BatchNorm2d(c1),
+        nn.GELU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.BatchNorm2d(c2),
+        nn.GELU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c2, c3, 3, padding=1),
+        nn.BatchNorm2d(c3),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(POOL_GRID),
+        nn.Flatten(),
+    )
+
+
+class ImageNetwork(nn.Module):
+    """A CNN per image block, whose features are concatenated with the other columns and fed
+    to the same MLP head as ``build_network`` builds without images."""
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        hidden: tuple[int, ...],
+        dropout: float,
+        image_blocks: tuple[tuple[int, int, int, int], ...],
+    ):
+        super().__init__()
+        self.blocks = [tuple(int(v) for v in block) for block in image_blocks]
+        self.towers = nn.ModuleList(_conv_tower(c) for _, c, _, _ in self.blocks)
+        # The columns outside every block, as (start, end) slices.
+        self.rest: list[tuple[int, int]] = []
+        start = 0
+        for begin, c, h, w in sorted(self.blocks):
+            if begin > start:
+                self.rest.append((start, begin))
+            start = begin + c * h * w
+        if start < n_features:
+            self.rest.append((start, n_features))
+        width = sum(e - b for b, e in self.rest) + len(self.blocks) * CONV_CHANNELS[-1] * (
+            POOL_GRID**2
+        )
+        self.head = build_network(width, n_classes, hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x[:, b:e] for b, e in self.rest]
+        for (start, c, h, w), tower in zip(self.blocks, self.towers, strict=True):
+            parts.append(tower(x[:, start : start + c * h * w].reshape(-1, c, h, w)))
+        return self.head(torch.cat(parts, dim=1))
 
 
 def auto_batch_size(n_rows: int) -> int:
@@ -76,6 +151,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     device : {"auto", "cpu", "cuda"}
     random_state : int
         Seeds the initial weights, the validation split, the batch order and dropout.
+    image_blocks : tuple of (start, channels, height, width)
+        Blocks of columns of ``X`` that hold an image's pixels, channel-major; a small CNN reads
+        each (``FeatureEncoder.image_blocks``). Empty: a plain MLP.
     """
 
     def __init__(
@@ -93,6 +171,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         snapshots: int = 3,
         device: str = "auto",
         random_state: int = 0,
+        image_blocks: tuple[tuple[int, int, int, int], ...] = (),
     ):
         self.n_classes = n_classes
         self.hidden = hidden
@@ -107,6 +186,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.snapshots = snapshots
         self.device = device
         self.random_state = random_state
+        self.image_blocks = image_blocks
 
     def fit(
         self,
@@ -148,7 +228,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.random_state)
-            net = build_network(X.shape[1], k, tuple(self.hidden), self.dropout).to(device)
+            net = build_network(
+                X.shape[1], k, tuple(self.hidden), self.dropout, tuple(self.image_blocks)
+            ).to(device)
             optimiser = torch.optim.AdamW(
                 net.parameters(), lr=self.lr, weight_decay=self.weight_decay
             )
@@ -204,10 +286,18 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         hidden: tuple[int, ...],
         dropout: float,
         device: str = "auto",
+        image_blocks: tuple[tuple[int, int, int, int], ...] = (),
     ) -> MLPClassifier:
         """A fitted classifier from saved snapshot weights (a run's ``model.pt``)."""
-        model = cls(n_classes=n_classes, hidden=tuple(hidden), dropout=dropout, device=device)
-        net = build_network(n_features, n_classes, tuple(hidden), dropout)
+        blocks = tuple(tuple(int(v) for v in block) for block in image_blocks)
+        model = cls(
+            n_classes=n_classes,
+            hidden=tuple(hidden),
+            dropout=dropout,
+            device=device,
+            image_blocks=blocks,
+        )
+        net = build_network(n_features, n_classes, tuple(hidden), dropout, blocks)
         net.load_state_dict(states[0])
         model.network_ = net.to(resolve_device(device)).eval()
         model.states_ = [{k: v.to(resolve_device(device)) for k, v in s.items()} for s in states]
@@ -217,6 +307,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     @torch.no_grad()
     def predict_member_proba(self, X: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """Probabilities of each kept snapshot: ``(S, N, K)``."""
+        if self.image_blocks:  # a CNN's activations are far wider than its input
+            batch_size = min(batch_size, IMAGE_EVAL_BATCH)
         X = np.ascontiguousarray(X, dtype=np.float32)
         device = next(self.network_.parameters()).device
         net = copy.deepcopy(self.network_)
@@ -247,6 +339,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     @torch.no_grad()
     def _val_loss(self, net, Xd, Td, Wd, va, batch_size: int = 65536) -> float:
+        if self.image_blocks:
+            batch_size = min(batch_size, IMAGE_EVAL_BATCH)
         net.eval()
         total, weight = 0.0, 0.0
         for start in range(0, len(va), batch_size):

@@ -25,10 +25,17 @@ from refine.calibrate import (
     fit_temperature,
     reliability_bins,
 )
+from refine.checkpoint import (
+    check_execution,
+    kill_point,
+    open_checkpoint,
+    resume_rounds,
+    round_record,
+)
 from refine.config import ModelConfig, RunConfig
-from refine.crossfit import CrossFit, cross_fit, make_folds
+from refine.crossfit import CrossFit, FoldRunner, cross_fit, make_folds, restore_cross_fit
 from refine.detect import confident_joint, detect_issues
-from refine.errors import InputError
+from refine.errors import InputError, RefineError
 from refine.features import FeatureEncoder, check_named_columns, fit_features
 from refine.model import resolve_device
 from refine.progress import NULL_PROGRESS, Progress
@@ -85,6 +92,8 @@ def run(
     overwrite: bool = False,
     progress: Progress = NULL_PROGRESS,
     command: str | None = None,
+    resume: bool = False,
+    workers: int = 1,
     **options: Any,
 ) -> RunResult:
     """Find and fix wrong labels in ``data``; write the run to ``out`` when given.
@@ -104,6 +113,13 @@ def run(
         Receives progress updates (the CLI passes rich progress bars).
     command : str, optional
         The command line that started the run, recorded in ``run.json`` (the CLI passes it).
+    resume : bool
+        Go on from the checkpoint an interrupted run to ``out`` left (``.<out>.partial``
+        beside it), when its configuration, input and versions match; the result is the same
+        as an uninterrupted run's. Without it an earlier checkpoint is discarded. Every run with
+        ``out`` writes checkpoints, removed once the run directory is in place.
+    workers : int
+        Processes that train folds side by side; the output does not depend on it.
 
     Returns
     -------
@@ -111,9 +127,22 @@ def run(
     """
     config = with_options(config or RunConfig(), options)
     config.validate()
+    check_execution(out, overwrite, resume, workers)
     # Held until the run directory is renamed into place: one refine process per --out.
-    with output_lock(out):
-        return _run(data, out, config, overwrite, progress, command)
+    with output_lock(out), FoldRunner(workers) as runner:
+        try:
+            result = _run(data, out, config, overwrite, progress, command, resume, runner)
+        except RefineError as exc:
+            if runner.checkpoint is None:
+                raise
+            raise type(exc)(
+                f"{exc}. The finished folds and rounds are kept in "
+                f"{str(runner.checkpoint.path)!r}: rerun with --resume to go on from them"
+            ) from None
+        if runner.checkpoint is not None:
+            kill_point("renamed")
+            runner.checkpoint.remove()
+        return result
 
 
 def _run(
@@ -123,6 +152,8 @@ def _run(
     overwrite: bool,
     progress: Progress,
     command: str | None = None,
+    resume: bool = False,
+    runner: FoldRunner | None = None,
 ) -> RunResult:
     if out is not None:
         check_output(Path(out), overwrite)
@@ -140,26 +171,49 @@ def _run(
     timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    features, text = config.features, config.text
+    features, text, image = config.features, config.text, config.image
     if config.teacher_features is not None:  # the rounds' model is the teacher
         features = config.teacher_features
         text = tuple(c for c in config.text if c in features)
+        image = tuple(c for c in config.image if c in features)
     encoder = fit_features(
-        table, config.label, features, config.ignore, config.max_categories, text, config.seed
+        table,
+        config.label,
+        features,
+        config.ignore,
+        config.max_categories,
+        text,
+        config.seed,
+        image,
+        config.image_model,
+        config.image_size,
     )
     X = encoder.transform(table)
     _note_skipped(encoder.skipped, progress)
     for note in encoder.notes:
         progress.note(note)
     timings["encode"] = time.perf_counter() - started
+    if runner is not None and out is not None:
+        runner.checkpoint = open_checkpoint(
+            Path(out), resume, config, X, labelled_table, _versions(), progress
+        )
 
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
-    state = refine_rounds(labelled_table, X, config, progress, timings, augment=augment)
+    state = refine_rounds(
+        labelled_table,
+        X,
+        config,
+        progress,
+        timings,
+        augment=augment,
+        image_blocks=encoder.image_blocks,
+        runner=runner,
+    )
     student = None
     if config.student_features is not None:
         from refine.distill import distill
 
-        student = distill(labelled_table, state, config, progress, timings)
+        student = distill(labelled_table, state, config, progress, timings, runner)
     summary = summarise_run(labelled_table, encoder, config, state, timings, data, command)
     if student is None:
         return finish_run(labelled_table, encoder, config, state, summary, out, overwrite)
@@ -226,6 +280,7 @@ def finish_run(
                 from refine.report import write_report  # matplotlib loads only when needed
 
                 write_report(tmp)
+            kill_point("write")
         result.out = Path(out)
     return result
 
@@ -276,6 +331,10 @@ class _State:
     reliability: dict[str, Any] | None = None  # the last round's bins before/after calibration
 
 
+# A finished round's values a checkpoint keeps, beside its decisions, arrays and rows.
+ROUND_METRICS = ("ece_before", "ece_after", "temperature", "reliable", "reliability")
+
+
 # After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
 Augment = Callable[[Decisions, np.ndarray, np.ndarray, np.ndarray], Extra]
 
@@ -289,9 +348,14 @@ def refine_rounds(
     teacher: Teacher | None = None,
     replay: Extra | None = None,
     augment: Augment | None = None,
+    image_blocks: tuple[tuple[int, int, int, int], ...] = (),
+    runner: FoldRunner | None = None,
 ) -> _State:
     """Rounds of cross-fit, calibrate, detect and decide on the rows of ``data`` (the judged
-    rows), training on them plus ``replay`` rows and each round's synthetic rows."""
+    rows), training on them plus ``replay`` rows and each round's synthetic rows.
+    ``image_blocks``: the columns of ``X`` the models read as images. ``runner`` trains the
+    folds; its checkpoint, if any, records each finished fold and round, and the rounds go
+    on after the last one it holds."""
     labels = data.labels
     n = len(labels)
     labelled = labels >= 0
@@ -314,7 +378,37 @@ def refine_rounds(
 
     total = config.rounds + (teacher is not None)  # the teacher's round trains nothing
     round_task = progress.start("rounds", "rounds", total=total)
-    for round_index in range(1, total + 1):
+    checkpoint = runner.checkpoint if runner is not None and teacher is None else None
+    first = 1
+    if checkpoint is not None:
+        resumed = resume_rounds(
+            checkpoint,
+            n,
+            total,
+            config.min_changes,
+            lambda stage: restore_cross_fit(
+                checkpoint, stage, config.folds, X.shape[1], k, config.model, image_blocks
+            ),
+        )
+        if resumed is not None:
+            first, decisions, rounds, fitted = (
+                resumed.next_round,
+                resumed.decisions,
+                resumed.rounds,
+                resumed.fitted,
+            )
+            proba, agreement, is_issue, quality = (
+                resumed.arrays[key] for key in ("proba", "agreement", "is_issue", "quality")
+            )
+            ece_before, ece_after, temperature, reliable, reliability = (
+                resumed.metrics[key] for key in ROUND_METRICS
+            )
+            timings.update(resumed.metrics["timings"])
+            previous, targets, weights = decisions.refined, decisions.soft, decisions.weight
+            if augment is not None:
+                synthetic = augment(decisions, is_issue, quality, folds)
+            progress.advance(round_task, len(rounds))
+    for round_index in range(first, total + 1):
         round_started = time.perf_counter()
         if round_index == 1 and teacher is not None:
             raw, agreement = teacher.proba, teacher.agreement
@@ -333,6 +427,9 @@ def refine_rounds(
                 pooled=np.concatenate(
                     [~labelled & (weights == 0), *(np.zeros(len(e.X), bool) for e in extras)]
                 ),
+                image_blocks=image_blocks,
+                runner=runner,
+                stage=f"round-{round_index}",
             )
             timings["train"] += fitted.train_seconds
             timings["predict"] += fitted.predict_seconds
@@ -413,6 +510,17 @@ def refine_rounds(
             }
         )
         progress.advance(round_task)
+        if checkpoint is not None:
+            metrics = (ece_before, ece_after, temperature, reliable, reliability)
+            checkpoint.save_round(
+                round_index,
+                round_record(
+                    decisions,
+                    dict(proba=proba, agreement=agreement, is_issue=is_issue, quality=quality),
+                    rounds,
+                    {**dict(zip(ROUND_METRICS, metrics, strict=True)), "timings": timings},
+                ),
+            )
         previous = decisions.refined
         targets, weights = decisions.soft, decisions.weight
         if changed < config.min_changes and fitted is not None:
@@ -599,6 +707,7 @@ def _save_model(
             "n_features": encoder.width,
             "hidden": list(config.model.hidden),
             "dropout": config.model.dropout,
+            "image_blocks": [list(block) for block in encoder.image_blocks],
             "features": encoder.describe(),
             "encoder": encoder.state(),
             "members": members,
@@ -615,9 +724,11 @@ def with_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
         raise TypeError(f"run() got unknown options: {', '.join(unknown)}")
     model_options = {k: v for k, v in options.items() if k in model_fields and k not in run_fields}
     run_options = {k: v for k, v in options.items() if k in run_fields}
-    for key in ("features", "ignore", "teacher_features", "student_features"):
+    for key in ("features", "ignore", "text", "image", "teacher_features", "student_features"):
         if isinstance(run_options.get(key), list):
             run_options[key] = tuple(run_options[key])
+    if isinstance(run_options.get("image_model"), Path):  # run.json records it as a string
+        run_options["image_model"] = str(run_options["image_model"])
     model = dataclasses.replace(config.model, **model_options)
     return dataclasses.replace(config, model=model, **run_options)
 

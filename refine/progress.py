@@ -78,4 +78,5 @@ class RichProgress:
         self._progress.remove_task(task)
 
     def note(self, text: str) -> None:
-        self._progress.console.print(text, highlight=False)
+        # Not wrapped: notes name paths, which must survive a copy and paste.
+        self._progress.console.print(text, highlight=False, soft_wrap=True)

@@ -38,11 +38,19 @@ RECIPE_DIR = Path(
 )
 METADATA_KEY = b"refine.recipe"
 
-SOURCE_KINDS = ("sklearn", "make_classification", "gaussian_embeddings", "generated_text", "files")
+SOURCE_KINDS = (
+    "sklearn",
+    "make_classification",
+    "gaussian_embeddings",
+    "generated_text",
+    "png_images",
+    "files",
+)
 # A files source: a train and a test Parquet file, paths relative to the repository root (the
 # recipe folder's parent), whose labels are already noisy, with the truth in another column.
 FILES_KEYS = {"kind", "train", "test", "text", "truth"}
 TEXT_COLUMN = "text"
+IMAGE_COLUMN = "image"
 SKLEARN_SOURCES = ("breast_cancer", "digits", "iris", "wine")
 # Required and optional keys of each noise model, besides "model".
 NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -356,6 +364,9 @@ def _load_source(source: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[s
     if kind == "generated_text":
         texts, y = generated_text(**source["params"])
         return texts[:, None], y, [TEXT_COLUMN]
+    if kind == "png_images":
+        images, y = png_images(**source["params"])
+        return images[:, None], y, [IMAGE_COLUMN]
     if kind == "make_classification":
         from sklearn.datasets import make_classification
 
@@ -423,7 +434,10 @@ def _apply_noise(
 def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
     """Out-of-fold probabilities ``(N, K)`` of a standardised LogisticRegression on clean labels."""
     folds = StratifiedKFold(n_splits=CLEAN_MODEL_FOLDS, shuffle=True, random_state=seed)
-    if X.dtype == object:  # a text column
+    if X.dtype == object and isinstance(X[0, 0], bytes):  # an image column: its pixels
+        X = _png_pixels(X[:, 0])
+        model = logistic_regression()
+    elif X.dtype == object:  # a text column
         from refine.baselines import text_logistic_regression
 
         model, X = text_logistic_regression(), X[:, 0]
@@ -433,6 +447,8 @@ def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _feature_fields(dim: int, names: list[str] | None, text: bool = False) -> list[pa.Field]:
+    if names == [IMAGE_COLUMN]:
+        return [pa.field(IMAGE_COLUMN, pa.binary())]
     if text:
         return [pa.field(name, pa.string()) for name in names]
     if names is None:
@@ -442,7 +458,8 @@ def _feature_fields(dim: int, names: list[str] | None, text: bool = False) -> li
 
 def _feature_arrays(X: np.ndarray, names: list[str] | None) -> list[pa.Array]:
     if X.dtype == object:
-        return [pa.array(X[:, i].tolist(), pa.string()) for i in range(X.shape[1])]
+        kind = pa.binary() if names == [IMAGE_COLUMN] else pa.string()
+        return [pa.array(X[:, i].tolist(), kind) for i in range(X.shape[1])]
     if names is None:
         values = pa.array(np.ascontiguousarray(X).reshape(-1))
         return [pa.FixedSizeListArray.from_arrays(values, X.shape[1])]
@@ -563,3 +580,50 @@ def generated_text(
         picked = np.where(from_topic, rng.choice(topics[c], size=n), rng.choice(shared, size=n))
         texts[i] = " ".join(picked)
     return texts, y
+
+
+PNG_SOURCES = ("digits",)
+
+
+def png_images(name: str = "digits", side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled scikit-learn image set rendered to PNG bytes, as image columns are stored.
+
+    ``digits``: the 1,797 8x8 grey digits (values 0-16), scaled to 0-255 and upscaled to
+    ``side`` x ``side`` with Pillow's bilinear filter. Rendering is deterministic: the same
+    Pillow and zlib give the same bytes.
+
+    Returns
+    -------
+    images : ndarray of object (bytes), shape (rows,)
+    y : ndarray of int64, shape (rows,)
+    """
+    import io
+
+    from PIL import Image
+    from sklearn import datasets
+
+    if name not in PNG_SOURCES or not 8 <= side <= 256:
+        raise ValueError(
+            f"png_images renders {', '.join(PNG_SOURCES)} at a side in [8, 256]; got "
+            f"name={name!r}, side={side}"
+        )
+    bunch = datasets.load_digits()
+    pixels = np.round(bunch.images * (255 / 16)).clip(0, 255).astype(np.uint8)
+    images = np.empty(len(pixels), dtype=object)
+    for i, grid in enumerate(pixels):
+        buffer = io.BytesIO()
+        image = Image.fromarray(grid).resize((side, side), Image.Resampling.BILINEAR)
+        image.save(buffer, format="PNG")
+        images[i] = buffer.getvalue()
+    return images, bunch.target.astype(np.int64)
+
+
+def _png_pixels(images: np.ndarray) -> np.ndarray:
+    """The grey pixels ``(N, H * W)`` float32 of PNG bytes ``(N,)`` (for the noise model)."""
+    import io
+
+    from PIL import Image
+
+    return np.stack(
+        [np.asarray(Image.open(io.BytesIO(b)).convert("L"), np.float32).reshape(-1) for b in images]
+    )

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from refine import plots
+from refine.config import check_summary
 from refine.errors import InputError, OutputError
 from refine.metrics import flag_scores, label_accuracy
 from refine.page import document, escape, figure, note, table
@@ -170,6 +171,8 @@ def _load(path: Path) -> _Run:
     if not isinstance(summary, dict):
         raise InputError(f"{str(path / 'run.json')!r} does not hold a refine run summary")
     metadata = schema.metadata or {}
+    recorded = json.loads(metadata[b"refine.classes"]) if b"refine.classes" in metadata else None
+    check_summary(summary, path / "run.json", recorded)
     config = summary.get("config") or {}
     label = config.get("label") or json.loads(metadata.get(b"refine.run", b"{}")).get(
         "config", {}

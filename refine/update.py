@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from refine.calibrate import apply_temperature
-from refine.config import RunConfig
+from refine.config import RunConfig, check_summary
 from refine.crossfit import ensemble_agreement
 from refine.errors import ConfigError, InputError
 from refine.features import FeatureEncoder
@@ -101,12 +101,14 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
                 "Pass a directory written by refine run or refine update"
             )
     try:
-        summary = json.loads((path / "run.json").read_text())
+        summary = check_summary(json.loads((path / "run.json").read_text()), path / "run.json")
         config = RunConfig.from_dict(summary["config"])
         refined = pq.read_table(path / "refined.parquet")
         with warnings.catch_warnings():  # torch warns about a pickle it is about to refuse
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             saved = torch.load(path / "model.pt", weights_only=True, map_location="cpu")
+    except InputError:
+        raise
     except pickle.UnpicklingError:
         # torch's own message suggests weights_only=False, which would run the file's code.
         raise InputError(
@@ -118,7 +120,19 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
         raise InputError(f"cannot load the run {str(path)!r}: {exc}") from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise InputError(f"{str(path / 'model.pt')!r} is not a refine model ({MODEL_FORMAT})")
-    classes = pa.array(summary["classes"], type=refined.schema.field(config.label).type)
+    check_summary(summary, path / "run.json", saved.get("classes"))
+    if "classes" not in summary or config.label not in refined.schema.names:
+        raise InputError(
+            f"{str(path)!r} is not a refine run: run.json records no classes, or "
+            f"refined.parquet has no label column {config.label!r}. Rerun refine run"
+        )
+    try:
+        classes = pa.array(summary["classes"], type=refined.schema.field(config.label).type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise InputError(
+            f"{str(path / 'run.json')!r}: \"classes\" do not fit the label's type ({exc}); "
+            "restore the run.json that refine wrote"
+        ) from None
     if "encoder" not in saved:
         raise InputError(
             f"{str(path / 'model.pt')!r} has no saved feature encoder; it was written by an older "
@@ -133,6 +147,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
             tuple(saved["hidden"]),
             saved["dropout"],
             device,
+            tuple(tuple(block) for block in saved.get("image_blocks", ())),
         )
         for member in saved["members"]
     ]
@@ -179,6 +194,9 @@ def update(
         "features",
         "ignore",
         "text",
+        "image",
+        "image_model",
+        "image_size",
         "max_categories",
         "teacher_features",
         "student_features",
@@ -241,7 +259,15 @@ def _update(
 
     augment = augmenter(batch, previous.encoder, config) if config.augment else None
     state = refine_rounds(
-        batch, X, config, progress, timings, teacher=teacher, replay=replayed, augment=augment
+        batch,
+        X,
+        config,
+        progress,
+        timings,
+        teacher=teacher,
+        replay=replayed,
+        augment=augment,
+        image_blocks=previous.encoder.image_blocks,
     )
     summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
     summary["parent"] = {

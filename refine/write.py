@@ -115,6 +115,9 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
     """
     out = Path(out)
     check_output(out, overwrite)
+    # Left by a run killed while writing: under output_lock no other process writes one.
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -204,8 +204,8 @@ def test_no_usable_feature(tmp_path):
         tmp_path,
         data,
         "no usable feature column (const: constant (one distinct value)). "
-        "refine needs numeric, categorical, free-text or list<float> embedding columns "
-        "besides the label",
+        "refine needs numeric, categorical, free-text, image or list<float> embedding "
+        "columns besides the label",
         "--folds",
         "2",
     )

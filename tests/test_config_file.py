@@ -199,8 +199,7 @@ def test_a_value_of_the_wrong_type_is_refused(tmp_path):
     config_error(
         tmp_path,
         path,
-        f"config file {str(path)!r} holds a value of the wrong type ('<' not supported "
-        "between instances of 'str' and 'int'); compare it with the run.json of a run",
+        f'config file {str(path)!r}: --rounds must be a whole number, got "two"',
         "data.parquet",
     )
 

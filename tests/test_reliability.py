@@ -275,11 +275,18 @@ def test_disk_full_while_writing(tmp_path, small_run, monkeypatch):
     out = tmp_path / "out"
     result = invoke("run", small_run[1], "--out", out, *SMALL_FLAGS)
     assert result.exit_code == 2
-    assert result.output.strip() == (
+    partial = tmp_path / ".out.partial"
+    assert " ".join(result.output.split()) == (
         f"Error: cannot write the output directory {str(out)!r}: no space left on the device "
-        f"holding {str(tmp_path.resolve())!r}; free space or choose another --out"
+        f"holding {str(tmp_path.resolve())!r}; free space or choose another --out. The finished "
+        f"folds and rounds are kept in {str(partial)!r}: rerun with --resume to go on from them"
     )
-    assert not out.exists() and leftovers(tmp_path, "out") == []
+    # Nothing at --out; the checkpoint stays, so that once there is space the run goes on.
+    assert not out.exists() and leftovers(tmp_path, "out") == [".out.partial"]
+    monkeypatch.undo()
+    result = invoke("run", small_run[1], "--out", out, *SMALL_FLAGS, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "refined.parquet").is_file() and leftovers(tmp_path, "out") == []
 
 
 @pytest.mark.parametrize(
@@ -306,10 +313,14 @@ def test_output_directory_cannot_be_created(tmp_path, small_run, monkeypatch, er
     result = invoke("run", small_run[1], "--out", out, *SMALL_FLAGS)
     assert result.exit_code == 2
     parent = str(tmp_path.resolve())
-    assert result.output.strip() == (
-        f"Error: cannot write the output directory {str(out)!r}: " + message.format(parent=parent)
+    partial = tmp_path / ".out.partial"
+    assert " ".join(result.output.split()) == (
+        f"Error: cannot write the output directory {str(out)!r}: "
+        + message.format(parent=parent)
+        + f". The finished folds and rounds are kept in {str(partial)!r}: rerun with --resume "
+        "to go on from them"
     )
-    assert not out.exists() and leftovers(tmp_path, "out") == []
+    assert not out.exists() and leftovers(tmp_path, "out") == [".out.partial"]
 
 
 def test_a_read_only_parent_directory(tmp_path, small_run):
@@ -354,7 +365,7 @@ def test_a_failed_rename_keeps_the_earlier_run(tmp_path, small_run, monkeypatch)
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: cannot write the output directory {str(out)!r}: ")
     assert snapshot(out) == before
-    assert leftovers(tmp_path, "out") == []
+    assert leftovers(tmp_path, "out") == [".out.partial"]  # for --resume
 
 
 # --- one process per output directory --------------------------------------------------------
