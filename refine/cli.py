@@ -171,6 +171,13 @@ def cli() -> None:
     help="Also flag rows every ensemble member confidently gives another class.",
 )
 @click.option(
+    "--one-way-noise/--no-one-way-noise",
+    default=_DEFAULTS.one_way_noise,
+    show_default=True,
+    help="Between two classes whose noise runs one way (the confident joint counts three times "
+    "more rows, beyond chance), never flag a row against that direction.",
+)
+@click.option(
     "--relabel-threshold",
     default=_DEFAULTS.relabel_threshold,
     show_default=True,

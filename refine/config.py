@@ -85,6 +85,7 @@ class RunConfig:
     seeds: int = 1  # models per fold, each with its own seed
     filter_by: str = "predicted_neq_given"
     flag_confident: bool = True
+    one_way_noise: bool = True  # leave labels alone against the direction the noise runs
     relabel_threshold: float = 0.5
     exclude_threshold: float = 0.05
     soft_mix: float = 0.2

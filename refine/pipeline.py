@@ -464,6 +464,7 @@ def refine_rounds(
             agreement[labelled],
             config.filter_by,
             config.relabel_threshold if config.flag_confident else None,
+            config.one_way_noise,
         )
         timings["detect"] += time.perf_counter() - started
 

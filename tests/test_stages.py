@@ -155,6 +155,59 @@ def test_detection_flags_only_disagreements():
     np.testing.assert_allclose(quality, [0.9, 0.95, 0.9, 0.8, 0.05, 0.03], rtol=1e-6)
 
 
+def _rows(spec: list[tuple[int, int, tuple[float, ...]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities from (count, given label, probabilities) groups."""
+    labels = np.concatenate([np.full(count, given) for count, given, _ in spec])
+    proba = np.concatenate([np.tile(p, (count, 1)) for count, _, p in spec])
+    return labels, proba
+
+
+def test_one_way_noise_leaves_rows_against_its_direction():
+    # Noise runs only 1 -> 2: twenty class-1 rows labelled 2, which the model knows are 1s.
+    # Eight correct 1s near the border are dragged over to 2 by them; the check keeps those.
+    labels, proba = _rows(
+        [
+            (60, 0, (0.9, 0.05, 0.05)),
+            (32, 1, (0.05, 0.85, 0.1)),
+            (8, 1, (0.02, 0.38, 0.6)),  # correct 1s predicted 2: against the noise
+            (20, 2, (0.05, 0.8, 0.15)),  # the mislabelled rows
+            (60, 2, (0.02, 0.08, 0.9)),
+        ]
+    )
+    on, _ = detect_issues(labels, proba, np.ones(len(labels)))
+    off, _ = detect_issues(labels, proba, np.ones(len(labels)), one_way=False)
+    border, wrong = slice(92, 100), slice(100, 120)
+    assert off[border].all() and not on[border].any()
+    assert on[wrong].all() and off[wrong].all()
+    assert on.sum() == 20 and off.sum() == 28
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # two classes, noise two to one (instance-dependent noise looks like this): no check
+        [
+            (100, 0, (0.9, 0.1)),
+            (30, 0, (0.1, 0.9)),
+            (15, 1, (0.9, 0.1)),
+            (100, 1, (0.1, 0.9)),
+            (5, 1, (0.55, 0.45)),  # 1s predicted 0: the check would keep them at three to one
+        ],
+        # ten classes, one pair 4 to 0: what chance gives among 45 pairs; no check
+        [(50, c, tuple(0.91 if i == c else 0.01 for i in range(10))) for c in range(10)]
+        + [(4, 1, tuple(0.91 if i == 0 else 0.01 for i in range(10)))]
+        + [(2, 0, (0.4, 0.55) + (0.05 / 8,) * 8)],  # 0s predicted 1: the check would keep
+    ],
+    ids=["two-to-one", "chance"],
+)
+def test_one_way_check_needs_lopsided_noise_beyond_chance(spec):
+    labels, proba = _rows(spec)
+    on, _ = detect_issues(labels, proba, np.ones(len(labels)))
+    off, _ = detect_issues(labels, proba, np.ones(len(labels)), one_way=False)
+    assert off.any()
+    np.testing.assert_array_equal(on, off)
+
+
 def test_decide_applies_each_rule():
     labels = np.array([0, 0, 1, 1, -1])
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.98, 0.02], [0.3, 0.7]], np.float32)
