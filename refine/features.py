@@ -16,6 +16,7 @@ Columns that cannot be encoded are skipped with a reason, which the CLI prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.errors import InputError
-from refine.image import ImageEncoder, check_image_columns, is_image_column
+from refine.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
 from refine.read import invalid_utf8_row, plain_values
 from refine.text import TextEncoder, _NoVocabulary, looks_like_text
 
@@ -380,22 +381,62 @@ def check_text_columns(
     table: pa.Table, label: str, text: tuple[str, ...], ignore: tuple[str, ...]
 ) -> None:
     """Every ``--text`` column must exist, hold strings, and be neither the label nor ignored."""
-    for name in text:
+
+    def strings(kind: pa.DataType) -> bool:
+        value = kind.value_type if pa.types.is_dictionary(kind) else kind
+        return pa.types.is_string(value) or pa.types.is_large_string(value)
+
+    _check_chosen(
+        table,
+        "--text",
+        text,
+        label,
+        ignore,
+        strings,
+        "not strings; only string columns can be read as text",
+    )
+
+
+def check_image_columns(
+    table: pa.Table, label: str, image: tuple[str, ...], ignore: tuple[str, ...]
+) -> None:
+    """Every ``--image`` column must exist, hold bytes (or an image struct), and be neither the
+    label nor ignored."""
+    _check_chosen(
+        table,
+        "--image",
+        image,
+        label,
+        ignore,
+        lambda kind: is_binary_type(kind) or is_image_struct(kind),
+        "not binary; image columns hold encoded image bytes (binary), or a struct with a "
+        "binary 'bytes' field",
+    )
+
+
+def _check_chosen(
+    table: pa.Table,
+    option: str,
+    chosen: tuple[str, ...],
+    label: str,
+    ignore: tuple[str, ...],
+    accepts: Callable[[pa.DataType], bool],
+    refusal: str,
+) -> None:
+    """Columns named by ``option`` must exist, be neither the label nor ignored, and have a
+    type ``accepts`` takes; ``refusal`` says what is wrong with one it does not."""
+    for name in chosen:
         if name not in table.column_names:
             raise InputError(
-                f"--text names column {name!r}, which the input does not have; its columns are: "
-                f"{', '.join(repr(n) for n in table.column_names[:30])}"
+                f"{option} names column {name!r}, which the input does not have; its columns "
+                f"are: {', '.join(repr(n) for n in table.column_names[:30])}"
             )
         if name == label or name in ignore:
             which = "the label" if name == label else "also given to --ignore"
-            raise InputError(f"--text column {name!r} is {which}; drop it from --text")
+            raise InputError(f"{option} column {name!r} is {which}; drop it from {option}")
         kind = table.schema.field(name).type
-        value = kind.value_type if pa.types.is_dictionary(kind) else kind
-        if not (pa.types.is_string(value) or pa.types.is_large_string(value)):
-            raise InputError(
-                f"--text column {name!r} has type {kind}, not strings; only string columns "
-                "can be read as text"
-            )
+        if not accepts(kind):
+            raise InputError(f"{option} column {name!r} has type {kind}, {refusal}")
 
 
 def _fit_image(

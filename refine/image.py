@@ -74,28 +74,6 @@ def is_image_column(column: pa.ChunkedArray) -> bool:
     return bool(values) and sum(looks_like_image(v) for v in values) >= 0.5 * len(values)
 
 
-def check_image_columns(
-    table: pa.Table, label: str, image: tuple[str, ...], ignore: tuple[str, ...]
-) -> None:
-    """Every ``--image`` column must exist, hold bytes (or an image struct), and be neither the
-    label nor ignored."""
-    for name in image:
-        if name not in table.column_names:
-            raise InputError(
-                f"--image names column {name!r}, which the input does not have; its columns are: "
-                f"{', '.join(repr(n) for n in table.column_names[:30])}"
-            )
-        if name == label or name in ignore:
-            which = "the label" if name == label else "also given to --ignore"
-            raise InputError(f"--image column {name!r} is {which}; drop it from --image")
-        kind = table.schema.field(name).type
-        if not (is_binary_type(kind) or is_image_struct(kind)):
-            raise InputError(
-                f"--image column {name!r} has type {kind}, not binary; image columns hold encoded "
-                "image bytes (binary), or a struct with a binary 'bytes' field"
-            )
-
-
 @dataclass
 class _Decoded:
     """Decoded rows: ``images`` (PIL images or None per row) and why each None is missing."""
