@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from sklearn.base import clone
 
 import refine
@@ -221,6 +222,13 @@ def test_an_image_model_gives_features_and_a_bad_file_is_refused(digits, tmp_pat
     assert previous.models[0].image_blocks == ()  # plain features: no CNN
     assert previous.predict(table)[0].shape == (240, 10)
 
+    # The run recorded the file's SHA-256: a file changed since is refused, not silently used.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Flatten()), model_path)
+    with pytest.raises(InputError, match="has changed since the run used it"):
+        load_run(out)
+
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not torchscript")
     refused = CliRunner().invoke(
@@ -231,6 +239,26 @@ def test_an_image_model_gives_features_and_a_bad_file_is_refused(digits, tmp_pat
         f"Error: --image-model {str(bad)!r} is not a TorchScript file (RuntimeError); save the "
         "network with torch.jit.save(torch.jit.script(model), path)\n"
     )
+
+
+def test_mixed_image_and_numeric_rows_train_with_the_image_block_after_the_numbers(digits):
+    images, truth = digits
+    rows = 240
+    ink = [float(np.asarray(Image.open(io.BytesIO(b))).mean()) for b in images[:rows]]
+    table = pa.table(
+        {
+            "ink": pa.array(ink, pa.float64()),
+            "image": pa.array(list(images[:rows]), pa.binary()),
+            "label": truth[:rows],
+        }
+    )
+    encoder = fit_features(table, "label")
+    assert [c["kind"] for c in encoder.describe()["columns"]] == ["numeric", "image"]
+    assert encoder.image_blocks == ((encoder.encoders[0].width, 1, 16, 16),)
+    result = refine.run(table, seed=0, report=False, **TINY)
+    assert result.proba.shape == (rows, 10)
+    accuracy = (result.proba.argmax(1) == truth[:rows]).mean()
+    assert accuracy > 0.5  # measured 0.75; the ink column alone gets 0.17 of 10 classes
 
 
 def test_a_saved_image_run_predicts_what_the_run_did(digits, tmp_path):
