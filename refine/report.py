@@ -274,6 +274,19 @@ def _summary_section(run: _Run) -> str:
     else:
         command = f"<code>{escape(s['command'])}</code>"
     details += f"<tr><th>command</th><td>{command}</td></tr>"
+    student = s.get("student")
+    if isinstance(student, dict):  # cross-modal distillation: model.pt keeps the student
+        teacher = ", ".join(str(c) for c in (s.get("config") or {}).get("teacher_features") or [])
+        details += (
+            f"<tr><th>teacher columns</th><td>{escape(teacher or NOT_RECORDED)}</td></tr>"
+            "<tr><th>student columns (the model kept)</th>"
+            f"<td>{escape(', '.join(str(c) for c in student.get('features') or []))}</td></tr>"
+            "<tr><th>student out-of-fold accuracy, refined / given labels</th>"
+            f"<td>{escape(_float(student.get('oof_accuracy_vs_refined'), 3))} / "
+            f"{escape(_float(student.get('oof_accuracy_vs_given'), 3))}</td></tr>"
+            "<tr><th>student temperature</th>"
+            f"<td>{escape(_float(student.get('temperature'), 3))}</td></tr>"
+        )
     parent = s.get("parent")
     if isinstance(parent, dict):
         details += (

@@ -71,6 +71,18 @@ def test_model_pt_keeps_the_student_and_load_run_predicts_from_its_columns(disti
     assert student["seconds"] > 0
 
 
+def test_the_report_of_a_distilled_run_names_the_student(distilled):
+    from refine.report import build_report
+
+    out, _ = distilled
+    student = json.loads((out / "run.json").read_text())["student"]
+    page = build_report(out)
+    assert "<tr><th>teacher columns</th><td>emb</td></tr>" in page
+    assert "<tr><th>student columns (the model kept)</th><td>text</td></tr>" in page
+    accuracy = f"{student['oof_accuracy_vs_refined']:.3f} / {student['oof_accuracy_vs_given']:.3f}"
+    assert f"<td>{accuracy}</td>" in page
+
+
 def test_the_cross_modal_student_beats_the_noisy_label_student(distilled, data):
     out, _ = distilled
     train, test, test_truth = data
