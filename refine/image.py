@@ -17,6 +17,7 @@ import hashlib
 import io
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ MIN_SIDE = 8
 MAX_PIXELS = 40_000_000
 # The mean and scale of the pixels, and the mode, are fitted on at most this many rows.
 FIT_ROWS = 20_000
-# Rows are decoded in chunks, so a million images never hold their PIL objects at once.
+# Rows are decoded in chunks, so a million images never hold their PIL objects at once (each
+# value is decoded once to fit, once more to transform: decoding small images is cheap).
 CHUNK = 4_096
 # How many row numbers a note names.
 SHOWN_ROWS = 5
@@ -75,10 +77,10 @@ def is_image_column(column: pa.ChunkedArray) -> bool:
 
 
 @dataclass
-class _Decoded:
-    """Decoded rows: ``images`` (PIL images or None per row) and why each None is missing."""
+class _Scan:
+    """Which rows hold a usable image (``present`` ``(N,)``), and why the others do not."""
 
-    images: list[Any]
+    present: np.ndarray
     undecodable: int  # values that are not images Pillow can decode
     nulls: int
     path_only: int
@@ -121,20 +123,29 @@ def _open(data: bytes) -> Any:
         return None
 
 
-def _decode(column: pa.ChunkedArray, rows: np.ndarray | None = None) -> _Decoded:
-    values, path_only = _values(column)
-    if rows is not None:
-        values, path_only = [values[i] for i in rows], path_only[rows]
-    images, undecodable, missing_rows = [], 0, []
-    for i, value in enumerate(values):
-        image = _open(value) if value is not None else None
-        undecodable += value is not None and image is None
-        if image is None and len(missing_rows) < SHOWN_ROWS:
-            missing_rows.append(i if rows is None else int(rows[i]))
-        images.append(image)
+def _images(values: list[bytes | None]) -> list[Any]:
+    """Each value decoded: a PIL image, or None where it is missing or not a usable image."""
+    return [_open(value) if value is not None else None for value in values]
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    """``items`` in runs of ``CHUNK``: decoded images are held a chunk at a time."""
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _scan(values: list[bytes | None], path_only: np.ndarray) -> _Scan:
+    """Decode every value once, a chunk at a time, keeping only whether it is usable."""
+    present = np.zeros(len(values), bool)
+    start = 0
+    for chunk in _chunks(values):
+        present[start : start + len(chunk)] = [image is not None for image in _images(chunk)]
+        start += len(chunk)
     nulls = sum(v is None for v in values)
     paths = int(path_only.sum())
-    return _Decoded(images, undecodable, nulls - paths, paths, missing_rows)
+    undecodable = len(values) - nulls - int(present.sum())
+    missing_rows = np.flatnonzero(~present)[:SHOWN_ROWS].tolist()
+    return _Scan(present, undecodable, nulls - paths, paths, missing_rows)
 
 
 def _is_grey(image: Any) -> bool:
@@ -198,7 +209,6 @@ class ImageEncoder:
     feature_mean: np.ndarray | None = None
     feature_std: np.ndarray | None = None
     model: Any = None
-    _cache: Any = None
 
     kind = "image"
 
@@ -220,37 +230,44 @@ class ImageEncoder:
         from refine.features import _Skip
 
         n = len(column)
-        decoded = _decode(column)
-        self.undecodable, self.nulls = decoded.undecodable, decoded.nulls
-        self.path_only, self.missing_rows = decoded.path_only, decoded.missing_rows
-        present = [i for i, image in enumerate(decoded.images) if image is not None]
+        values, path_only = _values(column)
+        scan = _scan(values, path_only)
+        self.undecodable, self.nulls = scan.undecodable, scan.nulls
+        self.path_only, self.missing_rows = scan.path_only, scan.missing_rows
+        present = np.flatnonzero(scan.present).tolist()
         if not present:
             raise _Skip(self._none_reason(n))
         fit_rows = present
         if len(present) > FIT_ROWS:
             rng = np.random.default_rng(self.seed)
             fit_rows = sorted(rng.choice(present, FIT_ROWS, replace=False).tolist())
-        sample = [decoded.images[i] for i in fit_rows]
+        sample = [values[i] for i in fit_rows]
         if self.model is not None:  # networks made for photos take RGB
             self.channels = 3
             self.side = self.side or DEFAULT_MODEL_SIDE
         else:
-            self.channels = 1 if all(_is_grey(image) for image in sample) else 3
-            longer = np.median([max(image.size) for image in sample])
-            self.side = self.side or int(np.clip(longer, MIN_SIDE, MAX_SIDE))
+            grey, longer = True, []
+            for chunk in _chunks(sample):
+                images = _images(chunk)
+                grey = grey and all(_is_grey(image) for image in images)
+                longer += [max(image.size) for image in images]
+            self.channels = 1 if grey else 3
+            self.side = self.side or int(np.clip(np.median(longer), MIN_SIDE, MAX_SIDE))
         self.indicator = len(present) < n
-        pixels, _ = _pixels(sample, self.channels, self.side)
+        blocks = []
+        for chunk in _chunks(sample):
+            pixels, _ = _pixels(_images(chunk), self.channels, self.side)
+            blocks.append(pixels if self.model is None else self._run_model(pixels))
         if self.model is None:
+            pixels = np.concatenate(blocks)
             self.mean = float(pixels.mean())
             self.std = float(pixels.std()) or 1.0
         else:
-            outputs = self._run_model(pixels)
+            outputs = np.concatenate(blocks)
             self.features = outputs.shape[1]
             self.feature_mean = outputs.mean(0).astype(np.float32)
             std = outputs.std(0).astype(np.float32)
             self.feature_std = np.where(std > 0, std, 1.0).astype(np.float32)
-        # The whole column's pixels, kept for the transform of the same column that follows.
-        self._cache = (column, decoded.images)
         return self
 
     def _none_reason(self, n: int) -> str:
@@ -264,23 +281,21 @@ class ImageEncoder:
         return "no value is an image Pillow can decode (PNG, JPEG, GIF, BMP, WebP, ...)"
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
-        cached, self._cache = self._cache, None
-        if cached is not None and len(cached[0]) == len(column) and cached[0].equals(column):
-            images = cached[1]
-        else:
-            images = _decode(column).images
+        values, _ = _values(column)
         block = self.features or self.pixel_width
         valid = np.zeros(len(column), bool)
-        for start in range(0, len(images), CHUNK):
-            pixels, present = _pixels(images[start : start + CHUNK], self.channels, self.side)
+        start = 0
+        for chunk in _chunks(values):
+            pixels, present = _pixels(_images(chunk), self.channels, self.side)
             rows = slice(start, start + len(pixels))
+            start += len(pixels)
             valid[rows] = present
             if self.model is None:
-                values = (pixels - self.mean) / self.std
+                block_values = (pixels - self.mean) / self.std
             else:
-                values = (self._run_model(pixels) - self.feature_mean) / self.feature_std
-            values[~present] = 0.0
-            out[rows, :block] = values
+                block_values = (self._run_model(pixels) - self.feature_mean) / self.feature_std
+            block_values[~present] = 0.0
+            out[rows, :block] = block_values
         if self.indicator:
             out[:, block] = ~valid
 
