@@ -99,7 +99,7 @@ def cross_fit(
     pool_rows = np.flatnonzero(pooled)
     runner = runner or FoldRunner()
     checkpoint = runner.checkpoint if stage else None
-    options = {**dataclasses.asdict(model), "n_classes": k, "image_blocks": tuple(image_blocks)}
+    options = _model_options(model, k, image_blocks)
     jobs = [
         FoldJob(
             fold,
@@ -186,7 +186,7 @@ def restore_cross_fit(
     records = [checkpoint.load_fold(stage, fold) for fold in range(n_folds)]
     if any(record is None for record in records):
         return None
-    options = {**dataclasses.asdict(model), "n_classes": n_classes, "image_blocks": image_blocks}
+    options = _model_options(model, n_classes, image_blocks)
     models = [[_rebuild(m, n_features, options) for m in r["members"]] for r in records]
     return CrossFit(
         np.zeros((0, n_classes), np.float32),
@@ -196,6 +196,17 @@ def restore_cross_fit(
         sum(float(r["predict_seconds"]) for r in records),
         [int(m["epochs"]) for r in records for m in r["members"]],
     )
+
+
+def _model_options(
+    model: ModelConfig, n_classes: int, image_blocks: tuple[tuple[int, int, int, int], ...]
+) -> dict[str, Any]:
+    """``MLPClassifier``'s arguments, but for its seed."""
+    return {
+        **dataclasses.asdict(model),
+        "n_classes": n_classes,
+        "image_blocks": tuple(image_blocks),
+    }
 
 
 def _rebuild(member: dict[str, Any], n_features: int, options: dict[str, Any]) -> MLPClassifier:
@@ -301,6 +312,8 @@ class FoldRunner:
         self.workers = workers
         self.checkpoint = checkpoint
         self._executor: ProcessPoolExecutor | None = None
+        self._arrays: tempfile.TemporaryDirectory[str] | None = None
+        self._saved: dict[str, tuple[np.ndarray, str]] = {}  # name -> (array, its .npy file)
 
     def __enter__(self) -> FoldRunner:
         return self
@@ -309,6 +322,28 @@ class FoldRunner:
         if self._executor is not None:
             self._executor.shutdown(wait=exc[0] is None, cancel_futures=True)
             self._executor = None
+        if self._arrays is not None:
+            self._arrays.cleanup()
+            self._arrays, self._saved = None, {}
+
+    def _array_file(self, name: str, array: np.ndarray) -> str:
+        """The .npy file the workers map ``array`` from: written once for as long as the same
+        array comes back (the features, round after round), under a new name otherwise, so a
+        file a worker may still have mapped is never rewritten."""
+        saved = self._saved.get(name)
+        if saved is not None and saved[0] is array:
+            return saved[1]
+        if self._arrays is None:
+            where = self.checkpoint.path if self.checkpoint is not None else None
+            self._arrays = tempfile.TemporaryDirectory(
+                prefix=".arrays-", dir=where, ignore_cleanup_errors=True
+            )
+        path = str(Path(self._arrays.name) / f"{name}-{len(os.listdir(self._arrays.name))}.npy")
+        np.save(path, np.ascontiguousarray(array))
+        if saved is not None:
+            Path(saved[1]).unlink(missing_ok=True)
+        self._saved[name] = (array, path)
+        return path
 
     def fit_folds(
         self,
@@ -323,8 +358,8 @@ class FoldRunner:
     ) -> None:
         """Fit ``jobs`` in the worker processes, calling ``finished(record)`` as each ends.
 
-        The arrays go to the workers once, as .npy files they map into memory (spawned
-        processes share nothing; fork is unsafe once torch has started threads)."""
+        The arrays go to the workers as .npy files they map into memory (spawned processes
+        share nothing; fork is unsafe once torch has started threads)."""
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 self.workers,
@@ -332,27 +367,25 @@ class FoldRunner:
                 initializer=_watch_parent,
                 initargs=(os.getpid(),),
             )
-        where = self.checkpoint.path if self.checkpoint is not None else None
-        with tempfile.TemporaryDirectory(prefix=".arrays-", dir=where) as tmp:
-            paths = []
-            for name, array in (("X", X), ("targets", targets), ("weights", weights)):
-                paths.append(str(Path(tmp) / f"{name}.npy"))
-                np.save(paths[-1], np.ascontiguousarray(array))
-            futures = [
-                self._executor.submit(_fit_fold_in_worker, paths, job, options, seeds, seed)
-                for job in jobs
-            ]
-            try:
-                for future in as_completed(futures):
-                    finished(future.result())
-            except BrokenProcessPool:
-                raise WorkerError(
-                    "a --workers process died while training a fold (often: out of memory); "
-                    "rerun with fewer --workers, adding --resume to keep the finished folds"
-                ) from None
-            finally:
-                for future in futures:
-                    future.cancel()
+        paths = [
+            self._array_file(name, array)
+            for name, array in (("X", X), ("targets", targets), ("weights", weights))
+        ]
+        futures = [
+            self._executor.submit(_fit_fold_in_worker, paths, job, options, seeds, seed)
+            for job in jobs
+        ]
+        try:
+            for future in as_completed(futures):
+                finished(future.result())
+        except BrokenProcessPool:
+            raise WorkerError(
+                "a --workers process died while training a fold (often: out of memory); "
+                "rerun with fewer --workers, adding --resume to keep the finished folds"
+            ) from None
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _watch_parent(parent: int) -> None:

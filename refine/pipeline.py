@@ -416,7 +416,7 @@ def refine_rounds(
             extras = [e for e in (replay, synthetic) if e is not None and len(e.X)]
             extra_folds = [replay_folds if e is replay else e.folds for e in extras]
             fitted = cross_fit(
-                np.concatenate([X, *(e.X for e in extras)]),
+                np.concatenate([X, *(e.X for e in extras)]) if extras else X,
                 np.concatenate([targets, *(e.targets for e in extras)]),
                 np.concatenate([weights, *(e.weights for e in extras)]),
                 np.concatenate([folds, *extra_folds]),

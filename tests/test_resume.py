@@ -335,3 +335,16 @@ def test_an_error_in_a_worker_is_the_same_clean_error(two_workers):
             0,
             runner=two_workers,
         )
+
+
+def test_workers_get_the_features_written_once_while_they_stay_the_same():
+    X, targets = np.ones((6, 3), np.float32), np.zeros((6, 2), np.float32)
+    with FoldRunner(workers=2) as runner:
+        first = runner._array_file("X", X)
+        assert runner._array_file("X", X) == first  # the same array, round after round
+        np.testing.assert_array_equal(np.load(first, mmap_mode="r"), X)
+        other = runner._array_file("X", X.copy())  # new rows (synthetic, replayed): a new file
+        assert other != first and not Path(first).exists()
+        assert runner._array_file("targets", targets) != other
+        folder = Path(other).parent
+    assert not folder.exists()  # gone with the runner
