@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -283,19 +284,13 @@ class Checkpoint:
     # --- files ------------------------------------------------------------------------------
 
     def _save(self, path: Path, record: dict[str, Any]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
+        buffer = io.BytesIO()
+        torch.save({"format": CHECKPOINT_FORMAT, **record}, buffer)
         try:
             path.parent.mkdir(exist_ok=True)
-            with open(tmp, "wb") as f:
-                torch.save({"format": CHECKPOINT_FORMAT, **record}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):  # a full disk: say so, as for the run directory
-                raise output_error(self.out, exc) from None
-            raise
+            _write_bytes(path, buffer.getbuffer())
+        except OSError as exc:  # a full disk: say so, as for the run directory
+            raise output_error(self.out, exc) from None
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         if not path.exists():
@@ -335,13 +330,18 @@ def _read_fingerprint(path: Path) -> dict[str, Any] | None:
     return saved if isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT else None
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write ``path`` atomically: a kill leaves the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

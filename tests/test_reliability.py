@@ -289,6 +289,25 @@ def test_disk_full_while_writing(tmp_path, small_run, monkeypatch):
     assert (out / "refined.parquet").is_file() and leftovers(tmp_path, "out") == []
 
 
+def test_disk_full_while_saving_a_checkpoint(tmp_path, small_run, monkeypatch):
+    calls = []
+
+    def fsync(fd):  # fingerprint.json fits; the first fold's checkpoint file does not
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "out"
+    result = invoke("run", small_run[1], "--out", out, *SMALL_FLAGS)
+    assert result.exit_code == 2
+    assert "no space left on the device" in " ".join(result.output.split())
+    partial = tmp_path / ".out.partial"
+    assert not out.exists() and (partial / "fingerprint.json").is_file()
+    assert [p.name for p in partial.rglob("*.tmp")] == []  # no half-written checkpoint file
+    assert list(partial.rglob("*.pt")) == []
+
+
 @pytest.mark.parametrize(
     ("error", "message"),
     [
