@@ -21,11 +21,12 @@ from click.testing import CliRunner
 
 import refine
 from refine import checkpoint as checkpoint_module
-from refine import pipeline
+from refine import crossfit, pipeline
 from refine.checkpoint import KILL_AT, checkpoint_path
 from refine.cli import cli
 from refine.config import ModelConfig
 from refine.crossfit import FoldRunner, cross_fit, make_folds
+from refine.crossfit import fit_fold as fit
 from refine.errors import ConfigError
 from tests.conftest import blobs, noisy_table
 
@@ -238,7 +239,12 @@ def test_checkpoint_files_hold_only_tensors_and_plain_values(tmp_path, reference
     out = tmp_path / "run"
     interrupted_run(data, out, monkeypatch, "round:1", augment="interpolate")
     partial = checkpoint_path(out)
-    for path in partial.rglob("*.pt"):
+    files = sorted(partial.rglob("*.pt"))
+    assert [str(p.relative_to(partial)) for p in files] == [
+        *(f"round-1/fold-{f}.pt" for f in range(3)),
+        "round-1/round.pt",
+    ]
+    for path in files:
         torch.load(path, weights_only=True)  # raises on anything that needs pickle's code
     fingerprint = json.loads((partial / "fingerprint.json").read_text())
     assert fingerprint["config"]["augment"] == "interpolate"
@@ -251,7 +257,13 @@ def test_augmented_runs_resume_to_the_same_bytes(tmp_path, reference, monkeypatc
     whole = refine.run(data, tmp_path / "whole", **SMALL, augment="interpolate")
     out = tmp_path / "run"
     interrupted_run(data, out, monkeypatch, "fold:2:0", augment="interpolate")
-    refine.run(data, out, **SMALL, augment="interpolate", resume=True)
+    trained = []
+    with monkeypatch.context() as patch:  # only round 2's two unfinished folds train again
+        patch.setattr(
+            crossfit, "fit_fold", lambda *a, **k: trained.append(a[3].fold) or fit(*a, **k)
+        )
+        refine.run(data, out, **SMALL, augment="interpolate", resume=True)
+    assert trained == [1, 2]
     assert refined_bytes(out) == refined_bytes(tmp_path / "whole")
     assert (out / "synthetic.parquet").read_bytes() == (
         tmp_path / "whole" / "synthetic.parquet"
