@@ -355,8 +355,9 @@ def round_record(
     rounds: list[dict[str, Any]],
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """A finished round for ``save_round``: its ``decisions``, the ``(N, ...)`` ``arrays``
-    (probabilities, agreement, issues, quality), the rounds' rows so far and ``metrics``."""
+    """A finished round for ``save_round``: its ``decisions``, its ``arrays`` (probabilities,
+    agreement, issues and quality ``(N, ...)``, the one-way noise mask ``(K, K)``), the
+    rounds' rows so far and ``metrics``."""
     fields = {f.name: getattr(decisions, f.name) for f in dataclasses.fields(decisions)}
     return {
         **to_tensors({**fields, **arrays}),

@@ -175,7 +175,8 @@ def cli() -> None:
     default=_DEFAULTS.one_way_noise,
     show_default=True,
     help="Between two classes whose noise runs one way (the confident joint counts three times "
-    "more rows, beyond chance), never flag a row against that direction.",
+    "more rows, beyond chance, or the anchor points show it), never flag a row against that "
+    "direction.",
 )
 @click.option(
     "--relabel-threshold",

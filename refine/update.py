@@ -130,7 +130,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
         classes = pa.array(summary["classes"], type=refined.schema.field(config.label).type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
         raise InputError(
-            f"{str(path / 'run.json')!r}: \"classes\" do not fit the label's type ({exc}); "
+            f'{str(path / "run.json")!r}: "classes" do not fit the label\'s type ({exc}); '
             "restore the run.json that refine wrote"
         ) from None
     if "encoder" not in saved:

@@ -360,3 +360,29 @@ def test_workers_get_the_features_written_once_while_they_stay_the_same():
         assert runner._array_file("targets", targets) != other
         folder = Path(other).parent
     assert not folder.exists()  # gone with the runner
+
+
+def test_resume_keeps_the_noise_directions_of_the_first_round(tmp_path, monkeypatch):
+    """The one-way noise mask read off round 1 (the model of the given labels) holds in later
+    rounds; a run resumed after round 1 must restore it, not read it off round 2's model.
+    Iris with 40% of versicolor filed as virginica: round 1's anchors see the direction,
+    round 2's do not."""
+    from refine.recipes import build_dataset
+
+    data = tmp_path / "iris.parquet"
+    pq.write_table(build_dataset("iris-onedir", seed=11).train, data)
+    options = dict(
+        ignore=("label_true", "is_noisy"), rounds=3, folds=5, max_epochs=60, report=False, seed=11
+    )
+    seen = []
+    with monkeypatch.context() as patch:
+        directions = pipeline.noise_directions
+        patch.setattr(
+            pipeline, "noise_directions", lambda *a: seen.append(directions(*a)) or seen[-1]
+        )
+        refine.run(data, tmp_path / "whole", **options)
+    assert seen[0].any() and not seen[1].any()
+    out = tmp_path / "run"
+    interrupted_run(data, out, monkeypatch, "round:1", **options)
+    refine.run(data, out, **options, resume=True)
+    assert refined_bytes(out) == refined_bytes(tmp_path / "whole")

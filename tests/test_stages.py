@@ -10,7 +10,7 @@ from sklearn.base import clone
 from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
 from refine.config import ModelConfig
 from refine.crossfit import cross_fit, make_folds
-from refine.detect import detect_issues
+from refine.detect import anchor_transitions, detect_issues, noise_directions
 from refine.errors import InputError
 from refine.features import fit_features
 from refine.model import MLPClassifier, _stratified_holdout
@@ -180,6 +180,37 @@ def test_one_way_noise_leaves_rows_against_its_direction():
     assert off[border].all() and not on[border].any()
     assert on[wrong].all() and off[wrong].all()
     assert on.sum() == 20 and off.sum() == 28
+
+
+def test_anchor_transitions_recover_a_known_noise_matrix():
+    # A model of the given labels outputs clean posteriors pushed through T; rows whose clean
+    # posterior is one-hot are the anchors, and read T's rows back.
+    rng = np.random.default_rng(0)
+    noise = np.array([[0.7, 0.3, 0.0], [0.0, 0.9, 0.1], [0.05, 0.0, 0.95]])
+    clean = np.concatenate([np.eye(3).repeat(20, axis=0), rng.dirichlet(np.ones(3), 300)])
+    np.testing.assert_allclose(anchor_transitions(clean @ noise), noise, atol=1e-9)
+
+
+def test_anchors_find_one_way_noise_the_counts_miss():
+    # Small data, noise only 1 -> 2 (iris, 40% of versicolor filed as virginica): the model's
+    # posterior for a typical 1 sits on a plateau at a third for 2, and ten correct border 1s
+    # are dragged over to 2. The confident joint counts 0 against 0, so only the anchors see it.
+    labels, proba = _rows(
+        [
+            (40, 0, (0.98, 0.01, 0.01)),
+            (20, 1, (0.01, 0.66, 0.33)),
+            (10, 1, (0.01, 0.40, 0.59)),  # correct 1s predicted 2: against the noise
+            (12, 2, (0.01, 0.55, 0.44)),  # the mislabelled rows
+            (30, 2, (0.01, 0.02, 0.97)),
+        ]
+    )
+    border, wrong = slice(60, 70), slice(70, 82)
+    assert not noise_directions(labels, proba, floor=np.inf).any()  # the counts alone
+    assert noise_directions(labels, proba)[1, 2]  # given 1, predicted 2: keep the label
+    on, _ = detect_issues(labels, proba, np.ones(len(labels)))
+    off, _ = detect_issues(labels, proba, np.ones(len(labels)), one_way=False)
+    assert off[border].all() and not on[border].any()
+    assert on[wrong].all() and on.sum() == 12
 
 
 @pytest.mark.parametrize(
