@@ -11,7 +11,7 @@ import numpy as np
 from cleanlab.filter import find_label_issues
 
 # A pair of classes whose noise runs at least three times more one way than the other, beyond
-# chance at this family-wise level, is treated as one-way (see ``against_the_noise``).
+# chance at this family-wise level, is treated as one-way (see ``noise_directions``).
 ONE_WAY_RATIO = 1 / 3
 ONE_WAY_ALPHA = 0.05
 # The anchor estimate of the noise (see ``anchor_transitions``) reads each class's most typical
