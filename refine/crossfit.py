@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import tempfile
@@ -314,6 +315,7 @@ class FoldRunner:
         self._executor: ProcessPoolExecutor | None = None
         self._arrays: tempfile.TemporaryDirectory[str] | None = None
         self._saved: dict[str, tuple[np.ndarray, str]] = {}  # name -> (array, its .npy file)
+        self._files = itertools.count()  # file numbers, never reused
 
     def __enter__(self) -> FoldRunner:
         return self
@@ -338,7 +340,7 @@ class FoldRunner:
             self._arrays = tempfile.TemporaryDirectory(
                 prefix=".arrays-", dir=where, ignore_cleanup_errors=True
             )
-        path = str(Path(self._arrays.name) / f"{name}-{len(os.listdir(self._arrays.name))}.npy")
+        path = str(Path(self._arrays.name) / f"{name}-{next(self._files)}.npy")
         np.save(path, np.ascontiguousarray(array))
         if saved is not None:
             Path(saved[1]).unlink(missing_ok=True)

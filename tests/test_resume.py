@@ -362,6 +362,26 @@ def test_workers_get_the_features_written_once_while_they_stay_the_same():
     assert not folder.exists()  # gone with the runner
 
 
+def test_each_rounds_targets_get_a_file_of_their_own():
+    """New targets every round: each goes to a fresh file that exists while its round trains,
+    and the file of the round before is removed (round 3 once reused and deleted a name)."""
+    X = np.ones((6, 3), np.float32)
+    with FoldRunner(workers=2) as runner:
+        previous: set[str] = set()
+        for round_index in range(5):
+            targets = np.full((6, 2), round_index, np.float32)
+            weights = np.full(6, round_index, np.float32)
+            paths = [
+                runner._array_file(n, a) for n, a in (("targets", targets), ("weights", weights))
+            ]
+            paths.append(runner._array_file("X", X))
+            assert not previous & set(paths[:2])
+            for path, array in zip(paths, (targets, weights, X), strict=True):
+                np.testing.assert_array_equal(np.load(path, mmap_mode="r"), array)
+            assert not any(Path(path).exists() for path in previous - set(paths))
+            previous = set(paths)
+
+
 def test_resume_keeps_the_noise_directions_of_the_first_round(tmp_path, monkeypatch):
     """The one-way noise mask read off round 1 (the model of the given labels) holds in later
     rounds; a run resumed after round 1 must restore it, not read it off round 2's model.
