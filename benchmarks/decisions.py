@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import refine
-from refine.bench import TRUTH_COLUMNS, _downstream, _flags
+from refine.bench import TRUTH_COLUMNS, _downstream, _flags, truth_arrays
 from refine.features import fit_features
 from refine.recipes import TEXT_COLUMN, build_dataset, load_recipe
 
@@ -44,11 +44,7 @@ METRICS = ("label_accuracy", "f1", "auprc", "gap_recovered")
 def score(name: str, seed: int, options: dict) -> dict:
     built = build_dataset(name, seed=seed)
     train, test = built.train, built.test
-    truth = train.column("label_true").to_numpy()
-    given = train.column("label").to_numpy(zero_copy_only=False)
-    labelled = ~np.isnan(given.astype(float))
-    given = np.where(labelled, given, -1).astype(np.int64)
-    is_noisy = train.column("is_noisy").to_numpy(zero_copy_only=False)
+    truth, given, labelled, is_noisy = truth_arrays(train)
     if TEXT_COLUMN in train.column_names:  # as the bench: TF-IDF LogisticRegression on text
         X = np.asarray(train.column(TEXT_COLUMN).to_pylist(), dtype=object)
         X_test = np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object)

@@ -80,11 +80,7 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
 
     built = build_dataset(recipe, seed=seed)
     train, test = built.train, built.test
-    truth = train.column("label_true").to_numpy()
-    given = train.column("label").to_numpy(zero_copy_only=False)
-    labelled = ~np.isnan(given.astype(float))
-    given = np.where(labelled, given, -1).astype(np.int64)
-    is_noisy = train.column("is_noisy").to_numpy(zero_copy_only=False)
+    truth, given, labelled, is_noisy = truth_arrays(train)
 
     encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
     X, X_test = encoder.transform(train), encoder.transform(test)
@@ -163,6 +159,17 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
             gap = clean_acc - noisy_acc
             row["gap_recovered"] = (row["test_accuracy"] - noisy_acc) / gap if gap > 0.005 else None
     return rows
+
+
+def truth_arrays(train: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A built recipe's training table as arrays: ``truth``, ``given`` (-1 where unlabelled),
+    ``labelled`` and ``is_noisy``, each ``(N,)``."""
+    truth = train.column("label_true").to_numpy()
+    given = train.column("label").to_numpy(zero_copy_only=False)
+    labelled = ~np.isnan(given.astype(float))
+    given = np.where(labelled, given, -1).astype(np.int64)
+    is_noisy = train.column("is_noisy").to_numpy(zero_copy_only=False)
+    return truth, given, labelled, is_noisy
 
 
 def _flags(is_issue: np.ndarray, is_noisy: np.ndarray, quality: np.ndarray) -> dict[str, float]:
