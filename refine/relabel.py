@@ -62,7 +62,8 @@ def decide(
 
     * not flagged: keep the given label, weight 1;
     * flagged, and the calibrated confidence in the predicted class reaches
-      ``relabel_threshold`` with every ensemble member agreeing: correct it to that class;
+      ``relabel_threshold`` with every ensemble member agreeing: correct it to that class,
+      weight = that confidence (the probability the correction is right);
     * flagged, not correctable, quality below ``exclude_threshold``: exclude (weight 0);
     * otherwise flagged: keep the label with weight = its quality (the probability it is right).
 
@@ -90,6 +91,10 @@ def decide(
         down = flagged & ~correct & ~exclude
         refined[correct] = predicted[correct]
         source[correct] = CORRECTED
+        # A correction counts as much as it is likely to be right, as a doubtful kept label
+        # and a pseudo-label do: a wrong correction agrees with the model's own mistakes, so
+        # at full weight it teaches them to the next round and to downstream models.
+        weight[correct] = confidence[correct]
         refined[exclude] = -1
         source[exclude] = EXCLUDED
         weight[exclude] = 0.0

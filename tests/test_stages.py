@@ -256,11 +256,11 @@ def test_decide_applies_each_rule():
         soft_mix=0.5,
         reliable=True,
     )
-    # kept; corrected (0.8 >= 0.6, unanimous); down-weighted (0.55 < 0.6);
-    # excluded (members disagree, quality 0.02 < 0.05); unlabelled.
+    # kept; corrected (0.8 >= 0.6, unanimous), weighted by that confidence; down-weighted
+    # (0.55 < 0.6) by its quality; excluded (members disagree, quality 0.02 < 0.05); unlabelled.
     np.testing.assert_array_equal(d.source, [GIVEN, CORRECTED, GIVEN, EXCLUDED, UNLABELLED])
     np.testing.assert_array_equal(d.refined, [0, 1, 1, -1, -1])
-    np.testing.assert_allclose(d.weight, [1.0, 1.0, 0.45, 0.0, 0.0])
+    np.testing.assert_allclose(d.weight, [1.0, 0.8, 0.45, 0.0, 0.0])
     np.testing.assert_allclose(d.soft[0], [0.95, 0.05])
     np.testing.assert_allclose(d.soft[1], [0.1, 0.9])
     np.testing.assert_allclose(d.soft[3], [0.98, 0.02])
