@@ -35,6 +35,7 @@ RECIPES = (
 )
 VARIANTS = (
     "default={}",
+    'relabel 0.5={"relabel_threshold": 0.5}',
     'relabel 0.3={"relabel_threshold": 0.3}',
     'seeds 3={"seeds": 3}',
 )
