@@ -386,7 +386,7 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("excluded", f"{s['excluded']:,}"),
         ("pseudo-labelled", f"{s['pseudo_labelled']:,}"),
         ("synthetic rows", f"{s['synthetic_rows']:,}"),
-        ("down-weighted", f"{s['down_weighted']:,}"),
+        ("kept with doubt (weight < 1)", f"{s['down_weighted']:,}"),
         ("rounds", str(s["rounds_run"])),
         ("ECE before / after calibration", _ece(s["calibration"])),
         ("device", s["device"]),

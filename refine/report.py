@@ -255,7 +255,7 @@ def _summary_section(run: _Run) -> str:
     timings = s.get("timings")
     calibration = s.get("calibration") or {}
     rows = [
-        ("down-weighted (weight < 1)", _int(s.get("down_weighted"))),
+        ("kept with doubt (weight < 1)", _int(s.get("down_weighted"))),
         ("synthetic rows", _int(run.synthetic_rows if run.synthetic_rows is not None else 0)),
         ("rounds run", _int(s.get("rounds_run", run.rounds.num_rows or None))),
         ("time", f"{sum(timings.values()):.1f} s" if timings else NOT_RECORDED),
