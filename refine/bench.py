@@ -349,6 +349,8 @@ def _num(value: Any) -> float | None:
 
 
 def _header(suite: str, seeds: int) -> dict[str, Any]:
+    import torch
+
     from refine.pipeline import _versions
 
     return {
@@ -358,7 +360,9 @@ def _header(suite: str, seeds: int) -> dict[str, Any]:
         "suite": suite,
         "seeds": seeds,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        # Threads speed refine and the baselines unequally, so the time ratios depend on them.
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores "
+        f"(threads: {torch.get_num_threads()}), {platform.platform()}",
         "versions": _versions(),
     }
 
