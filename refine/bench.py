@@ -34,6 +34,7 @@ from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
 TEXT_COLUMN = "text"  # the text column of text recipes (refine.recipes.TEXT_COLUMN)
+IMAGE_COLUMN = "image"  # the image column of image recipes (refine.recipes.IMAGE_COLUMN)
 METHODS = ("refine", "cleanlab+LR", "cleanlab+HGB")
 
 
@@ -91,6 +92,9 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
     if text:
         X_lr = np.asarray(train.column(TEXT_COLUMN).to_pylist(), dtype=object)
         X_lr_test = np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object)
+    elif IMAGE_COLUMN in train.column_names:
+        # In float32 the solver's result on 256 pixels moves with the BLAS thread count.
+        X_lr, X_lr_test = X.astype(np.float64), X_test.astype(np.float64)
     else:
         X_lr, X_lr_test = X, X_test
     base = {

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +273,21 @@ def test_an_embeddings_recipe_builds_one_fixed_size_list_column():
 def test_a_recipe_round_trips_through_its_dict():
     recipe = load_recipe("digits-pair30")
     assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_image_instance_noise_does_not_depend_on_the_thread_count():
+    # The clean model's probabilities decide which rows flip; in float32 they moved with the
+    # BLAS thread count and redrew a fifth of digits_png's noisy labels on another machine.
+    script = (
+        "import hashlib; from refine.recipes import build_dataset; "
+        "t = build_dataset('digits_png-instance30').train; "
+        "print(hashlib.sha256(t['label'].to_numpy().tobytes()).hexdigest())"
+    )
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1
