@@ -87,8 +87,8 @@ class RunConfig:
     flag_confident: bool = True
     one_way_noise: bool = True  # leave labels alone against the direction the noise runs
     # 0.4, not 0.5, since corrections are weighted by their confidence: on 15 bench recipes x 3
-    # dev seeds (benchmarks/decisions.py) refined labels 0.922 -> 0.929, strong models under
-    # heavy noise gain (digits-sym40 0.874 -> 0.939), weak ones lose (generated text 0.851 ->
+    # dev seeds (reports/decisions.md) refined labels 0.923 -> 0.929, strong models under
+    # heavy noise gain (digits-sym40 0.878 -> 0.939), weak ones lose (generated text 0.851 ->
     # 0.832). With two classes the predicted class always reaches 0.5, so it changes nothing.
     relabel_threshold: float = 0.4
     exclude_threshold: float = 0.05
