@@ -157,12 +157,20 @@ def anchor_transitions(
     are almost surely of that class, so the probabilities a model of the *given* labels
     assigns them, averaged, estimate where that class's labels go. ``proba`` ``(N, K)`` must
     be out-of-fold: a model that has memorised its training labels says 1.0 everywhere.
+
+    A class the model predicts for fewer than ``min_anchors`` rows gets a row of NaN: it has no
+    typical rows, and the rows likeliest to be it are other classes' rows filed under it
+    (a batch with no true 9s, whose only 9s are mislabelled 0s, read as noise 9 -> 0 one way,
+    and every such row went unflagged). NaN compares false, so it names no direction.
     """
     k = proba.shape[1]
     predicted = proba.argmax(1)
-    noise = np.zeros((k, k))
+    noise = np.full((k, k), np.nan)
     for i in range(k):
-        count = max(min_anchors, round(share * int((predicted == i).sum())))
-        anchors = np.argsort(-proba[:, i], kind="stable")[:count]
+        rows = np.flatnonzero(predicted == i)
+        if len(rows) < min_anchors:
+            continue  # too few rows to tell where the class's labels go
+        count = max(min_anchors, round(share * len(rows)))
+        anchors = rows[np.argsort(-proba[rows, i], kind="stable")[:count]]
         noise[i] = proba[anchors].mean(0)
     return noise

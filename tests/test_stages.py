@@ -213,6 +213,25 @@ def test_anchors_find_one_way_noise_the_counts_miss():
     assert on[wrong].all() and on.sum() == 12
 
 
+def test_a_class_that_only_noise_fills_has_no_anchors():
+    # A batch with no true 2s (a stream whose class mix shifts): the only rows given 2 are
+    # mislabelled 0s and 1s, and the model predicts 2 for none. Its "anchors" used to be the
+    # rows likeliest to be 2, those very rows, which read as noise running 2 -> 0 one way and
+    # kept every one of them out of the flags.
+    labels, proba = _rows(
+        [
+            (50, 0, (0.9, 0.05, 0.05)),
+            (50, 1, (0.05, 0.9, 0.05)),
+            (8, 2, (0.6, 0.1, 0.3)),
+            (6, 2, (0.1, 0.6, 0.3)),
+        ]
+    )
+    assert np.isnan(anchor_transitions(proba)[2]).all()
+    assert not noise_directions(labels, proba)[2].any()
+    flags, _ = detect_issues(labels, proba, np.ones(len(labels)))
+    assert flags[100:].all() and flags.sum() == 14
+
+
 @pytest.mark.parametrize(
     "spec",
     [
