@@ -333,6 +333,7 @@ def fit_features(
     candidates += [n for n in (*text, *image) if n not in candidates]
     encoders: list[Encoder] = []
     skipped: dict[str, str] = {}
+    labels = _label_codes(table, label)
     for name in candidates:
         if name in duplicated:
             reason = f"{names.count(name)} columns share this name"
@@ -342,7 +343,9 @@ def fit_features(
                 if name in image or is_image_column(column):
                     encoders.append(_fit_image(name, column, seed, model, image_model, image_size))
                 else:
-                    encoders.append(_fit_column(name, column, max_categories, name in text, seed))
+                    encoders.append(
+                        _fit_column(name, column, max_categories, name in text, seed, labels)
+                    )
                 continue
             except _Skip as why:
                 reason = str(why)
@@ -454,15 +457,34 @@ def _fit_image(
     return encoder.fit(column)
 
 
-def _fit_text(name: str, column: pa.ChunkedArray, seed: int) -> TextEncoder:
+def _label_codes(table: pa.Table, label: str) -> np.ndarray | None:
+    """The label column as class indices ``(N,)`` (-1 where null), for encoders that choose
+    their form by the labels (free text); None where the table has no such column."""
+    if label not in table.column_names:
+        return None
+    column = table.column(label)
+    if pa.types.is_floating(column.type):  # NaN is a missing label, as in refine's reader
+        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+    codes = pc.dictionary_encode(column).combine_chunks().indices
+    return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _fit_text(
+    name: str, column: pa.ChunkedArray, seed: int, labels: np.ndarray | None = None
+) -> TextEncoder:
     try:
-        return TextEncoder(name, seed=seed).fit(column)
+        return TextEncoder(name, seed=seed).fit(column, labels)
     except _NoVocabulary:
         raise _Skip("free text with no words or characters in any row") from None
 
 
 def _fit_column(
-    name: str, column: pa.ChunkedArray, max_categories: int, text: bool = False, seed: int = 0
+    name: str,
+    column: pa.ChunkedArray,
+    max_categories: int,
+    text: bool = False,
+    seed: int = 0,
+    labels: np.ndarray | None = None,
 ) -> Encoder:
     kind = column.type
     bad = invalid_utf8_row(_decode(column))
@@ -471,7 +493,7 @@ def _fit_column(
     if text:
         if column.null_count == len(column):
             raise _Skip("all values are null")
-        return _fit_text(name, column, seed)
+        return _fit_text(name, column, seed, labels)
     if name.startswith("__index_level_"):
         raise _Skip("pandas index column")
     if column.null_count == len(column):
@@ -489,7 +511,7 @@ def _fit_column(
             raise _Skip("constant (one distinct value)")
         if distinct > max_categories:
             if not pa.types.is_boolean(value_kind) and looks_like_text(_decode(column)):
-                return _fit_text(name, column, seed)
+                return _fit_text(name, column, seed, labels)
             raise _Skip(
                 f"{distinct} distinct values, more than --max-categories {max_categories}, and "
                 "few have spaces (an id?); name it with --text if it is free text, or raise "

@@ -1,11 +1,18 @@
 """Free-text columns: TF-IDF over word and character n-grams, reduced to a dense block by a
 truncated SVD (latent semantic analysis), so text trains the same MLP as every other column.
 
+Which n-grams and how many components depend on the text: character n-grams carry misspelt,
+obfuscated spam (WRENCH SMS and YouTube) but only blur a vocabulary of distinct words, and
+fewer components suit a few broad topics. So where the column has labels, the block is chosen
+among word-only and word-and-character blocks of several widths by the out-of-fold log-loss of
+a LogisticRegression on the (noisy) labels (``benchmarks/text_models.py``: the chosen block
+against the rule's).
+
 Why not a fastText-style ``EmbeddingBag`` trained end to end: on the real weakly labelled text in
-``benchmarks/text.py`` the two are compared side by side, and the dense LSA block lets text mix
-with numeric and embedding columns, synthetic rows and ``refine update`` with no change to the
-model or the cross-fitting. Nothing is downloaded: the vocabulary and the projection are fitted
-on the table itself (no labels are seen).
+``benchmarks/text_models.py`` the two are compared side by side, and the dense LSA block lets
+text mix with numeric and embedding columns, synthetic rows and ``refine update`` with no change
+to the model or the cross-fitting. Nothing is downloaded: the vocabulary and the projection are
+fitted on the table itself; the labels only choose among the blocks.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ CHAR_FEATURES = 10_000
 MIN_DIM, MAX_DIM, ROWS_PER_DIM = 16, 256, 16
 # Rows are transformed in chunks, so a million-row column never holds its sparse matrix at once.
 CHUNK = 20_000
+# Block widths tried, besides the rule's, when labels choose the block; chosen on at most
+# SELECT_ROWS labelled rows of the fitted sample, by SELECT_FOLDS-fold log-loss.
+SELECT_DIMS = (16, 32, 64, 128)
+SELECT_ROWS = 10_000
+SELECT_FOLDS = 3
 
 
 @dataclass
@@ -43,6 +55,8 @@ class TextEncoder:
     dim: int = 0  # 0: chosen from the number of rows
     seed: int = 0
     truncated: int = 0
+    # how the n-grams and the width were chosen: "rule", or the log-loss that chose them
+    chosen_by: str = "rule"
     vocabulary: dict[str, list[str]] = field(default_factory=dict)
     idf: dict[str, np.ndarray] = field(default_factory=dict)
     components: np.ndarray | None = None  # (dim, words + chars)
@@ -55,16 +69,24 @@ class TextEncoder:
     def width(self) -> int:
         return self.dim
 
-    def fit(self, column: pa.ChunkedArray) -> TextEncoder:
+    def fit(self, column: pa.ChunkedArray, labels: np.ndarray | None = None) -> TextEncoder:
+        """Fit the vocabulary and the projection on the column's rows (at most ``FIT_ROWS``).
+
+        With ``labels`` (class indices ``(N,)``, -1 where unlabelled) and no fixed ``dim``, the
+        n-grams and the width are chosen as the module docstring says; without, the block holds
+        word and character n-grams at the rule's width.
+        """
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         texts, self.truncated = _texts(column)
         if len(texts) > FIT_ROWS:
-            rows = np.random.default_rng(self.seed).choice(len(texts), FIT_ROWS, replace=False)
-            sample = [texts[i] for i in np.sort(rows)]
+            rows = np.sort(np.random.default_rng(self.seed).choice(len(texts), FIT_ROWS, False))
+            sample = [texts[i] for i in rows]
         else:
+            rows = np.arange(len(texts))
             sample = texts
+        chosen = self.dim == 0 and labels is not None
         blocks = []
         for analyzer, ngrams, limit in _ANALYZERS:
             vectorizer = TfidfVectorizer(
@@ -84,22 +106,45 @@ class TextEncoder:
             terms = vectorizer.get_feature_names_out().tolist()
             self.vocabulary[analyzer] = terms
             self.idf[analyzer] = vectorizer.idf_.astype(np.float32)
-        matrix = self._stack(blocks, len(sample))
-        if matrix.shape[1] == 0:
+        if self._stack(blocks, len(sample)).shape[1] == 0:
             raise _NoVocabulary()
         wanted = self.dim or min(MAX_DIM, max(MIN_DIM, len(sample) // ROWS_PER_DIM))
-        dim = max(1, min(wanted, matrix.shape[1] - 1, len(sample) - 1))
-        svd = TruncatedSVD(dim, algorithm="randomized", n_iter=5, random_state=self.seed)
-        reduced = svd.fit_transform(matrix).astype(np.float32)
-        self.dim = dim
-        self.components = svd.components_.astype(np.float32)
+        y = _selection_labels(labels[rows], self.seed) if chosen else None
+        # Each candidate: (log-loss, -width, which blocks, projection, reduced rows); the word
+        # block alone is a candidate only beside characters, and only where labels choose.
+        candidates = []
+        for keep in ((True, True), (True, False)) if y is not None else ((True, True),):
+            kept = [b if k else None for b, k in zip(blocks, keep, strict=True)]
+            matrix = self._stack(kept, len(sample))
+            if matrix.shape[1] == 0 or (not keep[1] and blocks[1] is None):
+                continue
+            dim = max(1, min(wanted, matrix.shape[1] - 1, len(sample) - 1))
+            svd = TruncatedSVD(dim, algorithm="randomized", n_iter=5, random_state=self.seed)
+            reduced = svd.fit_transform(matrix).astype(np.float32)
+            widths = sorted({d for d in SELECT_DIMS if d < dim} | {dim}) if y is not None else [dim]
+            for width in widths:
+                loss = _log_loss(_scaled(reduced[:, :width]), y) if y is not None else 0.0
+                candidates.append((loss, -width, keep, svd.components_[:width], reduced[:, :width]))
+        # the lowest log-loss; on a tie, the wider block with both kinds of n-gram (listed first)
+        loss, _, keep, components, reduced = min(candidates, key=lambda c: c[:2])
+        if y is not None:
+            rule = [c[0] for c in candidates if c[2] == (True, True)][-1]  # the widest
+            self.chosen_by = (
+                f"{SELECT_FOLDS}-fold log-loss {loss:.4f} of {len(candidates)} blocks "
+                f"(word and character n-grams at the rule's width: {rule:.4f})"
+            )
+        for (analyzer, _, _), k in zip(_ANALYZERS, keep, strict=True):
+            if not k:
+                self.vocabulary[analyzer] = []
+                self.idf[analyzer] = np.zeros(0, np.float32)
+        self.dim = reduced.shape[1]
+        self.components = np.ascontiguousarray(components, dtype=np.float32)
         self.mean = reduced.mean(0)
         # One scale for the whole block, not one per component: the components' spread ranks
         # them (the first carry the topics, the last mostly noise), and standardising each would
         # blow the noise up to the signal's size (3-fold logistic regression on 240 generated
         # texts: 0.69 standardised per component, 0.93 with one scale).
-        scale = float(np.sqrt(((reduced - self.mean) ** 2).mean())) or 1.0
-        self.std = np.full(dim, scale, np.float32)
+        self.std = np.full(self.dim, _scale(reduced, self.mean), np.float32)
         return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
@@ -144,6 +189,7 @@ class TextEncoder:
             "column": self.name,
             "kind": self.kind,
             "dim": self.dim,
+            "chosen_by": self.chosen_by,
             "vocabulary": {a: len(v) for a, v in self.vocabulary.items()},
             "truncated_values": self.truncated,
         }
@@ -175,6 +221,7 @@ class TextEncoder:
             dim=int(state["dim"]),
             seed=int(state["seed"]),
             truncated=int(state["truncated_values"]),
+            chosen_by=str(state.get("chosen_by", "rule")),  # older model files lack it
             vocabulary={a: list(v) for a, v in state["terms"].items()},
             idf={a: v.numpy() for a, v in state["idf"].items()},
             components=state["components"].numpy(),
@@ -184,6 +231,51 @@ class TextEncoder:
 
 
 _ANALYZERS = (("word", (1, 2), WORD_FEATURES), ("char_wb", (2, 5), CHAR_FEATURES))
+
+
+def _scale(reduced: np.ndarray, mean: np.ndarray) -> float:
+    return float(np.sqrt(((reduced - mean) ** 2).mean())) or 1.0
+
+
+def _scaled(reduced: np.ndarray) -> np.ndarray:
+    """The block as ``transform`` gives it: centred, one scale."""
+    mean = reduced.mean(0)
+    return (reduced - mean) / _scale(reduced, mean)
+
+
+def _selection_labels(labels: np.ndarray, seed: int) -> np.ndarray | None:
+    """``labels`` with -1 for rows left out of the choice: unlabelled rows, rows of classes with
+    fewer than ``SELECT_FOLDS`` labels, and labelled rows past ``SELECT_ROWS`` (a seeded
+    sample is kept). None where fewer than two classes or 30 rows remain: the rule decides."""
+    y = np.asarray(labels, np.int64).copy()
+    labelled = np.flatnonzero(y >= 0)
+    if len(labelled) > SELECT_ROWS:
+        dropped = np.random.default_rng(seed).choice(
+            labelled, len(labelled) - SELECT_ROWS, replace=False
+        )
+        y[dropped] = -1
+    counts = np.bincount(y[y >= 0], minlength=1)
+    y[(y >= 0) & (counts[np.maximum(y, 0)] < SELECT_FOLDS)] = -1
+    kept = y[y >= 0]
+    if len(kept) < 30 or len(np.unique(kept)) < 2 or np.bincount(kept).max() == len(kept):
+        return None
+    return y
+
+
+def _log_loss(X: np.ndarray, y: np.ndarray) -> float:
+    """Mean out-of-fold log-loss of a LogisticRegression on the rows with ``y >= 0``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    rows = y >= 0
+    X, y = X[rows], y[rows]
+    # classes renumbered to 0..k-1: a fold's model knows every class (each has SELECT_FOLDS rows)
+    classes, y = np.unique(y, return_inverse=True)
+    folds = StratifiedKFold(SELECT_FOLDS, shuffle=True, random_state=0)
+    proba = cross_val_predict(
+        LogisticRegression(max_iter=300), X, y, cv=folds, method="predict_proba"
+    )
+    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)).mean())
 
 
 class _NoVocabulary(Exception):

@@ -41,7 +41,7 @@ def cross_modal(rows: int, seed: int, rate: float = 0.3):
 
 @pytest.fixture(scope="module")
 def data():
-    table, truth = cross_modal(900, seed=0)
+    table, truth = cross_modal(900, seed=0, rate=0.4)
     return table.slice(0, 600), table.slice(600), truth[600:]
 
 
