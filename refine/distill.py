@@ -65,6 +65,7 @@ def distill(
         tuple(c for c in config.image if c in columns),
         config.image_model,
         config.image_size,
+        labels=state.decisions.refined,  # the teacher's labels choose a text block
     )
     X = encoder.transform(data.table)
     labels = data.labels

@@ -303,6 +303,7 @@ def fit_features(
     image: tuple[str, ...] = (),
     image_model: str | None = None,
     image_size: int = 0,
+    labels: np.ndarray | None = None,
 ) -> FeatureEncoder:
     """Choose and fit an encoder for each feature column.
 
@@ -314,7 +315,8 @@ def fit_features(
     images (binary, or a struct with a binary ``bytes`` field); other binary columns are when
     their values are PNG, JPEG, GIF, BMP or WebP bytes (see ``refine.image``). Images are
     resized to ``image_size`` pixels square (0: their own size, at most 28), and go through the
-    TorchScript network at ``image_model`` when given.
+    TorchScript network at ``image_model`` when given. A text column's block is chosen by the
+    labels: class indices ``labels`` ``(N,)`` (-1 = none) where given, else the label column.
     """
     check_named_columns(table, features, ignore)
     check_text_columns(table, label, text, ignore)
@@ -333,7 +335,8 @@ def fit_features(
     candidates += [n for n in (*text, *image) if n not in candidates]
     encoders: list[Encoder] = []
     skipped: dict[str, str] = {}
-    labels = _label_codes(table, label)
+    if labels is None:
+        labels = _label_codes(table, label)
     for name in candidates:
         if name in duplicated:
             reason = f"{names.count(name)} columns share this name"
