@@ -5,8 +5,11 @@ as a detector (flag = the out-of-fold prediction is another class; AUPRC of the 
 probability) against the known noise, with no refine rounds, so only the representation differs:
 
 * ``tfidf-lr``: TF-IDF of word 1-2-grams into LogisticRegression (the usual baseline);
-* ``svd-mlp``: refine's text encoder (TF-IDF word and character n-grams, truncated SVD) into
-  refine's MLP, as ``refine run`` trains it;
+* ``svd-mlp``: refine's text encoder (TF-IDF n-grams, truncated SVD) into refine's MLP, as
+  ``refine run`` trains it: the labels choose word-only or word-and-character n-grams and the
+  width, by a 3-fold LogisticRegression log-loss;
+* ``svd-mlp-rule``: the same with the block fixed as it was before the labels chose it: word and
+  character n-grams, one component per 16 rows (the encoder fitted without labels);
 * ``embbag``: fastText-style: hashed word 1-2-grams and character 3-5-grams (2**18 buckets) into
   a PyTorch ``EmbeddingBag`` (mean of 64-d vectors, weighted by term counts) and a linear layer,
   trained with sparse Adam and early stopping on a validation split.
@@ -125,6 +128,9 @@ def out_of_fold(name: str, texts, table: pa.Table, labels, folds, classes: int, 
     proba = np.zeros((len(labels), classes))
     if name == "svd-mlp":
         X = fit_features(table.select(["text", "label"]), "label", seed=seed).transform(table)
+    elif name == "svd-mlp-rule":  # no labels to choose by
+        unlabelled = pa.table({"text": table.column("text"), "label": pa.nulls(len(labels))})
+        X = fit_features(unlabelled, "label", seed=seed).transform(table)
     elif name == "embbag":
         X = hashed(list(texts))
     for fold in range(folds.max() + 1):
@@ -132,7 +138,7 @@ def out_of_fold(name: str, texts, table: pa.Table, labels, folds, classes: int, 
         if name == "tfidf-lr":
             model = text_logistic_regression().fit(texts[tr], labels[tr])
             proba[te] = model.predict_proba(texts[te])
-        elif name == "svd-mlp":
+        elif name.startswith("svd-mlp"):
             model = MLPClassifier(n_classes=classes, random_state=seed).fit(X[tr], labels[tr])
             proba[te] = model.predict_proba(X[te])
         else:
@@ -147,7 +153,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/text-models.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    models = ("tfidf-lr", "svd-mlp", "embbag")
+    models = ("tfidf-lr", "svd-mlp", "svd-mlp-rule", "embbag")
     lines = [
         "# Text representations as label-error detectors",
         "",
