@@ -264,17 +264,23 @@ def _selection_labels(labels: np.ndarray, seed: int) -> np.ndarray | None:
 
 def _log_loss(X: np.ndarray, y: np.ndarray) -> float:
     """Mean out-of-fold log-loss of a LogisticRegression on the rows with ``y >= 0``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     rows = y >= 0
     X, y = X[rows], y[rows]
     # classes renumbered to 0..k-1: a fold's model knows every class (each has SELECT_FOLDS rows)
-    classes, y = np.unique(y, return_inverse=True)
+    _, y = np.unique(y, return_inverse=True)
     folds = StratifiedKFold(SELECT_FOLDS, shuffle=True, random_state=0)
-    proba = cross_val_predict(
-        LogisticRegression(max_iter=300), X, y, cv=folds, method="predict_proba"
-    )
+    with warnings.catch_warnings():
+        # an unconverged fit still ranks the blocks; the user has nothing to act on
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        proba = cross_val_predict(
+            LogisticRegression(max_iter=300), X, y, cv=folds, method="predict_proba"
+        )
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)).mean())
 
 
