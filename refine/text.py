@@ -55,7 +55,7 @@ class TextEncoder:
     dim: int = 0  # 0: chosen from the number of rows
     seed: int = 0
     truncated: int = 0
-    # how the n-grams and the width were chosen: "rule", or the log-loss that chose them
+    # how the n-grams and the width were chosen: "rule" (no labels), or the log-losses
     chosen_by: str = "rule"
     vocabulary: dict[str, list[str]] = field(default_factory=dict)
     idf: dict[str, np.ndarray] = field(default_factory=dict)
@@ -134,12 +134,15 @@ class TextEncoder:
             beaten = [c for c in candidates if _clearly_lower(c[0], rule[0])]
             if beaten:
                 losses, keep, components, reduced = min(beaten, key=lambda c: c[0].mean())
+            default = (
+                f"the default block (word and character n-grams, {rule[3].shape[1]} components)"
+            )
             self.chosen_by = (
-                f"{SELECT_FOLDS}-fold log-loss {losses.mean():.4f}, over two standard errors "
-                f"below the rule's block ({rule[0].mean():.4f}); lowest of {len(candidates)}"
+                f"{SELECT_FOLDS}-fold log-loss {losses.mean():.4f} against {rule[0].mean():.4f} "
+                f"for {default}: lower by over two standard errors, the lowest of {len(candidates)}"
                 if beaten
-                else f"{SELECT_FOLDS}-fold log-loss {rule[0].mean():.4f} with the rule's block; "
-                f"none of the other {len(candidates) - 1} was lower by two standard errors"
+                else f"{SELECT_FOLDS}-fold log-loss {rule[0].mean():.4f} with {default}; none of "
+                f"the other {len(candidates) - 1} blocks was lower by two standard errors"
             )
         for (analyzer, _, _), k in zip(_ANALYZERS, keep, strict=True):
             if not k:
@@ -203,12 +206,18 @@ class TextEncoder:
         }
 
     def note(self) -> str | None:
-        if not self.truncated:
-            return None
-        return (
-            f"text column {self.name!r}: {self.truncated} values longer than {MAX_CHARS:,} "
-            "characters were truncated"
-        )
+        """Once per run: a block the labels chose over the default, and values truncated."""
+        said = []
+        if " against " in self.chosen_by:  # the labels replaced the default block
+            kinds = "word and character" if self.vocabulary.get("char_wb") else "word"
+            said.append(
+                f"{kinds} n-grams in {self.dim} components, chosen by the labels: {self.chosen_by}"
+            )
+        if self.truncated:
+            said.append(
+                f"{self.truncated} values longer than {MAX_CHARS:,} characters were truncated"
+            )
+        return f"text column {self.name!r}: " + "; ".join(said) if said else None
 
     def state(self) -> dict[str, Any]:
         """Plain values and tensors: loads with ``torch.load(weights_only=True)``."""

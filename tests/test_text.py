@@ -236,7 +236,7 @@ def test_labels_change_the_text_block_only_to_one_that_predicts_the_truth_better
             accuracy[name] = float((proba.argmax(1) == truth).mean())
             chosen_by[name] = encoder.describe()["columns"][0]["chosen_by"]
         assert chosen_by["chosen"].startswith("3-fold log-loss") and chosen_by["rule"] == "rule"
-        if "with the rule's block" in chosen_by["chosen"]:
+        if "with the default block" in chosen_by["chosen"]:
             np.testing.assert_array_equal(X["chosen"], X["rule"])
         else:
             changed += 1
@@ -262,6 +262,10 @@ def test_a_chosen_word_only_block_round_trips_and_encodes_new_rows_alike():
     encoder = fit_features(table, "label", seed=0)
     described = encoder.describe()["columns"][0]
     assert described["vocabulary"]["char_wb"] == 0  # characters were dropped for this text
+    # the run tells the user, once, what the labels chose and why
+    (note,) = encoder.notes
+    assert note.startswith(f"text column 'text': word n-grams in {described['dim']} components")
+    assert "chosen by the labels: 3-fold log-loss" in note
     restored = FeatureEncoder.from_state(encoder.state())
     assert restored.describe() == encoder.describe()
     np.testing.assert_array_equal(restored.transform(table), encoder.transform(table))
