@@ -110,7 +110,7 @@ class TextEncoder:
             raise _NoVocabulary()
         wanted = self.dim or min(MAX_DIM, max(MIN_DIM, len(sample) // ROWS_PER_DIM))
         y = _selection_labels(labels[rows], self.seed) if chosen else None
-        # Each candidate: (log-loss, -width, which blocks, projection, reduced rows); the word
+        # Each candidate: (rows' log-losses, which blocks, projection, reduced rows); the word
         # block alone is a candidate only beside characters, and only where labels choose.
         candidates = []
         for keep in ((True, True), (True, False)) if y is not None else ((True, True),):
