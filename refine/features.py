@@ -465,10 +465,8 @@ def _label_codes(table: pa.Table, label: str) -> np.ndarray | None:
     their form by the labels (free text); None where the table has no such column."""
     if label not in table.column_names:
         return None
-    column = table.column(label)
-    if pa.types.is_floating(column.type):  # NaN is a missing label, as in refine's reader
-        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
-    codes = pc.dictionary_encode(column).combine_chunks().indices
+    # integer, string or boolean labels (what refine's reader accepts); null is unlabelled
+    codes = pc.dictionary_encode(table.column(label)).combine_chunks().indices
     return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
