@@ -242,6 +242,14 @@ def cli() -> None:
     help="Rows per training step; 0 chooses from the data size.",
 )
 @click.option("--device", type=click.Choice(DEVICES), default=_MODEL.device, show_default=True)
+@click.option(
+    "--mixup",
+    default=_MODEL.mixup,
+    show_default=True,
+    help="Train every model on mixup blends of its batches, mixing weights from "
+    "Beta(MIXUP, MIXUP); 0 = off. Helped on digits, hurt on small low-dimensional tables "
+    "(README, Running it on your data).",
+)
 @click.option("--seed", default=_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option(
@@ -274,6 +282,7 @@ def run_command(
     max_epochs: int,
     batch_size: int,
     device: str,
+    mixup: float,
     overwrite: bool,
     resume: bool,
     workers: int,
@@ -291,7 +300,7 @@ def run_command(
     """
     from refine.pipeline import run
 
-    model = ModelConfig(max_epochs=max_epochs, batch_size=batch_size, device=device)
+    model = ModelConfig(max_epochs=max_epochs, batch_size=batch_size, device=device, mixup=mixup)
     config = RunConfig(
         label=label,
         features=_columns(features) or None,

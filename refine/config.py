@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class ModelConfig:
     val_fraction: float = 0.1
     snapshots: int = 3  # average the predictions of the best N epochs' weights
     device: str = "auto"
+    mixup: float = 0.0  # Beta(a, a) of mixup's mixing weight; 0: off
 
     def validate(self) -> None:
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -60,6 +62,8 @@ class ModelConfig:
             raise ConfigError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.snapshots < 1:
             raise ConfigError(f"--snapshots must be >= 1, got {self.snapshots}")
+        if not (math.isfinite(self.mixup) and self.mixup >= 0):
+            raise ConfigError(f"--mixup must be a number >= 0 (0 = off), got {self.mixup}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 

@@ -154,6 +154,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     image_blocks : tuple of (start, channels, height, width)
         Blocks of columns of ``X`` that hold an image's pixels, channel-major; a small CNN reads
         each (``FeatureEncoder.image_blocks``). Empty: a plain MLP.
+    mixup : float
+        mixup (Zhang et al., 2018) with mixing weights drawn from Beta(mixup, mixup): each step
+        trains on convex blends of its rows with a shuffle of them, targets and weights blended
+        alike. 0: off. The validation loss is on unblended rows.
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         random_state: int = 0,
         image_blocks: tuple[tuple[int, int, int, int], ...] = (),
+        mixup: float = 0.0,
     ):
         self.n_classes = n_classes
         self.hidden = hidden
@@ -187,6 +192,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.image_blocks = image_blocks
+        self.mixup = mixup
 
     def fit(
         self,
@@ -252,7 +258,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 order = tr[torch.randperm(len(tr), generator=generator).to(device)]
                 for start in range(0, len(order), batch):
                     idx = order[start : start + batch]
-                    loss = _weighted_ce(net(Xd[idx]), Td[idx], Wd[idx])
+                    xb, tb, wb = Xd[idx], Td[idx], Wd[idx]
+                    if self.mixup > 0:
+                        lam = float(rng.beta(self.mixup, self.mixup))
+                        perm = torch.randperm(len(idx), generator=generator).to(device)
+                        xb = lam * xb + (1 - lam) * xb[perm]
+                        tb = lam * tb + (1 - lam) * tb[perm]
+                        wb = lam * wb + (1 - lam) * wb[perm]
+                    loss = _weighted_ce(net(xb), tb, wb)
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()

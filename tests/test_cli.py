@@ -245,6 +245,13 @@ def test_existing_non_run_directory_is_never_replaced(tmp_path, noisy_parquet):
 
 def test_bad_option_value(tmp_path, noisy_parquet):
     run_fails(tmp_path, noisy_parquet, "--rounds must be at least 1, got 0", "--rounds", "0")
+    run_fails(
+        tmp_path,
+        noisy_parquet,
+        "--mixup must be a number >= 0 (0 = off), got -0.5",
+        "--mixup",
+        "-0.5",
+    )
 
 
 def test_unknown_augmentation_method(tmp_path, noisy_parquet):

@@ -98,6 +98,17 @@ def test_model_trains_on_soft_targets_and_ignores_zero_weights():
     assert (model.predict(X) == y).mean() > 0.95  # logistic regression: 0.98
 
 
+def test_mixup_trains_on_blends_and_repeats_by_seed():
+    X, y = blobs(n=300, k=3, seed=1)
+    plain = MLPClassifier(hidden=(32,), random_state=0).fit(X, y)
+    mixed = MLPClassifier(hidden=(32,), random_state=0, mixup=1.0).fit(X, y)
+    proba = mixed.predict_proba(X)
+    assert (proba.argmax(1) == y).mean() > 0.95  # logistic regression: 0.98
+    assert np.abs(proba - plain.predict_proba(X)).max() > 1e-3  # the blends changed the fit
+    twin = clone(mixed).fit(X, y)
+    np.testing.assert_array_equal(twin.predict_proba(X), proba)  # same seed, same blends
+
+
 def test_stratified_holdout_takes_the_share_of_each_class():
     classes = np.repeat([0, 1, 2], [100, 20, 1])
     mask = _stratified_holdout(classes, 0.1, np.random.default_rng(0))
