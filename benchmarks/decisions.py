@@ -111,11 +111,12 @@ def main() -> None:
             results[name, variant] = runs
             print(name, variant, {m: round(_mean([r[m] for r in runs]), 3) for m in METRICS})
 
+    recipes_flag = f" --recipes {args.recipes}" if args.recipes != RECIPES else ""
     header = "| recipe | variant | label accuracy | F1 | AUPRC | gap recovered | seconds |"
     lines = [
         "# Decision settings, side by side",
         "",
-        f"`python benchmarks/decisions.py --seeds {args.seeds}` with variants "
+        f"`python benchmarks/decisions.py --seeds {args.seeds}{recipes_flag}` with variants "
         + ", ".join(f"`{n}` = `{json.dumps(o)}`" for n, o in variants.items())
         + ". Means over the seeds; a gap is left out where the noisy and clean test "
         "accuracies are within 0.005.",
