@@ -57,6 +57,7 @@ class TextEncoder:
     truncated: int = 0
     # how the n-grams and the width were chosen: "rule" (no labels), or the log-losses
     chosen_by: str = "rule"
+    replaced_default: bool = False  # the labels chose another block than the rule's
     vocabulary: dict[str, list[str]] = field(default_factory=dict)
     idf: dict[str, np.ndarray] = field(default_factory=dict)
     components: np.ndarray | None = None  # (dim, words + chars)
@@ -134,6 +135,7 @@ class TextEncoder:
             beaten = [c for c in candidates if _clearly_lower(c[0], rule[0])]
             if beaten:
                 losses, keep, components, reduced = min(beaten, key=lambda c: c[0].mean())
+            self.replaced_default = bool(beaten)
             default = (
                 f"the default block (word and character n-grams, {rule[3].shape[1]} components)"
             )
@@ -201,6 +203,7 @@ class TextEncoder:
             "kind": self.kind,
             "dim": self.dim,
             "chosen_by": self.chosen_by,
+            "replaced_default": self.replaced_default,
             "vocabulary": {a: len(v) for a, v in self.vocabulary.items()},
             "truncated_values": self.truncated,
         }
@@ -208,7 +211,7 @@ class TextEncoder:
     def note(self) -> str | None:
         """Once per run: a block the labels chose over the default, and values truncated."""
         said = []
-        if " against " in self.chosen_by:  # the labels replaced the default block
+        if self.replaced_default:
             kinds = "word and character" if self.vocabulary.get("char_wb") else "word"
             said.append(
                 f"{kinds} n-grams in {self.dim} components, chosen by the labels: {self.chosen_by}"
@@ -238,7 +241,8 @@ class TextEncoder:
             dim=int(state["dim"]),
             seed=int(state["seed"]),
             truncated=int(state["truncated_values"]),
-            chosen_by=str(state.get("chosen_by", "rule")),  # older model files lack it
+            chosen_by=str(state.get("chosen_by", "rule")),  # older model files lack these
+            replaced_default=bool(state.get("replaced_default", False)),
             vocabulary={a: list(v) for a, v in state["terms"].items()},
             idf={a: v.numpy() for a, v in state["idf"].items()},
             components=state["components"].numpy(),

@@ -222,7 +222,7 @@ def test_labels_change_the_text_block_only_to_one_that_predicts_the_truth_better
         noisy = flip_symmetric(truth, 0.2, 3, seed)
         labelled = pa.table({"text": pa.array(texts.tolist()), "label": noisy})
         unlabelled = labelled.set_column(1, "label", pa.nulls(600, pa.int64()))
-        accuracy, X, chosen_by = {}, {}, {}
+        accuracy, X, chosen_by, replaced = {}, {}, {}, {}
         for name, table in (("chosen", labelled), ("rule", unlabelled)):
             encoder = fit_features(table, "label", text=("text",), seed=seed)
             X[name] = encoder.transform(table)
@@ -234,9 +234,12 @@ def test_labels_change_the_text_block_only_to_one_that_predicts_the_truth_better
                 method="predict_proba",
             )
             accuracy[name] = float((proba.argmax(1) == truth).mean())
-            chosen_by[name] = encoder.describe()["columns"][0]["chosen_by"]
+            described = encoder.describe()["columns"][0]
+            chosen_by[name], replaced[name] = described["chosen_by"], described["replaced_default"]
         assert chosen_by["chosen"].startswith("3-fold log-loss") and chosen_by["rule"] == "rule"
-        if "with the default block" in chosen_by["chosen"]:
+        assert not replaced["rule"]
+        assert replaced["chosen"] == ("with the default block" not in chosen_by["chosen"])
+        if not replaced["chosen"]:
             np.testing.assert_array_equal(X["chosen"], X["rule"])
         else:
             changed += 1
@@ -262,6 +265,7 @@ def test_a_chosen_word_only_block_round_trips_and_encodes_new_rows_alike():
     encoder = fit_features(table, "label", seed=0)
     described = encoder.describe()["columns"][0]
     assert described["vocabulary"]["char_wb"] == 0  # characters were dropped for this text
+    assert described["replaced_default"]
     # the run tells the user, once, what the labels chose and why
     (note,) = encoder.notes
     assert note.startswith(f"text column 'text': word n-grams in {described['dim']} components")
