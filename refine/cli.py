@@ -185,6 +185,13 @@ def cli() -> None:
     help="Calibrated confidence needed to correct a flagged label.",
 )
 @click.option(
+    "--relabel-odds",
+    default=_DEFAULTS.relabel_odds,
+    show_default=True,
+    help="Also correct a flagged label below the threshold when the predicted class is this "
+    "many times as likely as the given one (0 = off).",
+)
+@click.option(
     "--exclude-threshold",
     default=_DEFAULTS.exclude_threshold,
     show_default=True,

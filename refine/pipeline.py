@@ -503,6 +503,7 @@ def refine_rounds(
             config.soft_mix,
             reliable,
             config.pseudo_threshold if config.pseudo_label else None,
+            config.relabel_odds,
         )
         changed = int((decisions.refined != previous).sum())
         if augment is not None:

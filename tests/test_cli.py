@@ -252,6 +252,13 @@ def test_bad_option_value(tmp_path, noisy_parquet):
         "--mixup",
         "-0.5",
     )
+    run_fails(
+        tmp_path,
+        noisy_parquet,
+        "--relabel-odds must be 0 (off) or a number >= 1, got 0.5",
+        "--relabel-odds",
+        "0.5",
+    )
 
 
 def test_unknown_augmentation_method(tmp_path, noisy_parquet):

@@ -299,6 +299,24 @@ def test_decide_applies_each_rule():
     np.testing.assert_array_equal(kept.weight, [1, 1, 1, 1, 0])
 
 
+def test_decide_corrects_by_odds_below_the_threshold():
+    # Four classes: the predicted class of row 0 is under the 0.4 threshold but four times the
+    # given label's probability; row 1's is only 1.5 times it. Both are flagged.
+    labels = np.array([0, 0])
+    proba = np.array([[0.08, 0.32, 0.30, 0.30], [0.24, 0.36, 0.20, 0.20]], np.float32)
+    is_issue = np.array([True, True])
+    quality = proba[:, 0].copy()
+    agreement = np.ones(2, np.float32)
+    args = (labels, proba, is_issue, quality, agreement, 0.4, 0.05, 0.0, True, None)
+    d = decide(*args, relabel_odds=3.0)
+    np.testing.assert_array_equal(d.source, [CORRECTED, GIVEN])
+    np.testing.assert_array_equal(d.refined, [1, 0])
+    np.testing.assert_allclose(d.weight, [0.32, 0.24])  # each row's probability of being right
+    off = decide(*args, relabel_odds=0.0)
+    np.testing.assert_array_equal(off.source, [GIVEN, GIVEN])
+    np.testing.assert_allclose(off.weight, [0.08, 0.24])
+
+
 def test_pseudo_labels_only_confident_unanimous_unlabelled_rows():
     labels = np.array([0, 1, -1, -1, -1, -1])
     proba = np.array(
