@@ -131,9 +131,7 @@ class RunConfig:
             raise ConfigError(
                 f"--relabel-threshold must be in (0, 1], got {self.relabel_threshold}"
             )
-        if not (self.relabel_odds == 0 or self.relabel_odds >= 1) or not math.isfinite(
-            self.relabel_odds
-        ):
+        if not (self.relabel_odds == 0 or 1 <= self.relabel_odds < math.inf):
             raise ConfigError(
                 f"--relabel-odds must be 0 (off) or a number >= 1, got {self.relabel_odds}"
             )
