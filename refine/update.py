@@ -102,7 +102,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
             )
     try:
         summary = check_summary(json.loads((path / "run.json").read_text()), path / "run.json")
-        config = RunConfig.from_run(summary["config"])
+        config = RunConfig.from_dict(summary["config"])
         refined = pq.read_table(path / "refined.parquet")
         with warnings.catch_warnings():  # torch warns about a pickle it is about to refuse
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)

@@ -94,21 +94,6 @@ def test_load_config_reads_a_run_json(first_run, noisy_parquet):
     assert recorded["versions"]["torch"] == torch.__version__
 
 
-def test_a_run_json_from_before_relabel_odds_reruns_without_it(tmp_path, first_run):
-    # The rule came with a default that changes what a run computes; a run.json written before
-    # it has no key and ran without it, so a rerun must too. A plain file takes the default.
-    config = {k: v for k, v in run_json(first_run)["config"].items() if k != "relabel_odds"}
-    path = doctored(tmp_path, first_run, config=config)
-    assert load_config(path)[0].relabel_odds == 0.0
-    assert load_config(first_run / "run.json")[0].relabel_odds == RunConfig().relabel_odds == 3.0
-    plain = tmp_path / "plain.json"
-    plain.write_text(json.dumps({"rounds": 1}))
-    assert load_config(plain)[0].relabel_odds == 3.0
-    out = tmp_path / "old"
-    assert invoke("run", "--config", str(path), "--out", str(out), "-q").exit_code == 0
-    assert run_json(out)["config"]["relabel_odds"] == 0.0
-
-
 def test_a_version_mismatch_warns_and_still_runs(tmp_path, first_run):
     versions = {**run_json(first_run)["versions"], "torch": "0.0.1", "numpy": "0.0.2"}
     path = doctored(tmp_path, first_run, versions=versions)
