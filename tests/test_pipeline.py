@@ -126,6 +126,23 @@ def test_one_directional_noise_on_small_data_leaves_labels_better_than_given(see
     assert (refined == truth).mean() > (given == truth).mean() + 0.02
 
 
+def test_relabel_odds_reaches_the_relabel_rule(monkeypatch):
+    # decide() is unit-tested with the odds (tests/test_stages.py); here the run passes them on.
+    import refine.pipeline
+
+    seen = []
+    real = refine.pipeline.decide
+
+    def spy(*args, **kwargs):
+        seen.append(args[10])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine.pipeline, "decide", spy)
+    table, _ = noisy_table(n=120, seed=2)
+    refine.run(table, seed=0, relabel_odds=2.5, report=False, **{**FAST, "rounds": 1})
+    assert seen == [2.5]
+
+
 def test_string_labels_come_back_as_they_went_in():
     table, truth = noisy_table(n=240, seed=5)
     names = np.array(["cat", "dog", "ému"])
