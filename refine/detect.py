@@ -50,8 +50,8 @@ def detect_issues(
 
     ``one_way``: leave alone rows flagged against the direction the noise runs in (see
     ``noise_directions``). True estimates the directions from ``proba``; a ``(K, K)`` mask
-    from ``noise_directions`` gives them (the pipeline estimates them once, on the round that
-    models the given labels); False turns the check off.
+    from ``noise_directions`` gives them (the pipeline reads one per round and keeps every
+    direction it has seen, the first round's included); False turns the check off.
     """
     rows = np.arange(len(labels))
     predicted = proba.argmax(1) if len(labels) else np.zeros(0, np.int64)
@@ -100,9 +100,11 @@ def noise_directions(
     """Which flags go against the direction the noise runs in: ``(K, K)`` bool, true at
     ``[i, j]`` when a row given i and predicted j should keep its label.
 
-    ``labels`` ``(N,)`` and ``proba`` ``(N, K)`` out-of-fold, from a model trained on the given
-    labels: both estimates below read the noise off a model of the given labels, not of labels
-    that refine has already corrected.
+    ``labels`` ``(N,)`` and ``proba`` ``(N, K)`` out-of-fold. Both estimates below presume a
+    model trained on the given labels. The pipeline also reads the mask in later rounds, whose
+    models learned labels refine has corrected, and adds what those show; there the counts can
+    misread instance-dependent noise (see the comment on ``directions`` in
+    ``pipeline.refine_rounds``).
 
     When the noise between classes i and j runs one way (a labeller who files some i under j,
     never the reverse), a row given i that the model predicts as j is almost surely a correct
