@@ -97,6 +97,8 @@ def test_summary_targets_from_hand_made_rows():
     assert targets["auprc_margin_over_best_baseline"] == pytest.approx(0.0)  # (0.05 - 0.05) / 2
     assert targets["cases_refined_labels_beat_given"] == 1 and targets["cases"] == 2
     assert targets["mean_gap_recovered"] == pytest.approx(0.75)
+    # the sample standard deviation of 0.5 and 1.0 over the square root of the two cases
+    assert targets["mean_gap_recovered_se"] == pytest.approx(0.25)
     assert targets["pooled_gap_recovered"] == pytest.approx(0.875)  # (0.05 + 0.3) / (0.1 + 0.3)
     assert targets["time_ratio_to_cleanlab_lr"] == pytest.approx(2.0)
 
