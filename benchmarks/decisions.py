@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import refine
-from refine.bench import TRUTH_COLUMNS, _downstream, _flags, truth_arrays
-from refine.features import fit_features
-from refine.recipes import TEXT_COLUMN, build_dataset, load_recipe
+from refine.bench import TRUTH_COLUMNS, _downstream, _flags, truth_arrays, yardstick_inputs
+from refine.recipes import build_dataset, load_recipe
 
 RECIPES = (
     "breast_cancer-instance20,breast_cancer-sym20,digits-instance30,digits-pair30,digits-sym20,"
@@ -46,12 +45,7 @@ def score(name: str, seed: int, options: dict) -> dict:
     built = build_dataset(name, seed=seed)
     train, test = built.train, built.test
     truth, given, labelled, is_noisy = truth_arrays(train)
-    if TEXT_COLUMN in train.column_names:  # as the bench: TF-IDF LogisticRegression on text
-        X = np.asarray(train.column(TEXT_COLUMN).to_pylist(), dtype=object)
-        X_test = np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object)
-    else:
-        encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
-        X, X_test = encoder.transform(train), encoder.transform(test)
+    X, X_test = yardstick_inputs(train, test)
     y_test = test.column("label").to_numpy()
 
     started = time.perf_counter()

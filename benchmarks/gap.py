@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 import refine
-from refine.bench import TRUTH_COLUMNS, _downstream, truth_arrays
-from refine.features import fit_features
-from refine.recipes import TEXT_COLUMN, build_dataset, load_recipe
+from refine.bench import TRUTH_COLUMNS, _downstream, truth_arrays, yardstick_inputs
+from refine.recipes import build_dataset, load_recipe
 
 # The full bench suite without its 45,000-row embeddings, plus the two WRENCH sets (skipped where
 # their files are missing): the recipes of benchmarks/decisions.py.
@@ -55,12 +54,7 @@ def score(name: str, seed: int) -> dict:
     built = build_dataset(name, seed=seed)
     train, test = built.train, built.test
     truth, given, labelled, is_noisy = truth_arrays(train)
-    if TEXT_COLUMN in train.column_names:  # as the bench: TF-IDF LogisticRegression on text
-        X = np.asarray(train.column(TEXT_COLUMN).to_pylist(), dtype=object)
-        X_test = np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object)
-    else:
-        encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
-        X, X_test = encoder.transform(train), encoder.transform(test)
+    X, X_test = yardstick_inputs(train, test)
     y_test = test.column("label").to_numpy()
 
     started = time.perf_counter()

@@ -86,19 +86,8 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
     encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
     X, X_test = encoder.transform(train), encoder.transform(test)
     y_test = test.column("label").to_numpy()
-    # Text recipes: the LogisticRegression baselines and yardsticks read the raw text through
-    # TF-IDF, as a practitioner would, rather than refine's own encoding of it.
     text = TEXT_COLUMN in train.column_names
-    if text:
-        X_lr = np.asarray(train.column(TEXT_COLUMN).to_pylist(), dtype=object)
-        X_lr_test = np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object)
-    elif IMAGE_COLUMN in train.column_names:
-        # In float32 the solver's result on 256 pixels moves with the BLAS thread count. Float64
-        # narrows it, but cleanlab+LR still flags a few rows differently with 1 and 2 threads
-        # (digits_png-instance30 seed 0: F1 0.745 against 0.747); refine's scores do not move.
-        X_lr, X_lr_test = X.astype(np.float64), X_test.astype(np.float64)
-    else:
-        X_lr, X_lr_test = X, X_test
+    X_lr, X_lr_test = yardstick_inputs(train, test, lambda: (X, X_test))
     base = {
         "dataset": recipe.name,
         "seed": seed,
@@ -165,6 +154,37 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
             gap = clean_acc - noisy_acc
             row["gap_recovered"] = (row["test_accuracy"] - noisy_acc) / gap if gap > 0.005 else None
     return rows
+
+
+def yardstick_inputs(
+    train: Any, test: Any, encoded: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the LogisticRegression baselines and the test-accuracy yardstick read, for a built
+    recipe's ``train`` and ``test`` tables: ``(X, X_test)``.
+
+    Text recipes give their raw text (an object array, which ``_lr_model`` reads through TF-IDF,
+    as a practitioner would) rather than refine's own encoding of it. Otherwise they give
+    refine's encoding: ``encoded()`` where the caller has it (called only then: encoding text
+    is the slow part), else features fitted here on ``train``; in float64 for image recipes: in float32 the solver's result on 256 pixels moves with the
+    BLAS thread count. Float64 narrows it, but cleanlab+LR still flags a few rows differently
+    with 1 and 2 threads (digits_png-instance30 seed 0: F1 0.745 against 0.747); refine's
+    scores do not move.
+    """
+    if TEXT_COLUMN in train.column_names:
+        return (
+            np.asarray(train.column(TEXT_COLUMN).to_pylist(), dtype=object),
+            np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object),
+        )
+    if encoded is None:
+        from refine.features import fit_features
+
+        encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
+        X, X_test = encoder.transform(train), encoder.transform(test)
+    else:
+        X, X_test = encoded()
+    if IMAGE_COLUMN in train.column_names:
+        return X.astype(np.float64), X_test.astype(np.float64)
+    return X, X_test
 
 
 def truth_arrays(train: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
