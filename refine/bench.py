@@ -163,12 +163,14 @@ def yardstick_inputs(
     recipe's ``train`` and ``test`` tables: ``(X, X_test)``.
 
     Text recipes give their raw text (an object array, which ``_lr_model`` reads through TF-IDF,
-    as a practitioner would) rather than refine's own encoding of it. Otherwise they give
+    as a practitioner would) rather than refine's own encoding of it. Other recipes give
     refine's encoding: ``encoded()`` where the caller has it (called only then: encoding text
-    is the slow part), else features fitted here on ``train``; in float64 for image recipes: in float32 the solver's result on 256 pixels moves with the
-    BLAS thread count. Float64 narrows it, but cleanlab+LR still flags a few rows differently
-    with 1 and 2 threads (digits_png-instance30 seed 0: F1 0.745 against 0.747); refine's
-    scores do not move.
+    is the slow part), else features fitted here on ``train``.
+
+    Image recipes get it in float64. In float32 the solver's result on 256 pixels moves with
+    the BLAS thread count; float64 narrows it, but cleanlab+LR still flags a few rows
+    differently with 1 and 2 threads (digits_png-instance30 seed 0: F1 0.745 against 0.747).
+    Refine's scores do not move.
     """
     if TEXT_COLUMN in train.column_names:
         return (
