@@ -157,14 +157,10 @@ def render(summaries: dict[str, dict], all_runs: list[dict], command: str) -> st
             f"{s['label_accuracy']:.3f} | {s['mean']:.0%} ± {s['se']:.0%} | "
             f"{s['pooled']:.0%} | {s['seconds']:.1f} |"
         )
-    shares = np.array([s for s in (gap_share(r) for r in all_runs) if s is not None])
-    recovered = sum(r["accuracy"]["refine"] - r["accuracy"]["noisy"] for r in all_runs)
-    gap = sum(r["accuracy"]["clean"] - r["accuracy"]["noisy"] for r in all_runs)
+    total = summarise(all_runs)
     lines += [
-        f"| **all** | | {len(shares)} of {len(all_runs)} | "
-        f"{np.mean([r['label_accuracy'] for r in all_runs]):.3f} | "
-        f"{shares.mean():.0%} ± {shares.std(ddof=1) / np.sqrt(len(shares)):.0%} | "
-        f"{recovered / gap:.0%} | |",
+        f"| **all** | | {total['cases']} of {total['seeds']} | {total['label_accuracy']:.3f} | "
+        f"{total['mean']:.0%} ± {total['se']:.0%} | {total['pooled']:.0%} | |",
         "",
         "## Test accuracy by training set",
         "",
