@@ -25,6 +25,7 @@ import numpy as np
 
 import refine
 from refine.bench import TRUTH_COLUMNS, _downstream, _flags, truth_arrays, yardstick_inputs
+from refine.metrics import label_codes
 from refine.recipes import build_dataset, load_recipe
 
 RECIPES = (
@@ -51,8 +52,7 @@ def score(name: str, seed: int, options: dict) -> dict:
     started = time.perf_counter()
     refined = refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **options).refined
     seconds = time.perf_counter() - started
-    labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
-    labels = np.where(np.isnan(labels.astype(float)), -1, labels).astype(np.int64)
+    labels = label_codes(refined)
     weight = refined.column("sample_weight").to_numpy()
     flags = _flags(
         refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],

@@ -20,7 +20,7 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_cl
 
 import refine
 from refine.baselines import cleanlab_baseline
-from refine.metrics import flag_scores, label_accuracy
+from refine.metrics import flag_scores, label_accuracy, label_codes
 from refine.noise import flip_symmetric, flip_with_matrix
 
 
@@ -95,8 +95,7 @@ def main():
                     t0 = time.perf_counter()
                     r = refine.run(table, seed=seed, **opts)
                     ref = r.refined
-                    refined = ref.column("label_refined").to_numpy(zero_copy_only=False)
-                    refined = np.where(np.isnan(refined.astype(float)), -1, refined).astype(int)
+                    refined = label_codes(ref)
                     rows.append(
                         (
                             name,

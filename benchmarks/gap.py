@@ -35,6 +35,7 @@ import numpy as np
 
 import refine
 from refine.bench import TRUTH_COLUMNS, _downstream, truth_arrays, yardstick_inputs
+from refine.metrics import label_codes
 from refine.recipes import build_dataset, load_recipe
 
 # The full bench suite without its 45,000-row embeddings, plus the two WRENCH sets (skipped where
@@ -60,8 +61,7 @@ def score(name: str, seed: int) -> dict:
     started = time.perf_counter()
     refined = refine.run(train, ignore=TRUTH_COLUMNS, seed=seed).refined
     seconds = time.perf_counter() - started
-    labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
-    labels = np.where(np.isnan(labels.astype(float)), -1, labels).astype(np.int64)
+    labels = label_codes(refined)
     weight = refined.column("sample_weight").to_numpy()
     flagged = refined.column("is_label_issue").to_numpy(zero_copy_only=False).astype(bool)
     kept = labels >= 0

@@ -77,6 +77,7 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
     import refine
     from refine.baselines import cleanlab_baseline
     from refine.features import fit_features
+    from refine.metrics import label_codes
     from refine.recipes import build_dataset
 
     built = build_dataset(recipe, seed=seed)
@@ -99,10 +100,7 @@ def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[d
         lambda: refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **refine_options)
     )
     refined = result.refined
-    refined_labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
-    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(
-        np.int64
-    )
+    refined_labels = label_codes(refined)
     weight = refined.column("sample_weight").to_numpy()
     rows = [
         {

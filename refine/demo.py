@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from refine.baselines import cleanlab_baseline
-from refine.metrics import flag_scores, label_accuracy
+from refine.metrics import flag_scores, label_accuracy, label_codes
 from refine.noise import flip_symmetric
 from refine.pipeline import RunResult, run
 from refine.progress import NULL_PROGRESS, Progress
@@ -73,10 +73,7 @@ def run_demo(
         refine_seconds = time.perf_counter() - started
 
     refined = result.refined
-    refined_labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
-    refined_labels = np.where(np.isnan(refined_labels.astype(float)), -1, refined_labels).astype(
-        np.int64
-    )
+    refined_labels = label_codes(refined)
     scores = {
         "refine": {
             **flag_scores(

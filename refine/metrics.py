@@ -6,6 +6,8 @@ wrong). Thin wrappers over scikit-learn so every figure is computed one way.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
@@ -22,6 +24,13 @@ def flag_scores(
         scores["auprc"] = float(average_precision_score(is_noisy, -quality))
         scores["auroc"] = float(roc_auc_score(is_noisy, -quality))
     return scores
+
+
+def label_codes(refined: Any) -> np.ndarray:
+    """``label_refined`` of a refined table as class indices ``(N,)``, -1 where it is null
+    (an excluded or unlabelled row): the form ``label_accuracy`` reads."""
+    labels = refined.column("label_refined").to_numpy(zero_copy_only=False)
+    return np.where(np.isnan(labels.astype(float)), -1, labels).astype(np.int64)
 
 
 def label_accuracy(refined: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -6,13 +6,14 @@ import json
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
 from refine.bench import measure, render_markdown, run_bench, summarise, write_report
 from refine.cli import cli
-from refine.metrics import flag_scores, label_accuracy
+from refine.metrics import flag_scores, label_accuracy, label_codes
 
 
 def test_flag_scores_agree_with_sklearn_by_hand():
@@ -35,6 +36,14 @@ def test_flag_scores_agree_with_sklearn_by_hand():
 def test_label_accuracy_counts_excluded_rows_as_wrong():
     scores = label_accuracy(np.array([0, 1, -1, 2]), np.array([0, 1, 1, 0]))
     assert scores == {"accuracy": 0.5, "accuracy_kept": pytest.approx(2 / 3), "kept": 0.75}
+
+
+def test_label_codes_reads_null_refined_labels_as_minus_one():
+    refined = pa.table({"label_refined": pa.array([2, None, 0, None], pa.int64())})
+    codes = label_codes(refined)
+    assert codes.dtype == np.int64
+    assert codes.tolist() == [2, -1, 0, -1]
+    assert label_accuracy(codes, np.array([2, 1, 0, 0]))["kept"] == 0.5
 
 
 def test_measure_reports_time_and_memory_growth():
