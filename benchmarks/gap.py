@@ -33,18 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
+# The recipes of the decision runs (benchmarks/ is the script's own folder): the full bench
+# suite without its 45,000-row embeddings, plus the two WRENCH sets where their files are.
+from decisions import RECIPES
+
 import refine
 from refine.bench import TRUTH_COLUMNS, _downstream, truth_arrays, yardstick_inputs
 from refine.metrics import label_codes
 from refine.recipes import build_dataset, load_recipe
 
-# The full bench suite without its 45,000-row embeddings, plus the two WRENCH sets (skipped where
-# their files are missing): the recipes of benchmarks/decisions.py.
-RECIPES = (
-    "breast_cancer-instance20,breast_cancer-sym20,digits-instance30,digits-pair30,digits-sym20,"
-    "digits-sym40,digits-unlabelled50,iris-onedir,make_classification-pair30,"
-    "make_classification-sym20,text-sym20,wine-pair30,wine-sym20,wrench-youtube,wrench-sms"
-)
 SETS = ("noisy", "refine", "unweighted", "missed fixed", "kept, true", "clean")
 KINDS = ("missed", "flagged, kept", "miscorrected", "broken", "excluded")
 
@@ -148,19 +145,24 @@ def render(summaries: dict[str, dict], all_runs: list[dict], command: str) -> st
         "Mean over seeds ± its standard error, and pooled (recovered accuracy summed over the "
         "seeds, over the gaps summed).",
         "",
-        "| recipe | test rows | seeds | label accuracy | gap, mean ± s.e. | gap, pooled | seconds |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for name, s in summaries.items():
-        lines.append(
-            f"| {name} | {s['test_rows']} | {s['cases']} of {s['seeds']} | "
-            f"{s['label_accuracy']:.3f} | {s['mean']:.0%} ± {s['se']:.0%} | "
-            f"{s['pooled']:.0%} | {s['seconds']:.1f} |"
-        )
     total = summarise(all_runs)
+    lines += _table(
+        ["recipe", "test rows", "seeds", "label accuracy", "gap, mean ± s.e.", "gap, pooled"]
+        + ["seconds"],
+        [
+            *(
+                [name, str(s["test_rows"]), f"{s['cases']} of {s['seeds']}"]
+                + [f"{s['label_accuracy']:.3f}", f"{s['mean']:.0%} ± {s['se']:.0%}"]
+                + [f"{s['pooled']:.0%}", f"{s['seconds']:.1f}"]
+                for name, s in summaries.items()
+            ),
+            ["**all**", "", f"{total['cases']} of {total['seeds']}"]
+            + [f"{total['label_accuracy']:.3f}", f"{total['mean']:.0%} ± {total['se']:.0%}"]
+            + [f"{total['pooled']:.0%}", ""],
+        ],
+    )
     lines += [
-        f"| **all** | | {total['cases']} of {total['seeds']} | {total['label_accuracy']:.3f} | "
-        f"{total['mean']:.0%} ± {total['se']:.0%} | {total['pooled']:.0%} | |",
         "",
         "## Test accuracy by training set",
         "",
@@ -168,11 +170,11 @@ def render(summaries: dict[str, dict], all_runs: list[dict], command: str) -> st
         "`unweighted` → `missed fixed`, the wrong labels nobody flagged; `missed fixed` → "
         "`kept, true`, the other wrong labels; `kept, true` → `clean`, the excluded rows.",
         "",
-        "| recipe | " + " | ".join(SETS) + " |",
-        "|---|" + "---|" * len(SETS),
     ]
-    for name, s in summaries.items():
-        lines.append(f"| {name} | " + " | ".join(f"{s['accuracy'][k]:.3f}" for k in SETS) + " |")
+    lines += _table(
+        ["recipe", *SETS],
+        ([name, *(f"{s['accuracy'][k]:.3f}" for k in SETS)] for name, s in summaries.items()),
+    )
     lines += [
         "",
         "## Wrong refined labels, by kind",
@@ -180,16 +182,24 @@ def render(summaries: dict[str, dict], all_runs: list[dict], command: str) -> st
         "Share of the labelled rows, mean over seeds; `noise` is the share of given labels "
         "that are wrong.",
         "",
-        "| recipe | noise | " + " | ".join(KINDS) + " |",
-        "|---|---|" + "---|" * len(KINDS),
     ]
-    for name, s in summaries.items():
-        lines.append(
-            f"| {name} | {s['noise']:.3f} | "
-            + " | ".join(f"{s['kinds'][k]:.3f}" for k in KINDS)
-            + " |"
-        )
+    lines += _table(
+        ["recipe", "noise", *KINDS],
+        (
+            [name, f"{s['noise']:.3f}", *(f"{s['kinds'][k]:.3f}" for k in KINDS)]
+            for name, s in summaries.items()
+        ),
+    )
     return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows) -> list[str]:
+    """A markdown table's lines: ``header`` and each row's cells."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def main() -> None:
