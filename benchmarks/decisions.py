@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,18 +44,49 @@ VARIANTS = (
 METRICS = ("label_accuracy", "f1", "auprc", "gap_recovered")
 
 
-def score(name: str, seed: int, options: dict) -> dict:
+@dataclass
+class Case:
+    """A recipe at a seed, refined: the truth and given labels (``truth_arrays``), the
+    yardstick's inputs, and refine's labels and weights, each ``(N,)`` per training row."""
+
+    truth: np.ndarray
+    given: np.ndarray
+    labelled: np.ndarray
+    is_noisy: np.ndarray
+    X: Any
+    X_test: Any
+    y_test: np.ndarray
+    refined: Any  # refined.parquet's table
+    labels: np.ndarray  # label_refined, -1 where null
+    weight: np.ndarray
+    seconds: float  # refine's wall time
+
+
+def run_case(name: str, seed: int, options: dict) -> Case:
+    """Build recipe ``name`` at ``seed`` and run refine on it with ``options``."""
     built = build_dataset(name, seed=seed)
     train, test = built.train, built.test
-    truth, given, labelled, is_noisy = truth_arrays(train)
     X, X_test = yardstick_inputs(train, test)
-    y_test = test.column("label").to_numpy()
-
     started = time.perf_counter()
     refined = refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **options).refined
     seconds = time.perf_counter() - started
-    labels = label_codes(refined)
-    weight = refined.column("sample_weight").to_numpy()
+    return Case(
+        *truth_arrays(train),
+        X,
+        X_test,
+        test.column("label").to_numpy(),
+        refined,
+        label_codes(refined),
+        refined.column("sample_weight").to_numpy(),
+        seconds,
+    )
+
+
+def score(name: str, seed: int, options: dict) -> dict:
+    case = run_case(name, seed, options)
+    truth, given, labelled, is_noisy = case.truth, case.given, case.labelled, case.is_noisy
+    X, X_test, y_test, refined = case.X, case.X_test, case.y_test, case.refined
+    labels, weight = case.labels, case.weight
     flags = _flags(
         refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
         is_noisy[labelled],
@@ -70,7 +103,7 @@ def score(name: str, seed: int, options: dict) -> dict:
         "gap_recovered": (test_acc - noisy_acc) / gap if gap > 0.005 else None,
         "recovered": test_acc - noisy_acc,
         "gap": gap,
-        "seconds": seconds,
+        "seconds": case.seconds,
     }
 
 

@@ -28,19 +28,17 @@ label corrected to another wrong class), `broken` (a right label corrected to a 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
-# The recipes of the decision runs (benchmarks/ is the script's own folder): the full bench
-# suite without its 45,000-row embeddings, plus the two WRENCH sets where their files are.
-from decisions import RECIPES
+# The decision runs' recipes and the way they build and refine one (benchmarks/ is the
+# script's own folder): the full bench suite without its 45,000-row embeddings, plus the two
+# WRENCH sets where their files are.
+from decisions import RECIPES, run_case
 
-import refine
-from refine.bench import TRUTH_COLUMNS, _downstream, truth_arrays, yardstick_inputs
-from refine.metrics import label_codes
-from refine.recipes import build_dataset, load_recipe
+from refine.bench import _downstream
+from refine.recipes import load_recipe
 
 SETS = ("noisy", "refine", "unweighted", "missed fixed", "kept, true", "clean")
 KINDS = ("missed", "flagged, kept", "miscorrected", "broken", "excluded")
@@ -49,17 +47,10 @@ KINDS = ("missed", "flagged, kept", "miscorrected", "broken", "excluded")
 def score(name: str, seed: int) -> dict:
     """One recipe at one seed: test accuracy of each training set in ``SETS``, the counts of
     ``KINDS`` among the labelled rows, and their number."""
-    built = build_dataset(name, seed=seed)
-    train, test = built.train, built.test
-    truth, given, labelled, is_noisy = truth_arrays(train)
-    X, X_test = yardstick_inputs(train, test)
-    y_test = test.column("label").to_numpy()
-
-    started = time.perf_counter()
-    refined = refine.run(train, ignore=TRUTH_COLUMNS, seed=seed).refined
-    seconds = time.perf_counter() - started
-    labels = label_codes(refined)
-    weight = refined.column("sample_weight").to_numpy()
+    case = run_case(name, seed, {})
+    truth, given, labelled, is_noisy = case.truth, case.given, case.labelled, case.is_noisy
+    X, X_test, y_test, refined = case.X, case.X_test, case.y_test, case.refined
+    labels, weight = case.labels, case.weight
     flagged = refined.column("is_label_issue").to_numpy(zero_copy_only=False).astype(bool)
     kept = labels >= 0
     wrong = labelled & (labels != truth)
@@ -89,7 +80,7 @@ def score(name: str, seed: int) -> dict:
         "noisy_rows": int(is_noisy[labelled].sum()),
         "label_accuracy": float((labels[labelled] == truth[labelled]).mean()),
         "test_rows": len(y_test),
-        "seconds": seconds,
+        "seconds": case.seconds,
     }
 
 
