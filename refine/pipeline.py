@@ -187,6 +187,7 @@ def _run(
         image,
         config.image_model,
         config.image_size,
+        labels=labelled_table.labels,  # a text column's block is chosen by these classes
     )
     X = encoder.transform(table)
     _note_skipped(encoder.skipped, progress)
