@@ -10,6 +10,8 @@ the same rows:
 
 * `noisy`: the given labels;
 * `refine`: `label_refined` with `sample_weight`, as the bench scores refine;
+* `soft`: `label_soft` with `sample_weight`, the other way DESIGN.md gives to train on refine's
+  output (each row once per class, weighted by its probability: the soft cross-entropy);
 * `unweighted`: `label_refined`, every kept row at weight 1;
 * `missed fixed`: as `unweighted`, with the wrong labels refine never flagged set to the truth;
 * `kept, true`: the true labels of the rows refine kept (every residual error fixed);
@@ -28,6 +30,7 @@ label corrected to another wrong class), `broken` (a right label corrected to a 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +40,10 @@ import numpy as np
 # WRENCH sets where their files are.
 from decisions import RECIPES, run_case
 
-from refine.bench import _downstream
+from refine.bench import _downstream, _lr_model
 from refine.recipes import load_recipe
 
-SETS = ("noisy", "refine", "unweighted", "missed fixed", "kept, true", "clean")
+SETS = ("noisy", "refine", "soft", "unweighted", "missed fixed", "kept, true", "clean")
 KINDS = ("missed", "flagged, kept", "miscorrected", "broken", "excluded")
 
 
@@ -66,6 +69,7 @@ def score(name: str, seed: int) -> dict:
     accuracy = {
         "noisy": _downstream(X[labelled], given[labelled], np.ones(labelled.sum()), X_test, y_test),
         "refine": _downstream(X, labels, weight, X_test, y_test),
+        "soft": _soft_downstream(X, refined, weight, X_test, y_test),
         "unweighted": _downstream(X, labels, ones, X_test, y_test),
         "missed fixed": _downstream(
             X, np.where(kinds["missed"], truth, labels), ones, X_test, y_test
@@ -82,6 +86,22 @@ def score(name: str, seed: int) -> dict:
         "test_rows": len(y_test),
         "seconds": case.seconds,
     }
+
+
+def _soft_downstream(X, refined, weight, X_test, y_test) -> float:
+    """Test accuracy of the yardstick trained on ``refined``'s ``label_soft`` with ``weight``:
+    each row once per class whose probability is above 1e-6, weighted by that probability
+    times the row's weight, which makes the fit's loss the cross-entropy to the soft label."""
+    classes = np.array(json.loads(refined.schema.metadata[b"refine.classes"]))
+    soft = np.array(refined.column("label_soft").to_pylist(), dtype=float)
+    rows, columns = np.nonzero((soft > 1e-6) & (weight > 0)[:, None])
+    model = _lr_model(X.dtype == object)
+    model.fit(
+        X[rows],
+        classes[columns],
+        logisticregression__sample_weight=soft[rows, columns] * weight[rows],
+    )
+    return float((model.predict(X_test) == y_test).mean())
 
 
 def gap_share(run: dict, key: str = "refine") -> float | None:
@@ -167,7 +187,8 @@ def render(summaries: dict[str, dict], all_runs: list[dict], command: str) -> st
         "",
         "## Test accuracy by training set",
         "",
-        "Means over seeds. `refine` → `unweighted` is what the weights cost or gain; "
+        "Means over seeds. `refine` → `soft` is what training on `label_soft` gains or "
+        "costs; `refine` → `unweighted`, what the weights do; "
         "`unweighted` → `missed fixed`, the wrong labels nobody flagged; `missed fixed` → "
         "`kept, true`, the other wrong labels; `kept, true` → `clean`, the excluded rows.",
         "",
@@ -181,8 +202,9 @@ def render(summaries: dict[str, dict], all_runs: list[dict], command: str) -> st
         "## Gap recovered by training set",
         "",
         "The share of the gap each training set above recovers: mean over seeds (pooled in "
-        "brackets). `missed fixed` is refine had it also caught every wrong label it never "
-        "flagged; `kept, true`, had it left no wrong label among the rows it kept.",
+        "brackets). `missed fixed` is what refine's labels would recover had it also caught "
+        "every wrong label it never flagged; `kept, true`, had it left no wrong label among "
+        "the rows it kept.",
         "",
     ]
     repaired = SETS[1:-1]
