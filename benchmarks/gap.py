@@ -5,7 +5,7 @@ seeds. On the small recipes a case's gap is a handful of test rows (iris: 38 tes
 45), so two seeds say little, and the share alone does not say what is missing. This script
 runs refine at its defaults on each recipe over many seeds (by default the dev seeds 10-29,
 never the bench's 0 and 1) and scores, with the bench's yardstick (a standardised
-LogisticRegression on the clean test split, `refine.bench._downstream`), five training sets on
+LogisticRegression on the clean test split, `refine.bench._downstream`), eight training sets on
 the same rows:
 
 * `noisy`: the given labels;
