@@ -77,17 +77,14 @@ def score(name: str, seed: int) -> dict:
         "excluded": labelled & ~kept,
     }
     ones = kept.astype(float)
+    missed_fixed = np.where(kinds["missed"], truth, labels)
     accuracy = {
         "noisy": _downstream(X[labelled], given[labelled], np.ones(labelled.sum()), X_test, y_test),
         "refine": _downstream(X, labels, weight, X_test, y_test),
         "soft": _soft_downstream(X, refined, weight, X_test, y_test),
         "unweighted": _downstream(X, labels, ones, X_test, y_test),
-        "missed fixed": _downstream(
-            X, np.where(kinds["missed"], truth, labels), ones, X_test, y_test
-        ),
-        "missed fixed, weighted": _downstream(
-            X, np.where(kinds["missed"], truth, labels), weight, X_test, y_test
-        ),
+        "missed fixed": _downstream(X, missed_fixed, ones, X_test, y_test),
+        "missed fixed, weighted": _downstream(X, missed_fixed, weight, X_test, y_test),
         "kept, true": _downstream(X, np.where(kept, truth, -1), ones, X_test, y_test),
         "clean": _downstream(X, truth, np.ones(len(truth)), X_test, y_test),
     }
