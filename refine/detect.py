@@ -166,13 +166,26 @@ def anchor_transitions(
     and every such row went unflagged). NaN compares false, so it names no direction.
     """
     k = proba.shape[1]
-    predicted = proba.argmax(1)
     noise = np.full((k, k), np.nan)
-    for i in range(k):
+    for i, anchors in enumerate(anchor_rows(proba, share, min_anchors)):
+        if len(anchors):
+            noise[i] = proba[anchors].mean(0)
+    return noise
+
+
+def anchor_rows(
+    proba: np.ndarray, share: float = ANCHOR_SHARE, min_anchors: int = MIN_ANCHORS
+) -> list[np.ndarray]:
+    """Each class's anchors: the top ``share`` (at least ``min_anchors``) of the rows predicted
+    as the class, by its probability; none for a class predicted for fewer rows than that.
+    ``proba`` ``(N, K)``; returns K arrays of row indices."""
+    predicted = proba.argmax(1)
+    anchors = []
+    for i in range(proba.shape[1]):
         rows = np.flatnonzero(predicted == i)
         if len(rows) < min_anchors:
-            continue  # too few rows to tell where the class's labels go
+            anchors.append(rows[:0])  # too few rows to tell where the class's labels go
+            continue
         count = max(min_anchors, round(share * len(rows)))
-        anchors = rows[np.argsort(-proba[rows, i], kind="stable")[:count]]
-        noise[i] = proba[anchors].mean(0)
-    return noise
+        anchors.append(rows[np.argsort(-proba[rows, i], kind="stable")[:count]])
+    return anchors
