@@ -95,6 +95,25 @@ def cli() -> None:
 )
 @click.option("--label", "-l", default=_DEFAULTS.label, show_default=True, help="Label column.")
 @click.option(
+    "--verified",
+    default=None,
+    help="Column of verified labels (the label's values; null where nobody checked the row). "
+    "Verified rows are never changed, and refine measures and steers itself by them.",
+)
+@click.option(
+    "--verified-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Parquet or CSV of verified labels kept apart from the data: a verified_label column "
+    "and the --key column (without --key, a 'row' column of positions, as refine review "
+    "writes it).",
+)
+@click.option(
+    "--key",
+    default=None,
+    help="Column joining --verified-file to the data (unique values, such as an id).",
+)
+@click.option(
     "--features",
     multiple=True,
     help="Feature columns (comma-separated or repeated). Default: every usable column.",
@@ -286,6 +305,7 @@ def run_command(
     text: tuple[str, ...],
     image: tuple[str, ...],
     image_model: Path | None,
+    verified_file: Path | None,
     max_epochs: int,
     batch_size: int,
     device: str,
@@ -315,6 +335,7 @@ def run_command(
         text=_columns(text),
         image=_columns(image),
         image_model=str(image_model) if image_model is not None else None,
+        verified_file=str(verified_file) if verified_file is not None else None,
         teacher_features=_columns(teacher_features) if teacher_features else None,
         student_features=_columns(student_features) if student_features else None,
         model=model,
@@ -389,6 +410,28 @@ def _ece(calibration: dict[str, Any]) -> str:
     return f"{before:.3f} / {after:.3f}"
 
 
+def _print_trust(console: Console, trust: dict[str, Any] | None) -> None:
+    """One line on whether refine changed labels and why; with verified rows, what they show."""
+    if not trust:
+        return
+    colour = "yellow" if trust["policy"] == "keep" else "green"
+    console.print(f"[{colour}]{trust['reason'][0].upper()}{trust['reason'][1:]}.[/]")
+    measured = trust.get("measured")
+    if measured:
+        console.print(
+            f"On {measured['rows']:,} verified rows, scored out of fold: given labels "
+            f"{_share(measured['given_accuracy'])} right, refined labels "
+            f"{_share(measured['refined_accuracy'])}."
+        )
+
+
+def _share(interval: dict[str, Any]) -> str:
+    """``0.842 (95% CI 0.80-0.88)``."""
+    if interval["value"] is None:
+        return "n/a"
+    return f"{interval['value']:.3f} (95% CI {interval['low']:.3f}-{interval['high']:.3f})"
+
+
 def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     table = Table(title=f"refine: {out}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -408,14 +451,12 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("device", s["device"]),
         ("seconds", f"{sum(s['timings'].values()):.1f}"),
     ]
+    if s.get("verified"):
+        rows.insert(2, ("verified", f"{s['verified']:,}"))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    if not s["teacher_reliable"]:
-        console.print(
-            "[yellow]The model barely beats chance on these labels, so every label "
-            "was kept. More data or better features would help.[/]"
-        )
+    _print_trust(console, s.get("trust"))
     if s["top_confusions"]:
         confusions = Table(
             title="most common given → predicted among flagged rows", title_justify="left"

@@ -73,6 +73,11 @@ class RunConfig:
     """Everything that decides what a run computes. Saved in ``run.json`` and the Parquet metadata."""
 
     label: str = "label"
+    # Verified labels: a column of the data (null where nobody checked the row), or a file of
+    # them joined to the data by the key column (None: by the file's "row" positions).
+    verified: str | None = None
+    verified_file: str | None = None
+    key: str | None = None
     features: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     text: tuple[str, ...] = ()  # string columns to read as free text
@@ -167,8 +172,27 @@ class RunConfig:
             raise ConfigError(
                 f"--features names the label column {self.label!r}; a label cannot be a feature"
             )
+        self._validate_verified()
         self._validate_distillation()
         self.model.validate()
+
+    def _validate_verified(self) -> None:
+        if self.verified is not None and self.verified_file is not None:
+            raise ConfigError("--verified and --verified-file both give verified labels; pass one")
+        if self.key is not None and self.verified_file is None:
+            raise ConfigError(
+                "--key names the column that joins --verified-file; pass the file too"
+            )
+        if self.verified is not None and self.verified == self.label:
+            raise ConfigError(
+                f"--verified names the label column {self.label!r}; verified labels go in a "
+                "column of their own (null where nobody checked the row)"
+            )
+        for option, name in (("--verified", self.verified), ("--key", self.key)):
+            if name is not None and self.features is not None and name in self.features:
+                raise ConfigError(
+                    f"{option} column {name!r} cannot also be a feature; drop it from --features"
+                )
 
     def _validate_distillation(self) -> None:
         if self.student_features is not None and self.teacher_features is None:

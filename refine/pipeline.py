@@ -46,10 +46,12 @@ from refine.relabel import (
     GIVEN,
     PSEUDO,
     SYNTHETIC,
+    VERIFIED,
     Decisions,
-    decide,
     teacher_is_reliable,
 )
+from refine.trust import KEEP, Judge
+from refine.verify import verified_labels
 from refine.write import (
     ROUNDS_SCHEMA,
     atomic_directory,
@@ -168,6 +170,7 @@ def _run(
     check_named_columns(table, config.teacher_features, (), "--teacher-features")
     check_named_columns(table, config.student_features, (), "--student-features")
     labelled_table = encode_labels(table, config.label, config.folds)
+    verified = verified_labels(labelled_table, config.verified, config.verified_file, config.key)
     timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -180,7 +183,8 @@ def _run(
         table,
         config.label,
         features,
-        config.ignore,
+        # A verified label would give the answer away; a join key is an id.
+        config.ignore + tuple(c for c in (config.verified, config.key) if c is not None),
         config.max_categories,
         text,
         config.seed,
@@ -209,6 +213,7 @@ def _run(
         augment=augment,
         image_blocks=encoder.image_blocks,
         runner=runner,
+        verified=verified,
     )
     student = None
     if config.student_features is not None:
@@ -328,12 +333,13 @@ class _State:
     temperature: float
     reliable: bool
     device: str
+    trust: dict[str, Any]  # the last round's policy, its reason and the verified measurements
     synthetic: Any = None
     reliability: dict[str, Any] | None = None  # the last round's bins before/after calibration
 
 
 # A finished round's values a checkpoint keeps, beside its decisions, arrays and rows.
-ROUND_METRICS = ("ece_before", "ece_after", "temperature", "reliable", "reliability")
+ROUND_METRICS = ("ece_before", "ece_after", "temperature", "reliable", "reliability", "trust")
 
 
 # After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
@@ -351,25 +357,30 @@ def refine_rounds(
     augment: Augment | None = None,
     image_blocks: tuple[tuple[int, int, int, int], ...] = (),
     runner: FoldRunner | None = None,
+    verified: np.ndarray | None = None,
 ) -> _State:
     """Rounds of cross-fit, calibrate, detect and decide on the rows of ``data`` (the judged
     rows), training on them plus ``replay`` rows and each round's synthetic rows.
     ``image_blocks``: the columns of ``X`` the models read as images. ``runner`` trains the
     folds; its checkpoint, if any, records each finished fold and round, and the rounds go
-    on after the last one it holds."""
+    on after the last one it holds. ``verified`` ``(N,)``: each row's verified class (-1 =
+    none); verified rows train with that label from the first round on."""
     labels = data.labels
     n = len(labels)
     labelled = labels >= 0
     k = data.n_classes
+    verified = np.full(n, -1, np.int64) if verified is None else verified
+    judge = Judge(labels, verified, config, data.class_values())
     replay_labels = replay.labels if replay is not None else np.zeros(0, np.int64)
     all_folds = make_folds(np.concatenate([labels, replay_labels]), config.folds, config.seed)
     folds, replay_folds = all_folds[:n], all_folds[n:]
     device = str(resolve_device(config.model.device))
 
+    trained = np.where(verified >= 0, verified, labels)  # what each row trains on at first
     targets = np.zeros((n, k), np.float32)
-    targets[np.flatnonzero(labelled), labels[labelled]] = 1.0
-    weights = labelled.astype(np.float32)
-    previous = labels.copy()
+    targets[np.flatnonzero(trained >= 0), trained[trained >= 0]] = 1.0
+    weights = (trained >= 0).astype(np.float32)
+    previous = trained.copy()
     # The one-way noise check's (K, K) mask. A direction once seen stays: the first round
     # models the given labels and shows the noise plainest; later rounds model labels refine
     # has corrected, which hide it from the anchors (iris, one-way noise: label accuracy
@@ -417,9 +428,10 @@ def refine_rounds(
                 resumed.arrays[key] for key in ("proba", "agreement", "is_issue", "quality")
             )
             directions = resumed.arrays.get("directions")
-            ece_before, ece_after, temperature, reliable, reliability = (
+            ece_before, ece_after, temperature, reliable, reliability, trust = (
                 resumed.metrics[key] for key in ROUND_METRICS
             )
+            judge.restore(trust)
             timings.update(resumed.metrics["timings"])
             previous, targets, weights = decisions.refined, decisions.soft, decisions.weight
             if augment is not None:
@@ -494,22 +506,12 @@ def refine_rounds(
             reliable = teacher_is_reliable(given, proba[labelled])
         else:  # agreement beyond chance needs two classes; trust the earlier run's verdict
             reliable = teacher.reliable
-        # The teacher's round flags and pseudo-labels, but leaves given labels and weights to
-        # the retrained out-of-fold rounds: a model that never saw the batch's distribution
-        # mistakes rows of classes the stream has moved to (benchmarks/stream.py: final-batch
-        # label accuracy 0.868 when it corrected, 0.962 when it did not).
-        decisions = decide(
-            labels,
-            proba,
-            np.zeros(n, bool) if teacher_round else is_issue,
-            quality,
-            agreement,
-            config.relabel_threshold,
-            config.exclude_threshold,
-            config.soft_mix,
-            reliable,
-            config.pseudo_threshold if config.pseudo_label else None,
-            config.relabel_odds,
+        verdict = judge(proba, agreement, is_issue, quality, reliable, teacher_round)
+        decisions, is_issue, quality, trust = (
+            verdict.decisions,
+            verdict.is_issue,
+            verdict.quality,
+            verdict.record,
         )
         changed = int((decisions.refined != previous).sum())
         if augment is not None:
@@ -528,12 +530,13 @@ def refine_rounds(
                 "ece_after": ece_after,
                 "temperature": temperature,
                 "reliable": reliable,
+                "policy": trust["policy"],
                 "seconds": time.perf_counter() - round_started,
             }
         )
         progress.advance(round_task)
         if checkpoint is not None:
-            metrics = (ece_before, ece_after, temperature, reliable, reliability)
+            metrics = (ece_before, ece_after, temperature, reliable, reliability, trust)
             checkpoint.save_round(
                 round_index,
                 round_record(
@@ -546,7 +549,8 @@ def refine_rounds(
             )
         previous = decisions.refined
         targets, weights = decisions.soft, decisions.weight
-        if changed < config.min_changes and fitted is not None:
+        # A round that keeps every label would only retrain on the same targets.
+        if (changed < config.min_changes or trust["policy"] == KEEP) and fitted is not None:
             break
     progress.finish(round_task)
     assert fitted is not None, "a run trains at least one round"
@@ -563,6 +567,7 @@ def refine_rounds(
         temperature,
         reliable,
         device,
+        trust,
         synthetic,
         reliability,
     )
@@ -671,8 +676,10 @@ def summarise_run(
         "pseudo_labelled": d.count(PSEUDO),
         "synthetic_rows": len(state.synthetic.X) if state.synthetic is not None else 0,
         "down_weighted": int(((d.source == GIVEN) & (d.weight < 1)).sum()),
+        "verified": d.count(VERIFIED),
         "rounds_run": len(state.rounds),
         "teacher_reliable": state.reliable,
+        "trust": state.trust,
         "calibration": {
             "temperature": state.temperature,
             "ece_before": state.ece_before,

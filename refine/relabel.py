@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SOURCES = ("given", "corrected", "pseudo", "excluded", "unlabelled", "synthetic")
-GIVEN, CORRECTED, PSEUDO, EXCLUDED, UNLABELLED, SYNTHETIC = range(len(SOURCES))
+SOURCES = ("given", "corrected", "pseudo", "excluded", "unlabelled", "synthetic", "verified")
+GIVEN, CORRECTED, PSEUDO, EXCLUDED, UNLABELLED, SYNTHETIC, VERIFIED = range(len(SOURCES))
 
 
 @dataclass
@@ -113,9 +113,74 @@ def decide(
             source[pseudo] = PSEUDO
             weight[pseudo] = confidence[pseudo]
 
+    return Decisions(refined, source, weight, _soft_targets(refined, proba, soft_mix))
+
+
+def keep_given(labels: np.ndarray, proba: np.ndarray, soft_mix: float) -> Decisions:
+    """Every given label kept at weight 1, nothing pseudo-labelled: what refine writes when it
+    cannot show that its corrections would be right."""
+    labelled = labels >= 0
+    source = np.where(labelled, GIVEN, UNLABELLED).astype(np.int8)
+    return Decisions(
+        labels.copy(), source, labelled.astype(np.float32), _soft_targets(labels, proba, soft_mix)
+    )
+
+
+def decide_by_posterior(
+    labels: np.ndarray,
+    posterior: np.ndarray,
+    agreement: np.ndarray,
+    soft_mix: float,
+    pseudo_threshold: float | None = None,
+) -> Decisions:
+    """Decide from ``posterior`` ``(N, K)``: for labelled rows the probability of each true class
+    given the row and its given label (``trust.Posterior``), for unlabelled rows given the row
+    alone. Both are calibrated against verified labels, so the rules need no thresholds of
+    their own:
+
+    * labelled rows take their most likely true class: the given label where it is likeliest,
+      else a correction; the weight is that class's probability (the chance the label is right);
+    * unlabelled rows are pseudo-labelled as ``decide`` does, at ``pseudo_threshold``.
+    """
+    n, k = posterior.shape
+    labelled = labels >= 0
+    best = posterior.argmax(1) if n else np.zeros(0, np.int64)
+    confidence = posterior[np.arange(n), best]
+    refined = np.where(labelled, best, -1)
+    source = np.where(labelled, GIVEN, UNLABELLED).astype(np.int8)
+    source[labelled & (best != labels)] = CORRECTED
+    weight = np.where(labelled, confidence, 0.0).astype(np.float32)
+    if pseudo_threshold is not None:
+        pseudo = ~labelled & (confidence >= pseudo_threshold) & (agreement >= 1.0)
+        refined[pseudo] = best[pseudo]
+        source[pseudo] = PSEUDO
+        weight[pseudo] = confidence[pseudo]
+    return Decisions(refined, source, weight, _soft_targets(refined, posterior, soft_mix))
+
+
+def with_verified(decisions: Decisions, verified: np.ndarray) -> Decisions:
+    """``decisions`` with every verified row (``verified`` ``(N,)`` class index, -1 = not
+    verified) set to its verified label: source ``VERIFIED``, weight 1, a one-hot soft target."""
+    rows = np.flatnonzero(verified >= 0)
+    if not len(rows):
+        return decisions
+    refined, source = decisions.refined.copy(), decisions.source.copy()
+    weight, soft = decisions.weight.copy(), decisions.soft.copy()
+    refined[rows] = verified[rows]
+    source[rows] = VERIFIED
+    weight[rows] = 1.0
+    soft[rows] = 0.0
+    soft[rows, verified[rows]] = 1.0
+    return Decisions(refined, source, weight, soft)
+
+
+def _soft_targets(refined: np.ndarray, proba: np.ndarray, soft_mix: float) -> np.ndarray:
+    """The refined label's one-hot mixed with the prediction: ``(1 - soft_mix) * onehot +
+    soft_mix * proba``; rows without a label get ``proba``."""
+    k = proba.shape[1]
     soft = proba.astype(np.float32, copy=True)
     has_label = refined >= 0
     onehot = np.zeros((int(has_label.sum()), k), np.float32)
     onehot[np.arange(len(onehot)), refined[has_label]] = 1.0
     soft[has_label] = (1.0 - soft_mix) * onehot + soft_mix * soft[has_label]
-    return Decisions(refined=refined, source=source, weight=weight, soft=soft)
+    return soft

@@ -41,6 +41,7 @@ ROUNDS_SCHEMA = pa.schema(
         ("ece_after", pa.float64()),
         ("temperature", pa.float64()),
         ("reliable", pa.bool_()),
+        ("policy", pa.string()),
         ("seconds", pa.float64()),
     ]
 )

@@ -130,16 +130,16 @@ def test_relabel_odds_reaches_the_relabel_rule(monkeypatch):
     # decide() is unit-tested with the odds (tests/test_stages.py); here the run passes them on.
     import inspect
 
-    import refine.pipeline
+    import refine.trust
 
     seen = []
-    real = refine.pipeline.decide
+    real = refine.trust.decide
 
     def spy(*args, **kwargs):  # by name, however the pipeline passes it
         seen.append(inspect.signature(real).bind(*args, **kwargs).arguments.get("relabel_odds"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(refine.pipeline, "decide", spy)
+    monkeypatch.setattr(refine.trust, "decide", spy)
     table, _ = noisy_table(n=120, seed=2)
     refine.run(table, seed=0, relabel_odds=2.5, report=False, **{**FAST, "rounds": 1})
     assert seen == [2.5]

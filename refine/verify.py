@@ -1,0 +1,214 @@
+"""Verified labels: labels a person checked, read from a column of the data (``--verified``) or
+from a file joined to the data by a key (``--verified-file FILE --key COL``).
+
+Out: ``(N,)`` class indices into the run's classes, -1 where nobody verified the row. A verified
+row trains with its verified label, is never changed, and is the evidence ``refine.trust``
+measures and decides by.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from refine.errors import InputError
+from refine.read import LabelledTable, plain_values
+
+# The column of a verified-labels file that holds the labels (refine review writes it empty).
+VERIFIED_LABEL = "verified_label"
+# A file without --key joins by this column: the row's position in the input (0-based), which
+# is also its position in refined.parquet.
+ROW_KEY = "row"
+
+
+def verified_labels(
+    data: LabelledTable, column: str | None, file: str | Path | None, key: str | None
+) -> np.ndarray:
+    """Every row's verified class index ``(N,)`` (-1 = not verified) from ``column`` of the
+    data, or from ``file`` joined by ``key`` (a column of the data and of the file; None joins
+    the file's ``row`` column to row positions). Neither: nothing is verified.
+
+    Raises ``InputError`` naming the column, row or value for a verified value that is not a
+    class of the label column, a key that is missing, null, duplicated or not in the data, and
+    a file without the columns it needs.
+    """
+    n = data.table.num_rows
+    if column is not None:
+        if column not in data.table.column_names:
+            raise InputError(
+                f"input has no verified-label column {column!r}; its columns are: "
+                f"{_shown(data.table.column_names)}. Name the column with --verified"
+            )
+        return _encode(data.table.column(column), data, f"column {column!r}", None)
+    if file is None:
+        return np.full(n, -1, np.int64)
+    table = read_verified_file(file, key or ROW_KEY)
+    where = f"verified file {str(file)!r}"
+    positions = _join(table.column(key or ROW_KEY), data, key, where)
+    found = np.full(n, -1, np.int64)
+    codes = _encode(table.column(VERIFIED_LABEL), data, where, table.column(key or ROW_KEY))
+    chosen = codes >= 0
+    found[positions[chosen]] = codes[chosen]
+    return found
+
+
+def read_verified_file(path: str | Path, key: str) -> pa.Table:
+    """A verified-labels file, Parquet or CSV, with its ``key`` and ``verified_label`` columns.
+
+    CSV cells are read as text (a spreadsheet's "007" stays "007") and cast to the data's types
+    when joined; an empty cell is null, so a row left blank is simply not verified.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"verified file {str(path)!r} does not exist; pass a Parquet or CSV file with a "
+            f"{VERIFIED_LABEL} column (refine review writes one)"
+        )
+    try:
+        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            table = _read_csv(path)
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        kind = "CSV" if path.suffix.lower() in (".csv", ".tsv", ".txt") else "Parquet"
+        raise InputError(
+            f"cannot read verified file {str(path)!r} as {kind}: {exc}. A verified file is "
+            "Parquet, or CSV with a header row (name it .csv)"
+        ) from None
+    missing = [c for c in (key, VERIFIED_LABEL) if c not in table.column_names]
+    if missing:
+        need = (
+            f"the key column {key!r} (named by --key)"
+            if key != ROW_KEY
+            else f"a {ROW_KEY!r} column (each row's position in the input; or name a key column "
+            "with --key)"
+        )
+        raise InputError(
+            f"verified file {str(path)!r} has no column {missing[0]!r}; its columns are: "
+            f"{_shown(table.column_names)}. It needs {need} and a {VERIFIED_LABEL} column"
+        )
+    return table
+
+
+def _read_csv(path: Path) -> pa.Table:
+    import pyarrow.csv as csv
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    names = csv.read_csv(
+        path, parse_options=csv.ParseOptions(delimiter=delimiter), read_options=csv.ReadOptions()
+    ).column_names
+    return csv.read_csv(
+        path,
+        parse_options=csv.ParseOptions(delimiter=delimiter),
+        convert_options=csv.ConvertOptions(
+            column_types={name: pa.string() for name in names},
+            strings_can_be_null=True,
+            null_values=[""],
+        ),
+    )
+
+
+def _join(keys: pa.ChunkedArray, data: LabelledTable, key: str | None, where: str) -> np.ndarray:
+    """Each file row's position in the data ``(M,)``, by ``key`` (None: the positions)."""
+    n = data.table.num_rows
+    null = pc.is_null(keys).to_numpy(zero_copy_only=False)
+    if null.any():
+        raise InputError(
+            f"{where}: row {int(np.argmax(null))} has no key; give every row its "
+            f"{key or ROW_KEY} value, or delete the row"
+        )
+    _check_unique(keys, f"{where}'s column {key or ROW_KEY!r}", "keep one row per key")
+    if key is None:
+        positions = _cast(keys, pa.int64(), f"{where}'s {ROW_KEY!r} column")
+        values = positions.to_numpy(zero_copy_only=False)
+        outside = np.flatnonzero((values < 0) | (values >= n))
+        if len(outside):
+            raise InputError(
+                f"{where}: row position {int(values[outside[0]])} is outside the input, whose "
+                f"rows are 0 to {n - 1} ({len(outside)} positions outside); the {ROW_KEY!r} "
+                "column must hold positions in the input (as refine review writes them)"
+            )
+        return values.astype(np.int64)
+    if key not in data.table.column_names:
+        raise InputError(
+            f"--key names {key!r}, which is not a column of the input; its columns are: "
+            f"{_shown(data.table.column_names)}"
+        )
+    column = plain_values(data.table.column(key))
+    _check_unique(
+        column, f"the input's key column {key!r}", "--key must name a column of unique values"
+    )
+    keys = _cast(plain_values(keys), column.type, f"{where}'s column {key!r}")
+    positions = pc.index_in(keys, value_set=pc.drop_null(column).combine_chunks())
+    if positions.null_count:
+        missing = np.flatnonzero(pc.is_null(positions).to_numpy(zero_copy_only=False))
+        raise InputError(
+            f"{where}: key {json.dumps(keys[int(missing[0])].as_py(), default=str)} is not in the "
+            f"input's column {key!r} ({len(missing)} keys not found); check that the file "
+            "belongs to this data"
+        )
+    # index_in counts positions among the non-null keys of the data: map back to rows.
+    valid = np.flatnonzero(pc.is_valid(column).to_numpy(zero_copy_only=False))
+    return valid[positions.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def _encode(
+    values: pa.ChunkedArray, data: LabelledTable, where: str, keys: pa.ChunkedArray | None
+) -> np.ndarray:
+    """Class indices ``(M,)`` of verified values (-1 = null); a value outside the classes is
+    an error naming it, its row (or key) and the classes."""
+    values = plain_values(values)
+    classes = plain_values(data.classes)
+    values = _cast(values, classes.type, f"{where}'s verified labels")
+    codes = pc.index_in(values, value_set=classes)
+    unknown = np.flatnonzero(
+        pc.and_(pc.is_null(codes), pc.is_valid(values)).to_numpy(zero_copy_only=False)
+    )
+    if len(unknown):
+        row = int(unknown[0])
+        at = (
+            f"row {row}"
+            if keys is None
+            else f"the row with key {json.dumps(keys[row].as_py(), default=str)}"
+        )
+        raise InputError(
+            f"{where}: verified label {json.dumps(values[row].as_py(), default=str)} in {at} is "
+            f"not a class of the label column {data.label!r} ({len(unknown)} rows like it; the "
+            f"classes are {_shown(classes.to_pylist(), json_values=True)}). Fix the value, or "
+            "leave the row unverified"
+        )
+    return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _cast(values: Any, to: pa.DataType, what: str) -> Any:
+    if values.type == to:
+        return values
+    try:
+        return values.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(
+            f"{what} cannot be read as {to} ({exc}); they must hold the same kind of values "
+            "as the input's"
+        ) from None
+
+
+def _check_unique(values: Any, what: str, fix: str) -> None:
+    counts = pc.value_counts(pc.drop_null(values))
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        raise InputError(
+            f"{what} holds {json.dumps(repeated[0].as_py(), default=str)} more than once "
+            f"({len(repeated)} values repeat); {fix}"
+        )
+
+
+def _shown(values: list[Any], json_values: bool = False) -> str:
+    shown = [json.dumps(v, default=str) if json_values else repr(v) for v in values[:20]]
+    return ", ".join(shown) + (" ..." if len(values) > 20 else "")
