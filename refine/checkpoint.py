@@ -78,13 +78,16 @@ def open_checkpoint(
     data: LabelledTable,
     versions: dict[str, str],
     progress: Progress,
+    verified: np.ndarray | None = None,
 ) -> Checkpoint:
-    """The checkpoint of the run of ``config`` on ``X`` ``(N, D)`` and ``data``'s labels
-    writing ``out``, with ``versions`` of the packages (those that decide the numbers are
-    fingerprinted); see ``Checkpoint.open``."""
+    """The checkpoint of the run of ``config`` on ``X`` ``(N, D)``, ``data``'s labels and the
+    ``verified`` labels ``(N,)`` writing ``out``, with ``versions`` of the packages (those that
+    decide the numbers are fingerprinted); see ``Checkpoint.open``."""
     kept = {k: v for k, v in versions.items() if k in (*REPRODUCIBLE_VERSIONS, "python")}
     device = str(resolve_device(config.model.device))
-    print_ = fingerprint(config.to_dict(), X, data.labels, data.class_values(), kept, device)
+    print_ = fingerprint(
+        config.to_dict(), X, data.labels, data.class_values(), kept, device, verified
+    )
     return Checkpoint.open(out, print_, resume, progress)
 
 
@@ -101,9 +104,11 @@ def fingerprint(
     classes: list[Any],
     versions: dict[str, str],
     device: str,
+    verified: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What a run's results depend on: the resolved configuration, hashes of the encoded
-    features ``X`` ``(N, D)`` and of the encoded labels ``(N,)`` with their classes, the
+    features ``X`` ``(N, D)`` and of the encoded labels ``(N,)`` with their classes (and of
+    the verified labels, which a --verified-file may change under the same path), the
     versions of the packages that compute them, and the device.
 
     Hashing what the models train on, not the input files, is exact (any change to a feature
@@ -116,6 +121,11 @@ def fingerprint(
         "rows": int(len(labels)),
         "features": _digest(X),
         "labels": _digest(labels, json.dumps(classes, default=str)),
+        **(
+            {"verified": _digest(verified)}
+            if verified is not None and (verified >= 0).any()
+            else {}
+        ),
         "versions": versions,
         "device": device,
     }
@@ -141,6 +151,8 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         found.append(f"input rows {saved.get('rows')} (now {current['rows']})")
     elif saved.get("labels") != current["labels"]:
         found.append("the input's labels")
+    if saved.get("rows") == current["rows"] and saved.get("verified") != current.get("verified"):
+        found.append("the verified labels")
     if saved.get("rows") == current["rows"] and saved.get("features") != current["features"]:
         found.append("the input's feature values")
     versions = saved.get("versions") or {}

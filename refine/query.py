@@ -1,4 +1,5 @@
-"""SQL over a run directory through DuckDB: views ``refined``, ``flagged``, ``rounds`` and,
+"""SQL over a run directory through DuckDB: views ``refined``, ``flagged``, ``verified`` (rows
+whose label a person verified), ``rounds`` and,
 when present, ``synthetic`` (``--augment``) and ``history`` (``refine update``).
 
 A query only reads. DuckDB's parser classifies each statement, and anything but a ``SELECT``
@@ -21,6 +22,10 @@ from refine.errors import InputError
 VIEWS = {
     "refined": ("refined.parquet", "SELECT * FROM read_parquet({path})"),
     "flagged": ("refined.parquet", "SELECT * FROM read_parquet({path}) WHERE is_label_issue"),
+    "verified": (
+        "refined.parquet",
+        "SELECT * FROM read_parquet({path}) WHERE label_source = 'verified'",
+    ),
     "rounds": ("rounds.parquet", "SELECT * FROM read_parquet({path})"),
     "synthetic": ("synthetic.parquet", "SELECT * FROM read_parquet({path})"),
     "history": ("history.parquet", "SELECT * FROM read_parquet({path})"),
