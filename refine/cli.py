@@ -496,6 +496,14 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     help="Retraining rounds after the earlier model judges the batch. Default: the run's.",
 )
 @click.option("--seed", type=int, default=None, help="Default: the run's seed.")
+@click.option(
+    "--verified-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Verified labels for the batch's rows (as for refine run); the run's --verified "
+    "column, if any, is read from the batch as it is.",
+)
+@click.option("--key", default=None, help="Column joining --verified-file to the batch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
@@ -506,6 +514,8 @@ def update_command(
     replay: float,
     rounds: int | None,
     seed: int | None,
+    verified_file: Path | None,
+    key: str | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -522,7 +532,16 @@ def update_command(
     """
     from refine.update import update
 
-    options = {k: v for k, v in (("rounds", rounds), ("seed", seed)) if v is not None}
+    options = {
+        k: v
+        for k, v in (
+            ("rounds", rounds),
+            ("seed", seed),
+            ("verified_file", str(verified_file) if verified_file is not None else None),
+            ("key", key),
+        )
+        if v is not None
+    }
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
         result = update(

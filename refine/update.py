@@ -9,6 +9,7 @@ same contract as ``refine run``'s, for the new rows only, and ``run.json`` names
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import time
@@ -43,6 +44,7 @@ from refine.pipeline import (
 )
 from refine.progress import NULL_PROGRESS, Progress
 from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
+from refine.verify import verified_labels
 from refine.write import check_output, output_lock
 
 # Most rows an update run keeps in history.parquet to replay from.
@@ -181,8 +183,9 @@ def update(
     command : str, optional
         The command line that started the update, recorded in ``run.json`` (the CLI passes it).
     options
-        Settings to change from the run's configuration (``rounds=2``, ``seed=1``); the label
-        and feature columns cannot change.
+        Settings to change from the run's configuration (``rounds=2``, ``seed=1``,
+        ``verified_file="checked.csv", key="id"`` for verified labels of the batch's rows); the
+        label and feature columns cannot change. A run's ``--verified`` column stays in use.
 
     Returns
     -------
@@ -226,7 +229,10 @@ def _update(
         check_output(Path(out), overwrite)
     started = time.perf_counter()
     previous = load_run(run_dir)
-    config = with_options(previous.config, options)
+    # A verified-labels file belongs to the batch it was made for, not to the next one.
+    config = with_options(
+        dataclasses.replace(previous.config, verified_file=None, key=None), options
+    )
     config.validate()
     table = data if isinstance(data, pa.Table) else read_table(data)
     if out is not None and not isinstance(data, pa.Table):
@@ -236,6 +242,7 @@ def _update(
         raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
     table = table.select(previous.input_schema.names)
     batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
+    verified = verified_labels(batch, config.verified, config.verified_file, config.key)
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
@@ -268,6 +275,7 @@ def _update(
         replay=replayed,
         augment=augment,
         image_blocks=previous.encoder.image_blocks,
+        verified=verified,
     )
     summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
     summary["parent"] = {

@@ -212,3 +212,26 @@ def test_an_empty_batch(first_run, tmp_path):
         first_run[1].slice(0, 0),
         "the new batch has no rows; pass a Parquet file with rows to update",
     )
+
+
+def test_a_batch_takes_verified_labels_from_a_file(first_run, tmp_path):
+    out, table, truth = first_run
+    batch = table.slice(360, 120)
+    checked = pa.table({"id": batch.column("id").slice(0, 10), "verified_label": truth[360:370]})
+    pq.write_table(checked, tmp_path / "checked.parquet")
+    result = update(
+        out,
+        batch,
+        tmp_path / "next",
+        verified_file=str(tmp_path / "checked.parquet"),
+        key="id",
+        **UPDATE_FAST,
+    )
+    source = result.refined.column("label_source").to_pylist()
+    refined = result.refined.column("label_refined").to_numpy(zero_copy_only=False)
+    assert source[:10] == ["verified"] * 10 and "verified" not in source[10:]
+    assert refined[:10].tolist() == truth[360:370].tolist()
+    # The file belonged to that batch: the next update does not read it again.
+    following = update(tmp_path / "next", table.slice(480, 120), tmp_path / "after", **UPDATE_FAST)
+    assert "verified" not in following.refined.column("label_source").to_pylist()
+    assert following.summary["config"]["verified_file"] is None
