@@ -83,7 +83,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def build_report(run_dir: str | Path) -> str:
     """The report of the run in ``run_dir`` as one HTML page (a string), from its files alone.
 
-    Sections: summary, estimated noise matrix, label quality, calibration, rounds, classes,
+    Sections: summary, trust (whether refine changed labels and why; what the verified rows
+    show), estimated noise matrix, label quality, calibration, rounds, classes,
     the likely wrong labels and, when ``refined.parquet`` has the truth (``label_true``,
     ``is_noisy``, as ``refine datasets build`` writes them), scores against it. A field an
     older run did not record shows as "not recorded".
@@ -92,6 +93,7 @@ def build_report(run_dir: str | Path) -> str:
     with plots.style():
         sections = [
             ("summary", "Summary", _summary_section(run)),
+            ("trust", "Trust", _trust_section(run)),
             ("noise", "Estimated label noise", _noise_section(run)),
             ("quality", "Label quality", _quality_section(run)),
             ("calibration", "Calibration", _calibration_section(run)),
@@ -148,6 +150,7 @@ class _Run:
             "corrected": int((self.source == "corrected").sum()),
             "excluded": int((self.source == "excluded").sum()),
             "pseudo_labelled": int((self.source == "pseudo").sum()),
+            "verified": int((self.source == "verified").sum()),
         }
 
 
@@ -247,6 +250,8 @@ def _summary_section(run: _Run) -> str:
         ("excluded", f"{counts['excluded']:,}", ""),
         ("pseudo-labelled", f"{counts['pseudo_labelled']:,}", ""),
     ]
+    if counts["verified"]:
+        cards.insert(2, ("verified", f"{counts['verified']:,}", "checked by a person"))
     card_html = "".join(
         f'<div class="card"><div class="name">{escape(name)}</div>'
         f'<div class="value">{escape(value)}</div><div class="sub">{escape(sub)}</div></div>'
@@ -294,12 +299,102 @@ def _summary_section(run: _Run) -> str:
             f"({escape(_int(s.get('replayed_rows')))} rows replayed)</td></tr>"
         )
     warning = ""
-    if s.get("teacher_reliable") is False:
+    if s.get("teacher_reliable") is False and "trust" not in s:  # the trust section says it now
         warning = (
             '<p class="warn">The model barely beats chance on these labels, so every label was '
             "kept. More data or better features would help.</p>"
         )
     return f'{warning}<div class="cards">{card_html}</div><table class="keyvalue">{details}</table>'
+
+
+def _trust_section(run: _Run) -> str:
+    """The policy refine followed (keep, rules or posterior) and why, the data's own evidence,
+    and what the verified rows show, scored out of fold."""
+    trust = run.summary.get("trust")
+    if not isinstance(trust, dict):
+        return note(f"Trust: {NOT_RECORDED} (a run from before refine chose a policy).")
+    reason = str(trust.get("reason", ""))
+    attribute = ' class="warn"' if trust.get("policy") == "keep" else ""
+    html = (
+        f"<p{attribute}><strong>{escape(trust.get('policy', ''))}</strong>: {escape(reason)}.</p>"
+    )
+    evidence = trust.get("evidence") or {}
+    calibration = trust.get("calibration") or {}
+    rows = [
+        ("model's flags / labelled rows", _float(evidence.get("flag_rate"), 3)),
+        ("noise seen at the model's surest rows", _float(evidence.get("anchor_noise"), 3)),
+        (
+            "estimated share of flags that are wrong labels (needed without verified rows)",
+            f"{_float(evidence.get('estimated_flag_precision'), 3)} "
+            f"({_float(evidence.get('min_flag_precision'), 2)})",
+        ),
+        (
+            "probabilities of the true class, calibrated",
+            {
+                "verified": "against the verified labels",
+                "noise": "through the estimated label noise",
+                "none": "not: they speak of the given labels",
+            }.get(calibration.get("method"), NOT_RECORDED)
+            + (
+                f" (temperature {calibration['temperature']:.3f})"
+                if calibration.get("method") in ("verified", "noise")
+                else ""
+            ),
+        ),
+    ]
+    gains = trust.get("gains")
+    if gains:
+        rows.append(
+            (
+                "verified labels fixed minus broken, per policy (cross-fitted)",
+                ", ".join(f"{k} {v:+d}" for k, v in gains.items()),
+            )
+        )
+    html += table(["", ""], [[k, v] for k, v in rows])
+    measured = trust.get("measured")
+    if measured:
+        body = [
+            ["given labels", *_interval_cells(measured["given_accuracy"])],
+            ["refined labels", *_interval_cells(measured["refined_accuracy"])],
+            [
+                f"corrections ({measured['corrections']['rows']:,} rows): right",
+                *_interval_cells(measured["corrections"]["precision"]),
+            ],
+            [
+                f"exclusions ({measured['exclusions']['rows']:,} rows): label was wrong",
+                *_interval_cells(measured["exclusions"]["precision"]),
+            ],
+        ]
+        for c in measured.get("per_class", []):
+            body.append(
+                [f"class {_short(str(c['class']))}: given", *_interval_cells(c["given_accuracy"])]
+            )
+            body.append(
+                [
+                    f"class {_short(str(c['class']))}: refined",
+                    *_interval_cells(c["refined_accuracy"]),
+                ]
+            )
+        html += table(
+            ["on verified rows", "share", "95% interval", "rows"],
+            body,
+            numeric=(1, 2, 3),
+            caption=f"{measured['rows']:,} verified rows with a given label. Each row's refined "
+            "label is the one refine would have set had the row not been verified, chosen on "
+            "the other verified rows (cross-fitted). Rows picked by refine review are harder "
+            "than the rest: figures on them describe those rows, not the whole table.",
+        )
+    return html
+
+
+def _interval_cells(interval: dict[str, Any]) -> list[str]:
+    if interval.get("value") is None:
+        return ["–", "–", "0"]
+    return [
+        f"{interval['value']:.3f}",
+        f"{interval['low']:.3f}–{interval['high']:.3f}",
+        f"{interval['n']:,}",
+    ]
 
 
 def _noise_section(run: _Run) -> str:
@@ -388,6 +483,7 @@ def _rounds_section(run: _Run) -> str:
         ("excluded", "excluded", 0),
         ("pseudo_labelled", "pseudo", 0),
         ("changed", "changed", 0),
+        ("policy", "policy", 0),
         ("oof_accuracy", "OOF accuracy", 3),
         ("ece_before", "ECE before", 3),
         ("ece_after", "ECE after", 3),
@@ -607,7 +703,7 @@ def _float(value: Any, digits: int) -> str:
 def _num(value: Any, digits: int) -> str:
     if value is None:
         return "–"
-    if isinstance(value, bool):
+    if isinstance(value, bool | str):
         return str(value)
     return f"{value:,}" if digits == 0 else f"{float(value):.{digits}f}"
 
