@@ -201,7 +201,7 @@ def cli() -> None:
     "--relabel-threshold",
     default=_DEFAULTS.relabel_threshold,
     show_default=True,
-    help="Calibrated confidence needed to correct a flagged label.",
+    help="Probability that the predicted class is the true one, needed to correct a flagged label.",
 )
 @click.option(
     "--relabel-odds",
@@ -233,7 +233,7 @@ def cli() -> None:
     "--pseudo-threshold",
     default=_DEFAULTS.pseudo_threshold,
     show_default=True,
-    help="Calibrated confidence needed to pseudo-label an unlabelled row.",
+    help="Probability of the true class needed to pseudo-label an unlabelled row.",
 )
 @click.option(
     "--augment",

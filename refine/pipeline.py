@@ -200,7 +200,7 @@ def _run(
     timings["encode"] = time.perf_counter() - started
     if runner is not None and out is not None:
         runner.checkpoint = open_checkpoint(
-            Path(out), resume, config, X, labelled_table, _versions(), progress
+            Path(out), resume, config, X, labelled_table, _versions(), progress, verified
         )
 
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
@@ -507,10 +507,11 @@ def refine_rounds(
         else:  # agreement beyond chance needs two classes; trust the earlier run's verdict
             reliable = teacher.reliable
         verdict = judge(proba, agreement, is_issue, quality, reliable, teacher_round)
-        decisions, is_issue, quality, trust = (
+        decisions, is_issue, quality, proba, trust = (
             verdict.decisions,
             verdict.is_issue,
             verdict.quality,
+            verdict.proba,
             verdict.record,
         )
         changed = int((decisions.refined != previous).sum())

@@ -31,7 +31,13 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 from scipy.stats import binom
 
-from refine.calibrate import expected_calibration_error
+from refine.calibrate import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_through_noise,
+    noise_transitions,
+)
 from refine.config import RunConfig
 from refine.detect import anchor_rows
 from refine.relabel import Decisions, decide, decide_by_posterior, keep_given, with_verified
@@ -250,12 +256,13 @@ def choose_policy(
 
 @dataclass
 class Verdict:
-    """A round's labels (``decisions``), the flags and label quality to write ``(N,)``, and
-    the round's ``record`` for ``run.json``."""
+    """A round's labels (``decisions``), the flags and label quality to write ``(N,)``, the
+    probabilities they speak of, and the round's ``record`` for ``run.json``."""
 
     decisions: Decisions
     is_issue: np.ndarray
     quality: np.ndarray
+    proba: np.ndarray  # (N, K) probabilities of the true class, as well as refine can tell
     record: dict[str, Any]
 
 
@@ -295,10 +302,18 @@ class Judge:
         reliable: bool,
         teacher_round: bool = False,
     ) -> Verdict:
+        """``proba`` ``(N, K)`` calibrated against the given labels; ``is_issue`` and
+        ``quality`` ``(N,)`` as ``detect_issues`` read them from it."""
         labels, verified, c = self.labels, self.verified, self.config
         labelled = labels >= 0
         if self.evidence is None:
             self.evidence = noise_evidence(labels[labelled], proba[labelled])
+        fallback = RULES if reliable and (self.evidence.trusted or teacher_round) else KEEP
+        temperature, method = self._truth_temperature(proba, fallback == RULES)
+        true_proba = apply_temperature(proba, temperature) if method != "none" else proba
+        rows = np.flatnonzero(labelled)
+        quality = quality.astype(np.float32, copy=True)
+        quality[rows] = true_proba[rows, labels[rows]]
         pseudo = c.pseudo_threshold if c.pseudo_label else None
         # The teacher's round (refine update) flags and pseudo-labels, but leaves given labels
         # and weights to the retrained out-of-fold rounds: a model that never saw the batch's
@@ -306,7 +321,7 @@ class Judge:
         # final-batch label accuracy 0.868 when it corrected, 0.962 when it did not).
         rules = decide(
             labels,
-            proba,
+            true_proba,
             np.zeros(len(labels), bool) if teacher_round else is_issue,
             quality,
             agreement,
@@ -317,7 +332,6 @@ class Judge:
             pseudo,
             c.relabel_odds,
         )
-        fallback = RULES if reliable and (self.evidence.trusted or teacher_round) else KEEP
         if teacher_round or not ((verified >= 0) & labelled).any():
             choice = Choice(fallback, self._unverified_reason(fallback, reliable, teacher_round))
         else:
@@ -325,31 +339,35 @@ class Judge:
         if choice.policy == RULES:
             decisions = rules
         elif choice.policy == POSTERIOR and choice.posterior is not None:
-            calibration = self._calibration(proba, choice) if pseudo is not None else None
             posterior = choice.posterior.proba(proba, labels)
-            if calibration is not None:
-                posterior[~labelled] = calibration[~labelled]
+            posterior[~labelled] = true_proba[~labelled]
             decisions = decide_by_posterior(labels, posterior, agreement, c.soft_mix, pseudo)
         else:
-            decisions = keep_given(labels, proba, c.soft_mix)
+            decisions = keep_given(labels, true_proba, c.soft_mix)
         if choice.posterior is not None:
-            rows = np.flatnonzero(labelled)
-            posterior = choice.posterior.proba(proba, labels)
-            quality = np.ones(len(labels), np.float32)
-            quality[rows] = posterior[rows, labels[rows]]
+            quality[rows] = choice.posterior.proba(proba[rows], labels[rows])[
+                np.arange(len(rows)), labels[rows]
+            ]
             is_issue = labelled & (quality < 0.5)
         is_issue, quality = self._verified_flags(is_issue, quality)
-        return Verdict(
-            with_verified(decisions, verified), is_issue, quality, self._record(choice, proba)
-        )
+        record = self._record(choice, proba)
+        record["calibration"] = {"method": method, "temperature": round(temperature, 6)}
+        return Verdict(with_verified(decisions, verified), is_issue, quality, true_proba, record)
 
-    def _calibration(self, proba: np.ndarray, choice: Choice) -> np.ndarray:
-        """P(true class | row) for rows without a given label, fitted on the verified rows."""
+    def _truth_temperature(self, proba: np.ndarray, trusted: bool) -> tuple[float, str]:
+        """A temperature that turns ``proba`` (calibrated against the given labels) into
+        probabilities of the true class, and how it was found: against the verified labels
+        where there are enough; else through the label noise the model estimates, where the
+        data's evidence trusts the model; else none (1.0, ``proba`` as it is)."""
         rows = np.flatnonzero(self.verified >= 0)
-        fitted = fit_posterior(
-            proba[rows], np.full(len(rows), -1), self.verified[rows], use_given=False
-        )
-        return fitted.proba(proba, np.full(len(proba), -1))
+        if len(rows) >= MIN_POSTERIOR_ROWS:
+            return fit_temperature(proba[rows], self.verified[rows]), "verified"
+        labelled = np.flatnonzero(self.labels >= 0)
+        if trusted and len(np.unique(self.labels[labelled])) >= 2:
+            given = self.labels[labelled]
+            transitions = noise_transitions(given, proba[labelled])
+            return fit_temperature_through_noise(proba[labelled], given, transitions), "noise"
+        return 1.0, "none"
 
     def _verified_flags(
         self, is_issue: np.ndarray, quality: np.ndarray

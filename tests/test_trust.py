@@ -1,0 +1,191 @@
+"""refine.trust and the truth calibration: known answers on hand-made arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from refine.calibrate import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_through_noise,
+    noise_transitions,
+)
+from refine.trust import (
+    KEEP,
+    POSTERIOR,
+    RULES,
+    Posterior,
+    _interval,
+    choose_policy,
+    fit_posterior,
+    measure,
+    noise_evidence,
+)
+
+
+def _sharp_model(truth: np.ndarray, k: int, seed: int, strength: float = 3.0) -> np.ndarray:
+    """Probabilities ``(N, K)`` of a model that knows the truth with some spread."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.0, size=(len(truth), k))
+    logits[np.arange(len(truth)), truth] += strength
+    return softmax(logits, axis=1)
+
+
+def test_posterior_recovers_its_own_parameters():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 3
+    proba = softmax(rng.normal(0.0, 1.5, size=(n, k)), axis=1)
+    labels = rng.integers(0, k, n)
+    true = Posterior(scale=1.7, given_weight=2.0, bias=np.array([0.3, -0.2, -0.1]))
+    q = true.proba(proba, labels)
+    truth = np.array([rng.choice(k, p=row / row.sum()) for row in q.astype(np.float64)])
+    fitted = fit_posterior(proba, labels, truth)
+    assert fitted.scale == pytest.approx(1.7, abs=0.2)
+    assert fitted.given_weight == pytest.approx(2.0, abs=0.25)
+    assert fitted.bias - fitted.bias.mean() == pytest.approx(true.bias - true.bias.mean(), abs=0.2)
+
+
+def test_posterior_gives_unlabelled_rows_no_bonus():
+    post = Posterior(scale=1.0, given_weight=5.0, bias=np.zeros(2))
+    proba = np.array([[0.7, 0.3], [0.7, 0.3]])
+    out = post.proba(proba, np.array([1, -1]))
+    assert out[1] == pytest.approx([0.7, 0.3], abs=1e-6)  # no label: the model alone
+    # given 1 adds e^5 to its odds: 0.3 e^5 / (0.7 + 0.3 e^5)
+    assert out[0, 1] == pytest.approx(0.3 * np.e**5 / (0.7 + 0.3 * np.e**5), abs=1e-6)
+
+
+def test_given_weight_never_goes_below_zero():
+    # The model alone is right on every verified row, and a few given labels are wrong: the
+    # likelihood alone would push the given label's weight negative without bound.
+    truth = np.arange(60) % 2
+    proba = np.where(truth[:, None] == np.arange(2), 0.9, 0.1)
+    labels = truth.copy()
+    labels[:5] = 1 - labels[:5]
+    assert fit_posterior(proba, labels, truth).given_weight >= 0.0
+
+
+def test_evidence_reads_the_noise_at_the_surest_rows():
+    # 10 classes x 100 rows; the model is sure of every row's class (its truth). Labels: 20%
+    # flipped uniformly, so the anchors (top 10% of each class) show ~20% noise and every flag
+    # is a wrong label: precision ~1.
+    rng = np.random.default_rng(1)
+    k, n = 10, 1000
+    truth = np.arange(n) % k
+    proba = _sharp_model(truth, k, seed=2, strength=6.0)
+    labels = truth.copy()
+    flip = rng.random(n) < 0.2
+    labels[flip] = (truth[flip] + rng.integers(1, k, flip.sum())) % k
+    evidence = noise_evidence(labels, proba)
+    assert evidence.flag_rate == pytest.approx(flip.mean(), abs=0.01)
+    assert evidence.anchor_noise == pytest.approx(0.2, abs=0.08)
+    assert evidence.trusted
+
+
+def test_evidence_distrusts_a_model_whose_disagreements_avoid_its_surest_rows():
+    # Labels all right; the model is wrong on 30% of rows, and never confidently so: no noise
+    # at the anchors, 30% flags, estimated precision 0.
+    rng = np.random.default_rng(3)
+    k, n = 3, 900
+    labels = np.arange(n) % k
+    proba = _sharp_model(labels, k, seed=4, strength=10.0)  # right wherever not set wrong
+    wrong = rng.random(n) < 0.3
+    shift = (labels[wrong] + 1) % k
+    proba[wrong] = 0.1
+    proba[wrong, shift] = 0.45
+    proba[wrong, labels[wrong]] = 0.45 - 1e-3
+    evidence = noise_evidence(labels, proba / proba.sum(1, keepdims=True))
+    assert evidence.anchor_noise == 0.0
+    assert evidence.flag_rate == pytest.approx(wrong.mean())
+    assert not evidence.trusted
+
+
+def test_choose_policy_follows_what_the_verified_rows_show():
+    rng = np.random.default_rng(5)
+    k, n = 3, 600
+    truth = np.arange(n) % k
+    labels = truth.copy()
+    noisy = rng.random(n) < 0.25
+    labels[noisy] = (truth[noisy] + 1) % k
+    proba = _sharp_model(truth, k, seed=6)
+    verified = np.full(n, -1)
+    checked = rng.choice(n, 120, replace=False)
+    verified[checked] = truth[checked]
+    good_rules = proba.argmax(1)  # rules that set the model's class: right where it is
+    choice = choose_policy(labels, verified, proba, good_rules, KEEP, seed=0)
+    assert choice.policy in (RULES, POSTERIOR)
+    assert choice.gains[RULES] > 10
+    # Cross-fitted refined labels on the verified rows beat the given ones there.
+    assert (choice.crossfit == truth[choice.rows]).mean() > (
+        labels[choice.rows] == truth[choice.rows]
+    ).mean()
+
+    bad_rules = (truth + 2) % k  # rules that break labels
+    labels_clean = truth.copy()  # and no noise at all: nothing can be fixed
+    choice = choose_policy(labels_clean, verified, proba, bad_rules, RULES, seed=0)
+    assert choice.policy == KEEP
+    assert choice.gains[RULES] < 0
+    assert "labels kept" in choice.reason
+
+
+def test_choose_policy_falls_back_when_the_verified_rows_show_nothing():
+    # Three verified rows, all with right labels the rules keep: no evidence either way, so the
+    # data's own verdict (the fallback) stands, but only while it breaks no verified label.
+    n, k = 30, 2
+    truth = np.arange(n) % k
+    proba = _sharp_model(truth, k, seed=7)
+    verified = np.full(n, -1)
+    verified[:3] = truth[:3]
+    choice = choose_policy(truth, verified, proba, truth, RULES, seed=0)
+    assert choice.policy == RULES
+    assert "data's own evidence" in choice.reason
+    assert choose_policy(truth, verified, proba, truth, KEEP, seed=0).policy == KEEP
+
+
+def test_measure_matches_a_hand_count():
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    truth = np.array([0, 1, 1, 0, 2, 0, 0, 1])
+    refined = np.array([0, 1, 1, 1, -1, 0, 2, 1])
+    m = measure(labels, truth, refined, ["a", "b", "c"])
+    # given right: rows 0, 2, 4, 6, 7 -> 5/8; refined right: rows 0, 1, 2, 5, 7 -> 5/8
+    assert m["given_accuracy"]["value"] == 5 / 8
+    assert m["refined_accuracy"]["value"] == 5 / 8
+    # corrections (changed, not excluded): rows 1 (right), 5 (right), 6 (wrong) -> 2/3
+    assert m["corrections"]["rows"] == 3
+    assert m["corrections"]["precision"]["value"] == pytest.approx(2 / 3, abs=1e-6)
+    # exclusions: row 4, whose given label 2 was right -> precision 0
+    assert m["exclusions"]["rows"] == 1
+    assert m["exclusions"]["precision"]["value"] == 0.0
+    assert m["per_class"] == []  # no class has 10 verified rows
+
+
+def test_wilson_interval_by_hand():
+    # 8 of 10, z = 1.96: centre (0.8 + 0.19208) / 1.38415 = 0.71678, half-width
+    # 1.96 * sqrt(0.016 + 0.0096040) / 1.38415 = 0.22661 -> [0.4902, 0.9433]
+    interval = _interval(8, 10)
+    assert interval["value"] == 0.8
+    assert interval["low"] == pytest.approx(0.4902, abs=1e-4)
+    assert interval["high"] == pytest.approx(0.9433, abs=1e-4)
+    assert _interval(0, 0)["value"] is None
+
+
+def test_temperature_through_noise_speaks_of_the_true_class():
+    # A model sure of the truth, calibrated against labels with 30% symmetric noise, says about
+    # 0.7; through the noise its confidence returns near 1 and its ECE against the truth falls.
+    rng = np.random.default_rng(8)
+    k, n = 4, 4000
+    truth = np.arange(n) % k
+    labels = truth.copy()
+    flip = rng.random(n) < 0.3
+    labels[flip] = (truth[flip] + rng.integers(1, k, flip.sum())) % k
+    sure = _sharp_model(truth, k, seed=9, strength=8.0)
+    given_scale = apply_temperature(sure, fit_temperature(sure, labels))
+    before = expected_calibration_error(given_scale, truth)
+    transitions = noise_transitions(labels, given_scale)
+    assert np.diag(transitions) == pytest.approx(np.full(k, 0.7), abs=0.06)
+    t = fit_temperature_through_noise(given_scale, labels, transitions)
+    after = expected_calibration_error(apply_temperature(given_scale, t), truth)
+    assert t < 1.0
+    assert after < before / 3
