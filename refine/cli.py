@@ -74,6 +74,7 @@ def cli() -> None:
     refine demo                                   # digits with 20% wrong labels
     refine run data.parquet --label y --out runs/first
     refine query runs/first "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"
+    refine review runs/first --budget 100 --out review.csv   # rows to check by hand
     """
 
 
@@ -556,6 +557,70 @@ def update_command(
         )
     if not quiet:
         _print_summary(Console(), result.summary, out)
+
+
+@cli.command("review")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--budget", required=True, type=int, help="Rows to pick for a person to check.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File to write: .csv (for a spreadsheet) or .parquet; refused if it exists, unless "
+    "--overwrite.",
+)
+@click.option(
+    "--key",
+    default=None,
+    help="Input column of unique values (such as an id) that names each row in the file. "
+    "Default: a 'row' column of positions in the input.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["value", "random"]),
+    default="value",
+    show_default=True,
+    help="value: the rows whose check would fix or steer the most labels; random: a uniform "
+    "sample, to measure refine fairly.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of --strategy random.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@_errors
+def review_command(
+    run_dir: Path,
+    budget: int,
+    out: Path,
+    key: str | None,
+    strategy: str,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Pick rows of the run in RUN_DIR for a person to check, and write them to --out.
+
+    The file holds each row's key, its given, predicted and refined labels, and an empty
+    verified_label column to fill in (leave a cell empty to skip the row). Read it back with
+    refine run DATA --verified-file FILE: verified rows are never changed, and refine measures
+    and steers itself by them.
+
+    \b
+    Examples:
+      refine review runs/first --budget 100 --out review.csv
+      refine review runs/first --budget 200 --out sample.parquet --key id --strategy random
+    """
+    from refine.review import review
+
+    result = review(
+        run_dir, budget, out, key=key, strategy=strategy, seed=seed, overwrite=overwrite
+    )
+    rows = result.table.num_rows
+    click.echo(f"wrote {rows} row{'' if rows == 1 else 's'} to review in {result.out}")
+    for note in result.notes:
+        click.echo(note)
+    click.echo(
+        f"next: fill in verified_label (leave a cell empty to skip a row), then\n"
+        f"  {result.next_command}"
+    )
 
 
 @cli.command("query")

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from refine.errors import ConfigError, InputError
+from refine.errors import ConfigError, InputError, OutputError
 from refine.read import OUTPUT_COLUMNS, plain_values
 from refine.verify import ROW_KEY, VERIFIED_LABEL
 
@@ -61,13 +63,23 @@ def doubt(refined: pa.Table) -> np.ndarray:
 
 
 def pick(
-    doubts: np.ndarray, X: np.ndarray, budget: int, strategy: str = "value", seed: int = 0
+    doubts: np.ndarray,
+    X: np.ndarray,
+    budget: int,
+    strategy: str = "value",
+    seed: int = 0,
+    eligible: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The ``budget`` rows to verify, in order: indices into ``doubts`` ``(N,)``, with ``X``
-    ``(N, D)`` the encoded features for the neighbourhoods. ``strategy`` "random" draws a
-    uniform sample of the rows not yet verified (doubt > 0 or any row left), for measuring
-    refine on a fair sample rather than steering it."""
-    eligible = np.flatnonzero(doubts > 0)
+    """The ``budget`` rows to verify (all ``eligible`` rows if fewer), in order: indices into
+    ``doubts`` ``(N,)``, with ``X`` ``(N, D)`` the encoded features for the neighbourhoods and
+    ``eligible`` ``(N,)`` the rows that may be picked (default: all; ``review`` leaves out
+    verified rows). ``strategy`` "random" draws a uniform sample of the eligible rows, for
+    measuring refine on a fair sample rather than steering it."""
+    # Every eligible row, doubt 0 included: refine is sure of most rows of easy data (float32
+    # label_quality of 1.0), and a random sample without them would not be fair.
+    eligible = np.arange(len(doubts)) if eligible is None else np.flatnonzero(eligible)
+    if budget < 1 or not len(eligible):
+        return np.zeros(0, np.int64)
     if strategy == "random":
         rng = np.random.default_rng([seed, 6])
         return np.sort(rng.permutation(eligible)[:budget])
@@ -103,7 +115,8 @@ def review_table(
     skip: tuple[str, ...] = (),
 ) -> pa.Table:
     """The review file's table for rows ``picked`` of ``refined`` (see the module docstring);
-    input columns in ``skip`` (the run's own verified labels) are left out."""
+    input columns in ``skip`` (the run's own verified labels, names the file's own columns
+    take) are left out."""
     rows = pa.array(picked, pa.int64())
     taken = refined.take(rows)
     label_type = refined.schema.field(label).type
@@ -124,6 +137,17 @@ def review_table(
     return pa.table(dict(columns))
 
 
+@dataclass(frozen=True)
+class Review:
+    """What ``review`` wrote: the ``table`` in the file ``out``, notes for the user (columns
+    left out), and the command that reads the file back once a person has filled it in."""
+
+    table: pa.Table
+    out: Path
+    notes: list[str]
+    next_command: str
+
+
 def review(
     run_dir: str | Path,
     budget: int,
@@ -131,11 +155,17 @@ def review(
     key: str | None = None,
     strategy: str = "value",
     seed: int = 0,
-) -> tuple[pa.Table, list[str]]:
+    overwrite: bool = False,
+) -> Review:
     """Pick ``budget`` rows of the run in ``run_dir`` for a person to verify and write them to
-    ``out`` (``.csv`` or ``.parquet``, written atomically).
+    ``out`` (``.csv`` or ``.parquet``, written atomically; an existing file is refused unless
+    ``overwrite``: it may hold a person's answers).
 
-    Returns the table written and notes for the user (columns left out of a CSV file).
+    Rows already verified are never picked; fewer than ``budget`` rows are written when fewer
+    are left. ``key`` names an input column of unique values that identifies each row (else
+    the file's ``row`` column holds positions). ``strategy`` "value" picks the rows whose check
+    adds most (see the module docstring), "random" a uniform sample (``seed``): figures
+    measured on value-picked rows describe those hard rows, not the whole table.
     """
     from refine.update import load_run
 
@@ -145,37 +175,81 @@ def review(
         raise ConfigError(f"--budget must be a whole number of rows >= 1, got {budget!r}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if out.exists() and not overwrite:
+        raise OutputError(
+            f"review file {str(out)!r} already exists (it may hold answers); pass --overwrite "
+            "to replace it, or choose another --out"
+        )
     run = load_run(run_dir, device="cpu")
     refined = run.refined
     label = run.config.label
     if key is not None:
         _check_key(refined, key, label)
     doubts = doubt(refined)
+    eligible = np.asarray(refined.column("label_source").to_pylist(), dtype=object) != "verified"
     X = run.encoder.transform(refined) if strategy == "value" else np.zeros((len(doubts), 0))
-    picked = pick(doubts, X, min(budget, int((doubts > 0).sum())), strategy, seed)
-    skip = tuple(c for c in (run.config.verified,) if c is not None)
-    table = review_table(refined, picked, doubts, label, key, skip)
+    picked = pick(doubts, X, budget, strategy, seed, eligible)
     notes = []
+    own = (key or ROW_KEY, "review_doubt", VERIFIED_LABEL)
+    clashes = [c for c in refined.column_names if c in own and c not in (key, run.config.verified)]
+    if clashes:
+        notes.append(
+            "input columns named like the review file's own columns are left out: "
+            + ", ".join(clashes)
+        )
+    skip = tuple(c for c in (run.config.verified, *clashes) if c is not None)
+    table = review_table(refined, picked, doubts, label, key, skip)
+    if not eligible.any():
+        notes.append("every row of the run is verified already: nothing is left to review")
     if fmt == "csv":
         dropped = [f.name for f in table.schema if _unreadable_in_csv(f.type)]
         if dropped:
             table = table.drop_columns(dropped)
             notes.append(f"{_CSV_SKIPPED}: {', '.join(dropped)}; write .parquet to keep them")
     _write(table, out, fmt)
-    return table, notes
+    return Review(table, out, notes, _next_command(run, Path(run_dir), out, key))
+
+
+def _next_command(run: Any, run_dir: Path, out: Path, key: str | None) -> str:
+    """``refine run`` on the run's input with the filled-in file. It reruns the run's recorded
+    options (``--config``) where they do not clash with the file: not when the run read
+    verified labels from a column, or joined another file by another key."""
+    recorded = run.summary.get("input")
+    data = recorded if isinstance(recorded, str) and recorded != "<arrow table>" else "DATA"
+    words = ["refine", "run", data]
+    if run.config.verified is None and run.config.key in (None, key):
+        words += ["--config", str(run_dir / "run.json")]
+    words += ["--verified-file", str(out)]
+    if key is not None:
+        words += ["--key", key]
+    return shlex.join([*words, "--out", f"{run_dir}-verified"])
 
 
 def _check_key(refined: pa.Table, key: str, label: str) -> None:
     names = [n for n in refined.column_names if n not in OUTPUT_COLUMNS]
-    if key not in names or key == label:
+    if key == label:
+        raise InputError(
+            f"--key names the label column {key!r}; a key is a column of unique values that "
+            "identifies each row, such as an id"
+        )
+    if key not in names:
         raise InputError(
             f"--key {key!r} is not an input column of the run; its columns are: "
             f"{', '.join(repr(n) for n in names[:20])}"
         )
-    column = refined.column(key)
+    column = plain_values(refined.column(key))
+    if pa.types.is_nested(column.type) or pa.types.is_null(column.type):
+        raise InputError(
+            f"--key names {key!r}, a column of type {column.type}; a key must hold single "
+            "values, such as the integers or strings of an id column"
+        )
     if column.null_count:
-        raise InputError(f"key column {key!r} has nulls; a key must name every row")
-    counts = pc.value_counts(plain_values(column))
+        row = int(np.argmax(pc.is_null(column).to_numpy(zero_copy_only=False)))
+        raise InputError(
+            f"key column {key!r} is null in row {row} ({column.null_count} null in all); a key "
+            "must name every row (or leave --key out to key rows by their position)"
+        )
+    counts = pc.value_counts(column)
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(repeated):
         raise InputError(
@@ -210,8 +284,6 @@ def _unreadable_in_csv(kind: pa.DataType) -> bool:
 
 
 def _write(table: pa.Table, out: Path, fmt: str) -> None:
-    from refine.write import output_error
-
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +298,10 @@ def _write(table: pa.Table, out: Path, fmt: str) -> None:
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise output_error(out, exc) from None
+        reason = exc.strerror or str(exc)
+        raise OutputError(
+            f"cannot write the review file {str(out)!r}: {reason}; choose another --out"
+        ) from None
 
 
 def _standardise(X: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ measures and decides by.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ VERIFIED_LABEL = "verified_label"
 # A file without --key joins by this column: the row's position in the input (0-based), which
 # is also its position in refined.parquet.
 ROW_KEY = "row"
+_POSITIONS = (
+    f"the {ROW_KEY!r} column must hold positions in the input (as refine review writes them)"
+)
 
 
 def verified_labels(
@@ -44,14 +48,19 @@ def verified_labels(
                 f"input has no verified-label column {column!r}; its columns are: "
                 f"{_shown(data.table.column_names)}. Name the column with --verified"
             )
-        return _encode(data.table.column(column), data, f"column {column!r}", None)
+        return _encode(data.table.column(column), data, f"column {column!r}", lambda r: f"row {r}")
     if file is None:
         return np.full(n, -1, np.int64)
     table = read_verified_file(file, key or ROW_KEY)
     where = f"verified file {str(file)!r}"
-    positions = _join(table.column(key or ROW_KEY), data, key, where)
+    positions, keys = _join(table.column(key or ROW_KEY), data, key, where)
     found = np.full(n, -1, np.int64)
-    codes = _encode(table.column(VERIFIED_LABEL), data, where, table.column(key or ROW_KEY))
+    named = (
+        (lambda row: f"input row {keys[row].as_py()}")
+        if key is None
+        else (lambda row: f"the row with {key} {_value(keys[row])}")
+    )
+    codes = _encode(table.column(VERIFIED_LABEL), data, where, named)
     chosen = codes >= 0
     found[positions[chosen]] = codes[chosen]
     return found
@@ -115,88 +124,122 @@ def _read_csv(path: Path) -> pa.Table:
     )
 
 
-def _join(keys: pa.ChunkedArray, data: LabelledTable, key: str | None, where: str) -> np.ndarray:
-    """Each file row's position in the data ``(M,)``, by ``key`` (None: the positions)."""
+def _join(
+    keys: pa.ChunkedArray, data: LabelledTable, key: str | None, where: str
+) -> tuple[np.ndarray, pa.ChunkedArray]:
+    """Each file row's position in the data ``(M,)``, by ``key`` (None: the positions), and
+    the file's keys cast to the data's type (for messages)."""
     n = data.table.num_rows
+    name = key or ROW_KEY
     null = pc.is_null(keys).to_numpy(zero_copy_only=False)
     if null.any():
         raise InputError(
-            f"{where}: row {int(np.argmax(null))} has no key; give every row its "
-            f"{key or ROW_KEY} value, or delete the row"
+            f"{where}: {_file_row(int(np.argmax(null)))} has no {name!r} value; give every row "
+            f"its {name} value, or delete the row"
         )
-    _check_unique(keys, f"{where}'s column {key or ROW_KEY!r}", "keep one row per key")
+    _check_unique(keys, f"{where}: column {name!r}", "keep one row per key")
     if key is None:
-        positions = _cast(keys, pa.int64(), f"{where}'s {ROW_KEY!r} column")
+        positions = _cast_keys(
+            keys, pa.int64(), where, name, "a row position (a whole number from 0)", _POSITIONS
+        )
         values = positions.to_numpy(zero_copy_only=False)
         outside = np.flatnonzero((values < 0) | (values >= n))
         if len(outside):
             raise InputError(
                 f"{where}: row position {int(values[outside[0]])} is outside the input, whose "
-                f"rows are 0 to {n - 1} ({len(outside)} positions outside); the {ROW_KEY!r} "
-                "column must hold positions in the input (as refine review writes them)"
+                f"rows are 0 to {n - 1} ({_count(len(outside), 'position')} outside); {_POSITIONS}"
             )
-        return values.astype(np.int64)
+        return values.astype(np.int64), positions
     if key not in data.table.column_names:
         raise InputError(
             f"--key names {key!r}, which is not a column of the input; its columns are: "
-            f"{_shown(data.table.column_names)}"
+            f"{_shown(data.table.column_names)}. Name a column of unique values that the input "
+            "and the verified file share"
         )
     column = plain_values(data.table.column(key))
+    if not _plain_key(column.type):
+        raise InputError(
+            f"--key names {key!r}, a column of type {column.type}; a key must hold single "
+            "values, such as the integers or strings of an id column"
+        )
     _check_unique(
         column, f"the input's key column {key!r}", "--key must name a column of unique values"
     )
-    keys = _cast(plain_values(keys), column.type, f"{where}'s column {key!r}")
+    keys = _cast_keys(
+        plain_values(keys),
+        column.type,
+        where,
+        key,
+        f"of the input's type {column.type}",
+        "check that the file belongs to this data",
+    )
     positions = pc.index_in(keys, value_set=pc.drop_null(column).combine_chunks())
     if positions.null_count:
         missing = np.flatnonzero(pc.is_null(positions).to_numpy(zero_copy_only=False))
         raise InputError(
-            f"{where}: key {json.dumps(keys[int(missing[0])].as_py(), default=str)} is not in the "
-            f"input's column {key!r} ({len(missing)} keys not found); check that the file "
-            "belongs to this data"
+            f"{where}: {key} {_value(keys[int(missing[0])])} is not in the input's column "
+            f"{key!r} ({_count(len(missing), 'key')} not found); check that the file belongs "
+            "to this data"
         )
     # index_in counts positions among the non-null keys of the data: map back to rows.
     valid = np.flatnonzero(pc.is_valid(column).to_numpy(zero_copy_only=False))
-    return valid[positions.to_numpy(zero_copy_only=False).astype(np.int64)]
+    return valid[positions.to_numpy(zero_copy_only=False).astype(np.int64)], keys
 
 
 def _encode(
-    values: pa.ChunkedArray, data: LabelledTable, where: str, keys: pa.ChunkedArray | None
+    values: pa.ChunkedArray, data: LabelledTable, where: str, named: Callable[[int], str]
 ) -> np.ndarray:
-    """Class indices ``(M,)`` of verified values (-1 = null); a value outside the classes is
-    an error naming it, its row (or key) and the classes."""
+    """Class indices ``(M,)`` of verified values (-1 = null); a value outside the classes (or
+    not of their type) is an error naming it, its row (``named(i)`` says which) and the
+    classes."""
     values = plain_values(values)
     classes = plain_values(data.classes)
-    values = _cast(values, classes.type, f"{where}'s verified labels")
-    codes = pc.index_in(values, value_set=classes)
-    unknown = np.flatnonzero(
-        pc.and_(pc.is_null(codes), pc.is_valid(values)).to_numpy(zero_copy_only=False)
-    )
+    cast, unreadable = _try_cast(values, classes.type)
+    if cast is None:
+        unknown = np.asarray(unreadable)
+    else:
+        values = cast
+        codes = pc.index_in(values, value_set=classes)
+        unknown = np.flatnonzero(
+            pc.and_(pc.is_null(codes), pc.is_valid(values)).to_numpy(zero_copy_only=False)
+        )
     if len(unknown):
         row = int(unknown[0])
-        at = (
-            f"row {row}"
-            if keys is None
-            else f"the row with key {json.dumps(keys[row].as_py(), default=str)}"
-        )
         raise InputError(
-            f"{where}: verified label {json.dumps(values[row].as_py(), default=str)} in {at} is "
-            f"not a class of the label column {data.label!r} ({len(unknown)} rows like it; the "
+            f"{where}: verified label {_value(values[row])} for {named(row)} is not a class of "
+            f"the label column {data.label!r} ({_count(len(unknown), 'row')} like it; the "
             f"classes are {_shown(classes.to_pylist(), json_values=True)}). Fix the value, or "
             "leave the row unverified"
         )
     return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _cast(values: Any, to: pa.DataType, what: str) -> Any:
+def _try_cast(values: Any, to: pa.DataType) -> tuple[Any, list[int]]:
+    """``values`` cast to ``to``, or None and the positions of the values that do not cast."""
     if values.type == to:
-        return values
+        return values, []
     try:
-        return values.cast(to)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return values.cast(to), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # Only on failure: find which values fail, one by one, to name them.
+    failed = []
+    for i, value in enumerate(values):
+        try:
+            pa.array([value.as_py()], values.type).cast(to)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            failed.append(i)
+    return None, failed or list(range(len(values)))
+
+
+def _cast_keys(keys: Any, to: pa.DataType, where: str, name: str, expected: str, fix: str) -> Any:
+    cast, failed = _try_cast(keys, to)
+    if cast is None:
         raise InputError(
-            f"{what} cannot be read as {to} ({exc}); they must hold the same kind of values "
-            "as the input's"
-        ) from None
+            f"{where}: {name!r} value {_value(keys[failed[0]])} in {_file_row(failed[0])} is "
+            f"not {expected} ({_count(len(failed), 'row')} like it); {fix}"
+        )
+    return cast
 
 
 def _check_unique(values: Any, what: str, fix: str) -> None:
@@ -204,9 +247,25 @@ def _check_unique(values: Any, what: str, fix: str) -> None:
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(repeated):
         raise InputError(
-            f"{what} holds {json.dumps(repeated[0].as_py(), default=str)} more than once "
-            f"({len(repeated)} values repeat); {fix}"
+            f"{what} holds {_value(repeated[0])} more than once "
+            f"({_count(len(repeated), 'value')} repeated); {fix}"
         )
+
+
+def _plain_key(kind: pa.DataType) -> bool:
+    return not (pa.types.is_nested(kind) or pa.types.is_null(kind))
+
+
+def _file_row(row: int) -> str:
+    return f"row {row} (counting from 0, not counting a CSV header)"
+
+
+def _value(scalar: pa.Scalar) -> str:
+    return json.dumps(scalar.as_py(), default=str)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _shown(values: list[Any], json_values: bool = False) -> str:

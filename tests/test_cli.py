@@ -295,7 +295,7 @@ def test_input_is_never_modified(tmp_path):
     assert data.read_bytes() == before
 
 
-@pytest.mark.parametrize("command", ["run", "update", "query", "report", "demo"])
+@pytest.mark.parametrize("command", ["run", "update", "review", "query", "report", "demo"])
 def test_every_command_has_help_with_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
