@@ -709,7 +709,8 @@ def bench_command(
       refine bench --suite full --seeds 3   # what reports/benchmarks.md holds
       refine bench --dataset digits-sym20 --out /tmp/bench
     """
-    from refine.bench import run_bench, write_report
+    from refine.bench import run_bench
+    from refine.bench_report import write_report
 
     if seeds < 1:
         raise CLIError(f"--seeds must be at least 1, got {seeds}")

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from refine.bench import measure, render_markdown, run_bench, summarise, write_report
+from refine.bench import measure, run_bench
+from refine.bench_report import render_markdown, summarise, write_report
 from refine.cli import cli
 from refine.metrics import flag_scores, label_accuracy, label_codes
 
