@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,87 +64,162 @@ def run_bench(
     return BenchReport(rows=rows, summary=summarise(rows), header=_header(suite, seeds))
 
 
+@dataclass(frozen=True)
+class Case:
+    """One recipe at one seed: the rows every method runs on and is scored against.
+
+    Arrays are ``(N,)`` over the training rows (``given`` is -1 where unlabelled). ``X`` is
+    refine's encoding of them, which the HGB baseline reads; ``X_lr`` and ``X_lr_test`` are
+    what the LogisticRegression baseline and the test-accuracy yardstick read
+    (``yardstick_inputs``); ``y_test`` the clean test labels.
+    """
+
+    name: str
+    seed: int
+    train: Any  # the built training table, truth columns included
+    truth: np.ndarray
+    given: np.ndarray
+    labelled: np.ndarray
+    is_noisy: np.ndarray
+    X: np.ndarray
+    X_lr: np.ndarray
+    X_lr_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def text(self) -> bool:
+        return TEXT_COLUMN in self.train.column_names
+
+
+@dataclass(frozen=True)
+class Yardsticks:
+    """Test accuracy of the bench's LogisticRegression trained on the given labels (``noisy``)
+    and on the true ones (``clean``), and of CleanLearning on the given labels: every refine
+    run of a case is measured against the same three."""
+
+    noisy: float
+    clean: float
+    cleanlearning: float
+
+    def columns(self) -> dict[str, float]:
+        return {
+            "noisy_test_accuracy": self.noisy,
+            "clean_test_accuracy": self.clean,
+            "cleanlearning_test_accuracy": self.cleanlearning,
+        }
+
+    def gap_recovered(self, test_accuracy: float) -> float | None:
+        """The share of the noisy->clean gap that ``test_accuracy`` closes; None where the gap
+        is under half a point (the ratio would be noise)."""
+        gap = self.clean - self.noisy
+        return (test_accuracy - self.noisy) / gap if gap > 0.005 else None
+
+
 def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[dict[str, Any]]:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    import refine
-    from refine.baselines import cleanlab_baseline
+    case = _build_case(recipe, seed)
+    labelled = case.labelled
+    base = {
+        "dataset": case.name,
+        "seed": seed,
+        "rows": case.train.num_rows,
+        "noise_rate": float(case.is_noisy[labelled].mean()),
+    }
+    result, seconds, memory = measure(lambda: _run_refine(case, refine_options))
+    baselines = [
+        {**base, "method": name, **_baseline(case, model, features)}
+        for name, model, features in (
+            ("cleanlab+LR", _lr_model(case.text), case.X_lr[labelled]),
+            ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed), case.X[labelled]),
+        )
+    ]
+    yardsticks = _yardsticks(case)
+    scores = score_refine(case, result, yardsticks)
+    refine_row = {**base, "method": "refine", **scores, "seconds": seconds, "memory_mb": memory}
+    return [{**row, **yardsticks.columns()} for row in (refine_row, *baselines)]
+
+
+def _build_case(recipe: Any, seed: int) -> Case:
     from refine.features import fit_features
-    from refine.metrics import label_codes
     from refine.recipes import build_dataset
 
     built = build_dataset(recipe, seed=seed)
     train, test = built.train, built.test
-    truth, given, labelled, is_noisy = truth_arrays(train)
-
     encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
     X, X_test = encoder.transform(train), encoder.transform(test)
-    y_test = test.column("label").to_numpy()
-    text = TEXT_COLUMN in train.column_names
     X_lr, X_lr_test = yardstick_inputs(train, test, lambda: (X, X_test))
-    base = {
-        "dataset": recipe.name,
-        "seed": seed,
-        "rows": train.num_rows,
-        "noise_rate": float(is_noisy[labelled].mean()),
+    return Case(
+        recipe.name,
+        seed,
+        train,
+        *truth_arrays(train),
+        X,
+        X_lr,
+        X_lr_test,
+        test.column("label").to_numpy(),
+    )
+
+
+def _run_refine(case: Case, refine_options: dict[str, Any]) -> Any:
+    import refine
+
+    return refine.run(case.train, ignore=TRUTH_COLUMNS, seed=case.seed, **refine_options)
+
+
+def _baseline(case: Case, model: Any, features: np.ndarray) -> dict[str, Any]:
+    """A cleanlab baseline's scores on the labelled rows of ``case``: ``model``'s out-of-fold
+    probabilities on ``features`` ``(M, D)``, one row per labelled row."""
+    from refine.baselines import cleanlab_baseline
+
+    labelled = case.labelled
+    given = case.given[labelled]
+    (issues, quality, _), seconds, memory = measure(
+        lambda: cleanlab_baseline(features, given, folds=5, seed=case.seed, model=model)
+    )
+    return {
+        **_flags(issues, case.is_noisy[labelled], quality),
+        **_labels(given, case.truth[labelled], given),
+        "seconds": seconds,
+        "memory_mb": memory,
     }
 
-    result, seconds, memory = measure(
-        lambda: refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **refine_options)
+
+def _yardsticks(case: Case) -> Yardsticks:
+    labelled = case.labelled
+    X, X_test, y_test = case.X_lr, case.X_lr_test, case.y_test
+    given = case.given[labelled]
+    return Yardsticks(
+        noisy=_downstream(X[labelled], given, np.ones(len(given)), X_test, y_test),
+        clean=_downstream(X, case.truth, np.ones(len(case.truth)), X_test, y_test),
+        cleanlearning=_clean_learning(X[labelled], given, X_test, y_test, case.seed),
     )
+
+
+def score_refine(case: Case, result: Any, yardsticks: Yardsticks) -> dict[str, Any]:
+    """Score one refine ``result`` (a ``RunResult`` on ``case.train``) as the bench does:
+    its flags against the injected noise and its labels against the truth (labelled rows), its
+    pseudo-labels, and the test accuracy of the yardstick learner trained on its labels, with
+    the share of the gap it recovers."""
+    from refine.metrics import label_codes
+
     refined = result.refined
-    refined_labels = label_codes(refined)
+    labels = label_codes(refined)
     weight = refined.column("sample_weight").to_numpy()
-    rows = [
-        {
-            **base,
-            "method": "refine",
-            **_flags(
-                refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
-                is_noisy[labelled],
-                refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
-            ),
-            **_labels(refined_labels[labelled], truth[labelled], given[labelled]),
-            **_pseudo(refined, refined_labels, labelled, truth, X_lr, weight, X_lr_test, y_test),
-            "test_accuracy": _downstream(X_lr, refined_labels, weight, X_lr_test, y_test),
-            "seconds": seconds,
-            "memory_mb": memory,
-        }
-    ]
-    X_l, y_l = X[labelled], given[labelled]
-    X_lr_l = X_lr[labelled]
-    for name, model, features in (
-        ("cleanlab+LR", _lr_model(text), X_lr_l),
-        ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed), X_l),
-    ):
-        (issues, quality, _), seconds, memory = measure(
-            lambda model=model, features=features: cleanlab_baseline(
-                features, y_l, folds=5, seed=seed, model=model
-            )
-        )
-        rows.append(
-            {
-                **base,
-                "method": name,
-                **_flags(issues, is_noisy[labelled], quality),
-                **_labels(y_l, truth[labelled], y_l),
-                "seconds": seconds,
-                "memory_mb": memory,
-            }
-        )
-    noisy_acc = _downstream(X_lr_l, y_l, np.ones(len(y_l)), X_lr_test, y_test)
-    clean_acc = _downstream(X_lr, truth, np.ones(len(truth)), X_lr_test, y_test)
-    cleanlearning_acc = _clean_learning(X_lr_l, y_l, X_lr_test, y_test, seed)
-    for row in rows:
-        row.update(
-            noisy_test_accuracy=noisy_acc,
-            clean_test_accuracy=clean_acc,
-            cleanlearning_test_accuracy=cleanlearning_acc,
-        )
-        if row["method"] == "refine":
-            gap = clean_acc - noisy_acc
-            row["gap_recovered"] = (row["test_accuracy"] - noisy_acc) / gap if gap > 0.005 else None
-    return rows
+    labelled, truth = case.labelled, case.truth
+    X, X_test, y_test = case.X_lr, case.X_lr_test, case.y_test
+    test_accuracy = _downstream(X, labels, weight, X_test, y_test)
+    return {
+        **_flags(
+            refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
+            case.is_noisy[labelled],
+            refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
+        ),
+        **_labels(labels[labelled], truth[labelled], case.given[labelled]),
+        **_pseudo(refined, labels, labelled, truth, X, weight, X_test, y_test),
+        "test_accuracy": test_accuracy,
+        "gap_recovered": yardsticks.gap_recovered(test_accuracy),
+    }
 
 
 def yardstick_inputs(
