@@ -29,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from refine.bench_report import BenchReport, summarise
+from refine.errors import ConfigError
 from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
 TEXT_COLUMN = "text"  # the text column of text recipes (refine.recipes.TEXT_COLUMN)
 IMAGE_COLUMN = "image"  # the image column of image recipes (refine.recipes.IMAGE_COLUMN)
+# The column refine reads revealed true labels from (``--verified``): null where not revealed.
+VERIFIED_COLUMN = "label_verified"
 
 
 def run_bench(
@@ -43,10 +47,21 @@ def run_bench(
     seeds: int = 1,
     recipes: tuple[str, ...] | None = None,
     progress: Progress = NULL_PROGRESS,
+    verified: float = 0.0,
     **refine_options: Any,
 ) -> BenchReport:
-    """Run every recipe of ``suite`` (or the named ``recipes``) for ``seeds`` seeds."""
+    """Run every recipe of ``suite`` (or the named ``recipes``) for ``seeds`` seeds.
+
+    ``verified`` in [0, 1): the share of each case's labelled training rows whose true label
+    is revealed (``reveal``), to refine as verified labels and to the baselines as fixed ones:
+    they train on the given labels with those rows set right and flag exactly the revealed
+    rows whose given label was wrong, as refine does. The noisy-label yardstick and
+    CleanLearning train on the same labels, and refine's labels must beat them. Options for
+    ``refine.run`` go in ``refine_options``.
+    """
     from refine.recipes import list_recipes, load_recipe
+
+    _check_share("--verified", verified, "of the labelled training rows")
 
     chosen = [load_recipe(n) for n in recipes] if recipes else list_recipes(suite)
     for recipe in [r for r in chosen if r.missing_files()]:
@@ -58,10 +73,29 @@ def run_bench(
     for recipe in chosen:
         for offset in range(seeds):
             progress.note(f"{recipe.name}, seed {recipe.seed + offset}")
-            rows.extend(_bench_one(recipe, recipe.seed + offset, refine_options))
+            rows.extend(_bench_one(recipe, recipe.seed + offset, refine_options, verified))
             progress.advance(task)
     progress.finish(task)
-    return BenchReport(rows=rows, summary=summarise(rows), header=_header(suite, seeds))
+    return BenchReport(rows=rows, summary=summarise(rows), header=_header(suite, seeds, verified))
+
+
+def _check_share(option: str, share: float, of: str) -> None:
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ConfigError(f"{option} must be a share in [0, 1) {of}, got {share!r}")
+
+
+def reveal(labelled: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """The rows whose true label a bench case reveals: a mask ``(N,)`` of exactly
+    ``round(share * labelled.sum())`` of the ``labelled`` rows ``(N,)``, drawn at random.
+
+    The draw has a stream of its own (``[seed, 25]``), so the same seed reveals the same rows
+    and the recipe's noise, drawn from other streams, neither moves it nor is moved by it.
+    """
+    rows = np.flatnonzero(labelled)
+    chosen = np.random.default_rng([seed, 25]).choice(rows, round(share * len(rows)), False)
+    mask = np.zeros(len(labelled), bool)
+    mask[chosen] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -90,6 +124,11 @@ class Case:
     def text(self) -> bool:
         return TEXT_COLUMN in self.train.column_names
 
+    def known(self, revealed: np.ndarray) -> np.ndarray:
+        """The given labels ``(N,)`` with the ``revealed`` rows ``(N,)`` set to their true
+        label: what the baselines and the yardsticks train on, and what refine must beat."""
+        return np.where(revealed, self.truth, self.given)
+
 
 @dataclass(frozen=True)
 class Yardsticks:
@@ -115,27 +154,31 @@ class Yardsticks:
         return (test_accuracy - self.noisy) / gap if gap > 0.005 else None
 
 
-def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[dict[str, Any]]:
+def _bench_one(
+    recipe: Any, seed: int, refine_options: dict[str, Any], verified: float = 0.0
+) -> list[dict[str, Any]]:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     case = _build_case(recipe, seed)
     labelled = case.labelled
+    revealed = reveal(labelled, verified, seed)
     base = {
         "dataset": case.name,
         "seed": seed,
         "rows": case.train.num_rows,
         "noise_rate": float(case.is_noisy[labelled].mean()),
+        "verified_rows": int(revealed.sum()),
     }
-    result, seconds, memory = measure(lambda: _run_refine(case, refine_options))
+    result, seconds, memory = measure(lambda: _run_refine(case, revealed, refine_options))
     baselines = [
-        {**base, "method": name, **_baseline(case, model, features)}
+        {**base, "method": name, **_baseline(case, revealed, model, features)}
         for name, model, features in (
             ("cleanlab+LR", _lr_model(case.text), case.X_lr[labelled]),
             ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed), case.X[labelled]),
         )
     ]
-    yardsticks = _yardsticks(case)
-    scores = score_refine(case, result, yardsticks)
+    yardsticks = _yardsticks(case, revealed)
+    scores = score_refine(case, result, revealed, yardsticks)
     refine_row = {**base, "method": "refine", **scores, "seconds": seconds, "memory_mb": memory}
     return [{**row, **yardsticks.columns()} for row in (refine_row, *baselines)]
 
@@ -161,34 +204,71 @@ def _build_case(recipe: Any, seed: int) -> Case:
     )
 
 
-def _run_refine(case: Case, refine_options: dict[str, Any]) -> Any:
+def _run_refine(case: Case, revealed: np.ndarray, refine_options: dict[str, Any]) -> Any:
     import refine
 
-    return refine.run(case.train, ignore=TRUTH_COLUMNS, seed=case.seed, **refine_options)
+    table, verified = refine_input(case.train, case.truth, revealed)
+    ignore = TRUTH_COLUMNS + tuple(verified.values())
+    return refine.run(table, ignore=ignore, seed=case.seed, **verified, **refine_options)
 
 
-def _baseline(case: Case, model: Any, features: np.ndarray) -> dict[str, Any]:
-    """A cleanlab baseline's scores on the labelled rows of ``case``: ``model``'s out-of-fold
-    probabilities on ``features`` ``(M, D)``, one row per labelled row."""
-    from refine.baselines import cleanlab_baseline
+def refine_input(train: Any, truth: np.ndarray, revealed: np.ndarray) -> tuple[Any, dict[str, str]]:
+    """The training table refine reads and the ``refine.run`` option naming its verified
+    labels: ``train`` with a ``label_verified`` column holding ``truth`` ``(N,)`` on the
+    ``revealed`` rows ``(N,)`` and null elsewhere. With nothing revealed, ``train`` as built
+    and no option, so refine runs exactly as it would without ``--verified``."""
+    if not revealed.any():
+        return train, {}
+    column = pa.array(truth, train.schema.field("label").type, mask=~revealed)
+    return train.append_column(VERIFIED_COLUMN, column), {"verified": VERIFIED_COLUMN}
 
+
+def _baseline(case: Case, revealed: np.ndarray, model: Any, features: np.ndarray) -> dict[str, Any]:
+    """A cleanlab baseline's scores on the labelled rows of ``case`` (``baseline_flags`` with
+    ``model`` on ``features`` ``(M, D)``, one row per labelled row), its labels being the given
+    ones with the ``revealed`` rows fixed."""
     labelled = case.labelled
-    given = case.given[labelled]
-    (issues, quality, _), seconds, memory = measure(
-        lambda: cleanlab_baseline(features, given, folds=5, seed=case.seed, model=model)
+    given, truth = case.given[labelled], case.truth[labelled]
+    (issues, quality), seconds, memory = measure(
+        lambda: baseline_flags(features, given, truth, revealed[labelled], model, case.seed)
     )
+    known = case.known(revealed)[labelled]
     return {
         **_flags(issues, case.is_noisy[labelled], quality),
-        **_labels(given, case.truth[labelled], given),
+        **_labels(known, truth, known),
         "seconds": seconds,
         "memory_mb": memory,
     }
 
 
-def _yardsticks(case: Case) -> Yardsticks:
+def baseline_flags(
+    features: np.ndarray,
+    given: np.ndarray,
+    truth: np.ndarray,
+    revealed: np.ndarray,
+    model: Any,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's issue mask and label quality ``(M,)`` for the labels ``given`` ``(M,)`` of
+    ``features`` ``(M, D)``, told the ``truth`` of the ``revealed`` rows ``(M,)`` as refine is
+    told its verified rows: it trains on their true label, and flags exactly the revealed rows
+    whose given label was wrong (quality 0; 1 for the right ones)."""
+    from refine.baselines import cleanlab_baseline
+
+    known = np.where(revealed, truth, given)
+    issues, quality, _ = cleanlab_baseline(features, known, folds=5, seed=seed, model=model)
+    wrong = given[revealed] != truth[revealed]
+    issues, quality = np.array(issues, bool), np.array(quality, np.float64)
+    issues[revealed] = wrong
+    quality[revealed] = np.where(wrong, 0.0, 1.0)
+    return issues, quality
+
+
+def _yardsticks(case: Case, revealed: np.ndarray) -> Yardsticks:
+    """The yardsticks of ``case``, their noisy labels the given ones with ``revealed`` fixed."""
     labelled = case.labelled
     X, X_test, y_test = case.X_lr, case.X_lr_test, case.y_test
-    given = case.given[labelled]
+    given = case.known(revealed)[labelled]
     return Yardsticks(
         noisy=_downstream(X[labelled], given, np.ones(len(given)), X_test, y_test),
         clean=_downstream(X, case.truth, np.ones(len(case.truth)), X_test, y_test),
@@ -196,11 +276,15 @@ def _yardsticks(case: Case) -> Yardsticks:
     )
 
 
-def score_refine(case: Case, result: Any, yardsticks: Yardsticks) -> dict[str, Any]:
-    """Score one refine ``result`` (a ``RunResult`` on ``case.train``) as the bench does:
-    its flags against the injected noise and its labels against the truth (labelled rows), its
-    pseudo-labels, and the test accuracy of the yardstick learner trained on its labels, with
-    the share of the gap it recovers."""
+def score_refine(
+    case: Case, result: Any, revealed: np.ndarray, yardsticks: Yardsticks
+) -> dict[str, Any]:
+    """Score one refine ``result`` (a ``RunResult`` on ``case.train``, told the truth of the
+    ``revealed`` rows ``(N,)``) as the bench does: its flags against the injected noise and
+    its labels against the truth (labelled rows), ``given_accuracy`` being that of the given
+    labels with the revealed rows fixed; its pseudo-labels; and the test accuracy of the
+    yardstick learner trained on its labels, with the share of the gap it recovers; and the
+    policy refine chose (``keep``, ``rules`` or ``posterior``)."""
     from refine.metrics import label_codes
 
     refined = result.refined
@@ -215,10 +299,11 @@ def score_refine(case: Case, result: Any, yardsticks: Yardsticks) -> dict[str, A
             case.is_noisy[labelled],
             refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
         ),
-        **_labels(labels[labelled], truth[labelled], case.given[labelled]),
+        **_labels(labels[labelled], truth[labelled], case.known(revealed)[labelled]),
         **_pseudo(refined, labels, labelled, truth, X, weight, X_test, y_test),
         "test_accuracy": test_accuracy,
         "gap_recovered": yardsticks.gap_recovered(test_accuracy),
+        "policy": result.summary["trust"]["policy"],
     }
 
 
@@ -368,17 +453,19 @@ def measure(function: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, seconds, max(peak, rss()) - start_rss
 
 
-def _header(suite: str, seeds: int) -> dict[str, Any]:
+def _header(suite: str, seeds: int, verified: float) -> dict[str, Any]:
     import torch
 
     from refine.pipeline import _versions
 
+    options = f" --verified {verified:g}" if verified else ""
     return {
         "command": " ".join(["refine", *sys.argv[1:]])
         if sys.argv[0].endswith("refine")
-        else f"refine bench --suite {suite} --seeds {seeds}",
+        else f"refine bench --suite {suite} --seeds {seeds}{options}",
         "suite": suite,
         "seeds": seeds,
+        "verified": verified,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         # Threads speed refine and the baselines unequally, so the time ratios depend on them.
         "machine": f"{platform.machine()}, {os.cpu_count()} cores "

@@ -689,6 +689,14 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 )
 @click.option("--dataset", "datasets", multiple=True, help="Run only these recipes (repeatable).")
 @click.option(
+    "--verified",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Reveal the true label of this share of each dataset's labelled training rows, in [0, "
+    "1): refine reads them as verified labels, the baselines train on them fixed.",
+)
+@click.option(
     "--out",
     "-o",
     default="reports",
@@ -699,7 +707,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only where the report went.")
 @_errors
 def bench_command(
-    suite: str, seeds: int, datasets: tuple[str, ...], out: Path, quiet: bool
+    suite: str, seeds: int, datasets: tuple[str, ...], verified: float, out: Path, quiet: bool
 ) -> None:
     """Measure refine against cleanlab baselines, side by side, on the dataset recipes.
 
@@ -708,6 +716,7 @@ def bench_command(
       refine bench                          # quick suite, one seed
       refine bench --suite full --seeds 3   # what reports/benchmarks.md holds
       refine bench --dataset digits-sym20 --out /tmp/bench
+      refine bench --verified 0.05          # 5% of the labels checked by a person
     """
     from refine.bench import run_bench
     from refine.bench_report import write_report
@@ -716,7 +725,9 @@ def bench_command(
         raise CLIError(f"--seeds must be at least 1, got {seeds}")
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
-        report = run_bench(suite, seeds, recipes=datasets or None, progress=progress)
+        report = run_bench(
+            suite, seeds, recipes=datasets or None, progress=progress, verified=verified
+        )
     md, js = write_report(report, out)
     t = report.summary["targets"]
     if not quiet:

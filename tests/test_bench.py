@@ -11,10 +11,21 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from refine.bench import measure, run_bench
+import refine.baselines
+from refine.baselines import logistic_regression
+from refine.bench import (
+    baseline_flags,
+    measure,
+    refine_input,
+    reveal,
+    run_bench,
+    truth_arrays,
+)
 from refine.bench_report import render_markdown, summarise, write_report
 from refine.cli import cli
 from refine.metrics import flag_scores, label_accuracy, label_codes
+from refine.recipes import build_dataset, load_recipe
+from tests.conftest import FAST, blobs
 
 
 def test_flag_scores_agree_with_sklearn_by_hand():
@@ -140,3 +151,90 @@ def test_bench_command_writes_the_report(tmp_path):
     )
     unknown = CliRunner().invoke(cli, ["bench", "--dataset", "nope", "--out", str(tmp_path)])
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+def test_reveal_draws_a_seeded_share_of_the_labelled_rows():
+    labelled = np.arange(60) % 5 != 0  # 48 labelled rows
+    revealed = reveal(labelled, 0.1, seed=3)
+    assert revealed.sum() == 5  # round(4.8)
+    assert not (revealed & ~labelled).any()
+    assert (reveal(labelled, 0.1, seed=3) == revealed).all()
+    assert (reveal(labelled, 0.1, seed=4) != revealed).any()
+    assert reveal(labelled, 0.5, seed=3).sum() == 24
+    assert not reveal(labelled, 0.0, seed=3).any()
+
+
+def test_refine_reads_the_revealed_truth_as_verified_labels():
+    train = pa.table({"x": [0.1, 0.2, 0.3, 0.4], "label": pa.array([1, 0, None, 2], pa.int64())})
+    truth = np.array([0, 0, 1, 2])
+    table, options = refine_input(train, truth, np.array([True, False, True, False]))
+    assert options == {"verified": "label_verified"}
+    assert table.column_names == ["x", "label", "label_verified"]
+    assert table.column("label_verified").to_pylist() == [0, None, 1, None]
+    assert table.schema.field("label_verified").type == pa.int64()
+    # nothing revealed: the table as built, and refine runs as it would without --verified
+    same, none = refine_input(train, truth, np.zeros(4, bool))
+    assert same is train and none == {}
+
+
+def test_baselines_train_on_revealed_labels_and_flag_exactly_the_wrong_ones(monkeypatch):
+    X, truth = blobs(60, k=3)
+    given = truth.copy()
+    given[:6] = (truth[:6] + 1) % 3  # rows 0-5 mislabelled
+    revealed = np.zeros(60, bool)
+    revealed[[0, 1, 2, 10, 11]] = True  # three wrong labels, two right ones
+    issues, quality = baseline_flags(X, given, truth, revealed, logistic_regression(), seed=0)
+    assert issues[revealed].tolist() == [True, True, True, False, False]
+    assert quality[revealed].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+    seen = {}
+
+    def record(features, labels, folds, seed, model):
+        seen["labels"] = labels
+        return np.zeros(len(labels), bool), np.ones(len(labels)), None
+
+    monkeypatch.setattr(refine.baselines, "cleanlab_baseline", record)
+    baseline_flags(X, given, truth, revealed, logistic_regression(), seed=0)
+    fixed = given.copy()
+    fixed[[0, 1, 2]] = truth[[0, 1, 2]]
+    assert (seen["labels"] == fixed).all()  # rows 3-5 stay wrong: nobody revealed them
+
+
+@pytest.fixture(scope="module")
+def verified_report():
+    return run_bench(recipes=("iris-onedir",), verified=0.1, **FAST)
+
+
+@pytest.mark.slow
+def test_bench_reveals_the_same_rows_to_every_method(verified_report):
+    recipe = load_recipe("iris-onedir")
+    truth, given, labelled, _ = truth_arrays(build_dataset(recipe, seed=recipe.seed).train)
+    revealed = reveal(labelled, 0.1, recipe.seed)
+    assert revealed.sum() == 11  # round(0.1 * 112)
+    # One of the 11 revealed labels was wrong: 97 of 112 given labels are right, 98 once fixed.
+    assert (given[labelled] == truth[labelled]).sum() == 97
+    rows = {r["method"]: r for r in verified_report.rows}
+    assert list(rows) == ["refine", "cleanlab+LR", "cleanlab+HGB"]
+    assert all(r["verified_rows"] == 11 for r in rows.values())
+    assert rows["refine"]["given_accuracy"] == pytest.approx(98 / 112)
+    assert rows["refine"]["policy"] in ("keep", "rules", "posterior")
+    for name in ("cleanlab+LR", "cleanlab+HGB"):
+        assert (
+            rows[name]["label_accuracy"] == rows[name]["given_accuracy"] == pytest.approx(98 / 112)
+        )
+    assert verified_report.header["verified"] == 0.1
+    text = render_markdown(verified_report)
+    assert "11 labels revealed" in text and "(revealed rows fixed)" in text
+
+
+def test_bench_command_refuses_a_verified_share_outside_0_to_1(tmp_path):
+    for value in ("1", "-0.1"):
+        result = CliRunner().invoke(
+            cli, ["bench", "--dataset", "iris-onedir", "--verified", value, "--out", str(tmp_path)]
+        )
+        assert result.exit_code == 2
+        assert result.output == (
+            "Error: --verified must be a share in [0, 1) of the labelled training rows, "
+            f"got {float(value)}\n"
+        )
+    assert not (tmp_path / "benchmarks.md").exists()
