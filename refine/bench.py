@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from refine.bench_report import BenchReport, summarise
+from refine.bench_report import BenchReport, summarise, summarise_review
 from refine.errors import ConfigError
 from refine.progress import NULL_PROGRESS, Progress
 
@@ -40,6 +40,8 @@ TEXT_COLUMN = "text"  # the text column of text recipes (refine.recipes.TEXT_COL
 IMAGE_COLUMN = "image"  # the image column of image recipes (refine.recipes.IMAGE_COLUMN)
 # The column refine reads revealed true labels from (``--verified``): null where not revealed.
 VERIFIED_COLUMN = "label_verified"
+# The review loop's reruns, each with the strategy of refine.review.pick that chose its rows.
+REVIEW_RUNS = (("random", "random"), ("review", "value"))
 
 
 def run_bench(
@@ -48,6 +50,7 @@ def run_bench(
     recipes: tuple[str, ...] | None = None,
     progress: Progress = NULL_PROGRESS,
     verified: float = 0.0,
+    review: float = 0.0,
     **refine_options: Any,
 ) -> BenchReport:
     """Run every recipe of ``suite`` (or the named ``recipes``) for ``seeds`` seeds.
@@ -56,12 +59,16 @@ def run_bench(
     is revealed (``reveal``), to refine as verified labels and to the baselines as fixed ones:
     they train on the given labels with those rows set right and flag exactly the revealed
     rows whose given label was wrong, as refine does. The noisy-label yardstick and
-    CleanLearning train on the same labels, and refine's labels must beat them. Options for
-    ``refine.run`` go in ``refine_options``.
+    CleanLearning train on the same labels, and refine's labels must beat them.
+
+    ``review`` in [0, 1): above 0, also simulate a reviewer (``_review_loop``) who verifies
+    this share of the training rows after refine's first run, and report it in
+    ``BenchReport.review_loop``. Options for ``refine.run`` go in ``refine_options``.
     """
     from refine.recipes import list_recipes, load_recipe
 
     _check_share("--verified", verified, "of the labelled training rows")
+    _check_share("--review", review, "of the training rows (0.02 verifies 2% more)")
 
     chosen = [load_recipe(n) for n in recipes] if recipes else list_recipes(suite)
     for recipe in [r for r in chosen if r.missing_files()]:
@@ -69,14 +76,26 @@ def run_bench(
         progress.note(f"skipped {recipe.name}: {recipe.missing_files()[0]} is not on this machine")
         chosen.remove(recipe)
     rows: list[dict[str, Any]] = []
+    review_rows: list[dict[str, Any]] = []
     task = progress.start("bench", "datasets", total=len(chosen) * seeds)
     for recipe in chosen:
         for offset in range(seeds):
             progress.note(f"{recipe.name}, seed {recipe.seed + offset}")
-            rows.extend(_bench_one(recipe, recipe.seed + offset, refine_options, verified))
+            case_rows, loop_rows = _bench_one(
+                recipe, recipe.seed + offset, refine_options, verified, review
+            )
+            rows.extend(case_rows)
+            review_rows.extend(loop_rows)
             progress.advance(task)
     progress.finish(task)
-    return BenchReport(rows=rows, summary=summarise(rows), header=_header(suite, seeds, verified))
+    return BenchReport(
+        rows=rows,
+        summary=summarise(rows),
+        header=_header(suite, seeds, verified, review),
+        review_loop={"summary": summarise_review(review_rows, review), "rows": review_rows}
+        if review
+        else None,
+    )
 
 
 def _check_share(option: str, share: float, of: str) -> None:
@@ -132,9 +151,9 @@ class Case:
 
 @dataclass(frozen=True)
 class Yardsticks:
-    """Test accuracy of the bench's LogisticRegression trained on the given labels (``noisy``)
-    and on the true ones (``clean``), and of CleanLearning on the given labels: every refine
-    run of a case is measured against the same three."""
+    """Test accuracy of the bench's LogisticRegression trained on the given labels with the
+    revealed rows fixed (``noisy``) and on the true ones (``clean``), and of CleanLearning on
+    the same labels as ``noisy``: every refine run of a case is measured against these three."""
 
     noisy: float
     clean: float
@@ -155,8 +174,10 @@ class Yardsticks:
 
 
 def _bench_one(
-    recipe: Any, seed: int, refine_options: dict[str, Any], verified: float = 0.0
-) -> list[dict[str, Any]]:
+    recipe: Any, seed: int, refine_options: dict[str, Any], verified: float, review: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One case: refine's row and the baselines' (with the yardsticks), then the review loop's
+    rows when ``review`` is above 0."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     case = _build_case(recipe, seed)
@@ -180,7 +201,41 @@ def _bench_one(
     yardsticks = _yardsticks(case, revealed)
     scores = score_refine(case, result, revealed, yardsticks)
     refine_row = {**base, "method": "refine", **scores, "seconds": seconds, "memory_mb": memory}
-    return [{**row, **yardsticks.columns()} for row in (refine_row, *baselines)]
+    rows = [{**row, **yardsticks.columns()} for row in (refine_row, *baselines)]
+    if not review:
+        return rows, []
+    return rows, _review_loop(case, revealed, result, scores, review, yardsticks, refine_options)
+
+
+def _review_loop(
+    case: Case,
+    revealed: np.ndarray,
+    result: Any,
+    scores: dict[str, Any],
+    share: float,
+    yardsticks: Yardsticks,
+    refine_options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A reviewer after refine's first run on ``case`` (its ``result`` and ``scores``, the
+    ``revealed`` rows ``(N,)`` verified): ``round(share * N)`` more rows, the ones
+    ``refine review`` picks from that result (``review``) or as many drawn at random
+    (``random``), are revealed too, and refine runs again with each set. One row per run,
+    ``first`` included, each scored as the first against the same ``yardsticks``."""
+    from refine.review import doubt, pick
+
+    doubts = doubt(result.refined)  # 0 on the rows already verified: never picked again
+    budget = min(round(share * len(doubts)), int((doubts > 0).sum()))
+    base = {"dataset": case.name, "seed": case.seed, "rows": len(doubts), **yardsticks.columns()}
+    rows = [{**base, "run": "first", "picked": 0, "verified_rows": int(revealed.sum()), **scores}]
+    for run, strategy in REVIEW_RUNS:
+        picked = pick(doubts, case.X, budget, strategy, case.seed)
+        more = revealed.copy()
+        more[picked] = True
+        scored = score_refine(case, _run_refine(case, more, refine_options), more, yardsticks)
+        rows.append(
+            {**base, "run": run, "picked": len(picked), "verified_rows": int(more.sum()), **scored}
+        )
+    return rows
 
 
 def _build_case(recipe: Any, seed: int) -> Case:
@@ -453,12 +508,16 @@ def measure(function: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, seconds, max(peak, rss()) - start_rss
 
 
-def _header(suite: str, seeds: int, verified: float) -> dict[str, Any]:
+def _header(suite: str, seeds: int, verified: float, review: float) -> dict[str, Any]:
     import torch
 
     from refine.pipeline import _versions
 
-    options = f" --verified {verified:g}" if verified else ""
+    options = "".join(
+        f" --{name} {share:g}"
+        for name, share in (("verified", verified), ("review", review))
+        if share
+    )
     return {
         "command": " ".join(["refine", *sys.argv[1:]])
         if sys.argv[0].endswith("refine")
@@ -466,6 +525,7 @@ def _header(suite: str, seeds: int, verified: float) -> dict[str, Any]:
         "suite": suite,
         "seeds": seeds,
         "verified": verified,
+        "review": review,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         # Threads speed refine and the baselines unequally, so the time ratios depend on them.
         "machine": f"{platform.machine()}, {os.cpu_count()} cores "

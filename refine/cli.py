@@ -697,6 +697,14 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
     "1): refine reads them as verified labels, the baselines train on them fixed.",
 )
 @click.option(
+    "--review",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Also run the review loop: after refine's first run, verify this share of the training "
+    "rows more, picked by refine review and at random, and rerun refine with each.",
+)
+@click.option(
     "--out",
     "-o",
     default="reports",
@@ -707,7 +715,13 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only where the report went.")
 @_errors
 def bench_command(
-    suite: str, seeds: int, datasets: tuple[str, ...], verified: float, out: Path, quiet: bool
+    suite: str,
+    seeds: int,
+    datasets: tuple[str, ...],
+    verified: float,
+    review: float,
+    out: Path,
+    quiet: bool,
 ) -> None:
     """Measure refine against cleanlab baselines, side by side, on the dataset recipes.
 
@@ -717,6 +731,7 @@ def bench_command(
       refine bench --suite full --seeds 3   # what reports/benchmarks.md holds
       refine bench --dataset digits-sym20 --out /tmp/bench
       refine bench --verified 0.05          # 5% of the labels checked by a person
+      refine bench --review 0.02            # then 2% more, reviewed against random
     """
     from refine.bench import run_bench
     from refine.bench_report import write_report
@@ -726,7 +741,12 @@ def bench_command(
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
         report = run_bench(
-            suite, seeds, recipes=datasets or None, progress=progress, verified=verified
+            suite,
+            seeds,
+            recipes=datasets or None,
+            progress=progress,
+            verified=verified,
+            review=review,
         )
     md, js = write_report(report, out)
     t = report.summary["targets"]
@@ -737,6 +757,13 @@ def bench_command(
             f"ones in {t['cases_refined_labels_beat_given']} of {t['cases']} cases, "
             f"gap recovered {t['mean_gap_recovered']}"
         )
+        if report.review_loop is not None:
+            r = report.review_loop["summary"]
+            Console().print(
+                "review loop, mean label accuracy: "
+                + ", ".join(f"{run} {v['mean_label_accuracy']}" for run, v in r["runs"].items())
+                + f"; review beat random in {r['cases_review_beat_random']} of {r['cases']} cases"
+            )
     click.echo(f"wrote {md} and {js}")
 
 

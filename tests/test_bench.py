@@ -21,7 +21,7 @@ from refine.bench import (
     run_bench,
     truth_arrays,
 )
-from refine.bench_report import render_markdown, summarise, write_report
+from refine.bench_report import render_markdown, summarise, summarise_review, write_report
 from refine.cli import cli
 from refine.metrics import flag_scores, label_accuracy, label_codes
 from refine.recipes import build_dataset, load_recipe
@@ -202,7 +202,9 @@ def test_baselines_train_on_revealed_labels_and_flag_exactly_the_wrong_ones(monk
 
 @pytest.fixture(scope="module")
 def verified_report():
-    return run_bench(recipes=("iris-onedir",), verified=0.1, **FAST)
+    """iris-onedir (112 training rows, all labelled) with 11 labels revealed, then the review
+    loop's 6 more (round(0.05 * 112)): one small run serves the tests of both."""
+    return run_bench(recipes=("iris-onedir",), verified=0.1, review=0.05, **FAST)
 
 
 @pytest.mark.slow
@@ -227,14 +229,81 @@ def test_bench_reveals_the_same_rows_to_every_method(verified_report):
     assert "11 labels revealed" in text and "(revealed rows fixed)" in text
 
 
-def test_bench_command_refuses_a_verified_share_outside_0_to_1(tmp_path):
-    for value in ("1", "-0.1"):
+def test_bench_command_refuses_a_share_outside_0_to_1(tmp_path):
+    for option, value, of in (
+        ("--verified", "1", "of the labelled training rows"),
+        ("--verified", "-0.1", "of the labelled training rows"),
+        ("--review", "1.5", "of the training rows (0.02 verifies 2% more)"),
+    ):
         result = CliRunner().invoke(
-            cli, ["bench", "--dataset", "iris-onedir", "--verified", value, "--out", str(tmp_path)]
+            cli, ["bench", "--dataset", "iris-onedir", option, value, "--out", str(tmp_path)]
         )
         assert result.exit_code == 2
         assert result.output == (
-            "Error: --verified must be a share in [0, 1) of the labelled training rows, "
-            f"got {float(value)}\n"
+            f"Error: {option} must be a share in [0, 1) {of}, got {float(value)}\n"
         )
     assert not (tmp_path / "benchmarks.md").exists()
+
+
+@pytest.mark.slow
+def test_review_loop_reruns_refine_with_reviewed_and_random_rows(verified_report, tmp_path):
+    refine_row = verified_report.rows[0]
+    loop = verified_report.review_loop
+    rows = loop["rows"]
+    assert [r["run"] for r in rows] == ["first", "random", "review"]
+    assert [r["picked"] for r in rows] == [0, 6, 6]  # round(0.05 * 112)
+    assert [r["verified_rows"] for r in rows] == [11, 17, 17]  # never a row verified twice
+    first = rows[0]
+    for key in ("label_accuracy", "given_accuracy", "f1", "test_accuracy", "policy"):
+        assert first[key] == refine_row[key]
+    for r in rows:  # every run against the first run's yardsticks
+        assert r["noisy_test_accuracy"] == refine_row["noisy_test_accuracy"]
+        assert r["clean_test_accuracy"] == refine_row["clean_test_accuracy"]
+        assert r["given_accuracy"] >= first["given_accuracy"]  # more rows fixed, never fewer
+    summary = loop["summary"]
+    assert summary["share"] == 0.05 and summary["cases"] == 1
+    assert list(summary["runs"]) == ["first", "random", "review"]
+    assert summary["runs"]["first"]["mean_label_accuracy"] == pytest.approx(
+        first["label_accuracy"], abs=1e-4
+    )
+    md, js = write_report(verified_report, tmp_path)
+    assert json.loads(js.read_text())["review_loop"]["summary"]["cases"] == 1
+    text = md.read_text()
+    assert "## Review loop" in text and "| +5% random |" in text and "| +5% review |" in text
+    assert "### iris-onedir, review loop" in text
+
+
+def test_review_summary_from_hand_made_rows():
+    def row(seed, run, label_accuracy, test_accuracy, gap=None):
+        return {
+            "dataset": "d",
+            "seed": seed,
+            "run": run,
+            "verified_rows": 10.0,
+            "label_accuracy": label_accuracy,
+            "test_accuracy": test_accuracy,
+            "noisy_test_accuracy": 0.6,
+            "clean_test_accuracy": 1.0,
+            "gap_recovered": gap,
+            "policy": "keep" if run == "first" else "posterior",
+        }
+
+    rows = [
+        row(0, "first", 0.80, 0.70, 0.25),
+        row(0, "random", 0.82, 0.80, 0.50),
+        row(0, "review", 0.90, 0.80, 0.50),
+        row(1, "first", 0.70, 0.60, 0.0),
+        row(1, "random", 0.75, 0.90, 0.75),
+        row(1, "review", 0.75, 1.00, 1.0),
+    ]
+    s = summarise_review(rows, 0.02)
+    assert s["runs"]["review"]["mean_label_accuracy"] == pytest.approx(0.825)
+    assert s["runs"]["random"]["mean_gap_recovered"] == pytest.approx(0.625)
+    # pooled: (0.2 + 0.4) / (0.4 + 0.4)
+    assert s["runs"]["review"]["pooled_gap_recovered"] == pytest.approx(0.75)
+    # review beat random on labels in case 0 only (a tie in case 1), on test accuracy in case 1
+    assert s["cases_review_beat_random"] == 1
+    assert s["cases_review_beat_random_test_accuracy"] == 1
+    assert s["cases"] == 2
+    assert s["by_dataset"]["d"]["first"]["policies"] == ["keep", "keep"]
+    assert s["by_dataset"]["d"]["review"]["label_accuracy_mean"] == pytest.approx(0.825)
