@@ -218,7 +218,7 @@ def _review_loop(
 ) -> list[dict[str, Any]]:
     """A reviewer after refine's first run on ``case`` (its ``result`` and ``scores``, the
     ``revealed`` rows ``(N,)`` verified): ``round(share * N)`` more rows, the ones
-    ``refine review`` picks from that result (``review``) or as many drawn at random
+    ``refine.review.pick`` chooses from that result (``review``) or as many drawn at random
     (``random``), are revealed too, and refine runs again with each set. One row per run,
     ``first`` included, each scored as the first against the same ``yardsticks``."""
     from refine.review import doubt, pick

@@ -239,10 +239,10 @@ def _review_section(s: dict[str, Any]) -> list[str]:
         "",
         f"A simulated reviewer: after refine's first run, the true label of {more} more of the "
         "training rows is revealed and refine runs again with them verified: the rows "
-        "`refine review` picks from the first run (`review`), or as many drawn at random "
+        "`refine.review.pick` chooses from the first run (`review`), or as many drawn at random "
         "(`random`), each on top of the rows revealed before. Every run is scored as refine is "
-        "above, against the same noisy- and clean-label test accuracies; `given acc` counts the "
-        "run's revealed rows as fixed.",
+        "above, against the same noisy- and clean-label test accuracies; `given accuracy` counts "
+        "the run's revealed rows as fixed.",
         "",
         "| run | label acc (mean) | gap recovered (mean) | gap recovered (pooled) |",
         "|---|---|---|---|",

@@ -702,7 +702,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
     default=0.0,
     show_default=True,
     help="Also run the review loop: after refine's first run, verify this share of the training "
-    "rows more, picked by refine review and at random, and rerun refine with each.",
+    "rows more, chosen by refine.review.pick and at random, and rerun refine with each.",
 )
 @click.option(
     "--out",
