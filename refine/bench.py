@@ -29,20 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from refine.bench_report import BenchReport, summarise, summarise_review
+from refine.errors import ConfigError
 from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
 TEXT_COLUMN = "text"  # the text column of text recipes (refine.recipes.TEXT_COLUMN)
 IMAGE_COLUMN = "image"  # the image column of image recipes (refine.recipes.IMAGE_COLUMN)
-METHODS = ("refine", "cleanlab+LR", "cleanlab+HGB")
-
-
-@dataclass
-class BenchReport:
-    rows: list[dict[str, Any]]  # one per recipe x seed x method
-    summary: dict[str, Any]
-    header: dict[str, Any]
+# The column refine reads revealed true labels from (``--verified``): null where not revealed.
+VERIFIED_COLUMN = "label_verified"
+# The review loop's reruns, each with the strategy of refine.review.pick that chose its rows.
+REVIEW_RUNS = (("random", "random"), ("review", "value"))
 
 
 def run_bench(
@@ -50,10 +49,26 @@ def run_bench(
     seeds: int = 1,
     recipes: tuple[str, ...] | None = None,
     progress: Progress = NULL_PROGRESS,
+    verified: float = 0.0,
+    review: float = 0.0,
     **refine_options: Any,
 ) -> BenchReport:
-    """Run every recipe of ``suite`` (or the named ``recipes``) for ``seeds`` seeds."""
+    """Run every recipe of ``suite`` (or the named ``recipes``) for ``seeds`` seeds.
+
+    ``verified`` in [0, 1): the share of each case's labelled training rows whose true label
+    is revealed (``reveal``), to refine as verified labels and to the baselines as fixed ones:
+    they train on the given labels with those rows set right and flag exactly the revealed
+    rows whose given label was wrong, as refine does. The noisy-label yardstick and
+    CleanLearning train on the same labels, and refine's labels must beat them.
+
+    ``review`` in [0, 1): above 0, also simulate a reviewer (``_review_loop``) who verifies
+    this share of the training rows after refine's first run, and report it in
+    ``BenchReport.review_loop``. Options for ``refine.run`` go in ``refine_options``.
+    """
     from refine.recipes import list_recipes, load_recipe
+
+    _check_share("--verified", verified, "of the labelled training rows")
+    _check_share("--review", review, "of the training rows (0.02 verifies 2% more)")
 
     chosen = [load_recipe(n) for n in recipes] if recipes else list_recipes(suite)
     for recipe in [r for r in chosen if r.missing_files()]:
@@ -61,97 +76,290 @@ def run_bench(
         progress.note(f"skipped {recipe.name}: {recipe.missing_files()[0]} is not on this machine")
         chosen.remove(recipe)
     rows: list[dict[str, Any]] = []
+    review_rows: list[dict[str, Any]] = []
     task = progress.start("bench", "datasets", total=len(chosen) * seeds)
     for recipe in chosen:
         for offset in range(seeds):
             progress.note(f"{recipe.name}, seed {recipe.seed + offset}")
-            rows.extend(_bench_one(recipe, recipe.seed + offset, refine_options))
+            case_rows, loop_rows = _bench_one(
+                recipe, recipe.seed + offset, refine_options, verified, review
+            )
+            rows.extend(case_rows)
+            review_rows.extend(loop_rows)
             progress.advance(task)
     progress.finish(task)
-    return BenchReport(rows=rows, summary=summarise(rows), header=_header(suite, seeds))
+    return BenchReport(
+        rows=rows,
+        summary=summarise(rows),
+        header=_header(suite, seeds, verified, review),
+        review_loop={"summary": summarise_review(review_rows, review), "rows": review_rows}
+        if review
+        else None,
+    )
 
 
-def _bench_one(recipe: Any, seed: int, refine_options: dict[str, Any]) -> list[dict[str, Any]]:
+def _check_share(option: str, share: float, of: str) -> None:
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ConfigError(f"{option} must be a share in [0, 1) {of}, got {share!r}")
+
+
+def reveal(labelled: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """The rows whose true label a bench case reveals: a mask ``(N,)`` of exactly
+    ``round(share * labelled.sum())`` of the ``labelled`` rows ``(N,)``, drawn at random.
+
+    The draw has a stream of its own (``[seed, 25]``), so the same seed reveals the same rows
+    and the recipe's noise, drawn from other streams, neither moves it nor is moved by it.
+    """
+    rows = np.flatnonzero(labelled)
+    chosen = np.random.default_rng([seed, 25]).choice(rows, round(share * len(rows)), False)
+    mask = np.zeros(len(labelled), bool)
+    mask[chosen] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class Case:
+    """One recipe at one seed: the rows every method runs on and is scored against.
+
+    Arrays are ``(N,)`` over the training rows (``given`` is -1 where unlabelled). ``X`` is
+    refine's encoding of them, which the HGB baseline reads; ``X_lr`` and ``X_lr_test`` are
+    what the LogisticRegression baseline and the test-accuracy yardstick read
+    (``yardstick_inputs``); ``y_test`` the clean test labels.
+    """
+
+    name: str
+    seed: int
+    train: Any  # the built training table, truth columns included
+    truth: np.ndarray
+    given: np.ndarray
+    labelled: np.ndarray
+    is_noisy: np.ndarray
+    X: np.ndarray
+    X_lr: np.ndarray
+    X_lr_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def text(self) -> bool:
+        return TEXT_COLUMN in self.train.column_names
+
+    def known(self, revealed: np.ndarray) -> np.ndarray:
+        """The given labels ``(N,)`` with the ``revealed`` rows ``(N,)`` set to their true
+        label: what the baselines and the yardsticks train on, and what refine must beat."""
+        return np.where(revealed, self.truth, self.given)
+
+
+@dataclass(frozen=True)
+class Yardsticks:
+    """Test accuracy of the bench's LogisticRegression trained on the given labels with the
+    revealed rows fixed (``noisy``) and on the true ones (``clean``), and of CleanLearning on
+    the same labels as ``noisy``: every refine run of a case is measured against these three."""
+
+    noisy: float
+    clean: float
+    cleanlearning: float
+
+    def columns(self) -> dict[str, float]:
+        return {
+            "noisy_test_accuracy": self.noisy,
+            "clean_test_accuracy": self.clean,
+            "cleanlearning_test_accuracy": self.cleanlearning,
+        }
+
+    def gap_recovered(self, test_accuracy: float) -> float | None:
+        """The share of the noisy->clean gap that ``test_accuracy`` closes; None where the gap
+        is under half a point (the ratio would be noise)."""
+        gap = self.clean - self.noisy
+        return (test_accuracy - self.noisy) / gap if gap > 0.005 else None
+
+
+def _bench_one(
+    recipe: Any, seed: int, refine_options: dict[str, Any], verified: float, review: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One case: refine's row and the baselines' (with the yardsticks), then the review loop's
+    rows when ``review`` is above 0."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    import refine
-    from refine.baselines import cleanlab_baseline
+    case = _build_case(recipe, seed)
+    labelled = case.labelled
+    revealed = reveal(labelled, verified, seed)
+    base = {
+        "dataset": case.name,
+        "seed": seed,
+        "rows": case.train.num_rows,
+        "noise_rate": float(case.is_noisy[labelled].mean()),
+        "verified_rows": int(revealed.sum()),
+    }
+    result, seconds, memory = measure(lambda: _run_refine(case, revealed, refine_options))
+    baselines = [
+        {**base, "method": name, **_baseline(case, revealed, model, features)}
+        for name, model, features in (
+            ("cleanlab+LR", _lr_model(case.text), case.X_lr[labelled]),
+            ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed), case.X[labelled]),
+        )
+    ]
+    yardsticks = _yardsticks(case, revealed)
+    scores = score_refine(case, result, revealed, yardsticks)
+    refine_row = {**base, "method": "refine", **scores, "seconds": seconds, "memory_mb": memory}
+    rows = [{**row, **yardsticks.columns()} for row in (refine_row, *baselines)]
+    if not review:
+        return rows, []
+    return rows, _review_loop(case, revealed, result, scores, review, yardsticks, refine_options)
+
+
+def _review_loop(
+    case: Case,
+    revealed: np.ndarray,
+    result: Any,
+    scores: dict[str, Any],
+    share: float,
+    yardsticks: Yardsticks,
+    refine_options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A reviewer after refine's first run on ``case`` (its ``result`` and ``scores``, the
+    ``revealed`` rows ``(N,)`` verified): ``round(share * N)`` more rows, the ones
+    ``refine.review.pick`` chooses from that result (``review``) or as many drawn at random
+    (``random``), are revealed too, and refine runs again with each set. One row per run,
+    ``first`` included, each scored as the first against the same ``yardsticks``."""
+    from refine.review import doubt, pick
+
+    doubts = doubt(result.refined)  # 0 on the rows already verified: never picked again
+    budget = min(round(share * len(doubts)), int((doubts > 0).sum()))
+    base = {"dataset": case.name, "seed": case.seed, "rows": len(doubts), **yardsticks.columns()}
+    rows = [{**base, "run": "first", "picked": 0, "verified_rows": int(revealed.sum()), **scores}]
+    for run, strategy in REVIEW_RUNS:
+        picked = pick(doubts, case.X, budget, strategy, case.seed)
+        more = revealed.copy()
+        more[picked] = True
+        scored = score_refine(case, _run_refine(case, more, refine_options), more, yardsticks)
+        rows.append(
+            {**base, "run": run, "picked": len(picked), "verified_rows": int(more.sum()), **scored}
+        )
+    return rows
+
+
+def _build_case(recipe: Any, seed: int) -> Case:
     from refine.features import fit_features
-    from refine.metrics import label_codes
     from refine.recipes import build_dataset
 
     built = build_dataset(recipe, seed=seed)
     train, test = built.train, built.test
-    truth, given, labelled, is_noisy = truth_arrays(train)
-
     encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
     X, X_test = encoder.transform(train), encoder.transform(test)
-    y_test = test.column("label").to_numpy()
-    text = TEXT_COLUMN in train.column_names
     X_lr, X_lr_test = yardstick_inputs(train, test, lambda: (X, X_test))
-    base = {
-        "dataset": recipe.name,
-        "seed": seed,
-        "rows": train.num_rows,
-        "noise_rate": float(is_noisy[labelled].mean()),
+    return Case(
+        recipe.name,
+        seed,
+        train,
+        *truth_arrays(train),
+        X,
+        X_lr,
+        X_lr_test,
+        test.column("label").to_numpy(),
+    )
+
+
+def _run_refine(case: Case, revealed: np.ndarray, refine_options: dict[str, Any]) -> Any:
+    import refine
+
+    table, verified = refine_input(case.train, case.truth, revealed)
+    ignore = TRUTH_COLUMNS + tuple(verified.values())
+    return refine.run(table, ignore=ignore, seed=case.seed, **verified, **refine_options)
+
+
+def refine_input(train: Any, truth: np.ndarray, revealed: np.ndarray) -> tuple[Any, dict[str, str]]:
+    """The training table refine reads and the ``refine.run`` option naming its verified
+    labels: ``train`` with a ``label_verified`` column holding ``truth`` ``(N,)`` on the
+    ``revealed`` rows ``(N,)`` and null elsewhere. With nothing revealed, ``train`` as built
+    and no option, so refine runs exactly as it would without ``--verified``."""
+    if not revealed.any():
+        return train, {}
+    column = pa.array(truth, train.schema.field("label").type, mask=~revealed)
+    return train.append_column(VERIFIED_COLUMN, column), {"verified": VERIFIED_COLUMN}
+
+
+def _baseline(case: Case, revealed: np.ndarray, model: Any, features: np.ndarray) -> dict[str, Any]:
+    """A cleanlab baseline's scores on the labelled rows of ``case`` (``baseline_flags`` with
+    ``model`` on ``features`` ``(M, D)``, one row per labelled row), its labels being the given
+    ones with the ``revealed`` rows fixed."""
+    labelled = case.labelled
+    given, truth = case.given[labelled], case.truth[labelled]
+    (issues, quality), seconds, memory = measure(
+        lambda: baseline_flags(features, given, truth, revealed[labelled], model, case.seed)
+    )
+    known = case.known(revealed)[labelled]
+    return {
+        **_flags(issues, case.is_noisy[labelled], quality),
+        **_labels(known, truth, known),
+        "seconds": seconds,
+        "memory_mb": memory,
     }
 
-    result, seconds, memory = measure(
-        lambda: refine.run(train, ignore=TRUTH_COLUMNS, seed=seed, **refine_options)
+
+def baseline_flags(
+    features: np.ndarray,
+    given: np.ndarray,
+    truth: np.ndarray,
+    revealed: np.ndarray,
+    model: Any,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's issue mask and label quality ``(M,)`` for the labels ``given`` ``(M,)`` of
+    ``features`` ``(M, D)``, told the ``truth`` of the ``revealed`` rows ``(M,)`` as refine is
+    told its verified rows: it trains on their true label, and flags exactly the revealed rows
+    whose given label was wrong (quality 0; 1 for the right ones)."""
+    from refine.baselines import cleanlab_baseline
+
+    known = np.where(revealed, truth, given)
+    issues, quality, _ = cleanlab_baseline(features, known, folds=5, seed=seed, model=model)
+    wrong = given[revealed] != truth[revealed]
+    issues, quality = np.array(issues, bool), np.array(quality, np.float64)
+    issues[revealed] = wrong
+    quality[revealed] = np.where(wrong, 0.0, 1.0)
+    return issues, quality
+
+
+def _yardsticks(case: Case, revealed: np.ndarray) -> Yardsticks:
+    """The yardsticks of ``case``, their noisy labels the given ones with ``revealed`` fixed."""
+    labelled = case.labelled
+    X, X_test, y_test = case.X_lr, case.X_lr_test, case.y_test
+    given = case.known(revealed)[labelled]
+    return Yardsticks(
+        noisy=_downstream(X[labelled], given, np.ones(len(given)), X_test, y_test),
+        clean=_downstream(X, case.truth, np.ones(len(case.truth)), X_test, y_test),
+        cleanlearning=_clean_learning(X[labelled], given, X_test, y_test, case.seed),
     )
+
+
+def score_refine(
+    case: Case, result: Any, revealed: np.ndarray, yardsticks: Yardsticks
+) -> dict[str, Any]:
+    """Score one refine ``result`` (a ``RunResult`` on ``case.train``, told the truth of the
+    ``revealed`` rows ``(N,)``) as the bench does: its flags against the injected noise and
+    its labels against the truth (labelled rows), ``given_accuracy`` being that of the given
+    labels with the revealed rows fixed; its pseudo-labels; and the test accuracy of the
+    yardstick learner trained on its labels, with the share of the gap it recovers; and the
+    policy refine chose (``keep``, ``rules`` or ``posterior``)."""
+    from refine.metrics import label_codes
+
     refined = result.refined
-    refined_labels = label_codes(refined)
+    labels = label_codes(refined)
     weight = refined.column("sample_weight").to_numpy()
-    rows = [
-        {
-            **base,
-            "method": "refine",
-            **_flags(
-                refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
-                is_noisy[labelled],
-                refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
-            ),
-            **_labels(refined_labels[labelled], truth[labelled], given[labelled]),
-            **_pseudo(refined, refined_labels, labelled, truth, X_lr, weight, X_lr_test, y_test),
-            "test_accuracy": _downstream(X_lr, refined_labels, weight, X_lr_test, y_test),
-            "seconds": seconds,
-            "memory_mb": memory,
-        }
-    ]
-    X_l, y_l = X[labelled], given[labelled]
-    X_lr_l = X_lr[labelled]
-    for name, model, features in (
-        ("cleanlab+LR", _lr_model(text), X_lr_l),
-        ("cleanlab+HGB", HistGradientBoostingClassifier(random_state=seed), X_l),
-    ):
-        (issues, quality, _), seconds, memory = measure(
-            lambda model=model, features=features: cleanlab_baseline(
-                features, y_l, folds=5, seed=seed, model=model
-            )
-        )
-        rows.append(
-            {
-                **base,
-                "method": name,
-                **_flags(issues, is_noisy[labelled], quality),
-                **_labels(y_l, truth[labelled], y_l),
-                "seconds": seconds,
-                "memory_mb": memory,
-            }
-        )
-    noisy_acc = _downstream(X_lr_l, y_l, np.ones(len(y_l)), X_lr_test, y_test)
-    clean_acc = _downstream(X_lr, truth, np.ones(len(truth)), X_lr_test, y_test)
-    cleanlearning_acc = _clean_learning(X_lr_l, y_l, X_lr_test, y_test, seed)
-    for row in rows:
-        row.update(
-            noisy_test_accuracy=noisy_acc,
-            clean_test_accuracy=clean_acc,
-            cleanlearning_test_accuracy=cleanlearning_acc,
-        )
-        if row["method"] == "refine":
-            gap = clean_acc - noisy_acc
-            row["gap_recovered"] = (row["test_accuracy"] - noisy_acc) / gap if gap > 0.005 else None
-    return rows
+    labelled, truth = case.labelled, case.truth
+    X, X_test, y_test = case.X_lr, case.X_lr_test, case.y_test
+    test_accuracy = _downstream(X, labels, weight, X_test, y_test)
+    return {
+        **_flags(
+            refined.column("is_label_issue").to_numpy(zero_copy_only=False)[labelled],
+            case.is_noisy[labelled],
+            refined.column("label_quality").to_numpy(zero_copy_only=False)[labelled],
+        ),
+        **_labels(labels[labelled], truth[labelled], case.known(revealed)[labelled]),
+        **_pseudo(refined, labels, labelled, truth, X, weight, X_test, y_test),
+        "test_accuracy": test_accuracy,
+        "gap_recovered": yardsticks.gap_recovered(test_accuracy),
+        "policy": result.summary["trust"]["policy"],
+    }
 
 
 def yardstick_inputs(
@@ -300,221 +508,27 @@ def measure(function: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, seconds, max(peak, rss()) - start_rss
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means and standard deviations over seeds per dataset and method; targets over everything."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    metrics = [
-        c
-        for c in (
-            "precision",
-            "recall",
-            "f1",
-            "auprc",
-            "auroc",
-            "label_accuracy",
-            "given_accuracy",
-            "kept",
-            "test_accuracy",
-            "gap_recovered",
-            "pseudo_share",
-            "pseudo_accuracy",
-            "clean_model_accuracy_on_pseudo",
-            "clean_model_accuracy_on_unlabelled",
-            "test_accuracy_without_pseudo",
-            "seconds",
-            "memory_mb",
-        )
-        if c in df
-    ]
-    per = df.groupby(["dataset", "method"])[metrics].agg(["mean", "std"])
-    by_dataset = {}
-    for (dataset, method), values in per.iterrows():
-        by_dataset.setdefault(dataset, {})[method] = {
-            f"{m}_{stat}": _num(values[(m, stat)]) for m in metrics for stat in ("mean", "std")
-        }
-    refine_rows = df[df.method == "refine"].set_index(["dataset", "seed"])
-    best = df[df.method != "refine"].groupby(["dataset", "seed"])[["f1", "auprc"]].max()
-    lr = df[df.method == "cleanlab+LR"].set_index(["dataset", "seed"])
-    shared = {
-        "f1_margin_over_best_baseline": _num((refine_rows["f1"] - best["f1"]).mean()),
-        "auprc_margin_over_best_baseline": _num((refine_rows["auprc"] - best["auprc"]).mean()),
-        "cases_refined_labels_beat_given": int(
-            (refine_rows["label_accuracy"] > refine_rows["given_accuracy"]).sum()
-        ),
-        "cases": int(len(refine_rows)),
-        "mean_gap_recovered": _num(refine_rows["gap_recovered"].dropna().mean()),
-        "mean_gap_recovered_se": _num(refine_rows["gap_recovered"].dropna().sem()),
-        "pooled_gap_recovered": _pooled_gap(refine_rows),
-        "time_ratio_to_cleanlab_lr": _num((refine_rows["seconds"] / lr["seconds"]).median()),
-        "memory_ratio_to_cleanlab_lr": _num(
-            (refine_rows["memory_mb"] / lr["memory_mb"].clip(lower=1.0)).median()
-        ),
-    }
-    return {"targets": shared, "by_dataset": by_dataset}
-
-
-def _pooled_gap(rows: Any) -> float | None:
-    """Test accuracy recovered over the noisy->clean gap, summed over all cases before dividing.
-
-    The mean of per-case ratios is dominated by the small test splits (45 rows for wine, where
-    one test row moves a case's ratio by a third of its gap); pooling weighs each case by the
-    accuracy at stake in it.
-    """
-    gap = (rows["clean_test_accuracy"] - rows["noisy_test_accuracy"]).sum()
-    recovered = (rows["test_accuracy"] - rows["noisy_test_accuracy"]).sum()
-    return _num(recovered / gap) if gap > 0 else None
-
-
-def _num(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(value) else round(value, 4)
-
-
-def _header(suite: str, seeds: int) -> dict[str, Any]:
+def _header(suite: str, seeds: int, verified: float, review: float) -> dict[str, Any]:
     import torch
 
     from refine.pipeline import _versions
 
+    options = "".join(
+        f" --{name} {share:g}"
+        for name, share in (("verified", verified), ("review", review))
+        if share
+    )
     return {
         "command": " ".join(["refine", *sys.argv[1:]])
         if sys.argv[0].endswith("refine")
-        else f"refine bench --suite {suite} --seeds {seeds}",
+        else f"refine bench --suite {suite} --seeds {seeds}{options}",
         "suite": suite,
         "seeds": seeds,
+        "verified": verified,
+        "review": review,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         # Threads speed refine and the baselines unequally, so the time ratios depend on them.
         "machine": f"{platform.machine()}, {os.cpu_count()} cores "
         f"(threads: {torch.get_num_threads()}), {platform.platform()}",
         "versions": _versions(),
     }
-
-
-def render_markdown(report: BenchReport) -> str:
-    """The report a person reads: header, targets, then one table per dataset."""
-    h, s = report.header, report.summary
-    t = s["targets"]
-    lines = [
-        "# refine benchmarks",
-        "",
-        f"Generated by `{h['command']}` on {h['date']}.",
-        f"Machine: {h['machine']}.",
-        "Versions: "
-        + ", ".join(f"{k} {v}" for k, v in h["versions"].items() if k != "platform")
-        + ".",
-        "",
-        "All methods run on the same rows in the same process. Flags are scored against the "
-        "injected noise on labelled rows; `label acc` is the accuracy of refine's `label_refined` "
-        "(excluded rows count as wrong) or, for the baselines, of the given labels; test accuracy "
-        "is a standardised LogisticRegression on the clean test split. On text datasets, "
-        "`cleanlab+LR` and the test-accuracy model read the raw text through TF-IDF (word "
-        "1-2-grams). Means ± standard deviations over seeds.",
-        "",
-        "## Targets",
-        "",
-        "| target | goal | measured |",
-        "|---|---|---|",
-        f"| F1 margin over the better cleanlab baseline | ≥ 0.05 | {_fmt(t['f1_margin_over_best_baseline'], sign=True)} |",
-        f"| AUPRC margin over the better cleanlab baseline | ≥ 0.03 | {_fmt(t['auprc_margin_over_best_baseline'], sign=True)} |",
-        f"| cases where refined labels beat the given ones | all | {t['cases_refined_labels_beat_given']} of {t['cases']} |",
-        f"| noisy→clean test-accuracy gap recovered, mean of cases ± its standard error | ≥ 80% | {_pct(t['mean_gap_recovered'])}{_se(t.get('mean_gap_recovered_se'))} |",
-        f"| noisy→clean test-accuracy gap recovered, pooled over cases | | {_pct(t.get('pooled_gap_recovered'))} |",
-        f"| wall time, refine / cleanlab+LR (median) | | {_fmt(t['time_ratio_to_cleanlab_lr'], 1)}× |",
-        f"| peak memory growth, refine / cleanlab+LR (median) | | {_fmt(t['memory_ratio_to_cleanlab_lr'], 1)}× |",
-        "",
-        "## Per dataset",
-        "",
-    ]
-    columns = [
-        ("precision", 3),
-        ("recall", 3),
-        ("f1", 3),
-        ("auprc", 3),
-        ("auroc", 3),
-        ("label_accuracy", 3),
-        ("test_accuracy", 3),
-        ("seconds", 1),
-        ("memory_mb", 0),
-    ]
-    for dataset, methods in s["by_dataset"].items():
-        any_row = next(r for r in report.rows if r["dataset"] == dataset)
-        lines += [
-            f"### {dataset}",
-            "",
-            f"{any_row['rows']:,} training rows, {any_row['noise_rate']:.1%} of labels wrong. "
-            f"Test accuracy trained on noisy labels {any_row['noisy_test_accuracy']:.3f}, "
-            f"on clean labels {any_row['clean_test_accuracy']:.3f}, "
-            f"CleanLearning {any_row['cleanlearning_test_accuracy']:.3f}.",
-            "",
-            "| method | " + " | ".join(c.replace("_", " ") for c, _ in columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
-        for method in METHODS:
-            if method not in methods:
-                continue
-            m = methods[method]
-            cells = [_pm(m.get(f"{c}_mean"), m.get(f"{c}_std"), d) for c, d in columns]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        r = methods.get("refine", {})
-        if r.get("pseudo_share_mean") is not None:
-            lines += [
-                "",
-                f"Pseudo-labels: {_pct(r['pseudo_share_mean'])} of the unlabelled rows, "
-                f"accuracy {_fmt(r['pseudo_accuracy_mean'])} (a LogisticRegression trained on "
-                f"the true labels of the labelled rows: {_fmt(r['clean_model_accuracy_on_pseudo_mean'])} "
-                f"on the same rows, {_fmt(r['clean_model_accuracy_on_unlabelled_mean'])} on every "
-                f"unlabelled row). Test accuracy with pseudo-labels {_fmt(r['test_accuracy_mean'])}, "
-                f"without {_fmt(r['test_accuracy_without_pseudo_mean'])}.",
-            ]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int = 3, sign: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def _se(se: float | None) -> str:
-    """`` ± 7%`` after a share, or nothing where the standard error is unknown (one case, or a
-    report from before it was kept)."""
-    return "" if se is None else f" ± {_pct(se)}"
-
-
-def _pm(mean: float | None, std: float | None, digits: int) -> str:
-    if mean is None:
-        return ""
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def write_report(report: BenchReport, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``benchmarks.md`` and ``benchmarks.json`` to ``out_dir``, each atomically."""
-    import json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "benchmarks.md", out_dir / "benchmarks.json"
-    for path, text in (
-        (md, render_markdown(report) + "\n"),
-        (
-            js,
-            json.dumps(
-                {"header": report.header, "summary": report.summary, "rows": report.rows},
-                indent=2,
-                default=_num,
-            )
-            + "\n",
-        ),
-    ):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return md, js

@@ -773,6 +773,22 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 )
 @click.option("--dataset", "datasets", multiple=True, help="Run only these recipes (repeatable).")
 @click.option(
+    "--verified",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Reveal the true label of this share of each dataset's labelled training rows, in [0, "
+    "1): refine reads them as verified labels, the baselines train on them fixed.",
+)
+@click.option(
+    "--review",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Also run the review loop: after refine's first run, verify this share of the training "
+    "rows more, chosen by refine.review.pick and at random, and rerun refine with each.",
+)
+@click.option(
     "--out",
     "-o",
     default="reports",
@@ -783,7 +799,13 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only where the report went.")
 @_errors
 def bench_command(
-    suite: str, seeds: int, datasets: tuple[str, ...], out: Path, quiet: bool
+    suite: str,
+    seeds: int,
+    datasets: tuple[str, ...],
+    verified: float,
+    review: float,
+    out: Path,
+    quiet: bool,
 ) -> None:
     """Measure refine against cleanlab baselines, side by side, on the dataset recipes.
 
@@ -792,14 +814,24 @@ def bench_command(
       refine bench                          # quick suite, one seed
       refine bench --suite full --seeds 3   # what reports/benchmarks.md holds
       refine bench --dataset digits-sym20 --out /tmp/bench
+      refine bench --verified 0.05          # 5% of the labels checked by a person
+      refine bench --review 0.02            # then 2% more, reviewed against random
     """
-    from refine.bench import run_bench, write_report
+    from refine.bench import run_bench
+    from refine.bench_report import write_report
 
     if seeds < 1:
         raise CLIError(f"--seeds must be at least 1, got {seeds}")
     console = Console(stderr=True, quiet=quiet)
     with RichProgress(console, bars=console.is_terminal and not quiet) as progress:
-        report = run_bench(suite, seeds, recipes=datasets or None, progress=progress)
+        report = run_bench(
+            suite,
+            seeds,
+            recipes=datasets or None,
+            progress=progress,
+            verified=verified,
+            review=review,
+        )
     md, js = write_report(report, out)
     t = report.summary["targets"]
     if not quiet:
@@ -809,6 +841,13 @@ def bench_command(
             f"ones in {t['cases_refined_labels_beat_given']} of {t['cases']} cases, "
             f"gap recovered {t['mean_gap_recovered']}"
         )
+        if report.review_loop is not None:
+            r = report.review_loop["summary"]
+            Console().print(
+                "review loop, mean label accuracy: "
+                + ", ".join(f"{run} {v['mean_label_accuracy']}" for run, v in r["runs"].items())
+                + f"; review beat random in {r['cases_review_beat_random']} of {r['cases']} cases"
+            )
     click.echo(f"wrote {md} and {js}")
 
 
