@@ -223,12 +223,12 @@ def _review_loop(
     ``first`` included, each scored as the first against the same ``yardsticks``."""
     from refine.review import doubt, pick
 
-    doubts = doubt(result.refined)  # 0 on the rows already verified: never picked again
-    budget = min(round(share * len(doubts)), int((doubts > 0).sum()))
+    doubts = doubt(result.refined)
+    budget = min(round(share * len(doubts)), int((~revealed).sum()))
     base = {"dataset": case.name, "seed": case.seed, "rows": len(doubts), **yardsticks.columns()}
     rows = [{**base, "run": "first", "picked": 0, "verified_rows": int(revealed.sum()), **scores}]
     for run, strategy in REVIEW_RUNS:
-        picked = pick(doubts, case.X, budget, strategy, case.seed)
+        picked = pick(doubts, case.X, budget, strategy, case.seed, eligible=~revealed)
         more = revealed.copy()
         more[picked] = True
         scored = score_refine(case, _run_refine(case, more, refine_options), more, yardsticks)
