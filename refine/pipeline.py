@@ -656,8 +656,10 @@ def summarise_run(
     labels = data.labels
     classes = data.class_values()
     d = state.decisions
-    issues = np.flatnonzero(state.is_issue)
     predicted = state.proba.argmax(1)
+    # A verified row is flagged for its known-wrong label, whatever the model predicts; the
+    # confusions are the model's, so rows it predicts as given are left out.
+    issues = np.flatnonzero(state.is_issue & (predicted != labels))
     confusions = Counter(zip(labels[issues].tolist(), predicted[issues].tolist(), strict=True))
     return {
         "refine_version": __version__,

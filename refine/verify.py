@@ -107,12 +107,14 @@ def read_verified_file(path: str | Path, key: str) -> pa.Table:
 
 
 def _read_csv(path: Path) -> pa.Table:
+    import csv as std_csv
+
     import pyarrow.csv as csv
 
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    names = csv.read_csv(
-        path, parse_options=csv.ParseOptions(delimiter=delimiter), read_options=csv.ReadOptions()
-    ).column_names
+    # Every column as text: the header alone names them, without parsing the file twice.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        names = next(std_csv.reader(handle, delimiter=delimiter), [])
     return csv.read_csv(
         path,
         parse_options=csv.ParseOptions(delimiter=delimiter),
@@ -137,11 +139,12 @@ def _join(
             f"{where}: {_file_row(int(np.argmax(null)))} has no {name!r} value; give every row "
             f"its {name} value, or delete the row"
         )
-    _check_unique(keys, f"{where}: column {name!r}", "keep one row per key")
     if key is None:
         positions = _cast_keys(
             keys, pa.int64(), where, name, "a row position (a whole number from 0)", _POSITIONS
         )
+        # After the cast, so "3" and "03" count as the same row.
+        _check_unique(positions, f"{where}: column {name!r}", "keep one row per key")
         values = positions.to_numpy(zero_copy_only=False)
         outside = np.flatnonzero((values < 0) | (values >= n))
         if len(outside):
@@ -173,6 +176,7 @@ def _join(
         f"of the input's type {column.type}",
         "check that the file belongs to this data",
     )
+    _check_unique(keys, f"{where}: column {name!r}", "keep one row per key")
     positions = pc.index_in(keys, value_set=pc.drop_null(column).combine_chunks())
     if positions.null_count:
         missing = np.flatnonzero(pc.is_null(positions).to_numpy(zero_copy_only=False))
