@@ -58,10 +58,15 @@ def test_every_recipe_loads_and_has_a_data_card_entry(path):
 
 def test_recipes_list_sorted_by_name_and_by_suite():
     assert [r.name for r in list_recipes()] == [p.stem for p in RECIPE_FILES]
-    assert len(RECIPE_FILES) == 19
+    assert len(RECIPE_FILES) == 20
     assert [r.name for r in list_recipes("quick")] == QUICK
     assert len(list_recipes("full")) == 15
-    assert [r.name for r in list_recipes("text")] == ["text-sym20", "wrench-sms", "wrench-youtube"]
+    assert [r.name for r in list_recipes("text")] == [
+        "text-sym20",
+        "wrench-semeval",
+        "wrench-sms",
+        "wrench-youtube",
+    ]
     assert [r.name for r in list_recipes("image")] == ["digits_png-instance30", "digits_png-sym20"]
     with pytest.raises(
         InputError,
