@@ -359,6 +359,26 @@ def score_refine(
         "test_accuracy": test_accuracy,
         "gap_recovered": yardsticks.gap_recovered(test_accuracy),
         "policy": result.summary["trust"]["policy"],
+        **_true_calibration(result, truth),
+    }
+
+
+def _true_calibration(result: Any, truth: np.ndarray) -> dict[str, float]:
+    """ECE against the true labels of every training row, of the probabilities calibrated
+    against the given labels (``ece_true_before``) and of those refine turned towards the true
+    class and writes (``ece_true_after``): undoing that second temperature gives the first."""
+    from refine.calibrate import apply_temperature, expected_calibration_error
+
+    calibration = result.summary["trust"].get("calibration") or {}
+    after = result.proba
+    before = (
+        apply_temperature(after, 1.0 / calibration["temperature"])
+        if calibration.get("method") in ("verified", "noise")
+        else after
+    )
+    return {
+        "ece_true_before": expected_calibration_error(before, truth),
+        "ece_true_after": expected_calibration_error(after, truth),
     }
 
 

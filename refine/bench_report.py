@@ -56,6 +56,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "clean_model_accuracy_on_pseudo",
             "clean_model_accuracy_on_unlabelled",
             "test_accuracy_without_pseudo",
+            "ece_true_before",
+            "ece_true_after",
             "seconds",
             "memory_mb",
         )
@@ -80,6 +82,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_gap_recovered": _num(refine_rows["gap_recovered"].dropna().mean()),
         "mean_gap_recovered_se": _num(refine_rows["gap_recovered"].dropna().sem()),
         "pooled_gap_recovered": _pooled_gap(refine_rows),
+        **{
+            f"mean_{c}": _num(refine_rows[c].mean())
+            for c in ("ece_true_before", "ece_true_after")
+            if c in refine_rows
+        },
         "time_ratio_to_cleanlab_lr": _num((refine_rows["seconds"] / lr["seconds"]).median()),
         "memory_ratio_to_cleanlab_lr": _num(
             (refine_rows["memory_mb"] / lr["memory_mb"].clip(lower=1.0)).median()
@@ -176,6 +183,7 @@ def render_markdown(report: BenchReport) -> str:
         f"| cases where refined labels beat the given ones{' (revealed rows fixed)' if h.get('verified') else ''} | all | {t['cases_refined_labels_beat_given']} of {t['cases']} |",
         f"| noisy→clean test-accuracy gap recovered, mean of cases ± its standard error | ≥ 80% | {_pct(t['mean_gap_recovered'])}{_se(t.get('mean_gap_recovered_se'))} |",
         f"| noisy→clean test-accuracy gap recovered, pooled over cases | | {_pct(t.get('pooled_gap_recovered'))} |",
+        f"| ECE against the true labels, calibrated to the given labels → towards the true class (mean) | | {_fmt(t.get('mean_ece_true_before'))} → {_fmt(t.get('mean_ece_true_after'))} |",
         f"| wall time, refine / cleanlab+LR (median) | | {_fmt(t['time_ratio_to_cleanlab_lr'], 1)}× |",
         f"| peak memory growth, refine / cleanlab+LR (median) | | {_fmt(t['memory_ratio_to_cleanlab_lr'], 1)}× |",
         "",
