@@ -1,0 +1,679 @@
+"""refine on real label noise, side by side with the labels it was given.
+
+Sets, from the WRENCH files in ``--data`` (default ``../shared/data/text``, beside the
+repository):
+
+* ``youtube``, ``sms``, ``semeval``: the training labels as WRENCH gives them, a majority vote
+  of labelling functions;
+* ``NAME-single``: each row labelled by one labelling function drawn at random among those that
+  voted on it, as if a single weak annotator had labelled each item;
+* ``NAME-notop``: the majority vote without the labelling function that votes on the most rows,
+  ties broken at random; rows left without a vote are dropped;
+* with ``--embeddings DIR`` (built by ``benchmarks/embed_real.py``), each of those again with the
+  text replaced by its sentence embedding: ``NAME-emb``, ``NAME-single-emb``, ``NAME-notop-emb``.
+
+The variants are drawn anew at each seed (generator ``[seed, 1]``). refine reads only the inputs
+(``text``, plus ``entity1`` and ``entity2`` for semeval; or ``embedding``) and ``label``, with
+its defaults and ``seed=seed``, in three modes:
+
+* ``none``: no verified rows;
+* ``verified 5%``: the true label of 5% of the training rows (drawn with generator
+  ``[seed, 2]``) in a ``gold`` column, passed as ``verified="gold"``;
+* ``valid``: the ``_valid`` split appended as rows with a null ``label`` and their gold label
+  in ``gold`` (a user's trusted validation split), ``verified="gold"``.
+
+Everything is scored on the original training rows only. Labels: the accuracy against
+``true_label`` of the given labels and of ``label_refined`` (a null counts as wrong), on every
+row and on the rows not verified. Downstream: the test accuracy, on the gold ``_test`` split, of
+``refine bench``'s yardstick (``refine.bench._downstream``: TF-IDF + LogisticRegression on
+``text``, a standardised LogisticRegression on embeddings) trained on those rows' given labels,
+on ``label_refined`` with ``sample_weight``, and on their true labels (the ceiling).
+
+With ``--before PATH`` the same inputs also go through the refine checked out at ``PATH`` (in a
+subprocess with ``PYTHONPATH=PATH``). A checkout that cannot read verified labels gets each mode's
+table without ``gold``: in ``verified 5%`` that is the ``none`` input again (its figures are
+reused), in ``valid`` the appended rows reach it unlabelled.
+
+    PYTHONPATH=. python benchmarks/real.py [--seeds 0,1] [--sets youtube,sms-single] \
+        [--embeddings DIR] [--before PATH]
+
+Writes ``reports/real.md`` and, beside it, ``reports/real.json`` (every case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import refine
+from refine.bench import _downstream
+from refine.metrics import label_codes
+
+REPO = Path(__file__).resolve().parents[1]
+BASES = ("youtube", "sms", "semeval")
+VARIANTS = ("", "single", "notop")
+MODES = ("none", "verified 5%", "valid")
+VERIFIED_SHARE = 0.05
+GOLD = "gold"  # the column of verified labels refine is given
+TEXT_INPUTS = {"semeval": ("text", "entity1", "entity2")}
+EMBEDDING = "embedding"
+ABSTAIN = -1
+
+
+# --- the sets ------------------------------------------------------------------------------
+
+
+@dataclass
+class RealSet:
+    """A real noisy set at a seed: what refine reads, the truth, and the yardstick's data."""
+
+    name: str
+    train: pa.Table  # the inputs and the given ``label``, (N,) rows
+    truth: np.ndarray  # (N,) true classes
+    valid: pa.Table  # the inputs and the gold ``label`` of the valid split
+    X: np.ndarray  # (N,) texts or (N, D) embeddings: what the yardstick reads
+    X_test: np.ndarray
+    y_test: np.ndarray
+    note: str  # how its labels were made, for the report
+
+    @property
+    def given(self) -> np.ndarray:
+        return self.train.column("label").to_numpy()
+
+
+def set_names(embeddings: bool) -> list[str]:
+    names = [f"{b}-{v}" if v else b for b in BASES for v in VARIANTS]
+    return names + [f"{n}-emb" for n in names] if embeddings else names
+
+
+def parse_name(name: str) -> tuple[str, str, bool]:
+    """``"sms-notop-emb"`` -> ``("sms", "notop", True)``: base set, variant, embedded."""
+    parts = name.split("-")
+    embedded = parts[-1] == "emb"
+    parts = parts[:-1] if embedded else parts
+    base, variant = parts[0], "-".join(parts[1:])
+    if base not in BASES or variant not in VARIANTS:
+        raise SystemExit(f"unknown set {name!r}; the sets are {', '.join(set_names(True))}")
+    return base, variant, embedded
+
+
+@cache
+def read_split(directory: Path, base: str, split: str) -> pa.Table:
+    return pq.read_table(directory / f"wrench_{base}_{split}.parquet")
+
+
+def read_votes(directory: Path, base: str) -> np.ndarray:
+    """Each training row's labelling-function votes ``(N, L)``, ``ABSTAIN`` where it abstained."""
+    table = read_split(directory, base, "lf_votes").sort_by("row")
+    return np.array(table.column("lf_votes").to_pylist(), dtype=np.int64)
+
+
+def top_function(votes: np.ndarray) -> int:
+    """The labelling function that votes on the most rows (the first, on a tie)."""
+    return int((votes != ABSTAIN).sum(0).argmax())
+
+
+def single_annotator(votes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One vote per row ``(N,)``, of a labelling function drawn uniformly among those that voted
+    on it; ``ABSTAIN`` where none did."""
+    draw = np.where(votes != ABSTAIN, rng.random(votes.shape), -1.0)
+    chosen = votes[np.arange(len(votes)), draw.argmax(1)]
+    return np.where((votes != ABSTAIN).any(1), chosen, ABSTAIN)
+
+
+def majority_vote(votes: np.ndarray, classes: int, rng: np.random.Generator) -> np.ndarray:
+    """The class most functions voted for ``(N,)``, ties broken uniformly at random;
+    ``ABSTAIN`` where none voted."""
+    counts = np.stack([(votes == c).sum(1) for c in range(classes)], axis=1)
+    tied = counts == counts.max(1, keepdims=True)
+    chosen = np.where(tied, rng.random(counts.shape), -1.0).argmax(1)
+    return np.where(counts.max(1) > 0, chosen, ABSTAIN)
+
+
+def variant_labels(
+    variant: str, given: np.ndarray, votes: np.ndarray, classes: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """A variant's labels ``(N,)`` (``ABSTAIN`` = row dropped) and a line saying how."""
+    rng = np.random.default_rng([seed, 1])
+    if variant == "single":
+        return single_annotator(votes, rng), "one labelling function drawn per row"
+    if variant == "notop":
+        top = top_function(votes)
+        covered = int((votes[:, top] != ABSTAIN).sum())
+        labels = majority_vote(np.delete(votes, top, axis=1), classes, rng)
+        dropped = int((labels == ABSTAIN).sum())
+        return labels, (
+            f"majority vote without labelling function {top} (votes on {covered} of "
+            f"{len(votes)} rows); {dropped} rows left without a vote dropped"
+        )
+    return given, "WRENCH's majority vote"
+
+
+def load_set(name: str, seed: int, data: Path, embeddings: Path | None) -> RealSet:
+    """Set ``name`` with its labels for ``seed``: inputs, given label, truth, valid and test."""
+    base, variant, embedded = parse_name(name)
+    source = embeddings if embedded else data
+    if source is None:
+        raise SystemExit(f"set {name!r} needs --embeddings")
+    inputs = (EMBEDDING,) if embedded else TEXT_INPUTS.get(base, ("text",))
+    train = read_split(source, base, "train")
+    truth = train.column("true_label").to_numpy()
+    votes = read_votes(data, base)
+    classes = int(max(truth.max(), votes.max())) + 1
+    labels, note = variant_labels(variant, train.column("label").to_numpy(), votes, classes, seed)
+    keep = labels != ABSTAIN
+    table = train.select(list(inputs)).append_column("label", pa.array(labels, pa.int64()))
+    test = read_split(source, base, "test")
+    return RealSet(
+        name=name,
+        train=table.filter(pa.array(keep)),
+        truth=truth[keep],
+        valid=read_split(source, base, "valid").select([*inputs, "label"]),
+        X=yardstick_input(train.filter(pa.array(keep)), embedded),
+        X_test=yardstick_input(test, embedded),
+        y_test=test.column("label").to_numpy(),
+        note=note,
+    )
+
+
+def yardstick_input(table: pa.Table, embedded: bool) -> np.ndarray:
+    """What ``_downstream`` reads: the texts (object array, for TF-IDF) or the embeddings."""
+    if embedded:
+        column = table.column(EMBEDDING).combine_chunks()
+        return column.flatten().to_numpy().reshape(len(column), -1)
+    return np.asarray(table.column("text").to_pylist(), dtype=object)
+
+
+# --- the modes -----------------------------------------------------------------------------
+
+
+def reveal_truth(
+    table: pa.Table, truth: np.ndarray, share: float, seed: int
+) -> tuple[pa.Table, np.ndarray]:
+    """``table`` with a ``gold`` column holding ``truth`` at a random ``share`` of its rows (at
+    least one) and null elsewhere; and the mask of those rows ``(N,)``."""
+    n = table.num_rows
+    chosen = np.zeros(n, bool)
+    chosen[np.random.default_rng([seed, 2]).choice(n, max(1, round(share * n)), replace=False)] = (
+        True
+    )
+    gold = pa.array(np.where(chosen, truth, 0), pa.int64(), mask=~chosen)
+    return table.append_column(GOLD, gold), chosen
+
+
+def append_verified(table: pa.Table, valid: pa.Table) -> pa.Table:
+    """``table`` (null ``gold``) followed by the ``valid`` rows, whose gold label moves from
+    ``label`` (null now) to ``gold``."""
+    train = table.append_column(GOLD, pa.nulls(table.num_rows, pa.int64()))
+    extra = valid.set_column(
+        valid.column_names.index("label"), "label", pa.nulls(valid.num_rows, pa.int64())
+    ).append_column(GOLD, valid.column("label").cast(pa.int64()))
+    return pa.concat_tables([train, extra.select(train.column_names).cast(train.schema)])
+
+
+def mode_input(s: RealSet, mode: str, seed: int) -> tuple[pa.Table, np.ndarray]:
+    """What refine reads in ``mode``, and which original training rows are verified ``(N,)``."""
+    if mode == "verified 5%":
+        return reveal_truth(s.train, s.truth, VERIFIED_SHARE, seed)
+    if mode == "valid":
+        return append_verified(s.train, s.valid), np.zeros(s.train.num_rows, bool)
+    return s.train, np.zeros(s.train.num_rows, bool)
+
+
+# --- running refine ------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """refine's labels and weights on the rows it read ``(M,)``, its trust record, seconds."""
+
+    labels: np.ndarray  # label_refined, -1 where null
+    weight: np.ndarray
+    trust: dict[str, Any] | None
+    seconds: float
+
+
+def run_refine(table: pa.Table, seed: int) -> tuple[pa.Table, dict[str, Any] | None, float]:
+    """refine with its defaults on ``table`` (``gold`` as verified labels where present and
+    readable): ``label_refined`` and ``sample_weight``, the trust record, wall seconds."""
+    options: dict[str, Any] = {"seed": seed}
+    if GOLD in table.column_names:
+        if reads_verified():
+            options["verified"] = GOLD
+        else:
+            table = table.drop_columns([GOLD])
+    started = time.perf_counter()
+    result = refine.run(table, **options)
+    seconds = time.perf_counter() - started
+    return (
+        result.refined.select(["label_refined", "sample_weight"]),
+        result.summary.get("trust"),
+        seconds,
+    )
+
+
+def reads_verified() -> bool:
+    """Whether the imported refine takes verified labels (checkouts before 140865d do not)."""
+    from refine.config import RunConfig
+
+    return "verified" in {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def outcome(refined: pa.Table, trust: dict[str, Any] | None, seconds: float) -> Outcome:
+    weight = refined.column("sample_weight").to_numpy(zero_copy_only=False)
+    return Outcome(label_codes(refined), weight, trust, seconds)
+
+
+def run_here(table: pa.Table, seed: int) -> Outcome:
+    return outcome(*run_refine(table, seed))
+
+
+def run_before(checkout: Path, tables: dict[str, pa.Table], seed: int) -> dict[str, Outcome]:
+    """Each of ``tables`` through the refine at ``checkout``, in one subprocess (``--worker``)."""
+    with tempfile.TemporaryDirectory(prefix="real-before-") as tmp:
+        jobs = []
+        for index, (key, table) in enumerate(tables.items()):
+            path = Path(tmp) / f"{index}.parquet"
+            pq.write_table(table, path)
+            jobs.append({"key": key, "input": str(path), "output": f"{path}.out", "seed": seed})
+        (Path(tmp) / "jobs.json").write_text(json.dumps(jobs))
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        subprocess.run(
+            [sys.executable, __file__, "--worker", str(Path(tmp) / "jobs.json")],
+            env=env,
+            cwd=checkout,
+            check=True,
+        )
+        results = {}
+        for job in jobs:
+            written = pq.read_table(job["output"])
+            meta = json.loads(written.schema.metadata[b"real.outcome"])
+            if not Path(meta["refine"]).resolve().is_relative_to(checkout):
+                raise RuntimeError(f"the worker imported {meta['refine']}, not {checkout}'s refine")
+            results[job["key"]] = outcome(written, meta["trust"], meta["seconds"])
+        return results
+
+
+def worker(jobs_file: Path) -> None:
+    """Run the jobs ``run_before`` wrote, with whichever refine is on the import path."""
+    for job in json.loads(jobs_file.read_text()):
+        refined, trust, seconds = run_refine(pq.read_table(job["input"]), job["seed"])
+        meta = {"trust": trust, "seconds": seconds, "refine": refine.__file__}
+        pq.write_table(
+            refined.replace_schema_metadata({"real.outcome": json.dumps(meta, default=str)}),
+            job["output"],
+        )
+
+
+def before_refine(checkout: Path) -> dict[str, Any]:
+    """Where the refine at ``checkout`` imports from, and whether it reads verified labels.
+    Run from ``checkout``: ``python -c`` puts the working directory first on the import path."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import real; "
+        "print(json.dumps({'file': real.refine.__file__, 'reads_verified': real.reads_verified()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+# --- scoring -------------------------------------------------------------------------------
+
+
+def label_scores(
+    given: np.ndarray, refined: np.ndarray, truth: np.ndarray, verified: np.ndarray
+) -> dict[str, Any]:
+    """Right labels among ``given`` and ``refined`` (-1 = none, wrong) against ``truth``, on
+    every row and on the rows not ``verified``; each ``(N,)``."""
+    free = ~verified
+    scores: dict[str, Any] = {"rows": len(truth), "unverified_rows": int(free.sum())}
+    for name, labels in (("given", given), ("refined", refined)):
+        right = labels == truth
+        scores[f"{name}_correct"] = int(right.sum())
+        scores[f"{name}_accuracy"] = float(right.mean())
+        scores[f"unverified_{name}_correct"] = int(right[free].sum())
+        scores[f"unverified_{name}_accuracy"] = float(right[free].mean()) if free.any() else None
+    return scores
+
+
+def downstream(s: RealSet, labels: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Test accuracy of the yardstick trained on the training rows' ``labels`` (-1 = left out)
+    with ``weight`` (0 = left out; default 1)."""
+    weight = np.ones(len(labels)) if weight is None else weight
+    return _downstream(s.X, labels, weight, s.X_test, s.y_test)
+
+
+def score_case(
+    s: RealSet, verified: np.ndarray, now: Outcome, before: Outcome | None
+) -> dict[str, Any]:
+    """One (set, seed, mode): label scores and downstream accuracy of refine (and of the
+    checkout before), read on the original training rows, the first ``N`` refine wrote."""
+    n = s.train.num_rows
+    row = label_scores(s.given, now.labels[:n], s.truth, verified)
+    row["refined_test"] = downstream(s, now.labels[:n], now.weight[:n])
+    trust = now.trust or {}
+    measured = trust.get("measured") or {}
+    row.update(
+        policy=trust.get("policy"),
+        reason=trust.get("reason"),
+        # refine's own measure on the verified rows with a given label (cross-fitted)
+        measured_given=measured.get("given_accuracy", {}).get("value"),
+        measured_refined=measured.get("refined_accuracy", {}).get("value"),
+        trust=trust,
+        seconds=now.seconds,
+    )
+    if before is not None:
+        scores = label_scores(s.given, before.labels[:n], s.truth, verified)
+        row.update(
+            before_correct=scores["refined_correct"],
+            before_accuracy=scores["refined_accuracy"],
+            before_test=downstream(s, before.labels[:n], before.weight[:n]),
+            before_seconds=before.seconds,
+        )
+    return row
+
+
+def measure_set(
+    name: str, seed: int, args: argparse.Namespace, before_verified: bool
+) -> list[dict[str, Any]]:
+    """Every mode of set ``name`` at ``seed``: one row each."""
+    s = load_set(name, seed, args.data, args.embeddings)
+    inputs = {mode: mode_input(s, mode, seed) for mode in MODES}
+    before: dict[str, Outcome] = {}
+    if args.before is not None:
+        # A checkout that cannot read verified labels would get the none input again.
+        modes = MODES if before_verified else [m for m in MODES if m != "verified 5%"]
+        before = run_before(args.before, {m: inputs[m][0] for m in modes}, seed)
+        before.setdefault("verified 5%", before["none"])
+    shared = {
+        "set": name,
+        "seed": seed,
+        "note": s.note,
+        "noise": float((s.given != s.truth).mean()),
+        "given_test": downstream(s, s.given),
+        "clean_test": downstream(s, s.truth),
+    }
+    rows = []
+    for mode, (table, verified) in inputs.items():
+        row = {**shared, "mode": mode, "verified_rows": int(verified.sum())}
+        row.update(score_case(s, verified, run_here(table, seed), before.get(mode)))
+        if mode == "valid":
+            row["verified_rows"] = s.valid.num_rows
+        rows.append(row)
+        print(
+            f"{name} seed {seed} {mode}: labels {row['given_accuracy']:.3f} -> "
+            f"{row['refined_accuracy']:.3f} ({row['policy']}), test {row['given_test']:.3f} -> "
+            f"{row['refined_test']:.3f}, {row['seconds']:.0f} s",
+            flush=True,
+        )
+    return rows
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def policies(rows: list[dict[str, Any]]) -> str:
+    """The policy of each seed, once where they all agree."""
+    chosen = [r["policy"] or "-" for r in rows]
+    return chosen[0] if len(set(chosen)) == 1 else ", ".join(chosen)
+
+
+def worse(rows: list[dict[str, Any]], ours: str, theirs: str) -> list[dict[str, Any]]:
+    """Rows where ``ours`` is below ``theirs`` (both present)."""
+    return [r for r in rows if r.get(ours) is not None and r[ours] < r[theirs]]
+
+
+def mode_table(rows: list[dict[str, Any]], mode: str, before: bool) -> list[str]:
+    """One line per set: means over seeds of the ``mode`` rows."""
+    columns = [("rows", "rows", 0), ("noise", "noise", 3), ("given_accuracy", "given", 3)]
+    columns.append(("refined_accuracy", "refined", 3))
+    if before:
+        columns.append(("before_accuracy", "before", 3))
+    if mode == "verified 5%":
+        columns += [
+            ("unverified_given_accuracy", "unverified: given", 3),
+            ("unverified_refined_accuracy", "unverified: refined", 3),
+            ("measured_given", "refine's measure: given", 3),
+            ("measured_refined", "refine's measure: refined", 3),
+        ]
+    columns += [("given_test", "test: given", 3), ("refined_test", "test: refined", 3)]
+    if before:
+        columns.append(("before_test", "test: before", 3))
+    columns += [("clean_test", "test: clean", 3), ("seconds", "seconds", 0)]
+    if before:
+        columns.append(("before_seconds", "seconds before", 0))
+    lines = [
+        "| set | " + " | ".join(title for _, title, _ in columns) + " | policy |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for name in dict.fromkeys(r["set"] for r in rows):
+        mine = [r for r in rows if r["set"] == name and r["mode"] == mode]
+        cells = [fmt(mean(mine, key), digits) for key, _, digits in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {policies(mine)} |")
+    return lines
+
+
+def summary_table(rows: list[dict[str, Any]], before: bool) -> list[str]:
+    header = "| mode | cases | labels: refined < given | unverified rows: refined < given | test: refined < given |"
+    rule = "|---|---|---|---|---|"
+    if before:
+        header += " labels: before < given | test: before < given |"
+        rule += "---|---|"
+    lines = [header, rule]
+    for mode in [*MODES, "all"]:
+        mine = [r for r in rows if mode in (r["mode"], "all")]
+        cells = [
+            len(mine),
+            len(worse(mine, "refined_correct", "given_correct")),
+            len(worse(mine, "unverified_refined_correct", "unverified_given_correct")),
+            len(worse(mine, "refined_test", "given_test")),
+        ]
+        if before:
+            cells += [
+                len(worse(mine, "before_correct", "given_correct")),
+                len(worse(mine, "before_test", "given_test")),
+            ]
+        lines.append(f"| {mode} | " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def case_lines(cases: list[dict[str, Any]], what: str) -> list[str]:
+    """A line per case: the set, seed and mode, the figures, refine's policy and reason."""
+    if not cases:
+        return ["None.", ""]
+    lines = []
+    for r in cases:
+        lines.append(
+            f"- **{r['set']}**, seed {r['seed']}, {r['mode']}: right labels {r['given_correct']} "
+            f"given, {r['refined_correct']} refined (of {r['rows']}; unverified rows "
+            f"{r['unverified_given_correct']} -> {r['unverified_refined_correct']}); test "
+            f"{r['given_test']:.3f} -> {r['refined_test']:.3f}. Policy `{r['policy']}`: "
+            f"{r['reason']}"
+        )
+    return [*lines, ""]
+
+
+def render(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    before = header["before"] is not None
+    lines = [
+        "# refine on real label noise",
+        "",
+        f"Generated by `{header['command']}` on {header['date']}, refine at `{header['commit']}`"
+        + (f", before = `{header['before']['commit']}`" if before else "")
+        + f". Machine: {header['machine']}.",
+        "",
+        "How the sets, modes and scores are made: the docstring of `benchmarks/real.py`, in "
+        "short: WRENCH's labelling-function majority vote (`youtube`, `sms`, `semeval`), one "
+        "random labelling function per row (`-single`), the majority vote without the most "
+        "prolific labelling function (`-notop`), and each on all-MiniLM-L6-v2 sentence "
+        "embeddings instead of text (`-emb`). Label accuracy is on the original training rows "
+        "against `true_label` (a null `label_refined` counts as wrong); test accuracy is "
+        "`refine bench`'s LogisticRegression (TF-IDF of `text` for text sets, so semeval's "
+        "entities are not read by it; standardised, on embeddings) trained on those rows and "
+        "tested on the gold `_test` split. `noise` is the share of given labels that are wrong.",
+        "",
+        "## Summary",
+        "",
+        "Cases (set and seed) where refine did worse than the given labels. The promise is "
+        "zero in the label columns; the test column compares the downstream classifier.",
+        "",
+        *summary_table(rows, before),
+        "",
+    ]
+    for title, ours, theirs in (
+        (
+            "Cases where refined labels were less accurate than the given ones",
+            "refined_correct",
+            "given_correct",
+        ),
+        (
+            "Cases where the unverified rows' refined labels were less accurate",
+            "unverified_refined_correct",
+            "unverified_given_correct",
+        ),
+        (
+            "Cases where the classifier trained on refined labels was worse",
+            "refined_test",
+            "given_test",
+        ),
+    ):
+        cases = worse(rows, ours, theirs)
+        lines += [f"### {title}", "", *case_lines(cases, title.lower())]
+    for mode in MODES:
+        lines += [f"## Mode: {mode}", "", mode_note(mode, header), ""]
+        lines += [*mode_table(rows, mode, before), ""]
+    lines += ["## How each set's labels were made", "", "| set | seed | labels |", "|---|---|---|"]
+    for r in rows:
+        if r["mode"] == MODES[0]:
+            lines.append(f"| {r['set']} | {r['seed']} | {r['note']} |")
+    lines += [
+        "",
+        "## Every case's policy and reason",
+        "",
+        "<details><summary>set, seed, mode: policy, and refine's reason</summary>",
+        "",
+    ]
+    lines += [
+        f"- {r['set']}, seed {r['seed']}, {r['mode']}: `{r['policy']}`: {r['reason']}" for r in rows
+    ]
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def mode_note(mode: str, header: dict[str, Any]) -> str:
+    note = {
+        "none": "No verified rows.",
+        "verified 5%": f"The true label of {VERIFIED_SHARE:.0%} of the training rows given as "
+        "verified labels; `unverified` columns score the other rows; `refine's measure` is "
+        "what refine reports (`trust.measured`) of the given and refined labels' accuracy on "
+        "the verified rows, its refined labels cross-fitted.",
+        "valid": "The gold `_valid` split appended as verified rows without a given label; "
+        "scored on the training rows, none of which is verified.",
+    }[mode]
+    if header["before"] is not None and not header["before"]["reads_verified"] and mode != "none":
+        note += " The checkout before cannot read verified labels: " + (
+            "its figures are those of mode none."
+            if mode == "verified 5%"
+            else "the appended rows reach it unlabelled."
+        )
+    return note + " Means over seeds."
+
+
+def git_commit(path: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return done.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+
+
+def make_header(args: argparse.Namespace, before: dict[str, Any] | None) -> dict[str, Any]:
+    import torch
+
+    return {
+        "command": "python benchmarks/real.py " + " ".join(sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(REPO),
+        "refine": refine.__file__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores "
+        f"(threads: {torch.get_num_threads()})",
+        "seeds": args.seeds,
+        "before": None
+        if before is None
+        else {"path": str(args.before), "commit": git_commit(args.before), **before},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--sets", help="comma-separated; default every set the files allow")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "text")
+    parser.add_argument("--embeddings", type=Path, help="benchmarks/embed_real.py's output")
+    parser.add_argument("--before", type=Path, help="a checkout of refine to compare against")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "real.md")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        worker(args.worker)
+        return
+    if not Path(refine.__file__).resolve().is_relative_to(REPO):
+        print(f"warning: refine is imported from {refine.__file__}, not {REPO}; set PYTHONPATH")
+    names = args.sets.split(",") if args.sets else set_names(args.embeddings is not None)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.before is not None:
+        args.before = args.before.resolve()
+    before = before_refine(args.before) if args.before is not None else None
+    header = make_header(args, before)
+    before_verified = before is not None and before["reads_verified"]
+    rows = [
+        r
+        for name in names
+        for seed in seeds
+        for r in measure_set(name, seed, args, before_verified)
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows, header))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"header": header, "rows": rows}, indent=1, default=str) + "\n"
+    )
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
