@@ -387,16 +387,25 @@ class Judge:
             return "labels kept: the model barely beats chance on these labels"
         e = self.evidence
         assert e is not None
+        count = int((self.verified >= 0).sum())
+        # Verified rows without a given label train and calibrate the model, but show nothing
+        # about corrections: there is no given label on them to be right or wrong.
+        none = (
+            f"none of the {count:,} verified rows has a given label to check"
+            if count
+            else "no verified rows"
+        )
         if policy == RULES:
             return (
-                f"no verified rows; the noise seen at the model's surest rows accounts for an "
+                f"{none}; the noise seen at the model's surest rows accounts for an "
                 f"estimated {e.precision:.0%} of its flags, so its corrections are trusted"
             )
         return (
-            f"labels kept: no verified rows, and the noise seen at the model's surest rows "
+            f"labels kept: {none}, and the noise seen at the model's surest rows "
             f"accounts for only an estimated {e.precision:.0%} of its flags (under "
             f"{MIN_FLAG_PRECISION:.0%}), so its corrections could be wrong more often than right. "
-            "Verify some rows (refine review) and rerun with --verified-file to let refine correct"
+            "Verify some labelled rows (refine review) and rerun with --verified-file to let "
+            "refine correct"
         )
 
     def _record(self, choice: Choice, proba: np.ndarray) -> dict[str, Any]:

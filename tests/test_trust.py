@@ -189,3 +189,25 @@ def test_temperature_through_noise_speaks_of_the_true_class():
     after = expected_calibration_error(apply_temperature(given_scale, t), truth)
     assert t < 1.0
     assert after < before / 3
+
+
+def test_verified_rows_without_a_given_label_are_named_but_show_nothing_about_corrections():
+    from refine.config import RunConfig
+    from refine.trust import Judge
+
+    n, k = 200, 2
+    truth = np.arange(n) % k
+    labels = truth.copy()
+    labels[:100] = -1  # half unlabelled; the verified rows are among them
+    verified = np.full(n, -1)
+    verified[:30] = truth[:30]
+    # A model wrong on a third of the rows, never confidently: its surest rows agree with the
+    # labels, so the data's evidence distrusts its flags.
+    proba = np.where(truth[:, None] == np.arange(k), 0.99, 0.01)
+    wrong = np.arange(n) % 3 == 0
+    proba[wrong] = np.where(truth[wrong, None] == np.arange(k), 0.45, 0.55)
+    judge = Judge(labels, verified, RunConfig(), [0, 1])
+    verdict = judge(proba, np.ones(n), proba.argmax(1) != np.maximum(labels, 0), proba[:, 0], True)
+    reason = verdict.record["reason"]
+    assert reason.startswith("labels kept: none of the 30 verified rows has a given label")
+    assert verdict.decisions.source[:30].tolist() == [6] * 30  # VERIFIED
