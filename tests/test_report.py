@@ -380,6 +380,7 @@ def test_the_report_opens_in_chromium_offline_and_runs_no_planted_script(planted
     assert label_shown and feature_shown
     assert headings == [
         "Summary",
+        "Trust",
         "Estimated label noise",
         "Label quality",
         "Calibration",
