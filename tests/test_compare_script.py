@@ -1,0 +1,58 @@
+"""benchmarks/compare.py: two bench reports side by side, on hand-made reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+sys.path.insert(0, _BENCHMARKS)
+try:
+    import compare
+finally:
+    sys.path.remove(_BENCHMARKS)
+
+
+def _report(command: str, f1_margin: float, beat: int, label: float, dataset: str) -> dict:
+    refine = {"label_accuracy_mean": label, "given_accuracy_mean": 0.8, "f1_mean": 0.9}
+    return {
+        "header": {"command": command},
+        "summary": {
+            "targets": {
+                "f1_margin_over_best_baseline": f1_margin,
+                "cases_refined_labels_beat_given": beat,
+                "cases": 2,
+                "mean_gap_recovered": 0.71,
+            },
+            "by_dataset": {dataset: {"refine": refine}},
+        },
+    }
+
+
+def test_reports_side_by_side_with_a_dataset_only_one_of_them_ran(tmp_path):
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps(_report("refine bench", 0.089, 2, 0.95, "iris-sym20")))
+    after.write_text(json.dumps(_report("refine bench --verified 0.05", 0.1, 1, 0.97, "wine")))
+    out = tmp_path / "compare.md"
+    compare.main([f"before={before}", f"after={after}", "--out", str(out)])
+    text = out.read_text()
+    assert "| | before | after |" in text
+    assert "| F1 margin over the better baseline | +0.089 | +0.100 |" in text
+    assert "| cases where refined labels beat the given ones | 2 of 2 | 1 of 2 |" in text
+    assert "| noisy→clean gap recovered, mean of cases | 71% | 71% |" in text
+    assert "AUPRC margin" not in text  # neither report has it
+    # A dataset missing from one report shows a dash there, not a crash or a zero.
+    assert "| iris-sym20 | 0.800 | 0.950 / – | 0.900 / – |" in text
+    assert "| wine | 0.800 | – / 0.970 | – / 0.900 |" in text
+
+
+def test_an_argument_without_a_name_or_a_file_that_is_not_a_report_is_refused(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        compare.main([str(other)])
+    with pytest.raises(SystemExit, match="not a refine bench report"):
+        compare.main([f"x={other}"])
