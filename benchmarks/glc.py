@@ -374,7 +374,8 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], header: dict[str
         "labelled rows only, on the yardstick's inputs, with one setting for every recipe: "
         f"Adam, lr {config['lr']:g}, weight decay {config['weight_decay']:g}, batch "
         f"{config['batch_size']}, {config['epochs']} epochs but at least {config['min_steps']} "
-        f"steps; `GLC MLP` has one hidden layer of {config['hidden']} ReLU units.",
+        f"steps, on one torch thread; `GLC MLP` has one hidden layer of {config['hidden']} ReLU "
+        "units.",
         "",
         *(
             [
@@ -398,7 +399,16 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], header: dict[str
         + " | ".join(f"**{means[key]:.3f}**" for key, _ in COLUMNS)
         + " |"
     )
-    lines += ["", "## Summary", ""]
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "Like for like: `refine LR` against `GLC linear` (both linear models), `refine model` "
+        "against `GLC MLP` (both networks). `refine LR` against `GLC MLP` pits a linear model "
+        "against a network, which wins wherever a linear model falls short even on clean labels "
+        "(`clean LR`).",
+        "",
+    ]
     for name, pair in summary["pairs"].items():
         mine, theirs = name.split(" - ")
         label = dict(COLUMNS)
