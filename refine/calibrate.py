@@ -9,11 +9,14 @@ from scipy.special import softmax
 _EPS = 1e-7
 
 
-def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(
+    proba: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> float:
     """The temperature T minimising the Brier score of ``softmax(log(proba) / T)`` on ``labels``.
 
     ``proba`` ``(N, K)`` are probabilities (an ensemble mean, so its log serves as logits);
-    ``labels`` ``(N,)`` class indices. Searched over T in [0.05, 20] on a log scale.
+    ``labels`` ``(N,)`` class indices; ``weights`` ``(N,)`` optional row weights. Searched
+    over T in [0.05, 20] on a log scale.
 
     The Brier score rather than the usual log loss: both are proper scoring rules, so both
     recover the right temperature on clean labels, but under label noise the log loss is
@@ -26,7 +29,8 @@ def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
 
     def brier(log_t: float) -> float:
         q = softmax(logits / np.exp(log_t), axis=1)
-        return float((q**2).sum(1).mean() - 2.0 * q[rows, labels].mean())  # + 1, a constant
+        # + 1, a constant
+        return float(np.average((q**2).sum(1) - 2.0 * q[rows, labels], weights=weights))
 
     result = minimize_scalar(
         brier, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4}

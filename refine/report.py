@@ -339,6 +339,12 @@ def _trust_section(run: _Run) -> str:
                 f" (temperature {calibration['temperature']:.3f})"
                 if calibration.get("method") in ("verified", "noise")
                 else ""
+            )
+            + (
+                "; the verified rows were not used: they do not stand for the table (rows "
+                "picked for review are the doubtful ones)"
+                if calibration.get("verified_rows_representative") is False
+                else ""
             ),
         ),
     ]

@@ -23,6 +23,7 @@ from refine.trust import (
     fit_posterior,
     measure,
     noise_evidence,
+    stratum_weights,
 )
 
 
@@ -211,3 +212,52 @@ def test_verified_rows_without_a_given_label_are_named_but_show_nothing_about_co
     reason = verdict.record["reason"]
     assert reason.startswith("labels kept: none of the 30 verified rows has a given label")
     assert verdict.decisions.source[:30].tolist() == [6] * 30  # VERIFIED
+
+
+def test_stratum_weights_by_hand():
+    # Ten labelled rows, two confidence bins (top probability under or over the median) and
+    # whether the model agrees with the given label: low-disagree 2 rows, low-agree 3,
+    # high-agree 5. Verified: one low-disagree row and two high-agree rows (they cover the
+    # strata holding 7 of 10 rows); a 0.7 coverage floor lets them stand for the table.
+    import refine.trust as trust
+
+    top = np.array([0.55, 0.56, 0.6, 0.61, 0.62, 0.9, 0.91, 0.92, 0.93, 0.94])
+    proba = np.stack([top, 1 - top], axis=1)
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    rows = np.array([0, 5, 6])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trust, "CONFIDENCE_BINS", 2)
+        patch.setattr(trust, "MIN_COVERED", 0.7)
+        weights = stratum_weights(proba, labels, rows)
+        # table shares 0.2 and 0.5 over sample shares 1/3 and 2/3: 0.6, 0.75, 0.75, then / mean
+        assert weights == pytest.approx(np.array([0.6, 0.75, 0.75]) / 0.7)
+        patch.setattr(trust, "MIN_COVERED", 0.8)
+        assert stratum_weights(proba, labels, rows) is None
+
+
+def test_rows_picked_for_doubt_do_not_calibrate_but_a_random_sample_does():
+    rng = np.random.default_rng(3)
+    k, n = 3, 3000
+    truth = np.arange(n) % k
+    labels = truth.copy()
+    flip = rng.random(n) < 0.2
+    labels[flip] = (truth[flip] + 1) % k
+    proba = _sharp_model(truth, k, seed=4, strength=4.0)
+    random_rows = rng.choice(n, 150, replace=False)
+    weights = stratum_weights(proba, labels, random_rows)
+    assert weights is not None and np.median(weights) == pytest.approx(1.0, abs=0.3)
+    doubtful = np.argsort(proba.max(1))[:150]  # what refine review's picks look like
+    assert stratum_weights(proba, labels, doubtful) is None
+
+    from refine.config import RunConfig
+    from refine.trust import Judge
+
+    for rows, method in ((random_rows, "verified"), (doubtful, "noise")):
+        verified = np.full(n, -1)
+        verified[rows] = truth[rows]
+        judge = Judge(labels, verified, RunConfig(), [0, 1, 2])
+        issue = proba.argmax(1) != labels
+        verdict = judge(proba, np.ones(n), issue, proba[np.arange(n), labels], True)
+        calibration = verdict.record["calibration"]
+        assert calibration["method"] == method
+        assert calibration["verified_rows_representative"] is (method == "verified")
