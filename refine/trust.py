@@ -452,16 +452,21 @@ def stratum_weights(proba: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> 
     None where they cannot.
 
     Rows are put in strata by the model's confidence (``CONFIDENCE_BINS`` quantile bins of the
-    top probability over all ``proba`` ``(N, K)``) and by whether the predicted class is the
-    given label (or there is none, ``labels`` -1). A random sample gets weights near 1; rows a
-    person picked for doubt are reweighted to the table's mix. Calibration holds within a
-    stratum whatever picked the rows in it, so this undoes a selection made on confidence and
-    agreement; strata with no verified row cannot be stood for, and when they hold more than
-    ``1 - MIN_COVERED`` of the table, None.
+    top probability over all ``proba`` ``(N, K)``) and, where every verified row has a given
+    label (``labels`` -1: none), by whether the predicted class is the given label. A random
+    sample gets weights near 1; rows a person picked for doubt are reweighted to the table's
+    mix. Calibration holds within a stratum whatever picked the rows in it, so this undoes a
+    selection made on confidence and agreement; strata with no verified row cannot be stood
+    for, and when they hold more than ``1 - MIN_COVERED`` of the table, None. Verified rows
+    without a given label (a gold validation split appended to the data) are judged on
+    confidence alone: they cannot agree or disagree with a label they do not have.
     """
     confidence = proba.max(1)
     edges = np.quantile(confidence, np.linspace(0, 1, CONFIDENCE_BINS + 1)[1:-1])
-    status = np.where(labels < 0, 2, (proba.argmax(1) == labels).astype(np.int64))
+    if (labels[rows] >= 0).all():
+        status = np.where(labels < 0, 2, (proba.argmax(1) == labels).astype(np.int64))
+    else:
+        status = np.zeros(len(labels), np.int64)
     stratum = np.searchsorted(edges, confidence, side="right") * 3 + status
     cells = CONFIDENCE_BINS * 3
     table = np.bincount(stratum, minlength=cells) / len(stratum)

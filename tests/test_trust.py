@@ -248,6 +248,11 @@ def test_rows_picked_for_doubt_do_not_calibrate_but_a_random_sample_does():
     assert weights is not None and np.median(weights) == pytest.approx(1.0, abs=0.3)
     doubtful = np.argsort(proba.max(1))[:150]  # what refine review's picks look like
     assert stratum_weights(proba, labels, doubtful) is None
+    # A gold split appended without given labels is a random sample too: judged on confidence.
+    appended = labels.copy()
+    appended[random_rows] = -1
+    weights = stratum_weights(proba, appended, random_rows)
+    assert weights is not None and np.median(weights) == pytest.approx(1.0, abs=0.3)
 
     from refine.config import RunConfig
     from refine.trust import Judge
