@@ -145,6 +145,24 @@ def test_choose_policy_falls_back_when_the_verified_rows_show_nothing():
     assert choose_policy(truth, verified, proba, truth, KEEP, seed=0).policy == KEEP
 
 
+def test_verified_rows_picked_for_doubt_cannot_overrule_the_data_but_a_sample_can():
+    # Eight verified rows where the rules break two right labels and fix none: a random sample
+    # showing that keeps the labels; the doubtful rows a reviewer checked leave the data's
+    # verdict (the rules) standing, and say why.
+    n, k = 40, 2
+    truth = np.arange(n) % k
+    proba = _sharp_model(truth, k, seed=7)
+    verified = np.full(n, -1)
+    verified[:8] = truth[:8]
+    rules = truth.copy()
+    rules[:2] = 1 - truth[:2]
+    assert choose_policy(truth, verified, proba, rules, RULES, seed=0).policy == KEEP
+    doubtful = choose_policy(truth, verified, proba, rules, RULES, seed=0, representative=False)
+    assert doubtful.policy == RULES
+    assert "doubtful rows, not a sample of the table" in doubtful.reason
+    assert doubtful.gains[RULES] == -2
+
+
 def test_measure_matches_a_hand_count():
     labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
     truth = np.array([0, 1, 1, 0, 2, 0, 0, 1])
