@@ -51,7 +51,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from real import git_commit  # a sibling script: benchmarks/ is on the path when it runs
 from scipy import sparse
 
 import refine
@@ -440,18 +440,6 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], header: dict[str
             f"{r['refine_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def git_commit(path: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return done.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> Path:
