@@ -2,12 +2,13 @@
 targets, one column per report, so a change's trade shows on one table.
 
     python benchmarks/compare.py before=reports/benchmarks.json after=/tmp/after/benchmarks.json \
-        [--out reports/compare.md]
+        [--seeds 0] [--out reports/compare.md]
 
 Each argument is ``NAME=PATH`` to a ``benchmarks.json``. Figures are refine's means over seeds
 (``refine bench`` already summarised them); the F1 and AUPRC margins are over the better
 cleanlab baseline of the same report, so a report whose baselines saw verified rows is compared
-with its own baselines.
+with its own baselines. ``--seeds`` keeps only those seeds' rows and summarises them again (with
+``refine.bench_report.summarise``), to set a one-seed run beside a two-seed one.
 """
 
 from __future__ import annotations
@@ -36,10 +37,17 @@ TARGETS = (
 )
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, seeds: set[int] | None = None) -> dict[str, Any]:
     report = json.loads(path.read_text())
     if "summary" not in report or "header" not in report:
         raise SystemExit(f"{path}: not a refine bench report (no 'summary' or 'header')")
+    if seeds is not None:
+        from refine.bench_report import summarise
+
+        rows = [r for r in report.get("rows", []) if r["seed"] in seeds]
+        if not rows:
+            raise SystemExit(f"{path}: no rows at seeds {sorted(seeds)}")
+        report = {**report, "rows": rows, "summary": summarise(rows)}
     return report
 
 
@@ -84,8 +92,10 @@ def _fmt(value: Any) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", metavar="NAME=PATH")
+    parser.add_argument("--seeds", help="comma-separated seeds to keep, e.g. 0; default all")
     parser.add_argument("--out", type=Path, help="write the Markdown here, else print it")
     args = parser.parse_args(argv)
+    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     reports = {}
     for item in args.reports:
         name, sep, path = item.partition("=")
@@ -93,8 +103,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 f"{item!r}: give each report as NAME=PATH, e.g. before=reports/benchmarks.json"
             )
-        reports[name] = load(Path(path))
+        reports[name] = load(Path(path), seeds)
     text = render(reports)
+    if seeds is not None:
+        text = (
+            f"Rows of seed(s) {', '.join(map(str, sorted(seeds)))} only, summarised again.\n\n"
+            + text
+        )
     if args.out:
         args.out.write_text(text)
     else:

@@ -56,3 +56,35 @@ def test_an_argument_without_a_name_or_a_file_that_is_not_a_report_is_refused(tm
         compare.main([str(other)])
     with pytest.raises(SystemExit, match="not a refine bench report"):
         compare.main([f"x={other}"])
+
+
+def test_seeds_keeps_those_rows_and_summarises_them_again(tmp_path):
+    def row(seed, method, label, f1):
+        return {
+            "dataset": "wine",
+            "seed": seed,
+            "method": method,
+            "label_accuracy": label,
+            "given_accuracy": 0.8,
+            "f1": f1,
+            "auprc": f1,
+            "gap_recovered": 0.5,
+            "noisy_test_accuracy": 0.8,
+            "clean_test_accuracy": 0.9,
+            "test_accuracy": 0.85,
+            "seconds": 1.0,
+            "memory_mb": 1.0,
+        }
+
+    rows = [row(0, "refine", 0.9, 0.8), row(1, "refine", 0.7, 0.4)]
+    rows += [row(s, "cleanlab+LR", 0.8, 0.5) for s in (0, 1)]
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"header": {"command": "c"}, "summary": {}, "rows": rows}))
+    out = tmp_path / "out.md"
+    compare.main([f"r={report}", "--seeds", "0", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("Rows of seed(s) 0 only")
+    assert "| F1 margin over the better baseline | +0.300 |" in text  # 0.8 - 0.5, seed 0 alone
+    assert "| wine | 0.800 | 0.900 | 0.800 |" in text
+    with pytest.raises(SystemExit, match="no rows at seeds"):
+        compare.main([f"r={report}", "--seeds", "5"])
