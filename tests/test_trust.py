@@ -146,21 +146,24 @@ def test_choose_policy_falls_back_when_the_verified_rows_show_nothing():
 
 
 def test_verified_rows_picked_for_doubt_cannot_overrule_the_data_but_a_sample_can():
-    # Eight verified rows where the rules break two right labels and fix none: a random sample
-    # showing that keeps the labels; the doubtful rows a reviewer checked leave the data's
-    # verdict (the rules) standing, and say why.
+    # Twelve verified rows where the rules break five right labels and fix none (a one-sided
+    # sign test: p = 1/32): a random sample showing that keeps the labels; the doubtful rows a
+    # reviewer checked leave the data's verdict (the rules) standing, and say why. Two broken
+    # labels (p = 1/4) are no evidence either way: the rules stand.
     n, k = 40, 2
     truth = np.arange(n) % k
     proba = _sharp_model(truth, k, seed=7)
     verified = np.full(n, -1)
-    verified[:8] = truth[:8]
+    verified[:12] = truth[:12]
     rules = truth.copy()
-    rules[:2] = 1 - truth[:2]
+    rules[:5] = 1 - truth[:5]
     assert choose_policy(truth, verified, proba, rules, RULES, seed=0).policy == KEEP
     doubtful = choose_policy(truth, verified, proba, rules, RULES, seed=0, representative=False)
     assert doubtful.policy == RULES
     assert "doubtful rows, not a sample of the table" in doubtful.reason
-    assert doubtful.gains[RULES] == -2
+    assert doubtful.gains[RULES] == -5
+    rules[2:5] = truth[2:5]
+    assert choose_policy(truth, verified, proba, rules, RULES, seed=0).policy == RULES
 
 
 def test_measure_matches_a_hand_count():
