@@ -303,8 +303,6 @@ class Judge:
         self.config = config
         self.classes = classes
         self.evidence: Evidence | None = None
-        # Whether the verified rows stand for the table (stratum_weights); None: too few.
-        self.representative: bool | None = None
 
     def restore(self, record: dict[str, Any]) -> None:
         """Take back the evidence of a round ``record`` (a checkpoint's), on resuming."""
@@ -329,7 +327,12 @@ class Judge:
         if self.evidence is None:
             self.evidence = noise_evidence(labels[labelled], proba[labelled])
         fallback = RULES if reliable and (self.evidence.trusted or teacher_round) else KEEP
-        temperature, method = self._truth_temperature(proba, fallback == RULES)
+        # Weights that make the verified rows stand for the table (stratum_weights); None where
+        # they cannot or are too few to calibrate (representative is None then).
+        rows = np.flatnonzero(verified >= 0)
+        weights = stratum_weights(proba, labels, rows) if len(rows) >= MIN_POSTERIOR_ROWS else None
+        representative = None if len(rows) < MIN_POSTERIOR_ROWS else weights is not None
+        temperature, method = self._truth_temperature(proba, fallback == RULES, weights)
         true_proba = apply_temperature(proba, temperature) if method != "none" else proba
         rows = np.flatnonzero(labelled)
         quality = quality.astype(np.float32, copy=True)
@@ -362,7 +365,7 @@ class Judge:
                 rules.refined,
                 fallback,
                 c.seed,
-                representative=self.representative is not False,
+                representative=representative is not False,
             )
         if choice.policy == RULES:
             decisions = rules
@@ -382,22 +385,21 @@ class Judge:
         record["calibration"] = {
             "method": method,
             "temperature": round(temperature, 6),
-            "verified_rows_representative": self.representative,
+            "verified_rows_representative": representative,
         }
         return Verdict(with_verified(decisions, verified), is_issue, quality, true_proba, record)
 
-    def _truth_temperature(self, proba: np.ndarray, trusted: bool) -> tuple[float, str]:
+    def _truth_temperature(
+        self, proba: np.ndarray, trusted: bool, weights: np.ndarray | None
+    ) -> tuple[float, str]:
         """A temperature that turns ``proba`` (calibrated against the given labels) into
         probabilities of the true class, and how it was found: against the verified labels
-        where there are enough and they stand for the table (``stratum_weights``); else through
-        the label noise the model estimates, where the data's evidence trusts the model; else
-        none (1.0, ``proba`` as it is)."""
-        rows = np.flatnonzero(self.verified >= 0)
-        if len(rows) >= MIN_POSTERIOR_ROWS:
-            weights = stratum_weights(proba, self.labels, rows)
-            self.representative = weights is not None
-            if weights is not None:
-                return fit_temperature(proba[rows], self.verified[rows], weights), "verified"
+        weighted by ``weights`` where they stand for the table (``stratum_weights``); else
+        through the label noise the model estimates, where the data's evidence trusts the model;
+        else none (1.0, ``proba`` as it is)."""
+        if weights is not None:
+            rows = np.flatnonzero(self.verified >= 0)
+            return fit_temperature(proba[rows], self.verified[rows], weights), "verified"
         labelled = np.flatnonzero(self.labels >= 0)
         if trusted and len(np.unique(self.labels[labelled])) >= 2:
             given = self.labels[labelled]
@@ -521,15 +523,16 @@ def _select(
     broken = {p: int(((r != true) & (given == true)).sum()) for p, r in refined.items()}
     gains = {p: fixed[p] - broken[p] for p in refined}
     best = max(POLICIES, key=lambda p: (gains.get(p, -math.inf), -POLICIES.index(p)))
-
-    def beyond_chance(wins: int, losses: int) -> bool:
-        return bool(binom.sf(wins - 1, wins + losses, 0.5) < SIGNIFICANCE) if wins else False
-
-    shown = best != KEEP and beyond_chance(fixed[best], broken[best])
+    shown = best != KEEP and _beyond_chance(fixed[best], broken[best])
     # A verified row or two that a policy breaks is no evidence against it: on wine (133 rows,
     # 7 verified) one broken label vetoed rules that took the rest from 0.80 to 0.955.
-    harmful = {p for p in refined if beyond_chance(broken[p], fixed[p])}
+    harmful = {p for p in refined if _beyond_chance(broken[p], fixed[p])}
     return (best if shown else None), gains, harmful
+
+
+def _beyond_chance(wins: int, losses: int) -> bool:
+    """Whether ``wins`` outnumber ``losses`` beyond chance: a one-sided sign test."""
+    return bool(binom.sf(wins - 1, wins + losses, 0.5) < SIGNIFICANCE)
 
 
 def _fit(

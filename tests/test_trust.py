@@ -131,14 +131,19 @@ def test_choose_policy_follows_what_the_verified_rows_show():
     assert "labels kept" in choice.reason
 
 
+def _clean_two_classes(n: int, checked: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` rows of two classes, all labels right (``truth``), a sure model's ``proba`` and
+    ``verified`` labels on the first ``checked`` rows."""
+    truth = np.arange(n) % 2
+    verified = np.full(n, -1)
+    verified[:checked] = truth[:checked]
+    return truth, _sharp_model(truth, 2, seed=7), verified
+
+
 def test_choose_policy_falls_back_when_the_verified_rows_show_nothing():
     # Three verified rows, all with right labels the rules keep: no evidence either way, so the
-    # data's own verdict (the fallback) stands, but only while it breaks no verified label.
-    n, k = 30, 2
-    truth = np.arange(n) % k
-    proba = _sharp_model(truth, k, seed=7)
-    verified = np.full(n, -1)
-    verified[:3] = truth[:3]
+    # data's own verdict (the fallback) stands.
+    truth, proba, verified = _clean_two_classes(30, 3)
     choice = choose_policy(truth, verified, proba, truth, RULES, seed=0)
     assert choice.policy == RULES
     assert "data's own evidence" in choice.reason
@@ -150,11 +155,7 @@ def test_verified_rows_picked_for_doubt_cannot_overrule_the_data_but_a_sample_ca
     # sign test: p = 1/32): a random sample showing that keeps the labels; the doubtful rows a
     # reviewer checked leave the data's verdict (the rules) standing, and say why. Two broken
     # labels (p = 1/4) are no evidence either way: the rules stand.
-    n, k = 40, 2
-    truth = np.arange(n) % k
-    proba = _sharp_model(truth, k, seed=7)
-    verified = np.full(n, -1)
-    verified[:12] = truth[:12]
+    truth, proba, verified = _clean_two_classes(40, 12)
     rules = truth.copy()
     rules[:5] = 1 - truth[:5]
     assert choose_policy(truth, verified, proba, rules, RULES, seed=0).policy == KEEP
