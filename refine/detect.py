@@ -50,8 +50,8 @@ def detect_issues(
 
     ``one_way``: leave alone rows flagged against the direction the noise runs in (see
     ``noise_directions``). True estimates the directions from ``proba``; a ``(K, K)`` mask
-    from ``noise_directions`` gives them (the pipeline reads one per round and keeps every
-    direction it has seen, the first round's included); False turns the check off.
+    from ``noise_directions`` gives them (the pipeline reads one per round and merges them with
+    ``merge_directions``); False turns the check off.
     """
     rows = np.arange(len(labels))
     predicted = proba.argmax(1) if len(labels) else np.zeros(0, np.int64)
@@ -146,6 +146,26 @@ def noise_directions(
     # given i, predicted j: against the noise when true j -> given i is rare next to i -> j
     anchored = (noise.T < ratio * noise) & (noise >= floor)
     return counted | anchored
+
+
+def merge_directions(
+    kept: np.ndarray | None, first: np.ndarray | None, seen: np.ndarray
+) -> np.ndarray:
+    """The one-way mask to flag with after a round that read ``seen``: every ``(K, K)``
+    direction seen so far (``kept``), where the first round read ``first``.
+
+    A direction once seen stays: later rounds model labels refine has corrected, which hide
+    the noise from the anchors, though their counts can add a direction. But noise cannot run
+    one way in both directions: a pair read one way in one round and the other way in another
+    is a misreading of a later round's model (breast cancer, 20% symmetric noise: rounds 2 and
+    3 blocked one direction each, and with it every flag), so such a pair falls back to the
+    first round's reading. See reports/decisions.md.
+    """
+    if kept is None or first is None:
+        return seen & ~seen.T
+    merged = kept | seen
+    both_ways = merged & merged.T
+    return np.where(both_ways, first & ~first.T, merged)
 
 
 def anchor_transitions(

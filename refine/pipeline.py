@@ -34,7 +34,7 @@ from refine.checkpoint import (
 )
 from refine.config import ModelConfig, RunConfig
 from refine.crossfit import CrossFit, FoldRunner, cross_fit, make_folds, restore_cross_fit
-from refine.detect import confident_joint, detect_issues, noise_directions
+from refine.detect import confident_joint, detect_issues, merge_directions, noise_directions
 from refine.errors import InputError, RefineError
 from refine.features import FeatureEncoder, check_named_columns, fit_features
 from refine.model import resolve_device
@@ -381,21 +381,11 @@ def refine_rounds(
     targets[np.flatnonzero(trained >= 0), trained[trained >= 0]] = 1.0
     weights = (trained >= 0).astype(np.float32)
     previous = trained.copy()
-    # The one-way noise check's (K, K) mask. A direction once seen stays: the first round
-    # models the given labels and shows the noise plainest; later rounds model labels refine
-    # has corrected, which hide it from the anchors (iris, one-way noise: label accuracy
-    # 0.812 -> 0.929 on a dev seed), though their counts can add a direction. Reading the mask
-    # off the first round alone was measured too (benchmarks/decisions.py, dev seeds 10-12):
-    # with one seed per fold, YouTube 0.921 -> 0.916, wine-pair30 0.952 -> 0.950 and
-    # make_classification-pair30 F1 0.800 -> 0.799, all else equal; with --seeds 3 it mends
-    # breast cancer with instance noise (0.908 -> 0.941: round 2's counts, 3 against 16 where
-    # the truth runs 53 to 32, had blocked the flags) but costs wine-pair30 (0.895 -> 0.855).
-    # So the union stays. The same misreading happens at other settings (--snapshots 5, breast
-    # cancer with instance noise, dev seed 12: labels 0.847 against 0.941 without the check),
-    # and at the defaults a late round added "given 1, predicted 4" on make_classification-pair30
-    # (dev seeds 10 and 14), whose noise runs 1 -> 2. A run whose flags collapse in round 2
-    # points here.
+    # The one-way noise check's (K, K) mask over rounds, and the first round's reading, which
+    # models the given labels and shows the noise plainest (see merge_directions; the union
+    # over rounds was measured against the first round alone in reports/decisions.md).
     directions: np.ndarray | None = None
+    first_directions: np.ndarray | None = None
     rounds: list[dict[str, Any]] = []
     synthetic = None
     reliability = None
@@ -428,6 +418,7 @@ def refine_rounds(
                 resumed.arrays[key] for key in ("proba", "agreement", "is_issue", "quality")
             )
             directions = resumed.arrays.get("directions")
+            first_directions = resumed.arrays.get("first_directions", directions)
             ece_before, ece_after, temperature, reliable, reliability, trust = (
                 resumed.metrics[key] for key in ROUND_METRICS
             )
@@ -488,7 +479,8 @@ def refine_rounds(
         teacher_round = round_index == 1 and teacher is not None
         if config.one_way_noise and not teacher_round:
             seen = noise_directions(given, proba[labelled])
-            directions = seen if directions is None else directions | seen
+            directions = merge_directions(directions, first_directions, seen)
+            first_directions = directions if first_directions is None else first_directions
         is_issue = np.zeros(n, bool)
         quality = np.ones(n, np.float32)
         is_issue[labelled], quality[labelled] = detect_issues(
@@ -543,7 +535,11 @@ def refine_rounds(
                 round_record(
                     decisions,
                     dict(proba=proba, agreement=agreement, is_issue=is_issue, quality=quality)
-                    | ({} if directions is None else {"directions": directions}),
+                    | (
+                        {}
+                        if directions is None
+                        else {"directions": directions, "first_directions": first_directions}
+                    ),
                     rounds,
                     {**dict(zip(ROUND_METRICS, metrics, strict=True)), "timings": timings},
                 ),

@@ -10,7 +10,7 @@ from sklearn.base import clone
 from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
 from refine.config import ModelConfig
 from refine.crossfit import cross_fit, make_folds
-from refine.detect import anchor_transitions, detect_issues, noise_directions
+from refine.detect import anchor_transitions, detect_issues, merge_directions, noise_directions
 from refine.errors import InputError
 from refine.features import fit_features
 from refine.model import MLPClassifier, _stratified_holdout
@@ -241,6 +241,18 @@ def test_a_class_that_only_noise_fills_has_no_anchors():
     assert not noise_directions(labels, proba)[2].any()
     flags, _ = detect_issues(labels, proba, np.ones(len(labels)))
     assert flags[100:].all() and flags.sum() == 14
+
+
+def test_directions_read_both_ways_fall_back_to_the_first_round():
+    none, ab, ba = np.zeros((3, 3), bool), np.zeros((3, 3), bool), np.zeros((3, 3), bool)
+    ab[0, 1] = ba[1, 0] = True
+    assert (merge_directions(None, None, ab) == ab).all()  # the first round's reading
+    kept = merge_directions(none, none, ab)  # a later round adds 0 -> 1
+    assert (kept == ab).all()
+    assert not merge_directions(kept, none, ba).any()  # then 1 -> 0: neither holds
+    assert (merge_directions(ab, ab, ba) == ab).all()  # the first round's 0 -> 1 stays
+    both = ab | ba
+    assert not merge_directions(None, None, both).any()  # one round that reads both ways
 
 
 @pytest.mark.parametrize(
