@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 import refine
-from refine.baselines import logistic_regression
-from refine.bench import TRUTH_COLUMNS
-from refine.features import fit_features
-from refine.metrics import flag_scores
-from refine.recipes import build_dataset, load_recipe
+from refine.bench.baselines import logistic_regression
+from refine.bench.recipes import build_dataset, load_recipe
+from refine.bench.suite import TRUTH_COLUMNS
+from refine.encode.features import fit_features
+from refine.report.metrics import flag_scores
 
 RECIPES = ("wine-sym20", "breast_cancer-sym20", "iris-onedir", "digits-sym20")
 DIGITS_SUBSET = 400  # training rows kept of digits: augmentation is for small data

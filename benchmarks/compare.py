@@ -8,7 +8,7 @@ Each argument is ``NAME=PATH`` to a ``benchmarks.json``. Figures are refine's me
 (``refine bench`` already summarised them); the F1 and AUPRC margins are over the better
 cleanlab baseline of the same report, so a report whose baselines saw verified rows is compared
 with its own baselines. ``--seeds`` keeps only those seeds' rows and summarises them again (with
-``refine.bench_report.summarise``), to set a one-seed run beside a two-seed one.
+``refine.bench.summary.summarise``), to set a one-seed run beside a two-seed one.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def load(path: Path, seeds: set[int] | None = None) -> dict[str, Any]:
     if "summary" not in report or "header" not in report:
         raise SystemExit(f"{path}: not a refine bench report (no 'summary' or 'header')")
     if seeds is not None:
-        from refine.bench_report import summarise
+        from refine.bench.summary import summarise
 
         rows = [r for r in report.get("rows", []) if r["seed"] in seeds]
         if not rows:

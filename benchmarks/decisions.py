@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 import refine
-from refine.bench import TRUTH_COLUMNS, _downstream, _flags, truth_arrays, yardstick_inputs
-from refine.metrics import label_codes
-from refine.recipes import build_dataset, load_recipe
+from refine.bench.recipes import build_dataset, load_recipe
+from refine.bench.suite import TRUTH_COLUMNS, _downstream, _flags, truth_arrays, yardstick_inputs
+from refine.report.metrics import label_codes
 
 RECIPES = (
     "breast_cancer-instance20,breast_cancer-sym20,digits-instance30,digits-pair30,digits-sym20,"

@@ -19,9 +19,9 @@ import pyarrow as pa
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_classification
 
 import refine
-from refine.baselines import cleanlab_baseline
-from refine.metrics import flag_scores, label_accuracy, label_codes
-from refine.noise import flip_symmetric, flip_with_matrix
+from refine.bench.baselines import cleanlab_baseline
+from refine.bench.noise import flip_symmetric, flip_with_matrix
+from refine.report.metrics import flag_scores, label_accuracy, label_codes
 
 
 def datasets():

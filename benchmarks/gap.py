@@ -5,7 +5,7 @@ seeds. On the small recipes a case's gap is a handful of test rows (iris: 38 tes
 45), so two seeds say little, and the share alone does not say what is missing. This script
 runs refine at its defaults on each recipe over many seeds (by default the dev seeds 10-29,
 never the bench's 0 and 1) and scores, with the bench's yardstick (a standardised
-LogisticRegression on the clean test split, `refine.bench._downstream`), eight training sets on
+LogisticRegression on the clean test split, `refine.bench.suite._downstream`), eight training sets on
 the same rows:
 
 * `noisy`: the given labels;
@@ -42,8 +42,8 @@ import numpy as np
 # WRENCH sets where their files are.
 from decisions import RECIPES, run_case
 
-from refine.bench import _downstream, _lr_model
-from refine.recipes import load_recipe
+from refine.bench.recipes import load_recipe
+from refine.bench.suite import _downstream, _lr_model
 
 SETS = (
     "noisy",

@@ -17,11 +17,11 @@ Both models of a family share one fixed setting (``GLCConfig``, chosen once for 
 Adam on the bench's yardstick inputs (standardised features; TF-IDF of word 1-2-grams on text).
 
 Cases are ``refine bench``'s: each recipe of ``--suite`` (default ``full``) at each seed, built
-with ``refine.bench._build_case``, the trusted rows drawn with ``refine.bench.reveal`` exactly as
+with ``refine.bench.suite._build_case``, the trusted rows drawn with ``refine.bench.suite.reveal`` exactly as
 ``refine bench --verified 0.05`` draws them. refine runs as the bench runs it with those rows
 verified. Test accuracy on the clean test split of:
 
-* ``noisy LR``: the bench's yardstick (``refine.bench._downstream``, a standardised
+* ``noisy LR``: the bench's yardstick (``refine.bench.suite._downstream``, a standardised
   LogisticRegression) on the given labels with the trusted rows set right;
 * ``GLC linear``, ``GLC MLP``;
 * ``refine LR``: the yardstick on refine's ``label_refined`` with ``sample_weight``, as the bench
@@ -65,7 +65,8 @@ from real import git_commit  # a sibling script: benchmarks/ is on the path when
 from scipy import sparse
 
 import refine
-from refine.bench import (
+from refine.bench.recipes import build_dataset, list_recipes, load_recipe
+from refine.bench.suite import (
     Case,
     Yardsticks,
     _build_case,
@@ -74,8 +75,7 @@ from refine.bench import (
     reveal,
     score_refine,
 )
-from refine.crossfit import one_thread
-from refine.recipes import build_dataset, list_recipes, load_recipe
+from refine.learn.crossfit import one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {"linear": 0, "mlp": 256}  # hidden units; 0 is a linear model
@@ -235,7 +235,7 @@ def glc_inputs(case: Case) -> tuple[Any, Any]:
     labelled rows as the yardstick fits it on the rows it trains on."""
     from sklearn.preprocessing import StandardScaler
 
-    from refine.baselines import text_logistic_regression
+    from refine.bench.baselines import text_logistic_regression
 
     X, X_test = case.X_lr[case.labelled], case.X_lr_test
     if case.text:
@@ -364,7 +364,7 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], header: dict[str
         "",
         f"Cases: {cases} at seeds "
         f"{', '.join(map(str, header['seeds']))}; trusted rows: the {header['verified']:.0%} of "
-        "labelled training rows `refine bench --verified` reveals (`refine.bench.reveal`), given "
+        "labelled training rows `refine bench --verified` reveals (`refine.bench.suite.reveal`), given "
         "to refine as verified labels and to GLC as its trusted set. Test accuracy on the clean "
         "test split. `noisy LR`, `refine LR` and `clean LR` are the bench's yardstick (a "
         "standardised LogisticRegression; TF-IDF + LogisticRegression on text) trained on the "

@@ -25,7 +25,7 @@ its defaults and ``seed=seed``, in three modes:
 Everything is scored on the original training rows only. Labels: the accuracy against
 ``true_label`` of the given labels and of ``label_refined`` (a null counts as wrong), on every
 row and on the rows not verified. Downstream: the test accuracy, on the gold ``_test`` split, of
-``refine bench``'s yardstick (``refine.bench._downstream``: TF-IDF + LogisticRegression on
+``refine bench``'s yardstick (``refine.bench.suite._downstream``: TF-IDF + LogisticRegression on
 ``text``, a standardised LogisticRegression on embeddings) trained on those rows' given labels,
 on ``label_refined`` with ``sample_weight``, and on their true labels (the ceiling).
 
@@ -62,8 +62,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import refine
-from refine.bench import _downstream
-from refine.metrics import label_codes
+from refine.bench.suite import _downstream
+from refine.report.metrics import label_codes
 
 REPO = Path(__file__).resolve().parents[1]
 BASES = ("youtube", "sms", "semeval")

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from refine.noise import flip_symmetric
+from refine.bench.noise import flip_symmetric
 
 
 def make_embeddings(rows: int, dim: int, classes: int, seed: int = 0):

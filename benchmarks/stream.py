@@ -24,8 +24,8 @@ import pyarrow as pa
 from sklearn.datasets import load_digits
 
 import refine
-from refine.metrics import flag_scores
-from refine.noise import flip_symmetric
+from refine.bench.noise import flip_symmetric
+from refine.report.metrics import flag_scores
 
 BATCHES = 5
 TEST_ROWS = 300

@@ -32,11 +32,11 @@ import torch
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.model_selection import StratifiedKFold
 
-from refine.baselines import text_logistic_regression
-from refine.features import fit_features
-from refine.metrics import flag_scores
-from refine.model import MLPClassifier
-from refine.recipes import build_dataset, load_recipe
+from refine.bench.baselines import text_logistic_regression
+from refine.bench.recipes import build_dataset, load_recipe
+from refine.encode.features import fit_features
+from refine.learn.model import MLPClassifier
+from refine.report.metrics import flag_scores
 
 BUCKETS = 2**18
 DIM = 64

@@ -21,11 +21,11 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
-from refine import __version__
 from refine.config import (
     AUGMENT_METHODS,
     DEVICES,
     FILTER_METHODS,
+    VERSION,
     ModelConfig,
     RunConfig,
     load_config,
@@ -66,7 +66,7 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="refine")
+@click.version_option(VERSION, prog_name="refine")
 def cli() -> None:
     """refine finds and fixes wrong labels in Parquet datasets.
 
@@ -644,7 +644,7 @@ def query_command(run_dir: Path, sql: str, fmt: str) -> None:
       refine query runs/first "SELECT label, label_predicted, count(*) AS n FROM flagged
                                GROUP BY ALL ORDER BY n DESC" --format csv
     """
-    from refine.query import query
+    from refine.io.query import query
 
     result = query(run_dir, sql)
     rows = result.to_pylist()
@@ -698,7 +698,7 @@ def report_command(run_dir: Path, out: Path | None) -> None:
       refine report runs/first                       # rewrites runs/first/report.html
       refine report runs/first --out first.html
     """
-    from refine.report import write_report
+    from refine.report.html import write_report
 
     click.echo(f"wrote {write_report(run_dir, out)}")
 
@@ -721,7 +721,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
     The baseline is cleanlab's find_label_issues on 5-fold out-of-fold probabilities of a
     standardised LogisticRegression, computed in the same run on the same data.
     """
-    from refine.demo import NOISE_RATE, run_demo
+    from refine.bench.demo import NOISE_RATE, run_demo
 
     console = Console()
     if not quiet:
@@ -817,8 +817,8 @@ def bench_command(
       refine bench --verified 0.05          # 5% of the labels checked by a person
       refine bench --review 0.02            # then 2% more, reviewed against random
     """
-    from refine.bench import run_bench
-    from refine.bench_report import write_report
+    from refine.bench.suite import run_bench
+    from refine.bench.summary import write_report
 
     if seeds < 1:
         raise CLIError(f"--seeds must be at least 1, got {seeds}")
@@ -872,7 +872,7 @@ def datasets_list(suite: str | None) -> None:
       refine datasets list
       refine datasets list --suite quick
     """
-    from refine.recipes import list_recipes
+    from refine.bench.recipes import list_recipes
 
     table = Table()
     for column in ("name", "suites", "noise", "description"):
@@ -914,7 +914,7 @@ def datasets_build(name: str, out: Path, seed: int | None) -> None:
       refine datasets build digits-sym20 --out digits.parquet
       refine run digits.parquet --ignore label_true,is_noisy --out runs/digits
     """
-    from refine.recipes import build_dataset, write_dataset
+    from refine.bench.recipes import build_dataset, write_dataset
 
     train_path, test_path = write_dataset(build_dataset(name, seed=seed), out)
     click.echo(

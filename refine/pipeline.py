@@ -9,7 +9,6 @@ import platform
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,29 +17,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from refine import __version__
-from refine.calibrate import (
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-)
-from refine.checkpoint import (
-    check_execution,
-    kill_point,
-    open_checkpoint,
-    resume_rounds,
-    round_record,
-)
-from refine.config import ModelConfig, RunConfig
-from refine.crossfit import CrossFit, FoldRunner, cross_fit, make_folds, restore_cross_fit
-from refine.detect import confident_joint, detect_issues, merge_directions, noise_directions
+from refine.config import VERSION, ModelConfig, RunConfig
+from refine.encode.features import FeatureEncoder, check_named_columns, fit_features
 from refine.errors import InputError, RefineError
-from refine.features import FeatureEncoder, check_named_columns, fit_features
-from refine.model import resolve_device
-from refine.progress import NULL_PROGRESS, Progress
-from refine.read import LabelledTable, check_no_clashes, encode_labels, read_table
-from refine.relabel import (
+from refine.io.decisions import (
     CORRECTED,
     EXCLUDED,
     GIVEN,
@@ -48,11 +28,10 @@ from refine.relabel import (
     SYNTHETIC,
     VERIFIED,
     Decisions,
-    teacher_is_reliable,
 )
-from refine.trust import KEEP, Judge
-from refine.verify import verified_labels
-from refine.write import (
+from refine.io.read import LabelledTable, check_no_clashes, encode_labels, read_table
+from refine.io.verify import verified_labels
+from refine.io.write import (
     ROUNDS_SCHEMA,
     atomic_directory,
     check_output,
@@ -61,6 +40,18 @@ from refine.write import (
     write_json,
     write_parquet,
 )
+from refine.judge.detect import confident_joint
+from refine.learn.calibrate import (
+    apply_temperature,
+)
+from refine.learn.checkpoint import (
+    check_execution,
+    kill_point,
+    open_checkpoint,
+)
+from refine.learn.crossfit import CrossFit, FoldRunner
+from refine.progress import NULL_PROGRESS, Progress
+from refine.rounds import Augment, Extra, Rounds, RoundsResult, Teacher, augmenter
 
 # The layout of model.pt: refine.update.load_run reads what _save_model writes.
 MODEL_FORMAT = "refine.mlp-ensemble/1"
@@ -160,49 +151,12 @@ def _run(
     if out is not None:
         check_output(Path(out), overwrite)
     timings: dict[str, float] = {}
-
-    started = time.perf_counter()
-    table = data if isinstance(data, pa.Table) else read_table(data)
-    if out is not None and not isinstance(data, pa.Table):
-        check_input_outside(Path(data), Path(out))
-    check_no_clashes(table)
-    check_named_columns(table, config.features, config.ignore)
-    check_named_columns(table, config.teacher_features, (), "--teacher-features")
-    check_named_columns(table, config.student_features, (), "--student-features")
-    labelled_table = encode_labels(table, config.label, config.folds)
-    verified = verified_labels(labelled_table, config.verified, config.verified_file, config.key)
-    timings["read"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    features, text, image = config.features, config.text, config.image
-    if config.teacher_features is not None:  # the rounds' model is the teacher
-        features = config.teacher_features
-        text = tuple(c for c in config.text if c in features)
-        image = tuple(c for c in config.image if c in features)
-    encoder = fit_features(
-        table,
-        config.label,
-        features,
-        # A verified label would give the answer away; a join key is an id.
-        config.ignore + tuple(c for c in (config.verified, config.key) if c is not None),
-        config.max_categories,
-        text,
-        config.seed,
-        image,
-        config.image_model,
-        config.image_size,
-        labels=labelled_table.labels,  # a text column's block is chosen by these classes
-    )
-    X = encoder.transform(table)
-    _note_skipped(encoder.skipped, progress)
-    for note in encoder.notes:
-        progress.note(note)
-    timings["encode"] = time.perf_counter() - started
+    labelled_table, verified = _read(data, out, config, timings)
+    encoder, X = _encode(labelled_table, config, progress, timings)
     if runner is not None and out is not None:
         runner.checkpoint = open_checkpoint(
             Path(out), resume, config, X, labelled_table, _versions(), progress, verified
         )
-
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
     state = refine_rounds(
         labelled_table,
@@ -215,32 +169,73 @@ def _run(
         runner=runner,
         verified=verified,
     )
-    student = None
+    kept = None
     if config.student_features is not None:
-        from refine.distill import distill
+        from refine.learn.distill import distill
 
-        student = distill(labelled_table, state, config, progress, timings, runner)
+        student = distill(labelled_table, state.decisions, config, progress, timings, runner)
+        kept = (student.crossfit, student.encoder)
     summary = summarise_run(labelled_table, encoder, config, state, timings, data, command)
-    if student is None:
-        return finish_run(labelled_table, encoder, config, state, summary, out, overwrite)
-    summary["student"] = student.summary
-    return finish_run(
-        labelled_table,
-        encoder,
-        config,
-        state,
-        summary,
-        out,
-        overwrite,
-        kept=(student.crossfit, student.encoder),
+    if kept is not None:
+        summary["student"] = student.summary
+    return finish_run(labelled_table, encoder, config, state, summary, out, overwrite, kept=kept)
+
+
+def _read(
+    data: str | Path | pa.Table, out: str | Path | None, config: RunConfig, timings: dict
+) -> tuple[LabelledTable, np.ndarray]:
+    """The input table, checked, with its labels encoded, and its verified labels ``(N,)``."""
+    started = time.perf_counter()
+    table = data if isinstance(data, pa.Table) else read_table(data)
+    if out is not None and not isinstance(data, pa.Table):
+        check_input_outside(Path(data), Path(out))
+    check_no_clashes(table)
+    check_named_columns(table, config.features, config.ignore)
+    check_named_columns(table, config.teacher_features, (), "--teacher-features")
+    check_named_columns(table, config.student_features, (), "--student-features")
+    labelled_table = encode_labels(table, config.label, config.folds)
+    verified = verified_labels(labelled_table, config.verified, config.verified_file, config.key)
+    timings["read"] = time.perf_counter() - started
+    return labelled_table, verified
+
+
+def _encode(
+    data: LabelledTable, config: RunConfig, progress: Progress, timings: dict
+) -> tuple[FeatureEncoder, np.ndarray]:
+    """The rounds' feature encoder, fitted, and the features ``(N, D)`` it makes."""
+    started = time.perf_counter()
+    features, text, image = config.features, config.text, config.image
+    if config.teacher_features is not None:  # the rounds' model is the teacher
+        features = config.teacher_features
+        text = tuple(c for c in config.text if c in features)
+        image = tuple(c for c in config.image if c in features)
+    encoder = fit_features(
+        data.table,
+        config.label,
+        features,
+        # A verified label would give the answer away; a join key is an id.
+        config.ignore + tuple(c for c in (config.verified, config.key) if c is not None),
+        config.max_categories,
+        text,
+        config.seed,
+        image,
+        config.image_model,
+        config.image_size,
+        labels=data.labels,  # a text column's block is chosen by these classes
     )
+    X = encoder.transform(data.table)
+    _note_skipped(encoder.skipped, progress)
+    for note in encoder.notes:
+        progress.note(note)
+    timings["encode"] = time.perf_counter() - started
+    return encoder, X
 
 
 def finish_run(
     data: LabelledTable,
     encoder: FeatureEncoder,
     config: RunConfig,
-    state: _State,
+    state: RoundsResult,
     summary: dict[str, Any],
     out: str | Path | None,
     overwrite: bool,
@@ -253,7 +248,7 @@ def finish_run(
     and ``encoder``, or ``kept`` (fold models, encoder) instead: a distilled student."""
     metadata = {
         "refine.classes": data.class_values(),
-        "refine.run": {"version": __version__, "config": config.to_dict(), "seed": config.seed},
+        "refine.run": {"version": VERSION, "config": config.to_dict(), "seed": config.seed},
     }
     refined = refined_table(
         data, state.decisions, state.proba, state.is_issue, state.quality, metadata
@@ -283,67 +278,12 @@ def finish_run(
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
             if config.report:
-                from refine.report import write_report  # matplotlib loads only when needed
+                from refine.report.html import write_report  # matplotlib loads only when needed
 
                 write_report(tmp)
             kill_point("write")
         result.out = Path(out)
     return result
-
-
-@dataclass
-class Extra:
-    """Training rows beside the judged ones: they train every round with fixed targets, are
-    never judged, and never appear in ``refined.parquet`` (replayed rows of an earlier run,
-    synthetic rows). ``labels`` ``(M,)`` is each row's class, used to deal them to folds;
-    ``folds`` ``(M,)`` overrides that when given."""
-
-    X: np.ndarray
-    targets: np.ndarray
-    weights: np.ndarray
-    labels: np.ndarray
-    folds: np.ndarray | None = None
-    synthetic: Any = None  # the augment.Synthetic these rows came from, if any
-
-
-@dataclass
-class Teacher:
-    """Round 1's probabilities ``(N, K)`` and agreement ``(N,)`` for the judged rows, from a
-    model that never saw them (``refine update``'s previous run), instead of a cross-fit; and
-    that run's calibration temperature and reliability, for a batch whose own labels cannot
-    measure them (none, or a single class)."""
-
-    proba: np.ndarray
-    agreement: np.ndarray
-    temperature: float = 1.0
-    reliable: bool = True
-
-
-@dataclass
-class _State:
-    decisions: Decisions
-    proba: np.ndarray
-    agreement: np.ndarray
-    is_issue: np.ndarray
-    quality: np.ndarray
-    crossfit: CrossFit
-    rounds: list[dict[str, Any]]
-    ece_before: float
-    ece_after: float
-    temperature: float
-    reliable: bool
-    device: str
-    trust: dict[str, Any]  # the last round's policy, its reason and the verified measurements
-    synthetic: Any = None
-    reliability: dict[str, Any] | None = None  # the last round's bins before/after calibration
-
-
-# A finished round's values a checkpoint keeps, beside its decisions, arrays and rows.
-ROUND_METRICS = ("ece_before", "ece_after", "temperature", "reliable", "reliability", "trust")
-
-
-# After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
-Augment = Callable[[Decisions, np.ndarray, np.ndarray, np.ndarray], Extra]
 
 
 def refine_rounds(
@@ -358,256 +298,33 @@ def refine_rounds(
     image_blocks: tuple[tuple[int, int, int, int], ...] = (),
     runner: FoldRunner | None = None,
     verified: np.ndarray | None = None,
-) -> _State:
+) -> RoundsResult:
     """Rounds of cross-fit, calibrate, detect and decide on the rows of ``data`` (the judged
-    rows), training on them plus ``replay`` rows and each round's synthetic rows.
-    ``image_blocks``: the columns of ``X`` the models read as images. ``runner`` trains the
-    folds; its checkpoint, if any, records each finished fold and round, and the rounds go
-    on after the last one it holds. ``verified`` ``(N,)``: each row's verified class (-1 =
-    none); verified rows train with that label from the first round on."""
-    labels = data.labels
-    n = len(labels)
-    labelled = labels >= 0
-    k = data.n_classes
-    verified = np.full(n, -1, np.int64) if verified is None else verified
-    judge = Judge(labels, verified, config, data.class_values())
-    replay_labels = replay.labels if replay is not None else np.zeros(0, np.int64)
-    all_folds = make_folds(np.concatenate([labels, replay_labels]), config.folds, config.seed)
-    folds, replay_folds = all_folds[:n], all_folds[n:]
-    device = str(resolve_device(config.model.device))
-
-    trained = np.where(verified >= 0, verified, labels)  # what each row trains on at first
-    targets = np.zeros((n, k), np.float32)
-    targets[np.flatnonzero(trained >= 0), trained[trained >= 0]] = 1.0
-    weights = (trained >= 0).astype(np.float32)
-    previous = trained.copy()
-    # The one-way noise check's (K, K) mask over rounds, and the first round's reading, which
-    # models the given labels and shows the noise plainest (see merge_directions; the union
-    # over rounds was measured against the first round alone in reports/decisions.md).
-    directions: np.ndarray | None = None
-    first_directions: np.ndarray | None = None
-    rounds: list[dict[str, Any]] = []
-    synthetic = None
-    reliability = None
-    fitted: CrossFit | None = None
-    for key in ("train", "predict", "calibrate", "detect", "refine"):
-        timings.setdefault(key, 0.0)
-
-    total = config.rounds + (teacher is not None)  # the teacher's round trains nothing
-    round_task = progress.start("rounds", "rounds", total=total)
-    checkpoint = runner.checkpoint if runner is not None and teacher is None else None
-    first = 1
-    if checkpoint is not None:
-        resumed = resume_rounds(
-            checkpoint,
-            n,
-            total,
-            config.min_changes,
-            lambda stage: restore_cross_fit(
-                checkpoint, stage, config.folds, X.shape[1], k, config.model, image_blocks
-            ),
-        )
-        if resumed is not None:
-            first, decisions, rounds, fitted = (
-                resumed.next_round,
-                resumed.decisions,
-                resumed.rounds,
-                resumed.fitted,
-            )
-            proba, agreement, is_issue, quality = (
-                resumed.arrays[key] for key in ("proba", "agreement", "is_issue", "quality")
-            )
-            directions = resumed.arrays.get("directions")
-            first_directions = resumed.arrays.get("first_directions", directions)
-            ece_before, ece_after, temperature, reliable, reliability, trust = (
-                resumed.metrics[key] for key in ROUND_METRICS
-            )
-            judge.restore(trust)
-            timings.update(resumed.metrics["timings"])
-            previous, targets, weights = decisions.refined, decisions.soft, decisions.weight
-            if augment is not None:
-                synthetic = augment(decisions, is_issue, quality, folds)
-            progress.advance(round_task, len(rounds))
-    for round_index in range(first, total + 1):
-        round_started = time.perf_counter()
-        if round_index == 1 and teacher is not None:
-            raw, agreement = teacher.proba, teacher.agreement
-        else:
-            extras = [e for e in (replay, synthetic) if e is not None and len(e.X)]
-            extra_folds = [replay_folds if e is replay else e.folds for e in extras]
-            fitted = cross_fit(
-                np.concatenate([X, *(e.X for e in extras)]) if extras else X,
-                np.concatenate([targets, *(e.targets for e in extras)]),
-                np.concatenate([weights, *(e.weights for e in extras)]),
-                np.concatenate([folds, *extra_folds]),
-                config.model,
-                config.seeds,
-                config.seed,
-                progress,
-                pooled=np.concatenate(
-                    [~labelled & (weights == 0), *(np.zeros(len(e.X), bool) for e in extras)]
-                ),
-                image_blocks=image_blocks,
-                runner=runner,
-                stage=f"round-{round_index}",
-            )
-            timings["train"] += fitted.train_seconds
-            timings["predict"] += fitted.predict_seconds
-            raw, agreement = fitted.proba[:n], fitted.agreement[:n]
-
-        started = time.perf_counter()
-        given = labels[labelled]
-        ece_before = ece_after = oof_accuracy = None
-        if labelled.any():
-            temperature = fit_temperature(raw[labelled], given)
-            ece_before = expected_calibration_error(raw[labelled], given)
-        else:  # a batch with no labels (refine update): keep the earlier run's calibration
-            temperature = teacher.temperature if teacher is not None else 1.0
-        proba = apply_temperature(raw, temperature)
-        if labelled.any():
-            ece_after = expected_calibration_error(proba[labelled], given)
-            oof_accuracy = float((proba[labelled].argmax(1) == given).mean())
-            reliability = {
-                "before": reliability_bins(raw[labelled], given),
-                "after": reliability_bins(proba[labelled], given),
-            }
-        else:
-            reliability = None
-        timings["calibrate"] += time.perf_counter() - started
-
-        started = time.perf_counter()
-        teacher_round = round_index == 1 and teacher is not None
-        if config.one_way_noise and not teacher_round:
-            seen = noise_directions(given, proba[labelled])
-            directions = merge_directions(directions, first_directions, seen)
-            first_directions = directions if first_directions is None else first_directions
-        is_issue = np.zeros(n, bool)
-        quality = np.ones(n, np.float32)
-        is_issue[labelled], quality[labelled] = detect_issues(
-            given,
-            proba[labelled],
-            agreement[labelled],
-            config.filter_by,
-            config.relabel_threshold if config.flag_confident else None,
-            directions if directions is not None else config.one_way_noise,
-        )
-        timings["detect"] += time.perf_counter() - started
-
-        started = time.perf_counter()
-        if len(np.unique(given)) >= 2 or teacher is None:
-            reliable = teacher_is_reliable(given, proba[labelled])
-        else:  # agreement beyond chance needs two classes; trust the earlier run's verdict
-            reliable = teacher.reliable
-        verdict = judge(proba, agreement, is_issue, quality, reliable, teacher_round)
-        decisions, is_issue, quality, proba, trust = (
-            verdict.decisions,
-            verdict.is_issue,
-            verdict.quality,
-            verdict.proba,
-            verdict.record,
-        )
-        changed = int((decisions.refined != previous).sum())
-        if augment is not None:
-            synthetic = augment(decisions, is_issue, quality, folds)
-        timings["refine"] += time.perf_counter() - started
-        rounds.append(
-            {
-                "round": round_index,
-                "flagged": int(is_issue.sum()),
-                "corrected": decisions.count(CORRECTED),
-                "excluded": decisions.count(EXCLUDED),
-                "pseudo_labelled": decisions.count(PSEUDO),
-                "changed": changed,
-                "oof_accuracy": oof_accuracy,
-                "ece_before": ece_before,
-                "ece_after": ece_after,
-                "temperature": temperature,
-                "reliable": reliable,
-                "policy": trust["policy"],
-                "seconds": time.perf_counter() - round_started,
-            }
-        )
-        progress.advance(round_task)
-        if checkpoint is not None:
-            metrics = (ece_before, ece_after, temperature, reliable, reliability, trust)
-            checkpoint.save_round(
-                round_index,
-                round_record(
-                    decisions,
-                    dict(proba=proba, agreement=agreement, is_issue=is_issue, quality=quality)
-                    | (
-                        {}
-                        if directions is None
-                        else {"directions": directions, "first_directions": first_directions}
-                    ),
-                    rounds,
-                    {**dict(zip(ROUND_METRICS, metrics, strict=True)), "timings": timings},
-                ),
-            )
-        previous = decisions.refined
-        targets, weights = decisions.soft, decisions.weight
-        # A round that keeps every label would only retrain on the same targets.
-        if (changed < config.min_changes or trust["policy"] == KEEP) and fitted is not None:
-            break
-    progress.finish(round_task)
-    assert fitted is not None, "a run trains at least one round"
-    return _State(
-        decisions,
-        proba,
-        agreement,
-        is_issue,
-        quality,
-        fitted,
-        rounds,
-        ece_before,
-        ece_after,
-        temperature,
-        reliable,
-        device,
-        trust,
-        synthetic,
-        reliability,
+    rows), each training on the last one's refined labels; see ``Rounds`` for the arguments.
+    A checkpoint in ``runner`` records each round, and the rounds go on after its last."""
+    rounds = Rounds(
+        data, X, config, progress, timings, teacher, replay, augment, image_blocks, runner, verified
     )
+    task = progress.start("rounds", "rounds", total=rounds.total)
+    first = rounds.resume()
+    progress.advance(task, len(rounds.rounds))
+    for round_index in range(first, rounds.total + 1):
+        started = time.perf_counter()
+        raw, agreement = rounds.train(round_index)
+        proba = rounds.calibrate(raw)
+        is_issue, quality = rounds.detect(proba, agreement, round_index)
+        verdict = rounds.decide(proba, agreement, is_issue, quality, round_index)
+        rounds.record(round_index, verdict, agreement, started)
+        progress.advance(task)
+        if rounds.settled():
+            break
+    progress.finish(task)
+    return rounds.result()
 
 
-# Rows that may parent synthetic rows: given labels the run did not flag and rates at least
-# this likely to be right (calibrated probability of the given label).
-TRUSTED_QUALITY = 0.5
-
-
-def augmenter(data: LabelledTable, encoder: FeatureEncoder, config: RunConfig) -> Augment:
-    """Synthetic rows from each round's trusted rows, for the next round to train on."""
-    from refine.augment import synthesize
-
-    def augment(
-        decisions: Decisions, is_issue: np.ndarray, quality: np.ndarray, folds: np.ndarray
-    ) -> Extra:
-        trusted = (decisions.source == GIVEN) & ~is_issue & (quality >= TRUSTED_QUALITY)
-        synthetic = synthesize(
-            data.table,
-            encoder,
-            data.label,
-            data.classes,
-            decisions.refined,
-            trusted,
-            folds,
-            config.augment,
-            config.augment_ratio,
-            config.seed,
-        )
-        return Extra(
-            X=encoder.transform(synthetic.table),
-            targets=synthetic.soft,
-            weights=np.ones(len(synthetic), np.float32),
-            labels=synthetic.labels,
-            folds=synthetic.folds,
-            synthetic=synthetic,
-        )
-
-    return augment
-
-
-def _synthetic_table(data: LabelledTable, state: _State, metadata: dict[str, Any]) -> pa.Table:
+def _synthetic_table(
+    data: LabelledTable, state: RoundsResult, metadata: dict[str, Any]
+) -> pa.Table:
     """``synthetic.parquet``: the last round's synthetic rows with refined.parquet's columns
     (``label_source`` 'synthetic', no ``label_quality``), plus ``synthetic_parent_rows``: the
     row numbers in ``refined.parquet`` of the rows each was made from. ``label_predicted`` is
@@ -644,7 +361,7 @@ def summarise_run(
     data: LabelledTable,
     encoder: FeatureEncoder,
     config: RunConfig,
-    state: _State,
+    state: RoundsResult,
     timings: dict[str, float],
     source: Any,
     command: str | None = None,
@@ -658,7 +375,7 @@ def summarise_run(
     issues = np.flatnonzero(state.is_issue & (predicted != labels))
     confusions = Counter(zip(labels[issues].tolist(), predicted[issues].tolist(), strict=True))
     return {
-        "refine_version": __version__,
+        "refine_version": VERSION,
         "input": str(source) if not isinstance(source, pa.Table) else "<arrow table>",
         "command": command,
         "config": config.to_dict(),
@@ -706,7 +423,7 @@ def _versions() -> dict[str, str]:
     import sklearn
 
     return {
-        "refine": __version__,
+        "refine": VERSION,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,

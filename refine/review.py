@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.errors import ConfigError, InputError, OutputError
-from refine.read import OUTPUT_COLUMNS, plain_values
-from refine.verify import ROW_KEY, VERIFIED_LABEL
+from refine.io.read import OUTPUT_COLUMNS, plain_values
+from refine.io.verify import ROW_KEY, VERIFIED_LABEL
 
 # A picked row's neighbours learn from it: their doubt counts for this much afterwards.
 NEIGHBOUR_SHARE = 0.5

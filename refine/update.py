@@ -24,18 +24,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from refine.calibrate import apply_temperature
 from refine.config import RunConfig, check_summary
-from refine.crossfit import ensemble_agreement
+from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
-from refine.features import FeatureEncoder
-from refine.model import MLPClassifier
+from refine.io.read import OUTPUT_COLUMNS, LabelledTable, encode_labels, read_table
+from refine.io.verify import verified_labels
+from refine.io.write import check_output, output_lock
+from refine.learn.calibrate import apply_temperature
+from refine.learn.crossfit import ensemble_agreement
+from refine.learn.model import MLPClassifier
 from refine.pipeline import (
     MODEL_FORMAT,
-    Extra,
     RunResult,
-    Teacher,
-    augmenter,
     check_input_outside,
     finish_run,
     refine_rounds,
@@ -43,9 +43,7 @@ from refine.pipeline import (
     with_options,
 )
 from refine.progress import NULL_PROGRESS, Progress
-from refine.read import OUTPUT_COLUMNS, encode_labels, read_table
-from refine.verify import verified_labels
-from refine.write import check_output, output_lock
+from refine.rounds import Extra, Teacher, augmenter
 
 # Most rows an update run keeps in history.parquet to replay from.
 HISTORY_ROWS = 100_000
@@ -234,15 +232,8 @@ def _update(
         dataclasses.replace(previous.config, verified_file=None, key=None), options
     )
     config.validate()
-    table = data if isinstance(data, pa.Table) else read_table(data)
-    if out is not None and not isinstance(data, pa.Table):
-        check_input_outside(Path(data), Path(out))
-    check_same_columns(previous.input_schema, table.schema)
-    if table.num_rows == 0:
-        raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
-    table = table.select(previous.input_schema.names)
-    batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
-    verified = verified_labels(batch, config.verified, config.verified_file, config.key)
+    batch, verified = _read_batch(previous, data, out, config)
+    table = batch.table
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
@@ -255,13 +246,7 @@ def _update(
     timings["encode"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    members = previous.member_proba(X)
-    teacher = Teacher(
-        proba=members.mean(0),
-        agreement=ensemble_agreement(members),
-        temperature=previous.temperature,
-        reliable=bool(previous.summary.get("teacher_reliable", True)),
-    )
+    teacher = _teacher(previous, X)
     timings["teacher"] = time.perf_counter() - started
 
     augment = augmenter(batch, previous.encoder, config) if config.augment else None
@@ -295,6 +280,33 @@ def _update(
         out,
         overwrite,
         extra_files={"history.parquet": history},
+    )
+
+
+def _read_batch(
+    previous: PreviousRun, data: str | Path | pa.Table, out: str | Path | None, config: RunConfig
+) -> tuple[LabelledTable, np.ndarray]:
+    """The new batch with the run's columns, checked, labels encoded with the run's classes,
+    and its verified labels ``(N,)``."""
+    table = data if isinstance(data, pa.Table) else read_table(data)
+    if out is not None and not isinstance(data, pa.Table):
+        check_input_outside(Path(data), Path(out))
+    check_same_columns(previous.input_schema, table.schema)
+    if table.num_rows == 0:
+        raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
+    table = table.select(previous.input_schema.names)
+    batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
+    return batch, verified_labels(batch, config.verified, config.verified_file, config.key)
+
+
+def _teacher(previous: PreviousRun, X: np.ndarray) -> Teacher:
+    """The earlier run's fold models on the new rows, with its calibration and verdict."""
+    members = previous.member_proba(X)
+    return Teacher(
+        proba=members.mean(0),
+        agreement=ensemble_agreement(members),
+        temperature=previous.temperature,
+        reliable=bool(previous.summary.get("teacher_reliable", True)),
     )
 
 

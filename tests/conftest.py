@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import refine
-from refine.noise import flip_symmetric
+from refine.bench.noise import flip_symmetric
 
 # Small models so the suite stays fast; the defaults are measured in benchmarks/.
 FAST = dict(max_epochs=30, hidden=(64,), folds=3, rounds=2)

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from refine.augment import AUGMENT_METHODS, Synthetic, synthesize
+from refine.encode.features import FeatureEncoder, fit_features
 from refine.errors import ConfigError
-from refine.features import FeatureEncoder, fit_features
-from refine.read import encode_labels
+from refine.io.read import encode_labels
+from refine.learn.augment import AUGMENT_METHODS, Synthetic, synthesize
 
 N = 90
 

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-import refine.baselines
-from refine.baselines import logistic_regression
-from refine.bench import (
+import refine.bench.baselines
+from refine.bench.baselines import logistic_regression
+from refine.bench.recipes import build_dataset, load_recipe
+from refine.bench.suite import (
     baseline_flags,
     measure,
     refine_input,
@@ -21,10 +22,9 @@ from refine.bench import (
     run_bench,
     truth_arrays,
 )
-from refine.bench_report import render_markdown, summarise, summarise_review, write_report
+from refine.bench.summary import render_markdown, summarise, summarise_review, write_report
 from refine.cli import cli
-from refine.metrics import flag_scores, label_accuracy, label_codes
-from refine.recipes import build_dataset, load_recipe
+from refine.report.metrics import flag_scores, label_accuracy, label_codes
 from tests.conftest import FAST, blobs
 
 
@@ -193,7 +193,7 @@ def test_baselines_train_on_revealed_labels_and_flag_exactly_the_wrong_ones(monk
         seen["labels"] = labels
         return np.zeros(len(labels), bool), np.ones(len(labels)), None
 
-    monkeypatch.setattr(refine.baselines, "cleanlab_baseline", record)
+    monkeypatch.setattr(refine.bench.baselines, "cleanlab_baseline", record)
     baseline_flags(X, given, truth, revealed, logistic_regression(), seed=0)
     fixed = given.copy()
     fixed[[0, 1, 2]] = truth[[0, 1, 2]]

@@ -12,11 +12,11 @@ import torch
 from click.testing import CliRunner
 
 import refine
+from refine.bench.noise import flip_symmetric
+from refine.bench.recipes import generated_text
 from refine.cli import cli
 from refine.config import ModelConfig
-from refine.crossfit import cross_fit, make_folds
-from refine.noise import flip_symmetric
-from refine.recipes import generated_text
+from refine.learn.crossfit import cross_fit, make_folds
 
 K = 3
 SMALL = dict(max_epochs=15, hidden=(64,), folds=3, rounds=1, report=False)
@@ -72,7 +72,7 @@ def test_model_pt_keeps_the_student_and_load_run_predicts_from_its_columns(disti
 
 
 def test_the_report_of_a_distilled_run_names_the_student(distilled):
-    from refine.report import build_report
+    from refine.report.html import build_report
 
     out, _ = distilled
     student = json.loads((out / "run.json").read_text())["student"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from refine.cli import cli
-from refine.read import OUTPUT_COLUMNS
+from refine.io.read import OUTPUT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from sklearn.datasets import load_wine
 
-from refine.bench import _downstream
+from refine.bench.suite import _downstream
 
 # benchmarks/ is a folder of scripts, not a package: gap.py imports its neighbour decisions.py
 # by name, so the folder joins the import path for as long as the import takes.

@@ -16,12 +16,12 @@ from PIL import Image
 from sklearn.base import clone
 
 import refine
+from refine.bench.recipes import build_dataset, png_images
 from refine.cli import cli
+from refine.encode.features import FeatureEncoder, fit_features
+from refine.encode.image import ImageEncoder, looks_like_image
 from refine.errors import InputError
-from refine.features import FeatureEncoder, fit_features
-from refine.image import ImageEncoder, looks_like_image
-from refine.model import MLPClassifier, build_network
-from refine.recipes import build_dataset, png_images
+from refine.learn.model import MLPClassifier, build_network
 from refine.update import load_run
 
 # Small settings for the CNN: 3 folds, 1 round, few epochs (a few seconds per run here).
@@ -301,7 +301,7 @@ def test_an_image_student_learns_from_a_pixel_teacher(digits, tmp_path):
     (an embedding column), the student that model.pt keeps is the CNN on the PNG bytes."""
     from sklearn.datasets import load_digits
 
-    from refine.noise import flip_symmetric
+    from refine.bench.noise import flip_symmetric
 
     images, truth = digits
     rows = 300

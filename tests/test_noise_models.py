@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refine.noise import (
+from refine.bench.noise import (
     flip_instance_dependent,
     flip_one_direction,
     flip_pair,

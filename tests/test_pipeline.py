@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import refine
-from refine.noise import flip_with_matrix
-from refine.query import query
-from refine.write import ROUNDS_SCHEMA
+from refine.bench.noise import flip_with_matrix
+from refine.io.query import query
+from refine.io.write import ROUNDS_SCHEMA
 from tests.conftest import FAST, blobs, noisy_table
 
 NEW_COLUMNS = [
@@ -117,7 +117,7 @@ def test_one_directional_noise_on_small_data_leaves_labels_better_than_given(see
     # end at 0.812 and 0.750, with it read off each round's counts alone at 0.812 and 0.848:
     # below the given labels' 0.866. refine must leave the labels better than it found them
     # (now 0.902 and 0.884: at least one row of 112 better).
-    from refine.recipes import build_dataset
+    from refine.bench.recipes import build_dataset
 
     train = build_dataset("iris-onedir", seed=seed).train
     truth = train.column("label_true").to_numpy()
@@ -131,16 +131,16 @@ def test_relabel_odds_reaches_the_relabel_rule(monkeypatch):
     # decide() is unit-tested with the odds (tests/test_stages.py); here the run passes them on.
     import inspect
 
-    import refine.trust
+    import refine.judge.trust
 
     seen = []
-    real = refine.trust.decide
+    real = refine.judge.trust.decide
 
     def spy(*args, **kwargs):  # by name, however the pipeline passes it
         seen.append(inspect.signature(real).bind(*args, **kwargs).arguments.get("relabel_odds"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(refine.trust, "decide", spy)
+    monkeypatch.setattr(refine.judge.trust, "decide", spy)
     table, _ = noisy_table(n=120, seed=2)
     refine.run(table, seed=0, relabel_odds=2.5, report=False, **{**FAST, "rounds": 1})
     assert seen == [2.5]

@@ -16,8 +16,7 @@ import pytest
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from refine.errors import InputError
-from refine.recipes import (
+from refine.bench.recipes import (
     METADATA_KEY,
     RECIPE_DIR,
     BuiltDataset,
@@ -29,6 +28,7 @@ from refine.recipes import (
     load_recipe,
     write_dataset,
 )
+from refine.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE_FILES = sorted((ROOT / "datasets").glob("*.json"))
@@ -284,7 +284,7 @@ def test_image_instance_noise_does_not_depend_on_the_thread_count():
     # The clean model's probabilities decide which rows flip; in float32 they moved with the
     # BLAS thread count and redrew a fifth of digits_png's noisy labels on another machine.
     script = (
-        "import hashlib; from refine.recipes import build_dataset; "
+        "import hashlib; from refine.bench.recipes import build_dataset; "
         "t = build_dataset('digits_png-instance30').train; "
         "print(hashlib.sha256(t['label'].to_numpy().tobytes()).hexdigest())"
     )

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
+from refine.io.write import output_lock
 from refine.pipeline import MODEL_FORMAT
-from refine.write import output_lock
 from tests.conftest import noisy_table
 
 ROOT = Path(__file__).resolve().parent.parent

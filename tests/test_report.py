@@ -17,14 +17,14 @@ import pytest
 from click.testing import CliRunner
 
 import refine
-from refine.calibrate import expected_calibration_error, reliability_bins
 from refine.cli import cli
-from refine.detect import confident_joint
 from refine.errors import InputError
-from refine.metrics import flag_scores
-from refine.page import CSP
-from refine.report import build_report, write_report
-from refine.write import ROUNDS_SCHEMA
+from refine.io.write import ROUNDS_SCHEMA
+from refine.judge.detect import confident_joint
+from refine.learn.calibrate import expected_calibration_error, reliability_bins
+from refine.report.html import build_report, write_report
+from refine.report.metrics import flag_scores
+from refine.report.page import CSP
 from tests.conftest import blobs
 
 SECTIONS = ["summary", "noise", "quality", "calibration", "rounds", "classes", "rows"]

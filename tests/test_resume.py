@@ -2,7 +2,7 @@
 goes on with --resume to the bytes an uninterrupted run writes; --workers does not change them.
 
 Real ``refine run`` processes are killed with SIGKILL at known points: the test-only variable
-``REFINE_TEST_KILL_AT`` (refine.checkpoint.KILL_AT) makes a run kill itself there."""
+``REFINE_TEST_KILL_AT`` (refine.learn.checkpoint.KILL_AT) makes a run kill itself there."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ import torch
 from click.testing import CliRunner
 
 import refine
-from refine import checkpoint as checkpoint_module
-from refine import crossfit, pipeline
-from refine.checkpoint import KILL_AT, checkpoint_path
+from refine import pipeline
 from refine.cli import cli
 from refine.config import ModelConfig
-from refine.crossfit import FoldRunner, cross_fit, make_folds
-from refine.crossfit import fit_fold as fit
 from refine.errors import ConfigError
+from refine.learn import checkpoint as checkpoint_module
+from refine.learn import crossfit
+from refine.learn.checkpoint import KILL_AT, checkpoint_path
+from refine.learn.crossfit import FoldRunner, cross_fit, make_folds
+from refine.learn.crossfit import fit_fold as fit
 from tests.conftest import blobs, noisy_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,7 +388,7 @@ def test_resume_keeps_the_noise_directions_of_the_first_round(tmp_path, monkeypa
     rounds; a run resumed after round 1 must restore it, not read it off round 2's model.
     Iris with 40% of versicolor filed as virginica: round 1's anchors see the direction,
     round 2's do not."""
-    from refine.recipes import build_dataset
+    from refine.bench.recipes import build_dataset
 
     data = tmp_path / "iris.parquet"
     pq.write_table(build_dataset("iris-onedir", seed=11).train, data)

@@ -7,23 +7,24 @@ import pyarrow as pa
 import pytest
 from sklearn.base import clone
 
-from refine.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from refine.bench.noise import flip_symmetric, flip_with_matrix
 from refine.config import ModelConfig
-from refine.crossfit import cross_fit, make_folds
-from refine.detect import anchor_transitions, detect_issues, merge_directions, noise_directions
+from refine.encode.features import fit_features
 from refine.errors import InputError
-from refine.features import fit_features
-from refine.model import MLPClassifier, _stratified_holdout
-from refine.noise import flip_symmetric, flip_with_matrix
-from refine.relabel import (
-    CORRECTED,
-    EXCLUDED,
-    GIVEN,
-    PSEUDO,
-    UNLABELLED,
+from refine.io.decisions import CORRECTED, EXCLUDED, GIVEN, PSEUDO, UNLABELLED
+from refine.judge.detect import (
+    anchor_transitions,
+    detect_issues,
+    merge_directions,
+    noise_directions,
+)
+from refine.judge.relabel import (
     decide,
     teacher_is_reliable,
 )
+from refine.learn.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from refine.learn.crossfit import cross_fit, make_folds
+from refine.learn.model import MLPClassifier, _stratified_holdout
 from tests.conftest import blobs
 
 

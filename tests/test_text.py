@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 import refine
+from refine.bench.noise import flip_symmetric
+from refine.bench.recipes import build_dataset, generated_text, list_recipes
 from refine.cli import cli
+from refine.encode.features import FeatureEncoder, fit_features
+from refine.encode.text import MAX_CHARS, TextEncoder
 from refine.errors import InputError
-from refine.features import FeatureEncoder, fit_features
-from refine.metrics import flag_scores
-from refine.noise import flip_symmetric
-from refine.recipes import build_dataset, generated_text, list_recipes
-from refine.text import MAX_CHARS, TextEncoder
+from refine.report.metrics import flag_scores
 from tests.conftest import FAST
 
 
@@ -248,7 +248,7 @@ def test_labels_change_the_text_block_only_to_one_that_predicts_the_truth_better
 
 
 def test_a_block_replaces_the_rules_only_when_clearly_lower():
-    from refine.text import _clearly_lower
+    from refine.encode.text import _clearly_lower
 
     rng = np.random.default_rng(0)
     rule = rng.exponential(0.5, 1000)

@@ -1,4 +1,4 @@
-"""refine.trust and the truth calibration: known answers on hand-made arrays."""
+"""refine.judge.trust and the truth calibration: known answers on hand-made arrays."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from refine.calibrate import (
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    fit_temperature_through_noise,
-    noise_transitions,
-)
-from refine.trust import (
+from refine.judge.trust import (
     KEEP,
     POSTERIOR,
     RULES,
@@ -24,6 +17,13 @@ from refine.trust import (
     measure,
     noise_evidence,
     stratum_weights,
+)
+from refine.learn.calibrate import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_through_noise,
+    noise_transitions,
 )
 
 
@@ -216,7 +216,7 @@ def test_temperature_through_noise_speaks_of_the_true_class():
 
 def test_verified_rows_without_a_given_label_are_named_but_show_nothing_about_corrections():
     from refine.config import RunConfig
-    from refine.trust import Judge
+    from refine.judge.trust import Judge
 
     n, k = 200, 2
     truth = np.arange(n) % k
@@ -241,7 +241,7 @@ def test_stratum_weights_by_hand():
     # whether the model agrees with the given label: low-disagree 2 rows, low-agree 3,
     # high-agree 5. Verified: one low-disagree row and two high-agree rows (they cover the
     # strata holding 7 of 10 rows); a 0.7 coverage floor lets them stand for the table.
-    import refine.trust as trust
+    import refine.judge.trust as trust
 
     top = np.array([0.55, 0.56, 0.6, 0.61, 0.62, 0.9, 0.91, 0.92, 0.93, 0.94])
     proba = np.stack([top, 1 - top], axis=1)
@@ -277,7 +277,7 @@ def test_rows_picked_for_doubt_do_not_calibrate_but_a_random_sample_does():
     assert weights is not None and np.median(weights) == pytest.approx(1.0, abs=0.3)
 
     from refine.config import RunConfig
-    from refine.trust import Judge
+    from refine.judge.trust import Judge
 
     for rows, method in ((random_rows, "verified"), (doubtful, "noise")):
         verified = np.full(n, -1)

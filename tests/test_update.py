@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
-from refine.query import query
+from refine.io.query import query
 from refine.update import load_run, update
 from tests.conftest import FAST, noisy_table
 

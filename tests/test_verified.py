@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 import refine
-from refine import trust
+from refine.bench.noise import flip_symmetric
 from refine.cli import cli
-from refine.noise import flip_symmetric
+from refine.judge import trust
 from refine.review import pick
 from tests.conftest import FAST, noisy_table
 

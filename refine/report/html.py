@@ -5,11 +5,11 @@
 ``RUN_DIR/report.html``. ``refine run`` writes it inside the run's temporary directory, and
 ``refine report RUN_DIR`` rebuilds it later, byte for byte the same.
 
-This module reads the run and decides what each section says; ``refine.plots`` draws the
-figures (SVG ``data:`` URLs) and ``refine.page`` holds the HTML frame, stylesheet and escaping.
+This module reads the run and decides what each section says; ``refine.report.plots`` draws the
+figures (SVG ``data:`` URLs) and ``refine.report.page`` holds the HTML frame, stylesheet and escaping.
 The page fetches nothing, runs no script, and escapes every value from the data.
 
-The run stores ``refine.detect.confident_joint`` in
+The run stores ``refine.judge.detect.confident_joint`` in
 ``run.json`` so the report needs no probabilities.
 """
 
@@ -28,12 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from refine import plots
 from refine.config import check_summary
 from refine.errors import InputError, OutputError
-from refine.metrics import flag_scores, label_accuracy
-from refine.page import document, escape, figure, note, table
-from refine.read import plain_values
+from refine.io.read import plain_values
+from refine.report import plots
+from refine.report.metrics import flag_scores, label_accuracy
+from refine.report.page import document, escape, figure, note, table
 
 REPORT_NAME = "report.html"
 NOT_RECORDED = "not recorded"

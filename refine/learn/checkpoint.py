@@ -37,11 +37,11 @@ import torch
 
 from refine.config import REPRODUCIBLE_VERSIONS, RunConfig
 from refine.errors import ConfigError, OutputError
-from refine.model import resolve_device
+from refine.io.decisions import Decisions
+from refine.io.read import LabelledTable
+from refine.io.write import _json_default, output_error
+from refine.learn.model import resolve_device
 from refine.progress import Progress
-from refine.read import LabelledTable
-from refine.relabel import Decisions
-from refine.write import _json_default, output_error
 
 CHECKPOINT_FORMAT = "refine.checkpoint/1"
 # Test hook, never set in normal use: the process kills itself (SIGKILL) when it reaches the

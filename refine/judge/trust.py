@@ -31,16 +31,17 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 from scipy.stats import binom
 
-from refine.calibrate import (
+from refine.config import RunConfig
+from refine.io.decisions import Decisions
+from refine.judge.detect import anchor_rows
+from refine.judge.relabel import decide, decide_by_posterior, keep_given, with_verified
+from refine.learn.calibrate import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     fit_temperature_through_noise,
     noise_transitions,
 )
-from refine.config import RunConfig
-from refine.detect import anchor_rows
-from refine.relabel import Decisions, decide, decide_by_posterior, keep_given, with_verified
 
 KEEP, RULES, POSTERIOR = "keep", "rules", "posterior"
 # Among policies that fix as many verified labels, the first listed wins: change least.

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from refine.bench_report import BenchReport, summarise, summarise_review
+from refine.bench.summary import BenchReport, summarise, summarise_review
 from refine.errors import ConfigError
 from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
-TEXT_COLUMN = "text"  # the text column of text recipes (refine.recipes.TEXT_COLUMN)
-IMAGE_COLUMN = "image"  # the image column of image recipes (refine.recipes.IMAGE_COLUMN)
+TEXT_COLUMN = "text"  # the text column of text recipes (refine.bench.recipes.TEXT_COLUMN)
+IMAGE_COLUMN = "image"  # the image column of image recipes (refine.bench.recipes.IMAGE_COLUMN)
 # The column refine reads revealed true labels from (``--verified``): null where not revealed.
 VERIFIED_COLUMN = "label_verified"
 # The review loop's reruns, each with the strategy of refine.review.pick that chose its rows.
@@ -65,7 +65,7 @@ def run_bench(
     this share of the training rows after refine's first run, and report it in
     ``BenchReport.review_loop``. Options for ``refine.run`` go in ``refine_options``.
     """
-    from refine.recipes import list_recipes, load_recipe
+    from refine.bench.recipes import list_recipes, load_recipe
 
     _check_share("--verified", verified, "of the labelled training rows")
     _check_share("--review", review, "of the training rows (0.02 verifies 2% more)")
@@ -239,8 +239,8 @@ def _review_loop(
 
 
 def _build_case(recipe: Any, seed: int) -> Case:
-    from refine.features import fit_features
-    from refine.recipes import build_dataset
+    from refine.bench.recipes import build_dataset
+    from refine.encode.features import fit_features
 
     built = build_dataset(recipe, seed=seed)
     train, test = built.train, built.test
@@ -308,7 +308,7 @@ def baseline_flags(
     ``features`` ``(M, D)``, told the ``truth`` of the ``revealed`` rows ``(M,)`` as refine is
     told its verified rows: it trains on their true label, and flags exactly the revealed rows
     whose given label was wrong (quality 0; 1 for the right ones)."""
-    from refine.baselines import cleanlab_baseline
+    from refine.bench.baselines import cleanlab_baseline
 
     known = np.where(revealed, truth, given)
     issues, quality, _ = cleanlab_baseline(features, known, folds=5, seed=seed, model=model)
@@ -340,7 +340,7 @@ def score_refine(
     labels with the revealed rows fixed; its pseudo-labels; and the test accuracy of the
     yardstick learner trained on its labels, with the share of the gap it recovers; and the
     policy refine chose (``keep``, ``rules`` or ``posterior``)."""
-    from refine.metrics import label_codes
+    from refine.report.metrics import label_codes
 
     refined = result.refined
     labels = label_codes(refined)
@@ -367,7 +367,7 @@ def _true_calibration(result: Any, truth: np.ndarray) -> dict[str, float]:
     """ECE against the true labels of every training row, of the probabilities calibrated
     against the given labels (``ece_true_before``) and of those refine turned towards the true
     class and writes (``ece_true_after``): undoing that second temperature gives the first."""
-    from refine.calibrate import apply_temperature, expected_calibration_error
+    from refine.learn.calibrate import apply_temperature, expected_calibration_error
 
     calibration = result.summary["trust"].get("calibration") or {}
     after = result.proba
@@ -404,7 +404,7 @@ def yardstick_inputs(
             np.asarray(test.column(TEXT_COLUMN).to_pylist(), dtype=object),
         )
     if encoded is None:
-        from refine.features import fit_features
+        from refine.encode.features import fit_features
 
         encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
         X, X_test = encoder.transform(train), encoder.transform(test)
@@ -427,13 +427,13 @@ def truth_arrays(train: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def _flags(is_issue: np.ndarray, is_noisy: np.ndarray, quality: np.ndarray) -> dict[str, float]:
-    from refine.metrics import flag_scores
+    from refine.report.metrics import flag_scores
 
     return flag_scores(np.asarray(is_issue, bool), np.asarray(is_noisy, bool), np.asarray(quality))
 
 
 def _labels(refined: np.ndarray, truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
-    from refine.metrics import label_accuracy
+    from refine.report.metrics import label_accuracy
 
     scores = label_accuracy(refined, truth)
     return {
@@ -471,7 +471,7 @@ def _pseudo(refined, refined_labels, labelled, truth, X, weight, X_test, y_test)
 
 
 def _lr_model(text: bool) -> Any:
-    from refine.baselines import logistic_regression, text_logistic_regression
+    from refine.bench.baselines import logistic_regression, text_logistic_regression
 
     return text_logistic_regression() if text else logistic_regression()
 

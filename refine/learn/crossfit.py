@@ -27,11 +27,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from refine.config import ModelConfig
 from refine.errors import WorkerError
-from refine.model import MLPClassifier
+from refine.learn.model import MLPClassifier
 from refine.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:
-    from refine.checkpoint import Checkpoint
+    from refine.learn.checkpoint import Checkpoint
 
 
 def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:

@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from refine.baselines import cleanlab_baseline
-from refine.metrics import flag_scores, label_accuracy, label_codes
-from refine.noise import flip_symmetric
+from refine.bench.baselines import cleanlab_baseline
+from refine.bench.noise import flip_symmetric
 from refine.pipeline import RunResult, run
 from refine.progress import NULL_PROGRESS, Progress
+from refine.report.metrics import flag_scores, label_accuracy, label_codes
 
 NOISE_RATE = 0.2
 NOISE_SEED = 2026

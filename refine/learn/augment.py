@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 from sklearn.neighbors import NearestNeighbors
 
 from refine.config import AUGMENT_METHODS
+from refine.encode.features import EmbeddingEncoder, FeatureEncoder, NumericEncoder
 from refine.errors import ConfigError
-from refine.features import EmbeddingEncoder, FeatureEncoder, NumericEncoder
 
 __all__ = ["AUGMENT_METHODS", "Synthetic", "synthesize"]
 MAX_RATIO = 10.0

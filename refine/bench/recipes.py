@@ -3,7 +3,7 @@
 A recipe is one JSON file in ``datasets/`` (its schema and the data card are in
 ``datasets/README.md``). Building it loads the source without any download, splits off a clean
 test set stratified by the true label, injects label noise into the train split only with the
-generators of ``refine.noise``, and optionally hides a share of the train labels. Because every
+generators of ``refine.bench.noise``, and optionally hides a share of the train labels. Because every
 noise generator flips an exact number of rows, the noise share of a built dataset is known to
 the row, and the true labels stay aside in ``label_true`` to score a method.
 """
@@ -23,18 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 
-from refine.baselines import logistic_regression
-from refine.errors import InputError, OutputError
-from refine.noise import (
+from refine.bench.baselines import logistic_regression
+from refine.bench.noise import (
     flip_instance_dependent,
     flip_one_direction,
     flip_pair,
     flip_symmetric,
     hide_labels,
 )
+from refine.errors import InputError, OutputError
 
 RECIPE_DIR = Path(
-    os.environ.get("REFINE_DATASETS") or Path(__file__).resolve().parent.parent / "datasets"
+    os.environ.get("REFINE_DATASETS") or Path(__file__).resolve().parents[2] / "datasets"
 )
 METADATA_KEY = b"refine.recipe"
 
@@ -445,7 +445,7 @@ def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
         X = _png_pixels(X[:, 0]).astype(np.float64)
         model = logistic_regression()
     elif X.dtype == object:  # a text column
-        from refine.baselines import text_logistic_regression
+        from refine.bench.baselines import text_logistic_regression
 
         model, X = text_logistic_regression(), X[:, 0]
     else:

@@ -1,5 +1,5 @@
 """What ``refine bench`` writes: means over seeds, the targets, the Markdown report a person
-reads and the JSON beside it. ``refine.bench`` runs the methods and scores them; this module
+reads and the JSON beside it. ``refine.bench.suite`` runs the methods and scores them; this module
 only summarises and renders their rows."""
 
 from __future__ import annotations

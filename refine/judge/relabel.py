@@ -6,26 +6,17 @@ Inputs are the stage shapes: ``labels`` ``(N,)`` (-1 = unlabelled), calibrated `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-SOURCES = ("given", "corrected", "pseudo", "excluded", "unlabelled", "synthetic", "verified")
-GIVEN, CORRECTED, PSEUDO, EXCLUDED, UNLABELLED, SYNTHETIC, VERIFIED = range(len(SOURCES))
-
-
-@dataclass
-class Decisions:
-    """``refined`` ``(N,)`` class index to train on (-1 = none), ``source`` ``(N,)`` index into
-    ``SOURCES``, ``weight`` ``(N,)`` sample weight, ``soft`` ``(N, K)`` soft training target."""
-
-    refined: np.ndarray
-    source: np.ndarray
-    weight: np.ndarray
-    soft: np.ndarray
-
-    def count(self, source: int) -> int:
-        return int((self.source == source).sum())
+from refine.io.decisions import (
+    CORRECTED,
+    EXCLUDED,
+    GIVEN,
+    PSEUDO,
+    UNLABELLED,
+    VERIFIED,
+    Decisions,
+)
 
 
 def teacher_is_reliable(labels: np.ndarray, proba: np.ndarray, min_kappa: float = 0.2) -> bool:

@@ -9,7 +9,7 @@ fitting on every row leaks nothing into cross-fitting) and can transform new tab
 * ``list<float>`` and ``fixed_size_list<float>`` embedding columns: one feature per dimension,
   standardised, with an indicator for null rows;
 * free-text string columns (many distinct values, most with spaces, or named by ``--text``):
-  TF-IDF n-grams reduced to a dense block (``refine.text``).
+  TF-IDF n-grams reduced to a dense block (``refine.encode.text``).
 
 Columns that cannot be encoded are skipped with a reason, which the CLI prints.
 """
@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refine.encode.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
+from refine.encode.skip import SkipColumn
+from refine.encode.text import TextEncoder, _NoVocabulary, looks_like_text
 from refine.errors import InputError
-from refine.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
-from refine.read import invalid_utf8_row, plain_values
-from refine.text import TextEncoder, _NoVocabulary, looks_like_text
+from refine.io.read import invalid_utf8_row, plain_values
 
 
 @dataclass
@@ -127,16 +128,16 @@ class EmbeddingEncoder:
     def fit(self, column: pa.ChunkedArray) -> EmbeddingEncoder:
         lengths = pc.list_value_length(column).drop_null()
         if len(lengths) == 0:
-            raise _Skip("all values are null")
+            raise SkipColumn("all values are null")
         dims = pc.unique(lengths).to_pylist()
         if len(dims) != 1:
-            raise _Skip(
+            raise SkipColumn(
                 f"list lengths differ between rows ({sorted(dims)[:5]}); "
                 "embedding columns need one length"
             )
         self.dim = int(dims[0])
         if self.dim == 0:
-            raise _Skip("every list is empty")
+            raise SkipColumn("every list is empty")
         values, valid = self._matrix(column)
         self.indicator = not valid.all()
         present = values[valid]
@@ -204,10 +205,6 @@ class EmbeddingEncoder:
 
 
 Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder | TextEncoder | ImageEncoder
-
-
-class _Skip(Exception):
-    """A column cannot be used as a feature; the message says why."""
 
 
 @dataclass
@@ -313,7 +310,7 @@ def fit_features(
     columns are text when they have more than ``max_categories`` distinct values, most of them
     with spaces. ``seed`` fixes the text projection. Columns in ``image`` are read as encoded
     images (binary, or a struct with a binary ``bytes`` field); other binary columns are when
-    their values are PNG, JPEG, GIF, BMP or WebP bytes (see ``refine.image``). Images are
+    their values are PNG, JPEG, GIF, BMP or WebP bytes (see ``refine.encode.image``). Images are
     resized to ``image_size`` pixels square (0: their own size, at most 28), and go through the
     TorchScript network at ``image_model`` when given. A text column's block is chosen by the
     labels: class indices ``labels`` ``(N,)`` (-1 = none) where given, else the label column.
@@ -323,7 +320,7 @@ def fit_features(
     check_image_columns(table, label, image, ignore)
     model = None
     if image_model is not None:
-        from refine.image import load_image_model
+        from refine.encode.image import load_image_model
 
         model = load_image_model(image_model)
     names = table.column_names
@@ -350,7 +347,7 @@ def fit_features(
                         _fit_column(name, column, max_categories, name in text, seed, labels)
                     )
                 continue
-            except _Skip as why:
+            except SkipColumn as why:
                 reason = str(why)
         if explicit:
             raise InputError(f"--features column {name!r} cannot be used: {reason}")
@@ -476,7 +473,7 @@ def _fit_text(
     try:
         return TextEncoder(name, seed=seed).fit(column, labels)
     except _NoVocabulary:
-        raise _Skip("free text with no words or characters in any row") from None
+        raise SkipColumn("free text with no words or characters in any row") from None
 
 
 def _fit_column(
@@ -490,15 +487,15 @@ def _fit_column(
     kind = column.type
     bad = invalid_utf8_row(_decode(column))
     if bad is not None:
-        raise _Skip(f"row {bad} holds bytes that are not valid UTF-8")
+        raise SkipColumn(f"row {bad} holds bytes that are not valid UTF-8")
     if text:
         if column.null_count == len(column):
-            raise _Skip("all values are null")
+            raise SkipColumn("all values are null")
         return _fit_text(name, column, seed, labels)
     if name.startswith("__index_level_"):
-        raise _Skip("pandas index column")
+        raise SkipColumn("pandas index column")
     if column.null_count == len(column):
-        raise _Skip("all values are null")
+        raise SkipColumn("all values are null")
     value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
     if (
         pa.types.is_boolean(value_kind)
@@ -509,11 +506,11 @@ def _fit_column(
     ):
         distinct = len(pc.unique(_decode(column)).drop_null())
         if distinct < 2 and column.null_count == 0:
-            raise _Skip("constant (one distinct value)")
+            raise SkipColumn("constant (one distinct value)")
         if distinct > max_categories:
             if not pa.types.is_boolean(value_kind) and looks_like_text(_decode(column)):
                 return _fit_text(name, column, seed, labels)
-            raise _Skip(
+            raise SkipColumn(
                 f"{distinct} distinct values, more than --max-categories {max_categories}, and "
                 "few have spaces (an id?); name it with --text if it is free text, or raise "
                 "--max-categories if it is a category"
@@ -522,14 +519,14 @@ def _fit_column(
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         encoder = NumericEncoder(name).fit(column)
         if encoder.std == 1.0 and not encoder.indicator and _is_constant(column):
-            raise _Skip("constant (one distinct value)")
+            raise SkipColumn("constant (one distinct value)")
         return encoder
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         inner = kind.value_type
         if not (pa.types.is_floating(inner) or pa.types.is_integer(inner)):
-            raise _Skip(f"list of {inner}, not of numbers")
+            raise SkipColumn(f"list of {inner}, not of numbers")
         return EmbeddingEncoder(name).fit(column)
-    raise _Skip(f"type {kind} is not a feature type refine encodes")
+    raise SkipColumn(f"type {kind} is not a feature type refine encodes")
 
 
 def _decode(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from refine.calibrate import apply_temperature, fit_temperature
 from refine.config import RunConfig
-from refine.crossfit import CrossFit, FoldRunner, cross_fit, make_folds
-from refine.features import FeatureEncoder, fit_features
+from refine.encode.features import FeatureEncoder, fit_features
+from refine.io.decisions import Decisions
+from refine.io.read import LabelledTable
+from refine.learn.calibrate import apply_temperature, fit_temperature
+from refine.learn.crossfit import CrossFit, FoldRunner, cross_fit, make_folds
 from refine.progress import Progress
-from refine.read import LabelledTable
-
-if TYPE_CHECKING:
-    from refine.pipeline import _State
 
 
 @dataclass
@@ -39,14 +37,14 @@ class Student:
 
 def distill(
     data: LabelledTable,
-    state: _State,
+    decisions: Decisions,
     config: RunConfig,
     progress: Progress,
     timings: dict[str, float],
     runner: FoldRunner | None = None,
 ) -> Student:
     """Cross-fit a student on ``config.student_features`` to the teacher's final targets
-    (``state.decisions.soft`` ``(N, K)``, weighted by ``state.decisions.weight`` ``(N,)``).
+    (``decisions.soft`` ``(N, K)``, weighted by ``decisions.weight`` ``(N,)``).
 
     The folds are the teacher's (same labels, folds and seed), so no row's refined target
     trains the student model that predicts it, and the out-of-fold accuracies are honest.
@@ -65,12 +63,11 @@ def distill(
         tuple(c for c in config.image if c in columns),
         config.image_model,
         config.image_size,
-        labels=state.decisions.refined,  # the teacher's labels choose a text block
+        labels=decisions.refined,  # the teacher's labels choose a text block
     )
     X = encoder.transform(data.table)
     labels = data.labels
     labelled = labels >= 0
-    decisions = state.decisions
     folds = make_folds(labels, config.folds, config.seed)
     fitted = cross_fit(
         X,

@@ -1,6 +1,6 @@
 """Image columns: encoded image bytes (PNG, JPEG, GIF, BMP, WebP) decoded with Pillow into a
 small fixed-size pixel block, which the model reads as an image (a small CNN, see
-``refine.model``); or, with ``--image-model``, a user's TorchScript network turns the pixels
+``refine.learn.model``); or, with ``--image-model``, a user's TorchScript network turns the pixels
 into a plain numeric block of features.
 
 A column is an image column when it is ``binary``/``large_binary`` and most of its values start
@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refine.encode.skip import SkipColumn
 from refine.errors import InputError
 
 # Images are resized to a square of this side at most (MNIST's 28); smaller images keep their
@@ -227,8 +228,6 @@ class ImageEncoder:
         return None if self.model is not None else (self.channels, self.side, self.side)
 
     def fit(self, column: pa.ChunkedArray) -> ImageEncoder:
-        from refine.features import _Skip
-
         n = len(column)
         values, path_only = _values(column)
         scan = _scan(values, path_only)
@@ -236,7 +235,7 @@ class ImageEncoder:
         self.path_only, self.missing_rows = scan.path_only, scan.missing_rows
         present = np.flatnonzero(scan.present).tolist()
         if not present:
-            raise _Skip(self._none_reason(n))
+            raise SkipColumn(self._none_reason(n))
         fit_rows = present
         if len(present) > FIT_ROWS:
             rng = np.random.default_rng(self.seed)

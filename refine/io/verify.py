@@ -2,7 +2,7 @@
 from a file joined to the data by a key (``--verified-file FILE --key COL``).
 
 Out: ``(N,)`` class indices into the run's classes, -1 where nobody verified the row. A verified
-row trains with its verified label, is never changed, and is the evidence ``refine.trust``
+row trains with its verified label, is never changed, and is the evidence ``refine.judge.trust``
 measures and decides by.
 """
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.errors import InputError
-from refine.read import LabelledTable, plain_values
+from refine.io.read import LabelledTable, plain_values
 
 # The column of a verified-labels file that holds the labels (refine review writes it empty).
 VERIFIED_LABEL = "verified_label"

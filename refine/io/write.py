@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from refine.errors import OutputError
-from refine.read import LabelledTable
-from refine.relabel import SOURCES, Decisions
+from refine.io.decisions import SOURCES, Decisions
+from refine.io.read import LabelledTable
 
 try:
     import fcntl

@@ -1,0 +1,3 @@
+"""Turning columns into features: numbers, categories and embeddings (``features``), free text
+(``text``) and images (``image``). In: a pyarrow table; out: an ``(N, D)`` float32 matrix.
+"""

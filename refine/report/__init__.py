@@ -1,0 +1,4 @@
+"""The run's ``report.html``: what each section says (``html``), its figures (``plots``), the
+HTML frame (``page``), and the scores against true labels that the report and the bench share
+(``metrics``).
+"""
