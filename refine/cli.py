@@ -182,7 +182,7 @@ def cli() -> None:
     type=click.Choice(FILTER_METHODS),
     default=_DEFAULTS.filter_by,
     show_default=True,
-    help="cleanlab's method for find_label_issues.",
+    help="cleanlab's method for find_label_issues (which to choose: docs/options.md).",
 )
 @click.option(
     "--flag-confident/--no-flag-confident",
@@ -194,9 +194,8 @@ def cli() -> None:
     "--one-way-noise/--no-one-way-noise",
     default=_DEFAULTS.one_way_noise,
     show_default=True,
-    help="Between two classes whose noise runs one way (the confident joint counts three times "
-    "more rows, beyond chance, or the anchor points show it), never flag a row against that "
-    "direction.",
+    help="Between two classes whose noise runs one way, never flag a row against that direction "
+    "(how the direction is read: docs/options.md).",
 )
 @click.option(
     "--relabel-threshold",
@@ -209,7 +208,8 @@ def cli() -> None:
     default=_DEFAULTS.relabel_odds,
     show_default=True,
     help="Also correct a flagged label below the threshold when the predicted class is this "
-    "many times as likely as the given one (0 = off).",
+    "many times as likely as the given one (0 = off). For strong models on many classes, not "
+    "small data (docs/options.md).",
 )
 @click.option(
     "--exclude-threshold",
@@ -274,8 +274,7 @@ def cli() -> None:
     default=_MODEL.mixup,
     show_default=True,
     help="Train every model on mixup blends of its batches, mixing weights from "
-    "Beta(MIXUP, MIXUP); 0 = off. Helped on digits, hurt on small low-dimensional tables "
-    "(README, Running it on your data).",
+    "Beta(MIXUP, MIXUP); 0 = off. It can hurt small, low-dimensional tables (docs/options.md).",
 )
 @click.option("--seed", default=_DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")

@@ -95,14 +95,12 @@ class RunConfig:
     filter_by: str = "predicted_neq_given"
     flag_confident: bool = True
     one_way_noise: bool = True  # leave labels alone against the direction the noise runs
-    # The probability of the true class a correction needs. 0.6 on that scale matched the
-    # 0.4 tuned on the given labels' scale (dev seeds: labels 0.926 against 0.928, gap 81%
-    # against 80%; reports/trust.md), and now says what it means.
+    # The probability of the true class a correction needs: 0.6 on that scale does as well as
+    # the old 0.4 on the given labels' scale, and says what it means (reports/trust.md).
     relabel_threshold: float = 0.6
     # Also correct when the predicted class is this many times as likely as the given one; 0:
-    # off. 3 lifted strong models on many classes (dev seeds, digits with 40% noise 0.939 ->
-    # 0.970) but cost small data (digits batches of 300-540 rows in benchmarks/stream.py: -0.01
-    # to -0.04), so it is an option (reports/relabel-odds.md).
+    # off. It lifts strong models on many classes but costs small data, so it is an option
+    # (reports/relabel-odds.md, reports/code-notes.md).
     relabel_odds: float = 0.0
     exclude_threshold: float = 0.05
     soft_mix: float = 0.2

@@ -434,11 +434,9 @@ def _apply_noise(
 def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
     """Out-of-fold probabilities ``(N, K)`` of a standardised LogisticRegression on clean labels.
 
-    Pixels are fitted in float64: in float32 the solver's result on the 256 pixels of
-    ``digits_png`` depended on the BLAS thread count (by up to 0.04 in a probability), so the
-    noise drawn from it differed between machines (249 of 1,347 labels, 1 thread against 2).
-    The float32 tabular recipes gave the same labels with 1, 2, 4 and 8 threads; they stay in
-    float32, as casting them would redraw ``digits-instance30``'s noise.
+    Pixels are fitted in float64: in float32 the solver's result, and so the noise drawn from
+    it, depended on the BLAS thread count. The float32 tabular recipes did not, and stay in
+    float32, as casting them would redraw their noise (reports/code-notes.md).
     """
     folds = StratifiedKFold(n_splits=CLEAN_MODEL_FOLDS, shuffle=True, random_state=seed)
     if X.dtype == object and isinstance(X[0, 0], bytes):  # an image column: its pixels

@@ -393,10 +393,9 @@ def yardstick_inputs(
     refine's encoding: ``encoded()`` where the caller has it (called only then: encoding text
     is the slow part), else features fitted here on ``train``.
 
-    Image recipes get it in float64. In float32 the solver's result on 256 pixels moves with
-    the BLAS thread count; float64 narrows it, but cleanlab+LR still flags a few rows
-    differently with 1 and 2 threads (digits_png-instance30 seed 0: F1 0.745 against 0.747).
-    Refine's scores do not move.
+    Image recipes get it in float64: in float32 the solver's result on their pixels moves with
+    the BLAS thread count, and float64 narrows that to a few of cleanlab+LR's flags; refine's
+    scores do not move (reports/code-notes.md).
     """
     if TEXT_COLUMN in train.column_names:
         return (

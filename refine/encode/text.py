@@ -6,12 +6,12 @@ obfuscated spam (WRENCH SMS and YouTube) but only blur a vocabulary of distinct 
 fewer components suit a few broad topics. So where the column has labels, word-only and
 word-and-character blocks of several widths are scored by the out-of-fold log-loss of a
 LogisticRegression on the (noisy) labels, and the lowest replaces the rule's block when it is
-clearly lower (``benchmarks/text_models.py``: the chosen block against the rule's).
+clearly lower (reports/text-models.md: the chosen block against the rule's).
 
-Why not a fastText-style ``EmbeddingBag`` trained end to end: on the real weakly labelled text in
-``benchmarks/text_models.py`` the two are compared side by side, and the dense LSA block lets
-text mix with numeric and embedding columns, synthetic rows and ``refine update`` with no change
-to the model or the cross-fitting. Nothing is downloaded: the vocabulary and the projection are
+Why not a fastText-style ``EmbeddingBag`` trained end to end: the two are compared side by side
+on real weakly labelled text in reports/text-models.md, and the dense LSA block lets text mix
+with numeric and embedding columns, synthetic rows and ``refine update`` with no change to the
+model or the cross-fitting. Nothing is downloaded: the vocabulary and the projection are
 fitted on the table itself; the labels only choose among the blocks.
 """
 
@@ -32,8 +32,7 @@ FIT_ROWS = 20_000
 WORD_FEATURES = 10_000
 CHAR_FEATURES = 10_000
 # Components: one per 16 fitted rows, between 16 and 256. More components than the data can
-# support drown the topics in noise (240 generated texts, refine's accuracy with 16, 32, 64 and
-# 128 components: 0.90, 0.89, 0.81, 0.74).
+# support drown the topics in noise (reports/code-notes.md).
 MIN_DIM, MAX_DIM, ROWS_PER_DIM = 16, 256, 16
 # Rows are transformed in chunks, so a million-row column never holds its sparse matrix at once.
 CHUNK = 20_000
@@ -128,7 +127,7 @@ class TextEncoder:
                 candidates.append((losses, keep, svd.components_[:width], reduced[:, :width]))
         # The rule's block (both kinds of n-gram, the widest) unless another's log-loss is lower
         # by more than twice the standard error of the rows' paired differences: on a near tie
-        # the ranking moves with the SVD's seed (WRENCH SMS: 64 or 115 components by 0.004).
+        # the ranking moves with the SVD's seed (reports/code-notes.md).
         rule = max((c for c in candidates if c[1] == (True, True)), key=lambda c: c[3].shape[1])
         losses, keep, components, reduced = rule
         if y is not None:
@@ -155,8 +154,7 @@ class TextEncoder:
         self.mean = reduced.mean(0)
         # One scale for the whole block, not one per component: the components' spread ranks
         # them (the first carry the topics, the last mostly noise), and standardising each would
-        # blow the noise up to the signal's size (3-fold logistic regression on 240 generated
-        # texts: 0.69 standardised per component, 0.93 with one scale).
+        # blow the noise up to the signal's size (reports/code-notes.md).
         self.std = np.full(self.dim, _scale(reduced, self.mean), np.float32)
         return self
 

@@ -37,16 +37,15 @@ def detect_issues(
     flags exactly the rows whose calibrated out-of-fold prediction is another class. Confident
     learning's per-class thresholds (``prune_by_noise_rate``) undercount when the noise depends
     on the row: the mislabelled rows sit near class boundaries, below the class's mean
-    confidence, so the estimated noise count comes out low (breast cancer with 20% instance
-    noise: recall 0.28 at precision 1.0). Where classes overlap heavily and the noise does not
-    depend on the row, ``prune_by_noise_rate`` is the more precise choice (see the README).
+    confidence, so the estimated noise count comes out low and most of them go unflagged
+    (reports/code-notes.md). Where classes overlap heavily and the noise does not depend on the
+    row, ``prune_by_noise_rate`` is the more precise choice (see the README).
 
     Rows that every ensemble member assigns to another class, with calibrated probability at
     least ``confident_threshold`` and at least 0.5 above the given label's, are flagged whatever
     ``filter_by`` says: with ``prune_by_noise_rate`` this recovers rows that one-directional
-    noise hides from the per-class thresholds (recall 0.83 -> 0.94 on the known-matrix test).
-    None turns the rule off. Quality is cleanlab's self-confidence: the calibrated probability
-    of the given label.
+    noise hides from the per-class thresholds (reports/code-notes.md). None turns the rule
+    off. Quality is cleanlab's self-confidence: the calibrated probability of the given label.
 
     ``one_way``: leave alone rows flagged against the direction the noise runs in (see
     ``noise_directions``). True estimates the directions from ``proba``; a ``(K, K)`` mask
@@ -103,8 +102,7 @@ def noise_directions(
     ``labels`` ``(N,)`` and ``proba`` ``(N, K)`` out-of-fold. Both estimates below presume a
     model trained on the given labels. The pipeline also reads the mask in later rounds, whose
     models learned labels refine has corrected, and adds what those show; there the counts can
-    misread instance-dependent noise (see the comment on ``directions`` in
-    ``pipeline.refine_rounds``).
+    misread instance-dependent noise (see ``merge_directions``).
 
     When the noise between classes i and j runs one way (a labeller who files some i under j,
     never the reverse), a row given i that the model predicts as j is almost surely a correct
@@ -122,13 +120,12 @@ def noise_directions(
       typical rows. The direction is one-way when that rate is at least ``floor`` and the
       reverse rate is below ``ratio`` times it. This has the power the counts lack on small
       data: the drag that makes the model flip correct border rows also inflates the counts
-      the wrong way (iris, 40% of one class filed under another: 2 against 6 counted where
-      the truth is 0 against 15; the anchors read 0.00-0.02 against 0.13-0.30).
+      the wrong way (reports/code-notes.md).
 
     The ratio leaves instance-dependent noise alone: the confident joint undercounts it
-    unevenly, up to two to one between the directions (breast cancer, 20% instance noise,
-    where the true split runs 53 to 32 the other way), and a check there would cost most of
-    the recall. Its anchors, the easy rows, carry next to no noise, below the floor.
+    unevenly, up to two to one between the directions (reports/code-notes.md), and a check
+    there would cost most of the recall. Its anchors, the easy rows, carry next to no noise,
+    below the floor.
     """
     from cleanlab.count import compute_confident_joint
     from scipy.stats import binom
@@ -157,9 +154,8 @@ def merge_directions(
     A direction once seen stays: later rounds model labels refine has corrected, which hide
     the noise from the anchors, though their counts can add a direction. But noise cannot run
     one way in both directions: a pair read one way in one round and the other way in another
-    is a misreading of a later round's model (breast cancer, 20% symmetric noise: rounds 2 and
-    3 blocked one direction each, and with it every flag), so such a pair falls back to the
-    first round's reading. See reports/decisions.md.
+    is a misreading of a later round's model, which can block every flag, so such a pair falls
+    back to the first round's reading (reports/trust.md, reports/code-notes.md).
     """
     if kept is None or first is None:
         return seen & ~seen.T

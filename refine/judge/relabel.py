@@ -80,9 +80,8 @@ def decide(
         sure = confidence >= relabel_threshold
         if relabel_odds > 0:
             # With many classes the probability spreads over the runners-up, so a predicted
-            # class can sit below the threshold yet far above the given one: digits with 40%
-            # noise, its flagged rows under 0.4 were right 44 times in 69 as predicted, 15 as
-            # given. The odds ask how the two candidates compare, whatever the rest holds.
+            # class can sit below the threshold yet far above the given one; the odds ask how
+            # the two candidates compare, whatever the rest holds (reports/code-notes.md).
             given_proba = proba[np.arange(n), np.where(labelled, labels, 0)]
             sure |= confidence >= relabel_odds * given_proba
         correct = flagged & sure & (agreement >= 1.0) & (predicted != labels)

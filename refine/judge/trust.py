@@ -53,17 +53,15 @@ MIN_FLAG_PRECISION = 0.5
 MIN_POSTERIOR_ROWS = 20
 GIVEN_WEIGHT_SD = 5.0
 # A policy is chosen on verified rows only when the labels it fixes outnumber those it breaks
-# beyond chance: a one-sided sign test at this level. Fewer fixes than that show nothing (sms,
-# 92 verified rows: 3 fixed and none broken, p = 0.125; the same policy made 50 corrections on
-# the other rows, most of them wrong).
+# beyond chance: a one-sided sign test at this level. Fewer fixes than that show nothing, and a
+# policy chosen on them can go on to break the other rows (reports/trust.md).
 SIGNIFICANCE = 0.05
 VERIFIED_FOLDS = 5
 # Verified rows of a class needed to report that class's accuracies.
 MIN_CLASS_ROWS = 10
 # The verified rows calibrate the probabilities only when the strata they fall in (below) hold
 # at least this share of the table: refine review picks doubtful rows, and a temperature fitted
-# on them alone flattened every probability (text-sym20, 60 reviewed rows: no correction passed
-# the threshold, refined labels 0.871 -> 0.805; reports/trust.md).
+# on them alone flattened every probability, so no correction passed (reports/trust.md).
 MIN_COVERED = 0.8
 CONFIDENCE_BINS = 5
 _EPS = 1e-7
@@ -141,8 +139,8 @@ def fit_posterior(
         return loss, gradient
 
     # The given label never counts against its own class: without that bound a few verified
-    # rows that the model alone gets right drive the weight far below 0 (sms, 92 verified rows
-    # with 3 wrong labels: -20, and the run then overturned right labels).
+    # rows that the model alone gets right drive the weight far below 0, and the run then
+    # overturns right labels (reports/code-notes.md).
     bounds = [(0.05, 50.0), (0.0, 20.0) if use_given else (0.0, 0.0)] + [(-10.0, 10.0)] * k
     result = minimize(
         objective,
@@ -233,9 +231,8 @@ def choose_policy(
     Verified rows that do not stand for the table (``representative`` False: rows picked for
     doubt, see ``stratum_weights``) can show a policy that helps, but not overrule the
     fallback: they are the rows where any correction is least sure, and a fallback that breaks
-    more of them than it fixes may still fix more of the rest (text-sym20, 60 reviewed rows:
-    the rules broke net on them and the run kept labels at 0.805, where without them the rules
-    reached 0.871).
+    more of them than it fixes may still fix more of the rest (reports/trust.md, "The review
+    loop").
 
     ``rules`` ``(N,)``: the labels the ``rules`` policy would set (-1 = excluded). Rows both
     labelled and verified are the evidence; the cross-fitted labels of ``Choice.crossfit`` come
@@ -341,8 +338,7 @@ class Judge:
         pseudo = c.pseudo_threshold if c.pseudo_label else None
         # The teacher's round (refine update) flags and pseudo-labels, but leaves given labels
         # and weights to the retrained out-of-fold rounds: a model that never saw the batch's
-        # distribution mistakes rows of classes the stream has moved to (benchmarks/stream.py:
-        # final-batch label accuracy 0.868 when it corrected, 0.962 when it did not).
+        # distribution mistakes rows of classes the stream has moved to (reports/code-notes.md).
         rules = decide(
             labels,
             true_proba,
@@ -525,8 +521,8 @@ def _select(
     gains = {p: fixed[p] - broken[p] for p in refined}
     best = max(POLICIES, key=lambda p: (gains.get(p, -math.inf), -POLICIES.index(p)))
     shown = best != KEEP and _beyond_chance(fixed[best], broken[best])
-    # A verified row or two that a policy breaks is no evidence against it: on wine (133 rows,
-    # 7 verified) one broken label vetoed rules that took the rest from 0.80 to 0.955.
+    # A verified row or two that a policy breaks is no evidence against it: on a small table one
+    # broken label could veto rules that fixed most of the rest (reports/trust.md).
     harmful = {p for p in refined if _beyond_chance(broken[p], fixed[p])}
     return (best if shown else None), gains, harmful
 

@@ -55,10 +55,8 @@ def build_network(
 
 # The CNN: conv 3x3 -> batch norm -> GELU -> max-pool twice, a third conv, then average pooling
 # to a 2x2 grid (position still matters for shapes: a 6 is a rotated 9). Small on purpose: it
-# trains from scratch on a few thousand noisy rows, on CPU, in every fold of every round. On
-# digits rendered to 16x16 PNG (a held-out fifth, 20% noisy labels, 2 seeds), batch norm stopped
-# early after 13-14 epochs instead of 21-30, at the same accuracy (0.96-0.97), and 16-32-32
-# channels cost 1.5x the time of 8-16-16 for no gain.
+# trains from scratch on a few thousand noisy rows, on CPU, in every fold of every round; batch
+# norm shortens training and wider channels gain nothing (reports/code-notes.md).
 CONV_CHANNELS = (8, 16, 16)
 POOL_GRID = 2
 # Rows per forward pass when predicting with a CNN (its activations dwarf the input).
