@@ -178,7 +178,7 @@ class Rounds:
         self.weights = (trained >= 0).astype(np.float32)
         self.previous = trained.copy()
         # The one-way noise check's (K, K) mask over rounds, and the first round's reading
-        # (see merge_directions; measured in reports/trust.md and reports/code-notes.md).
+        # (see merge_directions; measured in reports/trust/one-way-merge.md).
         self.directions: np.ndarray | None = None
         self.first_directions: np.ndarray | None = None
         self.rounds: list[dict[str, Any]] = []

@@ -155,7 +155,7 @@ def merge_directions(
     the noise from the anchors, though their counts can add a direction. But noise cannot run
     one way in both directions: a pair read one way in one round and the other way in another
     is a misreading of a later round's model, which can block every flag, so such a pair falls
-    back to the first round's reading (reports/trust.md, reports/code-notes.md).
+    back to the first round's reading (reports/trust/one-way-merge.md).
     """
     if kept is None or first is None:
         return seen & ~seen.T
