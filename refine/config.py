@@ -251,7 +251,7 @@ class RunConfig:
 
 # The packages whose versions decide a run's numbers; run.json records them (with others).
 # refine's version (also in pyproject.toml), written into every run's metadata.
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 REPRODUCIBLE_VERSIONS = ("refine", "torch", "numpy", "cleanlab", "scikit-learn")
 
 
