@@ -397,7 +397,12 @@ def check_summary(
     scalars = (str, int, float, bool, type(None))
     if "classes" in summary and (not isinstance(classes, list) or not classes):
         raise bad('"classes"', "a JSON list of the class values", classes)
-    if "classes" in summary and not all(isinstance(c, scalars) for c in classes):
+    # isinstance only narrows for the checker: the line above raised for any other "classes".
+    if (
+        "classes" in summary
+        and isinstance(classes, list)
+        and not all(isinstance(c, scalars) for c in classes)
+    ):
         raise bad('"classes"', "a list of strings or numbers", classes)
     if "classes" in summary and parquet_classes is not None and classes != parquet_classes:
         raise bad('"classes"', f"refined.parquet's classes {json.dumps(parquet_classes)}", classes)

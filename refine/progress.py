@@ -5,6 +5,7 @@ The library never prints. The CLI passes a ``RichProgress`` when stderr is a ter
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any, Protocol
 
 
@@ -62,8 +63,13 @@ class RichProgress:
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.__exit__(exc_type, exc, tb)
 
     def start(self, key: str, description: str, total: int) -> Any:
         return self._progress.add_task(description, total=total)

@@ -101,6 +101,9 @@ def augmenter(data: LabelledTable, encoder: FeatureEncoder, config: RunConfig) -
     """Synthetic rows from each round's trusted rows, for the next round to train on."""
     from refine.learn.augment import synthesize
 
+    method = config.augment
+    assert method is not None, "the pipeline builds an augmenter only for --augment"
+
     def augment(
         decisions: Decisions, is_issue: np.ndarray, quality: np.ndarray, folds: np.ndarray
     ) -> Extra:
@@ -113,7 +116,7 @@ def augmenter(data: LabelledTable, encoder: FeatureEncoder, config: RunConfig) -
             decisions.refined,
             trusted,
             folds,
-            config.augment,
+            method,
             config.augment_ratio,
             config.seed,
         )
@@ -364,11 +367,14 @@ class Rounds:
             quality=verdict.quality,
         )
         if self.checkpoint is not None:
-            directions = (
-                {}
-                if self.directions is None
-                else {"directions": self.directions, "first_directions": self.first_directions}
-            )
+            directions: dict[str, np.ndarray] = {}
+            if self.directions is not None:
+                # detect() and a resume set the first round's reading with the first directions.
+                assert self.first_directions is not None
+                directions = {
+                    "directions": self.directions,
+                    "first_directions": self.first_directions,
+                }
             self.checkpoint.save_round(
                 round_index,
                 round_record(

@@ -455,6 +455,7 @@ def _feature_fields(dim: int, names: list[str] | None, text: bool = False) -> li
     if names == [IMAGE_COLUMN]:
         return [pa.field(IMAGE_COLUMN, pa.binary())]
     if text:
+        assert names is not None, "a text source names its column"
         return [pa.field(name, pa.string()) for name in names]
     if names is None:
         return [pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim))]

@@ -267,7 +267,7 @@ def _run_refine(case: Case, revealed: np.ndarray, refine_options: dict[str, Any]
     return refine.run(table, ignore=ignore, seed=case.seed, **verified, **refine_options)
 
 
-def refine_input(train: Any, truth: np.ndarray, revealed: np.ndarray) -> tuple[Any, dict[str, str]]:
+def refine_input(train: Any, truth: np.ndarray, revealed: np.ndarray) -> tuple[Any, dict[str, Any]]:
     """The training table refine reads and the ``refine.run`` option naming its verified
     labels: ``train`` with a ``label_verified`` column holding ``truth`` ``(N,)`` on the
     ``revealed`` rows ``(N,)`` and null elsewhere. With nothing revealed, ``train`` as built

@@ -64,7 +64,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if c in df
     ]
     per = df.groupby(["dataset", "method"])[metrics].agg(["mean", "std"])
-    by_dataset = {}
+    by_dataset: dict[str, dict[str, Any]] = {}
     for (dataset, method), values in per.iterrows():
         by_dataset.setdefault(dataset, {})[method] = {
             f"{m}_{stat}": _num(values[(m, stat)]) for m in metrics for stat in ("mean", "std")

@@ -178,15 +178,21 @@ class EmbeddingEncoder:
         values[valid] = flat_np.reshape(-1, self.dim)
         return values, valid
 
+    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """``mean`` and ``std``, which ``fit`` or ``FeatureEncoder.from_state`` set."""
+        assert self.mean is not None and self.std is not None, "the encoder is not fitted"
+        return self.mean, self.std
+
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
         values, valid = self._matrix(column)
+        mean, std = self._fitted()
         block = out[:, : self.dim]
         with np.errstate(over="ignore", invalid="ignore"):
-            np.subtract(values, self.mean, out=block)
-            block /= self.std
+            np.subtract(values, mean, out=block)
+            block /= std
             overflow = ~np.isfinite(block) & np.isfinite(values)
             if overflow.any():  # a difference past the float32 limit; this order stays inside
-                block[overflow] = (values / self.std - self.mean / self.std)[overflow]
+                block[overflow] = (values / std - mean / std)[overflow]
         block[~np.isfinite(block)] = 0.0
         np.clip(block, -FEATURE_LIMIT, FEATURE_LIMIT, out=block)
         if self.indicator:
@@ -201,7 +207,8 @@ class EmbeddingEncoder:
         }
 
     def state(self) -> dict[str, Any]:
-        return {**self.describe(), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        mean, std = self._fitted()
+        return {**self.describe(), "mean": mean.tolist(), "std": std.tolist()}
 
 
 Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder | TextEncoder | ImageEncoder
@@ -327,7 +334,9 @@ def fit_features(
     duplicated = sorted({n for n in names if names.count(n) > 1})
     explicit = features is not None
     candidates = (
-        list(features) if explicit else [n for n in names if n != label and n not in ignore]
+        list(features)
+        if features is not None
+        else [n for n in names if n != label and n not in ignore]
     )
     candidates += [n for n in (*text, *image) if n not in candidates]
     encoders: list[Encoder] = []

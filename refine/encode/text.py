@@ -109,7 +109,7 @@ class TextEncoder:
         if self._stack(blocks, len(sample)).shape[1] == 0:
             raise _NoVocabulary()
         wanted = self.dim or min(MAX_DIM, max(MIN_DIM, len(sample) // ROWS_PER_DIM))
-        y = _selection_labels(labels[rows], self.seed) if chosen else None
+        y = _selection_labels(labels[rows], self.seed) if chosen and labels is not None else None
         # Each candidate: (rows' log-losses, which blocks, projection, reduced rows); the word
         # block alone is a candidate only beside characters, and only where labels choose.
         candidates = []
@@ -131,19 +131,20 @@ class TextEncoder:
         rule = max((c for c in candidates if c[1] == (True, True)), key=lambda c: c[3].shape[1])
         losses, keep, components, reduced = rule
         if y is not None:
-            beaten = [c for c in candidates if _clearly_lower(c[0], rule[0])]
+            beaten = [c for c in candidates if _clearly_lower(_scored(c[0]), _scored(rule[0]))]
             if beaten:
-                losses, keep, components, reduced = min(beaten, key=lambda c: c[0].mean())
+                losses, keep, components, reduced = min(beaten, key=lambda c: _scored(c[0]).mean())
             self.replaced_default = bool(beaten)
             default = (
                 f"the default block (word and character n-grams, {rule[3].shape[1]} components)"
             )
             self.chosen_by = (
-                f"{SELECT_FOLDS}-fold log-loss {losses.mean():.4f} against {rule[0].mean():.4f} "
+                f"{SELECT_FOLDS}-fold log-loss {_scored(losses).mean():.4f} against "
+                f"{_scored(rule[0]).mean():.4f} "
                 f"for {default}: lower by over two standard errors, the lowest of {len(candidates)}"
                 if beaten
-                else f"{SELECT_FOLDS}-fold log-loss {rule[0].mean():.4f} with {default}; none of "
-                f"the other {len(candidates) - 1} blocks was lower by two standard errors"
+                else f"{SELECT_FOLDS}-fold log-loss {_scored(rule[0]).mean():.4f} with {default}; "
+                f"none of the other {len(candidates) - 1} blocks was lower by two standard errors"
             )
         for (analyzer, _, _), k in zip(_ANALYZERS, keep, strict=True):
             if not k:
@@ -159,12 +160,14 @@ class TextEncoder:
         return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
+        components, mean, std = self.components, self.mean, self.std
+        assert components is not None and mean is not None and std is not None, "not fitted"
         texts, _ = _texts(column)
         for start in range(0, len(texts), CHUNK):
             chunk = texts[start : start + CHUNK]
             matrix = self._stack([self._tfidf(a, chunk) for a, _, _ in _ANALYZERS], len(chunk))
-            block = np.asarray(matrix @ self.components.T, dtype=np.float32)
-            out[start : start + len(chunk)] = (block - self.mean) / self.std
+            block = np.asarray(matrix @ components.T, dtype=np.float32)
+            out[start : start + len(chunk)] = (block - mean) / std
 
     def _tfidf(self, analyzer: str, texts: list[str]) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -279,6 +282,12 @@ def _selection_labels(labels: np.ndarray, seed: int) -> np.ndarray | None:
     if len(kept) < 30 or len(np.unique(kept)) < 2 or np.bincount(kept).max() == len(kept):
         return None
     return y
+
+
+def _scored(losses: np.ndarray | None) -> np.ndarray:
+    """A candidate's row log-losses, which every candidate has where labels choose the block."""
+    assert losses is not None, "a candidate was not scored"
+    return losses
 
 
 def _clearly_lower(losses: np.ndarray, than: np.ndarray) -> bool:

@@ -596,7 +596,7 @@ def measure(
     verified class) where a class has ``MIN_CLASS_ROWS`` rows."""
     corrected = (refined >= 0) & (refined != labels)
     excluded = refined < 0
-    result = {
+    result: dict[str, Any] = {
         "rows": int(len(labels)),
         "given_accuracy": _interval(int((labels == truth).sum()), len(labels)),
         "refined_accuracy": _interval(int((refined == truth).sum()), len(labels)),

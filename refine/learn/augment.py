@@ -288,9 +288,10 @@ def _assemble(
             sd = noise_scale * feature.std
             arrays.append(_numeric_column(column, a, b_or_a, share, recipe.noisy, sd, rng))
         elif isinstance(feature, EmbeddingEncoder):
-            sd = noise_scale * feature.std.astype(np.float64)
+            assert feature.std is not None, "the run's encoder is fitted"
+            sds = noise_scale * feature.std.astype(np.float64)  # one per dimension
             arrays.append(
-                _embedding_column(column, feature.dim, a, b_or_a, share, recipe.noisy, sd, rng)
+                _embedding_column(column, feature.dim, a, b_or_a, share, recipe.noisy, sds, rng)
             )
         elif feature is not None or not field.nullable:
             arrays.append(column.take(a))

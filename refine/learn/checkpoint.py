@@ -136,7 +136,7 @@ def _digest(array: np.ndarray, extra: str = "") -> str:
     array = np.ascontiguousarray(array)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{array.dtype.str}{array.shape}{extra}".encode())
-    digest.update(memoryview(array).cast("B"))
+    digest.update(array.data.cast("B"))  # .data is memoryview(array), typed as one
     return digest.hexdigest()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import multiprocessing
 import os
@@ -184,8 +185,9 @@ def restore_cross_fit(
     """The fold models of a finished ``stage`` from its checkpoint, or None when a fold's file
     is missing or unreadable. Its ``proba`` and ``agreement`` are empty: the round's record
     holds the calibrated ones."""
-    records = [checkpoint.load_fold(stage, fold) for fold in range(n_folds)]
-    if any(record is None for record in records):
+    loaded = [checkpoint.load_fold(stage, fold) for fold in range(n_folds)]
+    records = [record for record in loaded if record is not None]
+    if len(records) < n_folds:
         return None
     options = _model_options(model, n_classes, image_blocks)
     models = [[_rebuild(m, n_features, options) for m in r["members"]] for r in records]
@@ -268,7 +270,7 @@ def fit_fold(
                 X[job.train],
                 targets[job.train],
                 weights[job.train],
-                on_epoch=lambda done, total, t=epoch_task: progress.update(t, done, total),
+                on_epoch=functools.partial(progress.update, epoch_task),
             )
             progress.finish(epoch_task)
             fitted.append(estimator)

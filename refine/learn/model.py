@@ -300,7 +300,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         image_blocks: tuple[tuple[int, int, int, int], ...] = (),
     ) -> MLPClassifier:
         """A fitted classifier from saved snapshot weights (a run's ``model.pt``)."""
-        blocks = tuple(tuple(int(v) for v in block) for block in image_blocks)
+        blocks = tuple((int(s), int(c), int(h), int(w)) for s, c, h, w in image_blocks)
         model = cls(
             n_classes=n_classes,
             hidden=tuple(hidden),

@@ -320,6 +320,12 @@ def _trust_section(run: _Run) -> str:
     )
     evidence = trust.get("evidence") or {}
     calibration = trust.get("calibration") or {}
+    # Keyed by run.json's "method", which may be missing (None).
+    calibrated_how: dict[str | None, str] = {
+        "verified": "against the verified labels",
+        "noise": "through the estimated label noise",
+        "none": "not: they speak of the given labels",
+    }
     rows = [
         ("model's flags / labelled rows", _float(evidence.get("flag_rate"), 3)),
         ("noise seen at the model's surest rows", _float(evidence.get("anchor_noise"), 3)),
@@ -330,11 +336,7 @@ def _trust_section(run: _Run) -> str:
         ),
         (
             "probabilities of the true class, calibrated",
-            {
-                "verified": "against the verified labels",
-                "noise": "through the estimated label noise",
-                "none": "not: they speak of the given labels",
-            }.get(calibration.get("method"), NOT_RECORDED)
+            calibrated_how.get(calibration.get("method"), NOT_RECORDED)
             + (
                 f" (temperature {calibration['temperature']:.3f})"
                 if calibration.get("method") in ("verified", "noise")
@@ -529,7 +531,9 @@ def _classes_section(run: _Run) -> str:
         shown = note(f"The {TABLE_CLASSES} of {k:,} classes with the most flagged rows.")
     body = []
     for c in order:
-        top = ", ".join(f"→ {_short(run.names[p])} ({n:,})" for p, n in confusions.get(c, [])[:3])
+        top = ", ".join(
+            f"→ {_short(run.names[p])} ({n:,})" for p, n in confusions.get(int(c), [])[:3]
+        )
         body.append(
             [
                 _short(run.names[c]),

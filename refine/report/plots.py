@@ -15,15 +15,18 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # the checker alone imports matplotlib here; refine loads it lazily
+    from matplotlib.typing import RcKeyType
 
 ANNOTATE_CLASSES = 12  # noise-matrix cells carry their counts up to this many classes
 # Okabe-Ito colours.
 BLUE, ORANGE, VERMILLION, SKY, GREY = "#0072B2", "#E69F00", "#D55E00", "#56B4E9", "#999999"
 
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.labelsize": 9,
