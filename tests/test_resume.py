@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 import refine
-from refine import pipeline
+from refine import pipeline, rounds
 from refine.cli import cli
 from refine.config import ModelConfig
 from refine.errors import ConfigError
@@ -397,9 +397,9 @@ def test_resume_keeps_the_noise_directions_of_the_first_round(tmp_path, monkeypa
     )
     seen = []
     with monkeypatch.context() as patch:
-        directions = pipeline.noise_directions
+        directions = rounds.noise_directions
         patch.setattr(
-            pipeline, "noise_directions", lambda *a: seen.append(directions(*a)) or seen[-1]
+            rounds, "noise_directions", lambda *a: seen.append(directions(*a)) or seen[-1]
         )
         refine.run(data, tmp_path / "whole", **options)
     assert seen[0].any() and not seen[1].any()
