@@ -260,6 +260,52 @@ def check_output(out: Path, overwrite: bool) -> None:
         )
 
 
+def check_file_output(out: Path, overwrite: bool) -> None:
+    """Refuse an existing file ``out`` unless ``overwrite``, and a directory ``out`` always."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(
+            f"output {str(out)!r} is a directory; name the file to write, or choose another --out"
+        )
+    if out.exists() and not overwrite:
+        raise OutputError(
+            f"output {str(out)!r} already exists; pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside the file ``out``; on success rename it to ``out``.
+
+    Nothing appears at ``out`` until the file is complete, and an existing ``out`` (allowed
+    only with ``overwrite``) stays as it was until then. Any failure removes the temporary
+    file; an ``OSError`` becomes an ``OutputError`` that names ``out``. The file is created
+    with the process's umask, as any other file the user writes.
+    """
+    out = Path(out)
+    check_file_output(out, overwrite)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _file_error(out, exc) from None
+        raise
+
+
+def _file_error(out: Path, exc: OSError) -> OutputError:
+    failed = f"cannot write {str(out)!r}"
+    if exc.errno in _NO_SPACE or "No space left" in str(exc):
+        return OutputError(
+            f"{failed}: no space left on the device; free space or choose another --out"
+        )
+    return OutputError(f"{failed}: {exc.strerror or exc}; choose another --out")
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
