@@ -3,11 +3,13 @@
 from refine.config import VERSION as __version__
 from refine.config import ModelConfig, RunConfig
 from refine.errors import ConfigError, InputError, OutputError, RefineError
+from refine.io.export import Export, export_data
 from refine.pipeline import RunResult, run
 from refine.update import PreviousRun, load_run, update
 
 __all__ = [
     "ConfigError",
+    "Export",
     "InputError",
     "ModelConfig",
     "OutputError",
@@ -16,6 +18,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "__version__",
+    "export_data",
     "load_run",
     "run",
     "update",

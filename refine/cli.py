@@ -75,6 +75,7 @@ def cli() -> None:
     refine run data.parquet --label y --out runs/first
     refine query runs/first "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"
     refine review runs/first --budget 100 --out review.csv   # rows to check by hand
+    refine export runs/first --out clean.parquet             # for the next training job
     """
 
 
@@ -628,13 +629,21 @@ def review_command(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "csv", "json"]),
+    type=click.Choice(["table", "csv", "json", "parquet"]),
     default="table",
     show_default=True,
-    help="csv and json are for scripts.",
+    help="csv and json are for scripts; parquet writes the result, with its types, to --out.",
 )
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The .parquet file --format parquet writes; refused if it exists, unless --overwrite.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @_errors
-def query_command(run_dir: Path, sql: str, fmt: str) -> None:
+def query_command(run_dir: Path, sql: str, fmt: str, out: Path | None, overwrite: bool) -> None:
     """Run SQL (DuckDB) over a run: views refined, flagged, rounds (and synthetic when present).
 
     \b
@@ -642,9 +651,21 @@ def query_command(run_dir: Path, sql: str, fmt: str) -> None:
       refine query runs/first "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"
       refine query runs/first "SELECT label, label_predicted, count(*) AS n FROM flagged
                                GROUP BY ALL ORDER BY n DESC" --format csv
+      refine query runs/first "SELECT * FROM flagged" --format parquet --out flagged.parquet
     """
-    from refine.io.query import query
+    from refine.io.query import query, write_query
 
+    if fmt == "parquet":
+        if out is None:
+            raise CLIError("--format parquet writes a file: name it with --out FILE.parquet")
+        written = write_query(run_dir, sql, out, overwrite=overwrite)
+        click.echo(f"wrote {_rows(written.num_rows)} to {out}")
+        return
+    if out is not None:
+        raise CLIError(
+            f"--out is for --format parquet; --format {fmt} prints to the terminal "
+            "(redirect it to save it)"
+        )
     result = query(run_dir, sql)
     rows = result.to_pylist()
     if fmt == "json":
@@ -663,6 +684,98 @@ def query_command(run_dir: Path, sql: str, fmt: str) -> None:
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in result.column_names))
         Console(width=max(Console().width, 120)).print(table)
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row{'' if n == 1 else 's'}"
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File to write: .parquet, the refined data (the only export so far; a later .onnx "
+    "will export the model). Refused if it exists, unless --overwrite.",
+)
+@click.option(
+    "--drop-excluded",
+    is_flag=True,
+    help="Leave out the rows refine excluded and those left without a label (label_refined null).",
+)
+@click.option(
+    "--soft",
+    is_flag=True,
+    help="Keep label_soft too: class probabilities to train on, in the order of the file's "
+    "refine.classes metadata.",
+)
+@click.option(
+    "--as-label",
+    is_flag=True,
+    help="Write the refined label under the label column's name, in place of the given label, "
+    "so the next job reads the file unchanged.",
+)
+@click.option(
+    "--chain",
+    is_flag=True,
+    help="For a run written by refine update: export every batch of its chain of updates, "
+    "oldest first, each row once.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@_errors
+def export_command(
+    run_dir: Path,
+    out: Path,
+    drop_excluded: bool,
+    soft: bool,
+    as_label: bool,
+    chain: bool,
+    overwrite: bool,
+) -> None:
+    """Write the refined data of the run in RUN_DIR to a Parquet file for the next training job.
+
+    The file holds the input's columns, with their types and order, then label_refined and
+    sample_weight (the weight to train with). The run is only read, and the file is written
+    whole or not at all.
+
+    \b
+    Examples:
+      refine export runs/first --out clean.parquet
+      refine export runs/first --out train.parquet --drop-excluded --as-label
+      refine export runs/wednesday --out all.parquet --chain    # every batch of the updates
+    """
+    from refine.io.export import export_data
+
+    result = export_data(
+        run_dir,
+        out,
+        drop_excluded=drop_excluded,
+        soft=soft,
+        as_label=as_label,
+        chain=chain,
+        overwrite=overwrite,
+    )
+    added = [c for c in result.columns if c in ("label_refined", "label_soft", "sample_weight")]
+    inputs = len(result.columns) - len(added)
+    label = f" with the refined label in {result.label!r}" if as_label else ""
+    click.echo(
+        f"wrote {_rows(result.rows)} to {result.out}: the input's {inputs} "
+        f"column{'' if inputs == 1 else 's'}{label}, then {_listed(added)}"
+    )
+    if drop_excluded:
+        click.echo(f"left out {_rows(result.dropped)}: excluded, or without a refined label")
+    if chain:
+        click.echo(
+            f"from {len(result.runs)} run{'' if len(result.runs) == 1 else 's'}, oldest first: "
+            + ", ".join(f"{path} ({_rows(n)})" for path, n in result.runs)
+        )
+
+
+def _listed(words: list[str]) -> str:
+    """``["a", "b", "c"]`` -> ``"a, b and c"``."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def _cell(value: Any) -> str:

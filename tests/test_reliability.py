@@ -114,7 +114,7 @@ def test_query_refuses_statements_that_are_not_select(run_copy, tmp_path, sql, k
     )
     assert result.output.strip().endswith(
         "Use SELECT (WITH, FROM, DESCRIBE and SUMMARIZE work too); to save a result, "
-        "use --format csv or --format json and redirect the output"
+        "use --format parquet --out FILE, or --format csv or json and redirect the output"
     )
     assert snapshot(run_copy) == before
     assert list(outside.iterdir()) == []

@@ -1,4 +1,5 @@
 """Reading and writing tables: the input table and its checks (``read``), verified labels
 (``verify``), what each row was decided (``decisions``), the run's files written atomically
-(``write``) and DuckDB over them (``query``). Nothing here knows about models.
+(``write``), DuckDB over them (``query``) and a run's rows as one file for the next training
+job (``export``). Nothing here knows about models.
 """

@@ -7,7 +7,8 @@ A query only reads. DuckDB's parser classifies each statement, and anything but 
 is refused before it runs. DuckDB's own settings then hold in whatever a ``SELECT`` can reach:
 files outside the run directory cannot be opened (``enable_external_access`` off, with the run
 directory as the only ``allowed_directories``), no extension is installed or loaded on demand,
-and ``lock_configuration`` keeps a query from turning any of that back.
+and ``lock_configuration`` keeps a query from turning any of that back. ``write_query`` saves
+a result as Parquet: refine writes that file itself, outside the run directory, not DuckDB.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from refine.errors import InputError
+from refine.errors import ConfigError, InputError, OutputError
+from refine.io.write import atomic_file, check_file_output, write_parquet
 
 VIEWS = {
     "refined": ("refined.parquet", "SELECT * FROM read_parquet({path})"),
@@ -106,6 +108,32 @@ def query(run_dir: str | Path, sql: str) -> pa.Table:
         con.close()
 
 
+def write_query(
+    run_dir: str | Path, sql: str, out: str | Path, overwrite: bool = False
+) -> pa.Table:
+    """Run ``sql`` as ``query`` does and write its result to the Parquet file ``out``, with
+    the result's column types, atomically; return the result.
+
+    ``out`` is checked before the query runs: a ``.parquet`` file outside the run directory,
+    which must not exist unless ``overwrite``.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".parquet":
+        raise ConfigError(f"--out {str(out)!r}: --format parquet writes a .parquet file; name one")
+    directory = Path(run_dir).resolve()
+    target = out.resolve()
+    if target == directory or directory in target.parents:
+        raise OutputError(
+            f"--out {str(out)!r} lies in the run directory {str(run_dir)!r}; refine query never "
+            "changes a run: write the file outside it"
+        )
+    check_file_output(out, overwrite)
+    result = query(run_dir, sql)
+    with atomic_file(out, overwrite) as tmp:
+        write_parquet(result, tmp)
+    return result
+
+
 def _check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse every statement of ``sql`` that is not a ``SELECT``, before any of them runs."""
     try:
@@ -122,7 +150,7 @@ def _check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             raise InputError(
                 f"refine query only reads the run: {statement.type.name} statements are refused "
                 f"({text!r}). Use SELECT (WITH, FROM, DESCRIBE and SUMMARIZE work too); to save a "
-                "result, use --format csv or --format json and redirect the output"
+                "result, use --format parquet --out FILE, or --format csv or json and redirect the output"
             )
 
 
