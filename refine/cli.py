@@ -523,7 +523,8 @@ def update_command(
 
     The earlier run's model flags and pseudo-labels the new rows; refine then retrains on them
     plus a replayed sample of the earlier refined rows, so the model does not forget them.
-    The batch must have the run's input columns with the same types.
+    The batch must have the run's input columns; a type that holds the same values (string for
+    large_string, int64 for double) is cast to the run's.
 
     \b
     Examples:

@@ -93,26 +93,44 @@ def update_fails(first_run, tmp_path, batch, message, *extra):
     assert not (tmp_path / "new").exists()
 
 
+MISMATCH = (
+    "the new batch does not fit the run's input ({}); refine casts a column itself only where "
+    "no value changes (string and large_string, int32 to int64, int to float, a dictionary to "
+    "its values). Fix the batch and update again:\n"
+)
+
+
 def test_a_batch_without_a_column_of_the_run(first_run, tmp_path):
     batch = first_run[1].slice(360).drop_columns(["colour"])
     update_fails(
         first_run,
         tmp_path,
         batch,
-        "the new batch has no column 'colour', which the run's input has; "
-        "a batch needs every input column of the run",
+        MISMATCH.format("1 problem")
+        + "  column 'colour': not in the batch, dictionary<values=string, indices=int32, "
+        "ordered=0> in the run's input; add it, with nulls where the values are unknown: "
+        'CAST(NULL AS VARCHAR) AS "colour" in DuckDB, pa.nulls(batch.num_rows, '
+        "pa.dictionary(pa.int32(), pa.string())) in pyarrow",
     )
 
 
-def test_a_batch_with_a_column_of_another_type(first_run, tmp_path):
+def test_every_mismatch_is_listed_at_once_with_the_cast_that_fixes_it(first_run, tmp_path):
+    """A feature written as text and a label written as float (pandas' int64 column with a
+    missing value) are both refused, in one message."""
     batch = first_run[1].slice(360)
     batch = batch.set_column(1, "x0", batch.column("x0").cast(pa.string()))
+    batch = batch.set_column(5, "label", batch.column("label").cast(pa.float64()))
     update_fails(
         first_run,
         tmp_path,
         batch,
-        "column 'x0' of the new batch has type string, the run's input has float; "
-        "cast it before updating",
+        "the new batch does not fit the run's input (2 problems); refine casts a column itself "
+        "only where no value changes (string and large_string, int32 to int64, int to float, a "
+        "dictionary to its values). Fix the batch and update again:\n"
+        "  column 'x0': string in the batch, float in the run's input; cast it: "
+        "CAST(\"x0\" AS FLOAT) in DuckDB, batch['x0'].cast(pa.float32()) in pyarrow\n"
+        "  column 'label': double in the batch, int64 in the run's input; cast it: "
+        "CAST(\"label\" AS BIGINT) in DuckDB, batch['label'].cast(pa.int64()) in pyarrow",
     )
 
 
@@ -123,8 +141,10 @@ def test_a_batch_with_an_extra_column(first_run, tmp_path):
         first_run,
         tmp_path,
         batch,
-        "the new batch has column 'extra', which the run's input does not; "
-        "drop it or start a new run with refine run",
+        MISMATCH.format("1 problem")
+        + "  column 'extra': in the batch, not in the run's input; drop it (SELECT * EXCLUDE "
+        "(\"extra\") in DuckDB, batch.drop_columns(['extra']) in pyarrow), or start a new run "
+        "with refine run",
     )
 
 
