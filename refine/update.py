@@ -342,7 +342,7 @@ def _history(previous: PreviousRun, seed: int) -> tuple[pa.Table, int]:
     latest = refined.filter(trained)
     path = previous.path / "history.parquet"
     if path.is_file():
-        old = pq.read_table(path).replace_schema_metadata(None)
+        old = _like(pq.read_table(path).replace_schema_metadata(None), latest.schema)
         seen_old = int(previous.summary.get("history", {}).get("rows_seen", old.num_rows))
     else:
         old, seen_old = latest.slice(0, 0), 0
@@ -355,7 +355,25 @@ def _history(previous: PreviousRun, seed: int) -> tuple[pa.Table, int]:
         part.take(pa.array(np.sort(rng.choice(part.num_rows, size=size, replace=False))))
         for part, size in ((old, from_old), (latest, from_latest))
     ]
-    return pa.concat_tables(parts), seen
+    # A batch may differ from the one before in nullability (DuckDB writes "not null").
+    return pa.concat_tables(parts, promote_options="default"), seen
+
+
+def _like(old: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The older history's rows in the types of ``schema``, the latest batch's. Only a column
+    the run never reads can have changed type (``refine.io.conform``); its old values are cast
+    where Arrow can do so safely, else left null, since replay reads only the features and
+    targets."""
+    columns = []
+    for field in schema:
+        column = old.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except pa.ArrowException:
+                column = pa.nulls(old.num_rows, field.type)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=schema.names)
 
 
 def _replay_sample(previous: PreviousRun, history: pa.Table, rows: int, seed: int) -> Extra:
