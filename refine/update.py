@@ -271,6 +271,10 @@ def _update(
         verified=verified,
     )
     summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
+    # --rounds counts retraining rounds; the earlier model's judgement is round 1 of
+    # rounds.parquet, said apart so the count matches what was asked.
+    summary["rounds_run"] = len(state.rounds) - 1
+    summary["teacher_round"] = True
     summary["parent"] = {
         "run": str(previous.path.resolve()),
         "input": previous.summary.get("input"),

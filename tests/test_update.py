@@ -258,6 +258,27 @@ def test_a_batch_takes_verified_labels_from_a_file(first_run, tmp_path):
     assert following.summary["config"]["verified_file"] is None
 
 
+def test_the_summary_counts_the_rounds_asked_for(first_run, tmp_path):
+    """The earlier model's judgement is round 1 of rounds.parquet but not one of --rounds."""
+    out, table, _ = first_run
+    pq.write_table(table.slice(360, 120), tmp_path / "batch.parquet")
+    new = tmp_path / "new"
+    result = invoke("update", str(out), str(tmp_path / "batch.parquet"), "--out", str(new),
+                    "--rounds", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:3] for line in result.output.splitlines() if "│" in line]
+    assert ["rounds", "1 after the earlier run's judgement"] in [
+        [cell.strip() for cell in row] for row in rows
+    ]
+    summary = json.loads((new / "run.json").read_text())
+    assert (summary["rounds_run"], summary["teacher_round"]) == (1, True)
+    assert pq.read_table(new / "rounds.parquet").column("round").to_pylist() == [1, 2]
+    report = (new / "report.html").read_text()
+    assert (
+        "<th>rounds run</th><td>1 after the earlier run&#x27;s judgement (round 1 under " in report
+    )
+
+
 @pytest.fixture(scope="module")
 def pandas_run(tmp_path_factory):
     """A run on a table written by pandas (string columns as large_string, a whole-number
