@@ -433,6 +433,14 @@ def _share(interval: dict[str, Any]) -> str:
     return f"{interval['value']:.3f} (95% CI {interval['low']:.3f}-{interval['high']:.3f})"
 
 
+def _rounds(s: dict[str, Any]) -> str:
+    """``3``, or for an update ``3 after the earlier run's judgement``: its teacher round is not
+    one of the ``--rounds``."""
+    if s.get("teacher_round"):
+        return f"{s['rounds_run']} after the earlier run's judgement"
+    return str(s["rounds_run"])
+
+
 def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     table = Table(title=f"refine: {out}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -447,7 +455,7 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("pseudo-labelled", f"{s['pseudo_labelled']:,}"),
         ("synthetic rows", f"{s['synthetic_rows']:,}"),
         ("kept with doubt (weight < 1)", f"{s['down_weighted']:,}"),
-        ("rounds", str(s["rounds_run"])),
+        ("rounds", _rounds(s)),
         ("ECE before / after calibration", _ece(s["calibration"])),
         ("device", s["device"]),
         ("seconds", f"{sum(s['timings'].values()):.1f}"),
@@ -524,7 +532,8 @@ def update_command(
 
     The earlier run's model flags and pseudo-labels the new rows; refine then retrains on them
     plus a replayed sample of the earlier refined rows, so the model does not forget them.
-    The batch must have the run's input columns with the same types.
+    The batch must have the run's input columns; a type that holds the same values (string for
+    large_string, int64 for double) is cast to the run's.
 
     \b
     Examples:

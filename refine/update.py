@@ -27,6 +27,7 @@ import torch
 from refine.config import RunConfig, check_summary
 from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
+from refine.io.conform import conform
 from refine.io.read import OUTPUT_COLUMNS, LabelledTable, encode_labels, read_table
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
@@ -69,6 +70,13 @@ class PreviousRun:
     @property
     def input_schema(self) -> pa.Schema:
         return pa.schema([f for f in self.refined.schema if f.name not in OUTPUT_COLUMNS])
+
+    @property
+    def unread_columns(self) -> set[str]:
+        """Input columns the run's model never reads: ignored, or skipped as features. A new
+        batch may hold them in any type, since the saved encoder stays as it is."""
+        read = {*self.encoder.columns, self.config.label, self.config.verified}
+        return {name for name in self.input_schema.names if name not in read}
 
     def predict(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated class probabilities ``(N, K)`` for ``table`` from every fold model, and
@@ -232,7 +240,7 @@ def _update(
         dataclasses.replace(previous.config, verified_file=None, key=None), options
     )
     config.validate()
-    batch, verified = _read_batch(previous, data, out, config)
+    batch, verified = _read_batch(previous, data, out, config, progress)
     table = batch.table
     timings = {"read": time.perf_counter() - started}
 
@@ -263,6 +271,10 @@ def _update(
         verified=verified,
     )
     summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
+    # --rounds counts retraining rounds; the earlier model's judgement is round 1 of
+    # rounds.parquet, said apart so the count matches what was asked.
+    summary["rounds_run"] = len(state.rounds) - 1
+    summary["teacher_round"] = True
     summary["parent"] = {
         "run": str(previous.path.resolve()),
         "input": previous.summary.get("input"),
@@ -284,18 +296,26 @@ def _update(
 
 
 def _read_batch(
-    previous: PreviousRun, data: str | Path | pa.Table, out: str | Path | None, config: RunConfig
+    previous: PreviousRun,
+    data: str | Path | pa.Table,
+    out: str | Path | None,
+    config: RunConfig,
+    progress: Progress,
 ) -> tuple[LabelledTable, np.ndarray]:
-    """The new batch with the run's columns, checked, labels encoded with the run's classes,
-    and its verified labels ``(N,)``."""
+    """The new batch with the run's columns in the run's types (``refine.io.conform``), labels
+    encoded with the run's classes, and its verified labels ``(N,)``."""
     table = data if isinstance(data, pa.Table) else read_table(data)
     if out is not None and not isinstance(data, pa.Table):
         check_input_outside(Path(data), Path(out))
-    check_same_columns(previous.input_schema, table.schema)
+    conformed = conform(previous.input_schema, table, previous.unread_columns)
+    for name, kind in conformed.kept.items():
+        progress.note(
+            f"column {name!r} is {kind} in the batch, {previous.input_schema.field(name).type} "
+            "in the run's input; refine does not read it, so it is kept as it is"
+        )
     if table.num_rows == 0:
         raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
-    table = table.select(previous.input_schema.names)
-    batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
+    batch = encode_labels(conformed.table, config.label, config.folds, classes=previous.classes)
     return batch, verified_labels(batch, config.verified, config.verified_file, config.key)
 
 
@@ -308,28 +328,6 @@ def _teacher(previous: PreviousRun, X: np.ndarray) -> Teacher:
         temperature=previous.temperature,
         reliable=bool(previous.summary.get("teacher_reliable", True)),
     )
-
-
-def check_same_columns(expected: pa.Schema, found: pa.Schema) -> None:
-    """The new batch must have the run's input columns with the same types (any order)."""
-    found_types = {f.name: f.type for f in found}
-    for field in expected:
-        if field.name not in found_types:
-            raise InputError(
-                f"the new batch has no column {field.name!r}, which the run's input has; "
-                "a batch needs every input column of the run"
-            )
-        if found_types[field.name] != field.type:
-            raise InputError(
-                f"column {field.name!r} of the new batch has type {found_types[field.name]}, "
-                f"the run's input has {field.type}; cast it before updating"
-            )
-    extra = [n for n in found.names if n not in expected.names]
-    if extra:
-        raise InputError(
-            f"the new batch has column {extra[0]!r}, which the run's input does not; "
-            "drop it or start a new run with refine run"
-        )
 
 
 def _history(previous: PreviousRun, seed: int) -> tuple[pa.Table, int]:
@@ -348,7 +346,7 @@ def _history(previous: PreviousRun, seed: int) -> tuple[pa.Table, int]:
     latest = refined.filter(trained)
     path = previous.path / "history.parquet"
     if path.is_file():
-        old = pq.read_table(path).replace_schema_metadata(None)
+        old = _like(pq.read_table(path).replace_schema_metadata(None), latest.schema)
         seen_old = int(previous.summary.get("history", {}).get("rows_seen", old.num_rows))
     else:
         old, seen_old = latest.slice(0, 0), 0
@@ -361,7 +359,25 @@ def _history(previous: PreviousRun, seed: int) -> tuple[pa.Table, int]:
         part.take(pa.array(np.sort(rng.choice(part.num_rows, size=size, replace=False))))
         for part, size in ((old, from_old), (latest, from_latest))
     ]
-    return pa.concat_tables(parts), seen
+    # A batch may differ from the one before in nullability (DuckDB writes "not null").
+    return pa.concat_tables(parts, promote_options="default"), seen
+
+
+def _like(old: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The older history's rows in the types of ``schema``, the latest batch's. Only a column
+    the run never reads can have changed type (``refine.io.conform``); its old values are cast
+    where Arrow can do so safely, else left null, since replay reads only the features and
+    targets."""
+    columns = []
+    for field in schema:
+        column = old.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except pa.ArrowException:
+                column = pa.nulls(old.num_rows, field.type)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=schema.names)
 
 
 def _replay_sample(previous: PreviousRun, history: pa.Table, rows: int, seed: int) -> Extra:

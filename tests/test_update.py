@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import refine
 from refine.cli import cli
 from refine.io.query import query
+from refine.progress import NullProgress
 from refine.update import load_run, update
 from tests.conftest import FAST, noisy_table
 
@@ -93,26 +94,44 @@ def update_fails(first_run, tmp_path, batch, message, *extra):
     assert not (tmp_path / "new").exists()
 
 
+MISMATCH = (
+    "the new batch does not fit the run's input ({}); refine casts a column itself only where "
+    "no value changes (string and large_string, int32 to int64, int to float, a dictionary to "
+    "its values). Fix the batch and update again:\n"
+)
+
+
 def test_a_batch_without_a_column_of_the_run(first_run, tmp_path):
     batch = first_run[1].slice(360).drop_columns(["colour"])
     update_fails(
         first_run,
         tmp_path,
         batch,
-        "the new batch has no column 'colour', which the run's input has; "
-        "a batch needs every input column of the run",
+        MISMATCH.format("1 problem")
+        + "  column 'colour': not in the batch, dictionary<values=string, indices=int32, "
+        "ordered=0> in the run's input; add it, with nulls where the values are unknown: "
+        'CAST(NULL AS VARCHAR) AS "colour" in DuckDB, pa.nulls(batch.num_rows, '
+        "pa.dictionary(pa.int32(), pa.string())) in pyarrow",
     )
 
 
-def test_a_batch_with_a_column_of_another_type(first_run, tmp_path):
+def test_every_mismatch_is_listed_at_once_with_the_cast_that_fixes_it(first_run, tmp_path):
+    """A feature written as text and a label written as float (pandas' int64 column with a
+    missing value) are both refused, in one message."""
     batch = first_run[1].slice(360)
     batch = batch.set_column(1, "x0", batch.column("x0").cast(pa.string()))
+    batch = batch.set_column(5, "label", batch.column("label").cast(pa.float64()))
     update_fails(
         first_run,
         tmp_path,
         batch,
-        "column 'x0' of the new batch has type string, the run's input has float; "
-        "cast it before updating",
+        "the new batch does not fit the run's input (2 problems); refine casts a column itself "
+        "only where no value changes (string and large_string, int32 to int64, int to float, a "
+        "dictionary to its values). Fix the batch and update again:\n"
+        "  column 'x0': string in the batch, float in the run's input; cast it: "
+        "CAST(\"x0\" AS FLOAT) in DuckDB, batch['x0'].cast(pa.float32()) in pyarrow\n"
+        "  column 'label': double in the batch, int64 in the run's input; cast it: "
+        "CAST(\"label\" AS BIGINT) in DuckDB, batch['label'].cast(pa.int64()) in pyarrow",
     )
 
 
@@ -123,8 +142,10 @@ def test_a_batch_with_an_extra_column(first_run, tmp_path):
         first_run,
         tmp_path,
         batch,
-        "the new batch has column 'extra', which the run's input does not; "
-        "drop it or start a new run with refine run",
+        MISMATCH.format("1 problem")
+        + "  column 'extra': in the batch, not in the run's input; drop it (SELECT * EXCLUDE "
+        "(\"extra\") in DuckDB, batch.drop_columns(['extra']) in pyarrow), or start a new run "
+        "with refine run",
     )
 
 
@@ -235,3 +256,124 @@ def test_a_batch_takes_verified_labels_from_a_file(first_run, tmp_path):
     following = update(tmp_path / "next", table.slice(480, 120), tmp_path / "after", **UPDATE_FAST)
     assert "verified" not in following.refined.column("label_source").to_pylist()
     assert following.summary["config"]["verified_file"] is None
+
+
+def test_the_summary_counts_the_rounds_asked_for(first_run, tmp_path):
+    """The earlier model's judgement is round 1 of rounds.parquet but not one of --rounds."""
+    out, table, _ = first_run
+    pq.write_table(table.slice(360, 120), tmp_path / "batch.parquet")
+    new = tmp_path / "new"
+    result = invoke("update", str(out), str(tmp_path / "batch.parquet"), "--out", str(new),
+                    "--rounds", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:3] for line in result.output.splitlines() if "│" in line]
+    assert ["rounds", "1 after the earlier run's judgement"] in [
+        [cell.strip() for cell in row] for row in rows
+    ]
+    summary = json.loads((new / "run.json").read_text())
+    assert (summary["rounds_run"], summary["teacher_round"]) == (1, True)
+    assert pq.read_table(new / "rounds.parquet").column("round").to_pylist() == [1, 2]
+    report = (new / "report.html").read_text()
+    assert (
+        "<th>rounds run</th><td>1 after the earlier run&#x27;s judgement (round 1 under " in report
+    )
+
+
+@pytest.fixture(scope="module")
+def pandas_run(tmp_path_factory):
+    """A run on a table written by pandas (string columns as large_string, a whole-number
+    column as float64 since one value is missing), with string classes and an ignored id;
+    the rows it did not see, for batches; and the true classes."""
+    pd = pytest.importorskip("pandas")
+    table, truth = noisy_table(n=720, rate=0.15, seed=5)
+    names = np.array(["merlot", "riesling", "syrah"])
+    age = (truth * 4 + np.arange(720) % 3).astype(np.float64)
+    age[7] = np.nan
+    frame = pd.DataFrame(
+        {
+            "wine_id": [f"w{i:04d}" for i in range(720)],
+            "x0": table.column("x0").to_numpy().astype(np.float64),
+            "x1": table.column("x1").to_pandas(),
+            "age": age,
+            "colour": table.column("colour").cast(pa.string()).to_pylist(),
+            "label": names[np.asarray(table.column("label"))],
+        }
+    )
+    folder = tmp_path_factory.mktemp("pandas")
+    frame.iloc[:360].to_parquet(folder / "first.parquet")
+    schema = pq.read_schema(folder / "first.parquet")
+    assert [schema.field(n).type for n in ("wine_id", "age", "label")] == [
+        pa.large_string(), pa.float64(), pa.large_string(),
+    ]  # fmt: skip
+    refine.run(folder / "first.parquet", folder / "run", ignore=("wine_id",), seed=0, **FAST)
+    return folder / "run", frame, names[truth]
+
+
+def test_a_run_written_by_pandas_takes_a_batch_written_by_duckdb(pandas_run, tmp_path):
+    """The new user's path: DuckDB writes string (not large_string) columns, BIGINT for
+    whole numbers and a key as "not null". The batch is accepted, its columns cast to the run's
+    types with their values kept, and the chain goes on with a batch from pandas again."""
+    import duckdb
+
+    out, frame, truth = pandas_run
+    path = tmp_path / "tuesday.parquet"
+    with duckdb.connect() as con:
+        con.register("rows", pa.Table.from_pandas(frame.iloc[360:600], preserve_index=False))
+        con.execute(
+            "CREATE TABLE wines (wine_id VARCHAR PRIMARY KEY, x0 DOUBLE, x1 DOUBLE, age BIGINT, "
+            "colour VARCHAR, label VARCHAR); INSERT INTO wines SELECT * FROM rows"
+        )
+        con.execute(f"COPY wines TO '{path}'")
+    written = pq.read_schema(path)
+    assert [written.field(n).type for n in ("wine_id", "age", "colour", "label")] == [
+        pa.string(), pa.int64(), pa.string(), pa.string(),
+    ]  # fmt: skip
+    assert not written.field("wine_id").nullable
+    result = invoke("update", str(out), str(path), "--out", str(tmp_path / "tuesday"))
+    assert result.exit_code == 0, result.output
+    refined = pq.read_table(tmp_path / "tuesday" / "refined.parquet")
+    run_input = load_run(out).input_schema
+    assert refined.select(run_input.names).schema.types == run_input.types
+    batch = pq.read_table(path)
+    for name in batch.column_names:
+        assert refined.column(name).to_pylist() == batch.column(name).to_pylist(), name
+    given = np.asarray(batch.column("label").to_pylist())
+    wrong = given != truth[360:600]
+    flagged = np.asarray(refined.column("is_label_issue"))
+    assert (flagged & wrong).sum() >= 0.8 * wrong.sum()
+    assert (flagged & wrong).sum() >= 0.8 * flagged.sum()
+    # The next batch comes from pandas again; the history merges batches written both ways.
+    frame.iloc[600:].to_parquet(tmp_path / "wednesday.parquet")
+    after = update(tmp_path / "tuesday", tmp_path / "wednesday.parquet", tmp_path / "wednesday")
+    assert after.refined.num_rows == 120
+    history = pq.read_table(tmp_path / "wednesday" / "history.parquet")
+    assert history.schema.field("age").type == pa.float64()
+
+
+class Notes(NullProgress):
+    def __init__(self):
+        self.notes = []
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+def test_an_ignored_column_may_change_type(first_run, tmp_path):
+    """The run ignored its int64 ids; a batch with string ids is accepted and keeps them, the
+    user hears so, and the next update merges both kinds of id into its history."""
+    out, table, _ = first_run
+    batch = table.slice(360, 120)
+    ids = pa.array([f"w-{i}" for i in batch.column("id").to_pylist()])
+    notes = Notes()
+    second = update(
+        out, batch.set_column(0, "id", ids), tmp_path / "second", progress=notes, **UPDATE_FAST
+    )
+    assert second.refined.column("id").equals(pa.chunked_array([ids]))
+    assert notes.notes == [
+        "column 'id' is string in the batch, int64 in the run's input; refine does not read "
+        "it, so it is kept as it is"
+    ]
+    third = update(second.out, table.slice(480, 120), tmp_path / "third", **UPDATE_FAST)
+    assert third.refined.column("id").type == pa.int64()
+    history = pq.read_table(tmp_path / "third" / "history.parquet").column("id").to_pylist()
+    assert {"3", "w-2523"} <= set(history)  # the first run's ids as text, and the second's

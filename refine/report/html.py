@@ -262,7 +262,7 @@ def _summary_section(run: _Run) -> str:
     rows = [
         ("kept with doubt (weight < 1)", _int(s.get("down_weighted"))),
         ("synthetic rows", _int(run.synthetic_rows if run.synthetic_rows is not None else 0)),
-        ("rounds run", _int(s.get("rounds_run", run.rounds.num_rows or None))),
+        ("rounds run", _int(s.get("rounds_run", run.rounds.num_rows or None)) + _teacher(s)),
         ("time", f"{sum(timings.values()):.1f} s" if timings else NOT_RECORDED),
         ("ECE before / after calibration", _ece_pair(calibration)),
         ("temperature", _float(calibration.get("temperature"), 3)),
@@ -698,6 +698,15 @@ def _cell(value: Any) -> str:
 def _is_numeric(data: pa.Table, column: str) -> bool:
     t = data.schema.field(column).type
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _teacher(s: dict[str, Any]) -> str:
+    """An update's round 1 is the earlier run's judgement, not one of its ``--rounds``."""
+    return (
+        " after the earlier run's judgement (round 1 under Rounds)"
+        if s.get("teacher_round")
+        else ""
+    )
 
 
 def _int(value: Any) -> str:
