@@ -122,6 +122,8 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        # mkdtemp makes it 0700; a run directory is shared like any folder the user makes.
+        tmp.chmod(0o777 & ~umask())
     except OSError as exc:
         raise output_error(out, exc) from None
     try:
@@ -132,6 +134,23 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             raise output_error(out, exc) from None
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's /proc).
+
+    Elsewhere it is read by setting it and putting it back; the brief value set is 0o077, so a
+    file another thread creates meanwhile is more private, never less.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
