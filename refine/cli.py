@@ -721,7 +721,9 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
     standardised LogisticRegression, computed in the same run on the same data.
     """
     from refine.bench.demo import NOISE_RATE, run_demo
+    from refine.io.write import check_output
 
+    check_output(out, overwrite=True)  # before the first line, not after it
     console = Console()
     if not quiet:
         console.print(

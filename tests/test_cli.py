@@ -233,14 +233,51 @@ def test_output_column_clash(tmp_path):
     )
 
 
-def test_existing_non_run_directory_is_never_replaced(tmp_path, noisy_parquet):
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]])
+def test_existing_non_run_directory_is_never_replaced(tmp_path, noisy_parquet, extra):
+    """--overwrite cannot replace such a folder, so the message does not suggest it."""
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("keep me")
-    result = invoke("run", str(noisy_parquet), "--out", str(out), "--overwrite")
+    result = invoke("run", str(noisy_parquet), "--out", str(out), *extra)
     assert result.exit_code == 2
-    assert "is a non-empty directory that is not a refine run" in result.output
+    assert result.output.strip() == (
+        f"Error: output {str(out)!r} is a folder that is not a refine run (no run.json), and "
+        "refine never replaces one; choose another --out, or remove the folder yourself"
+    )
     assert (out / "thesis.tex").read_text() == "keep me"
+    (out / "thesis.tex").unlink()
+    out.rmdir()
+    out.write_text("a file")
+    result = invoke("run", str(noisy_parquet), "--out", str(out), *extra)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"Error: output {str(out)!r} exists and is not a directory; remove it or choose "
+        "another --out"
+    )
+    assert out.read_text() == "a file"
+
+
+@pytest.mark.parametrize("command", ["run", "update", "demo"])
+def test_an_out_named_like_a_parquet_file_is_refused(
+    tmp_path, noisy_parquet, finished_run, command
+):
+    """--out wine_refined.parquet made a directory that pandas then failed to read."""
+    out = tmp_path / "wine_refined.parquet"
+    before = {
+        "run": ["run", str(noisy_parquet)],
+        "update": ["update", str(finished_run[1]), str(noisy_parquet)],
+        "demo": ["demo"],
+    }[command]
+    result = invoke(*before, "--out", str(out))
+    assert result.exit_code == 2
+    name = tmp_path / "wine_refined"
+    assert result.output == (
+        f"Error: --out {str(out)!r} ends in .parquet, but --out names a run directory (the "
+        f"cleaned data is refined.parquet inside it): pass --out {name} and read "
+        f"{name / 'refined.parquet'}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_option_value(tmp_path, noisy_parquet):
