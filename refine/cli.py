@@ -29,6 +29,7 @@ from refine.config import (
     ModelConfig,
     RunConfig,
     load_config,
+    recorded_input,
     version_differences,
 )
 from refine.errors import RefineError
@@ -384,15 +385,6 @@ def _from_config_file(
     config = dataclasses.replace(
         recorded_config, model=model, **{name: getattr(flags, name) for name in typed & run_fields}
     )
-    if data is None:
-        source = recorded.get("input")
-        if not isinstance(source, str) or source == "<arrow table>":
-            what = "an Arrow table, not a file" if source == "<arrow table>" else "no input path"
-            raise CLIError(
-                f"config file {str(path)!r} records {what}; pass DATA: "
-                f"refine run DATA --config {path} --out ..."
-            )
-        data = Path(source)
     differences = version_differences(recorded.get("versions") or {}, _versions())
     if differences and not quiet:
         click.echo(
@@ -400,7 +392,7 @@ def _from_config_file(
             f"reproduced exactly: {', '.join(differences)}",
             err=True,
         )
-    return config, data
+    return config, data if data is not None else recorded_input(path, recorded)
 
 
 def _ece(calibration: dict[str, Any]) -> str:
