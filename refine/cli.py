@@ -33,7 +33,7 @@ from refine.config import (
     version_differences,
 )
 from refine.errors import RefineError
-from refine.progress import RichProgress
+from refine.progress import RichProgress, trust_lines
 
 _DEFAULTS = RunConfig()
 _MODEL = ModelConfig()
@@ -406,22 +406,10 @@ def _print_trust(console: Console, trust: dict[str, Any] | None) -> None:
     """One line on whether refine changed labels and why; with verified rows, what they show."""
     if not trust:
         return
-    colour = "yellow" if trust["policy"] == "keep" else "green"
-    console.print(f"[{colour}]{trust['reason'][0].upper()}{trust['reason'][1:]}.[/]")
-    measured = trust.get("measured")
-    if measured:
-        console.print(
-            f"On {measured['rows']:,} verified rows, scored out of fold: given labels "
-            f"{_share(measured['given_accuracy'])} right, refined labels "
-            f"{_share(measured['refined_accuracy'])}."
-        )
-
-
-def _share(interval: dict[str, Any]) -> str:
-    """``0.842 (95% CI 0.80-0.88)``."""
-    if interval["value"] is None:
-        return "n/a"
-    return f"{interval['value']:.3f} (95% CI {interval['low']:.3f}-{interval['high']:.3f})"
+    verdict, *measured = trust_lines(trust)
+    console.print(f"[{'yellow' if trust['policy'] == 'keep' else 'green'}]{verdict}[/]")
+    for line in measured:
+        console.print(line)
 
 
 def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
