@@ -2,9 +2,9 @@
 
     .venv/bin/python dev/screenshot_report.py RUN_DIR OUT.png [--full-page] [--colours 256]
 
-reports/report-demo.png is `dev/screenshot_report.py runs/demo reports/report-demo.png
---full-page --colours 256` after `refine demo`. It never downloads a browser: it needs
-/usr/bin/chromium (apt-get install chromium).
+After `refine demo`: `dev/screenshot_report.py runs/demo report.png --full-page --colours 256`.
+No screenshot is kept in the repository (it went stale). It never downloads a browser: it needs
+/usr/bin/chromium (apt-get install chromium). tests/test_report.py runs it.
 """
 
 from __future__ import annotations

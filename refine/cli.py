@@ -29,10 +29,11 @@ from refine.config import (
     ModelConfig,
     RunConfig,
     load_config,
+    recorded_input,
     version_differences,
 )
 from refine.errors import RefineError
-from refine.progress import RichProgress
+from refine.progress import RichProgress, trust_lines
 
 _DEFAULTS = RunConfig()
 _MODEL = ModelConfig()
@@ -385,15 +386,6 @@ def _from_config_file(
     config = dataclasses.replace(
         recorded_config, model=model, **{name: getattr(flags, name) for name in typed & run_fields}
     )
-    if data is None:
-        source = recorded.get("input")
-        if not isinstance(source, str) or source == "<arrow table>":
-            what = "an Arrow table, not a file" if source == "<arrow table>" else "no input path"
-            raise CLIError(
-                f"config file {str(path)!r} records {what}; pass DATA: "
-                f"refine run DATA --config {path} --out ..."
-            )
-        data = Path(source)
     differences = version_differences(recorded.get("versions") or {}, _versions())
     if differences and not quiet:
         click.echo(
@@ -401,7 +393,7 @@ def _from_config_file(
             f"reproduced exactly: {', '.join(differences)}",
             err=True,
         )
-    return config, data
+    return config, data if data is not None else recorded_input(path, recorded)
 
 
 def _ece(calibration: dict[str, Any]) -> str:
@@ -415,22 +407,10 @@ def _print_trust(console: Console, trust: dict[str, Any] | None) -> None:
     """One line on whether refine changed labels and why; with verified rows, what they show."""
     if not trust:
         return
-    colour = "yellow" if trust["policy"] == "keep" else "green"
-    console.print(f"[{colour}]{trust['reason'][0].upper()}{trust['reason'][1:]}.[/]")
-    measured = trust.get("measured")
-    if measured:
-        console.print(
-            f"On {measured['rows']:,} verified rows, scored out of fold: given labels "
-            f"{_share(measured['given_accuracy'])} right, refined labels "
-            f"{_share(measured['refined_accuracy'])}."
-        )
-
-
-def _share(interval: dict[str, Any]) -> str:
-    """``0.842 (95% CI 0.80-0.88)``."""
-    if interval["value"] is None:
-        return "n/a"
-    return f"{interval['value']:.3f} (95% CI {interval['low']:.3f}-{interval['high']:.3f})"
+    verdict, *measured = trust_lines(trust)
+    console.print(f"[{'yellow' if trust['policy'] == 'keep' else 'green'}]{verdict}[/]")
+    for line in measured:
+        console.print(line)
 
 
 def _rounds(s: dict[str, Any]) -> str:
@@ -843,7 +823,9 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
     standardised LogisticRegression, computed in the same run on the same data.
     """
     from refine.bench.demo import NOISE_RATE, run_demo
+    from refine.io.write import check_output
 
+    check_output(out, overwrite=True)  # before the first line, not after it
     console = Console()
     if not quiet:
         console.print(

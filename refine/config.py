@@ -269,8 +269,8 @@ def load_config(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, Any]
     config : RunConfig
         The configuration, validated.
     recorded : dict
-        What ``run.json`` recorded beside it: ``input`` (the input path, or ``"<arrow table>"``)
-        and ``versions``, where present; empty for a plain configuration.
+        What ``run.json`` recorded beside it: ``input`` (the input path, or ``"<arrow table>"``),
+        ``versions`` and ``command``, where present; empty for a plain configuration.
 
     Raises
     ------
@@ -322,8 +322,38 @@ def load_config(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, Any]
             f"config file {str(path)!r} holds a value of the wrong type ({exc}); compare it "
             "with the run.json of a run"
         ) from None
-    recorded = {k: document[k] for k in ("input", "versions") if is_run and k in document}
+    recorded = {
+        k: document[k] for k in ("input", "versions", "command") if is_run and k in document
+    }
     return config, recorded
+
+
+def recorded_input(path: str | os.PathLike[str], recorded: dict[str, Any]) -> Path:
+    """The input file a run read, from ``recorded`` (``load_config``'s) of the file ``path``.
+
+    Raises
+    ------
+    ConfigError
+        It records no input path, an Arrow table, or a file that is no longer there (the demo's
+        is a temporary file); each message says to pass DATA instead.
+    """
+    rerun = f"pass DATA: refine run DATA --config {path} --out ..."
+    source = recorded.get("input")
+    if not isinstance(source, str) or source == "<arrow table>":
+        what = "an Arrow table, not a file" if source == "<arrow table>" else "no input path"
+        raise ConfigError(f"config file {str(path)!r} records {what}; {rerun}")
+    if not Path(source).exists():
+        command = recorded.get("command")
+        why = (
+            "it was the demo's temporary file; rerun the demo with refine demo --out NEW, or"
+            if isinstance(command, str) and command.split()[:2] == ["refine", "demo"]
+            else "it was moved or removed since the run;"
+        )
+        raise ConfigError(
+            f"config file {str(path)!r} records the input {source!r}, which no longer exists: "
+            f"{why} {rerun}"
+        )
+    return Path(source)
 
 
 def version_differences(recorded: dict[str, str], current: dict[str, str]) -> list[str]:

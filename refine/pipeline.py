@@ -50,7 +50,7 @@ from refine.learn.checkpoint import (
     open_checkpoint,
 )
 from refine.learn.crossfit import CrossFit, FoldRunner
-from refine.progress import NULL_PROGRESS, Progress
+from refine.progress import NULL_PROGRESS, Progress, logger, trust_lines
 from refine.rounds import Augment, Extra, Rounds, RoundsResult, Teacher, augmenter
 
 # The layout of model.pt: refine.update.load_run reads what _save_model writes.
@@ -283,7 +283,22 @@ def finish_run(
                 write_report(tmp)
             kill_point("write")
         result.out = Path(out)
+    _log_summary(summary, result.out)
     return result
+
+
+def _log_summary(s: dict[str, Any], out: Path | None) -> None:
+    """What the CLI's summary says, in a few lines for the ``refine`` logger."""
+    rounds = s["rounds_run"]
+    logger.info(
+        f"{s['rows']:,} rows ({s['labelled']:,} labelled): {s['flagged']:,} flagged, "
+        f"{s['corrected']:,} corrected, {s['excluded']:,} excluded, "
+        f"{s['pseudo_labelled']:,} pseudo-labelled in {rounds} round{'s' if rounds != 1 else ''}"
+    )
+    for line in trust_lines(s.get("trust")):
+        logger.info(line)
+    if out is not None:
+        logger.info(f"wrote {out}; the refined labels are in {out / 'refined.parquet'}")
 
 
 def refine_rounds(

@@ -1,12 +1,19 @@
-"""Progress reporting: a tiny interface the pipeline calls, with a silent default.
+"""Progress reporting: a tiny interface the pipeline calls, with a quiet default.
 
-The library never prints. The CLI passes a ``RichProgress`` when stderr is a terminal.
+The library never prints. The CLI passes a ``RichProgress``, which prints its notes. From
+Python, notes, each round's line and the run's summary go to the ``refine`` logger at INFO,
+silent until the user configures logging: ``logging.basicConfig(level=logging.INFO)``.
 """
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any, Protocol
+
+logger = logging.getLogger("refine")
+# A library leaves its output to the application: nothing shows until logging is configured.
+logger.addHandler(logging.NullHandler())
 
 
 class Progress(Protocol):
@@ -18,6 +25,8 @@ class Progress(Protocol):
 
 
 class NullProgress:
+    """No bars; notes go to the ``refine`` logger (what the Python API uses)."""
+
     def start(self, key: str, description: str, total: int) -> None:
         return None
 
@@ -31,10 +40,32 @@ class NullProgress:
         pass
 
     def note(self, text: str) -> None:
-        pass
+        logger.info(text)
 
 
 NULL_PROGRESS = NullProgress()
+
+
+def trust_lines(trust: dict[str, Any] | None) -> list[str]:
+    """The trust verdict of a run's summary in a sentence, and what verified rows showed."""
+    if not trust:
+        return []
+    lines = [f"{trust['reason'][0].upper()}{trust['reason'][1:]}."]
+    measured = trust.get("measured")
+    if measured:
+        lines.append(
+            f"On {measured['rows']:,} verified rows, scored out of fold: given labels "
+            f"{_share(measured['given_accuracy'])} right, refined labels "
+            f"{_share(measured['refined_accuracy'])}."
+        )
+    return lines
+
+
+def _share(interval: dict[str, Any]) -> str:
+    """``0.842 (95% CI 0.80-0.88)``."""
+    if interval["value"] is None:
+        return "n/a"
+    return f"{interval['value']:.3f} (95% CI {interval['low']:.3f}-{interval['high']:.3f})"
 
 
 class RichProgress:

@@ -32,7 +32,7 @@ from refine.learn.calibrate import (
 from refine.learn.checkpoint import resume_rounds, round_record
 from refine.learn.crossfit import CrossFit, FoldRunner, cross_fit, make_folds, restore_cross_fit
 from refine.learn.model import resolve_device
-from refine.progress import Progress
+from refine.progress import Progress, logger
 
 
 @dataclass
@@ -359,6 +359,7 @@ class Rounds:
                 "seconds": time.perf_counter() - started,
             }
         )
+        logger.info(self._line(self.rounds[-1], self.is_teacher_round(round_index)))
         self.decisions = decisions
         self.arrays = dict(
             proba=verdict.proba,
@@ -386,6 +387,18 @@ class Rounds:
             )
         self.previous = decisions.refined
         self.targets, self.weights = decisions.soft, decisions.weight
+
+    @staticmethod
+    def _line(row: dict[str, Any], teacher: bool) -> str:
+        """``round 2: 41 flagged, 30 corrected, ...``, for the ``refine`` logger."""
+        accuracy = row["oof_accuracy"]
+        return (
+            f"round {row['round']}{' (the earlier run judges the batch)' if teacher else ''}: "
+            f"{row['flagged']:,} flagged, {row['corrected']:,} corrected, "
+            f"{row['excluded']:,} excluded, {row['pseudo_labelled']:,} pseudo-labelled, "
+            f"{row['changed']:,} labels changed, out-of-fold accuracy "
+            f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}, policy {row['policy']}"
+        )
 
     def _carry(self, decisions: Decisions, is_issue: np.ndarray, quality: np.ndarray) -> None:
         """Take on a resumed round's decisions as the next round's targets."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -151,14 +152,51 @@ def test_missing_label_column(tmp_path):
     )
 
 
-def test_float_label(tmp_path):
-    data = write(tmp_path, pa.table({"a": [1.0, 2.0], "y": [0.0, 1.0]}))
+def test_float_label_of_whole_numbers_says_how_to_cast(tmp_path):
+    """Integers plus NaN in pandas become float: the usual cause, so the message says so."""
+    data = write(tmp_path, pa.table({"a": [1.0, 2.0, 3.0], "y": [0.0, None, 1.0]}))
     run_fails(
         tmp_path,
         data,
-        "label column 'y' has type double; refine needs class labels of "
-        "integer, string or boolean type; if the values are whole numbers, cast the column "
-        "to an integer type",
+        "label column 'y' has type double but holds only whole numbers: integer classes stored "
+        "as floats, usually because pandas makes an integer column with missing values (NaN) "
+        "float. Cast it to integers: in pandas df['y'] = df['y'].astype(\"Int64\") (nullable "
+        'integers, missing labels stay null), in DuckDB CAST("y" AS BIGINT)',
+        "--label",
+        "y",
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "shown"),
+    [
+        ([0.0, 0.5, 1.0], pa.float64(), "0.5 in row 1"),
+        ([0.0, None, float("inf")], pa.float32(), "inf in row 2"),
+        ([Decimal("1"), Decimal("2.5")], pa.decimal128(3, 1), "2.5 in row 1"),
+    ],
+)
+def test_float_label_that_is_not_whole_must_be_classes(tmp_path, values, kind, shown):
+    data = write(
+        tmp_path, pa.table({"a": np.arange(len(values), dtype=float), "y": pa.array(values, kind)})
+    )
+    run_fails(
+        tmp_path,
+        data,
+        f"label column 'y' has type {kind} and values that are not whole numbers ({shown}); "
+        "refine needs class labels of integer, string or boolean type, not scores or "
+        "measurements: name the column of classes with --label",
+        "--label",
+        "y",
+    )
+
+
+def test_float_label_of_nulls_only(tmp_path):
+    data = write(tmp_path, pa.table({"a": [1.0, 2.0], "y": pa.array([None, None], pa.float64())}))
+    run_fails(
+        tmp_path,
+        data,
+        "label column 'y' has type double; refine needs class labels of integer, string or "
+        "boolean type; this column holds only nulls",
         "--label",
         "y",
     )
@@ -233,14 +271,51 @@ def test_output_column_clash(tmp_path):
     )
 
 
-def test_existing_non_run_directory_is_never_replaced(tmp_path, noisy_parquet):
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]])
+def test_existing_non_run_directory_is_never_replaced(tmp_path, noisy_parquet, extra):
+    """--overwrite cannot replace such a folder, so the message does not suggest it."""
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("keep me")
-    result = invoke("run", str(noisy_parquet), "--out", str(out), "--overwrite")
+    result = invoke("run", str(noisy_parquet), "--out", str(out), *extra)
     assert result.exit_code == 2
-    assert "is a non-empty directory that is not a refine run" in result.output
+    assert result.output.strip() == (
+        f"Error: output {str(out)!r} is a folder that is not a refine run (no run.json), and "
+        "refine never replaces one; choose another --out, or remove the folder yourself"
+    )
     assert (out / "thesis.tex").read_text() == "keep me"
+    (out / "thesis.tex").unlink()
+    out.rmdir()
+    out.write_text("a file")
+    result = invoke("run", str(noisy_parquet), "--out", str(out), *extra)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"Error: output {str(out)!r} exists and is not a directory; remove it or choose "
+        "another --out"
+    )
+    assert out.read_text() == "a file"
+
+
+@pytest.mark.parametrize("command", ["run", "update", "demo"])
+def test_an_out_named_like_a_parquet_file_is_refused(
+    tmp_path, noisy_parquet, finished_run, command
+):
+    """--out wine_refined.parquet made a directory that pandas then failed to read."""
+    out = tmp_path / "wine_refined.parquet"
+    before = {
+        "run": ["run", str(noisy_parquet)],
+        "update": ["update", str(finished_run[1]), str(noisy_parquet)],
+        "demo": ["demo"],
+    }[command]
+    result = invoke(*before, "--out", str(out))
+    assert result.exit_code == 2
+    name = tmp_path / "wine_refined"
+    assert result.output == (
+        f"Error: --out {str(out)!r} ends in .parquet, but --out names a run directory (the "
+        f"cleaned data is refined.parquet inside it): pass --out {name} and read "
+        f"{name / 'refined.parquet'}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_option_value(tmp_path, noisy_parquet):

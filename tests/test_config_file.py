@@ -120,7 +120,10 @@ def test_the_same_versions_give_no_warning(tmp_path, first_run):
     # The run stops at the missing input, after the (absent) warning would have printed.
     assert result.exit_code == 2
     assert "Warning" not in result.output
-    assert result.output.strip().startswith("Error: input '/nonexistent/data.parquet'")
+    assert result.output.strip().startswith(
+        f"Error: config file {str(path)!r} records the input '/nonexistent/data.parquet', which "
+        "no longer exists"
+    )
 
 
 def config_error(tmp_path, path, message, *extra):
@@ -222,6 +225,35 @@ def test_a_run_of_an_arrow_table_needs_data(tmp_path, first_run, noisy_data):
         f"config file {str(path)!r} records an Arrow table, not a file; pass DATA: "
         f"refine run DATA --config {path} --out ...",
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        (
+            "refine demo --out runs/demo",
+            "it was the demo's temporary file; rerun the demo with refine demo --out NEW, or",
+        ),
+        ("refine run gone.parquet --out runs/first", "it was moved or removed since the run;"),
+    ],
+)
+def test_a_run_whose_input_is_gone_says_so_and_takes_data(
+    tmp_path, first_run, noisy_parquet, command, why
+):
+    """The demo reads a temporary file, removed once it has run: --config alone cannot rerun it."""
+    gone = tmp_path / "tmpdemo" / "digits_noisy.parquet"
+    path = doctored(tmp_path, first_run, input=str(gone), command=command)
+    config_error(
+        tmp_path,
+        path,
+        f"config file {str(path)!r} records the input {str(gone)!r}, which no longer exists: "
+        f"{why} pass DATA: refine run DATA --config {path} --out ...",
+    )
+    out = tmp_path / "again"
+    result = invoke("run", str(noisy_parquet), "--config", str(path), "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    assert (out / "refined.parquet").read_bytes() == (first_run / "refined.parquet").read_bytes()
+    assert run_json(out)["input"] == str(noisy_parquet)
 
 
 def test_run_without_data_or_config_is_a_usage_error(tmp_path):

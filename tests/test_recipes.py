@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -241,6 +242,16 @@ def test_write_dataset_writes_both_splits_atomically_with_the_recipe(quick, tmp_
     # Writing again replaces the files and still leaves no temporary file behind.
     write_dataset(built, train_path)
     assert len(list((tmp_path / "out").iterdir())) == 2
+
+
+def test_written_datasets_honour_the_umask(quick, tmp_path):
+    """mkstemp makes its file 0600; the dataset is for colleagues as much as any file."""
+    previous = os.umask(0o022)
+    try:
+        train_path, test_path = write_dataset(quick["iris-onedir"], tmp_path / "iris.parquet")
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (train_path, test_path)] == [0o644, 0o644]
 
 
 def test_the_embeddings_generator_is_balanced_and_reproducible():

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
-from refine.io.write import output_lock
+from refine.io.write import output_lock, umask
 from refine.pipeline import MODEL_FORMAT
 from tests.conftest import noisy_table
 
@@ -385,6 +386,39 @@ def test_a_failed_rename_keeps_the_earlier_run(tmp_path, small_run, monkeypatch)
     assert result.output.startswith(f"Error: cannot write the output directory {str(out)!r}: ")
     assert snapshot(out) == before
     assert leftovers(tmp_path, "out") == [".out.partial"]  # for --resume
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_run_directories_honour_the_umask(tmp_path, small_run, mask):
+    """mkdtemp makes the directory 0700: colleagues could not read the report. A new run and
+    one replaced with --overwrite both get the modes any folder and file the user makes gets."""
+    previous = os.umask(mask)
+    try:
+        assert umask() == mask
+        for extra in ([], ["--overwrite"]):
+            result = invoke("run", small_run[1], "--out", tmp_path / "out", *SMALL_FLAGS, *extra)
+            assert result.exit_code == 0, result.output
+            out = tmp_path / "out"
+            assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+            assert modes == dict.fromkeys(modes, 0o666 & ~mask) and "report.html" in modes
+    finally:
+        os.umask(previous)
+
+
+def test_the_umask_is_read_without_proc(monkeypatch):
+    """Where /proc cannot be read the umask is set and put back: it ends as it began."""
+    previous = os.umask(0o027)
+    try:
+
+        def unreadable(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(Path, "read_text", unreadable)
+        assert umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(previous)
 
 
 # --- one process per output directory --------------------------------------------------------

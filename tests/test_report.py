@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 import refine
 from refine.cli import cli
@@ -391,3 +392,22 @@ def test_the_report_opens_in_chromium_offline_and_runs_no_planted_script(planted
     ]
     assert images == [True] * 4  # every plot decoded
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_the_screenshot_script_works(planted_run, tmp_path):
+    """The repository keeps no screenshot (it went stale); this script is the way to take one."""
+    _playwright()
+    out = tmp_path / "report.png"
+    script = Path(__file__).resolve().parent.parent / "dev" / "screenshot_report.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(planted_run), str(out), "--full-page", "--colours", "64"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"wrote {out}\n"
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.mode == "P" and image.width == 1280
+        assert image.height > 900  # the whole page, not one screen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +43,14 @@ def test_updating_with_the_same_rows_changes_little(first_run, tmp_path):
     assert summary["replayed_rows"] == 360
 
 
-def test_a_new_batch_is_refined_and_written_with_the_run_contract(first_run, tmp_path):
+def test_a_new_batch_is_refined_and_written_with_the_run_contract(first_run, tmp_path, caplog):
     out, table, truth = first_run
     batch = table.slice(360)
+    caplog.set_level(logging.INFO, logger="refine")
     result = update(out, batch, tmp_path / "next", **UPDATE_FAST)
+    said = [r.getMessage() for r in caplog.records if r.name == "refine"]
+    assert said[0].startswith("round 1 (the earlier run judges the batch): ")
+    assert said[1].startswith("round 2: ")
     assert result.refined.num_rows == 360
     assert result.refined.select(batch.column_names).equals(batch)
     given = np.asarray(batch.column("label"))

@@ -32,6 +32,7 @@ from refine.bench.noise import (
     hide_labels,
 )
 from refine.errors import InputError, OutputError
+from refine.io.write import umask
 
 RECIPE_DIR = Path(
     os.environ.get("REFINE_DATASETS") or Path(__file__).resolve().parents[2] / "datasets"
@@ -477,6 +478,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         os.close(handle)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it 0600, unreadable to colleagues
     except OSError as exc:
         raise OutputError(f"cannot write in {str(path.parent)!r}: {exc.strerror}") from None
     try:

@@ -132,13 +132,9 @@ def encode_labels(
         or pa.types.is_string_view(value_type)
         or pa.types.is_boolean(value_type)
     ):
-        hint = (
-            "; if the values are whole numbers, cast the column to an integer type"
-            if pa.types.is_floating(value_type) or pa.types.is_decimal(value_type)
-            else "; this column holds only nulls"
-            if pa.types.is_null(value_type)
-            else ""
-        )
+        if pa.types.is_floating(value_type) or pa.types.is_decimal(value_type):
+            _refuse_numeric_labels(plain_values(column), label)
+        hint = "; this column holds only nulls" if pa.types.is_null(value_type) else ""
         raise InputError(
             f"label column {label!r} has type {column.type}; refine needs class labels of "
             f"integer, string or boolean type{hint}"
@@ -180,6 +176,30 @@ def encode_labels(
             "(cross-fitting needs at least 2 rows per class)"
         )
     return LabelledTable(table=table, label=label, labels=labels, classes=classes)
+
+
+def _refuse_numeric_labels(column: pa.ChunkedArray, label: str) -> None:
+    """Say whether a float or decimal label holds whole numbers, and if so how to cast it."""
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
+    present = ~np.isnan(values)
+    fractional = present & ~(np.isfinite(values) & (values == np.floor(values)))
+    kind = f"label column {label!r} has type {column.type}"
+    classes = "refine needs class labels of integer, string or boolean type"
+    if not present.any():
+        raise InputError(f"{kind}; {classes}; this column holds only nulls")
+    if fractional.any():
+        row = int(np.argmax(fractional))
+        raise InputError(
+            f"{kind} and values that are not whole numbers ({column[row].as_py()} in row {row}); "
+            f"{classes}, not scores or measurements: name the column of classes with --label"
+        )
+    quoted = '"' + label.replace('"', '""') + '"'
+    raise InputError(
+        f"{kind} but holds only whole numbers: integer classes stored as floats, usually because "
+        "pandas makes an integer column with missing values (NaN) float. Cast it to integers: "
+        f'in pandas df[{label!r}] = df[{label!r}].astype("Int64") (nullable integers, missing '
+        f"labels stay null), in DuckDB CAST({quoted} AS BIGINT)"
+    )
 
 
 def _encode_with_classes(

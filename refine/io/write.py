@@ -122,6 +122,8 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        # mkdtemp makes it 0700; a run directory is shared like any folder the user makes.
+        tmp.chmod(0o777 & ~umask())
     except OSError as exc:
         raise output_error(out, exc) from None
     try:
@@ -132,6 +134,23 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             raise output_error(out, exc) from None
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's /proc).
+
+    Elsewhere it is read by setting it and putting it back; the brief value set is 0o077, so a
+    file another thread creates meanwhile is more private, never less.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -240,23 +259,31 @@ def _remove_empty(directories: list[Path]) -> None:
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out`` unless ``overwrite``, and never overwrite a non-run directory."""
+    """Refuse an ``out`` named like a Parquet file, an existing ``out`` unless ``overwrite``, and
+    anything that is not a run directory even then (saying so, not suggesting ``--overwrite``)."""
     out = Path(out)
+    if out.suffix.lower() == ".parquet":
+        name = out.with_suffix("")
+        raise OutputError(
+            f"--out {str(out)!r} ends in .parquet, but --out names a run directory (the cleaned "
+            f"data is refined.parquet inside it): pass --out {str(name)} and read "
+            f"{str(name / 'refined.parquet')}"
+        )
     if not out.exists():
         return
-    if not overwrite:
-        raise OutputError(
-            f"output {str(out)!r} already exists; pass --overwrite to replace it, "
-            "or choose another --out"
-        )
     if not out.is_dir():
         raise OutputError(
             f"output {str(out)!r} exists and is not a directory; remove it or choose another --out"
         )
     if any(out.iterdir()) and not (out / "run.json").exists():
         raise OutputError(
-            f"output {str(out)!r} is a non-empty directory that is not a refine run (no run.json); "
-            "refine will not replace it. Choose another --out"
+            f"output {str(out)!r} is a folder that is not a refine run (no run.json), and refine "
+            "never replaces one; choose another --out, or remove the folder yourself"
+        )
+    if not overwrite:
+        raise OutputError(
+            f"output {str(out)!r} already exists; pass --overwrite to replace it, "
+            "or choose another --out"
         )
 
 
