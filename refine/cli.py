@@ -112,7 +112,9 @@ def cli() -> None:
 @click.option(
     "--key",
     default=None,
-    help="Column joining --verified-file to the data (unique values, such as an id).",
+    help="Column of unique values (such as an id) that names each row: shown first in the "
+    "query views, the report and review files, never a feature, and joining --verified-file. "
+    "Default: the --ignore'd columns, else columns named like an id.",
 )
 @click.option(
     "--features",
@@ -503,7 +505,11 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     help="Verified labels for the batch's rows (as for refine run); the run's --verified "
     "column, if any, is read from the batch as it is.",
 )
-@click.option("--key", default=None, help="Column joining --verified-file to the batch.")
+@click.option(
+    "--key",
+    default=None,
+    help="Column joining --verified-file to the batch, and naming its rows. Default: the run's.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors

@@ -27,6 +27,7 @@ import torch
 from refine.config import RunConfig, check_summary
 from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
+from refine.io.keys import FROM_KEY, RowKey, row_key
 from refine.io.read import OUTPUT_COLUMNS, LabelledTable, encode_labels, read_table
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
@@ -234,6 +235,7 @@ def _update(
     config.validate()
     batch, verified = _read_batch(previous, data, out, config)
     table = batch.table
+    key = _batch_key(previous, table, config)
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
@@ -262,7 +264,7 @@ def _update(
         image_blocks=previous.encoder.image_blocks,
         verified=verified,
     )
-    summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
+    summary = summarise_run(batch, previous.encoder, config, state, timings, data, command, key)
     summary["parent"] = {
         "run": str(previous.path.resolve()),
         "input": previous.summary.get("input"),
@@ -297,6 +299,20 @@ def _read_batch(
     table = table.select(previous.input_schema.names)
     batch = encode_labels(table, config.label, config.folds, classes=previous.classes)
     return batch, verified_labels(batch, config.verified, config.verified_file, config.key)
+
+
+def _batch_key(previous: PreviousRun, table: pa.Table, config: RunConfig) -> RowKey:
+    """The columns naming the batch's rows: the update's --key, else the earlier run's --key
+    where it still holds unique values, else what the run's --ignore or id-like names give."""
+    if config.key is None:
+        recorded = previous.summary.get("key") or {}
+        columns = recorded.get("columns") or []
+        if recorded.get("from") == FROM_KEY and len(columns) == 1:
+            try:
+                return row_key(table, config.label, columns[0])
+            except InputError:
+                pass
+    return row_key(table, config.label, config.key, config.ignore)
 
 
 def _teacher(previous: PreviousRun, X: np.ndarray) -> Teacher:

@@ -376,9 +376,10 @@ def test_verified_option_conflicts(tmp_path, small_data):
     run_fails(
         tmp_path,
         data,
-        "--key names the column that joins --verified-file; pass the file too",
+        "the input's key column 'colour' holds \"red\" more than once; --key must name a "
+        "column of unique values (or leave it out)",
         "--key",
-        "id",
+        "colour",
     )
     run_fails(
         tmp_path,
