@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 
 import numpy as np
 import pyarrow as pa
@@ -15,9 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import refine
-from refine.cli import cli
+from refine.cli import _look_at_flagged, cli
 from refine.errors import InputError
 from refine.io.keys import RowKey, looks_like_id, row_key
+from refine.io.query import flagged_query
+from refine.io.read import OUTPUT_COLUMNS
+from refine.io.write import ROUNDS_SCHEMA
 from tests.conftest import FAST, blobs
 
 FAST_FLAGS = ["--max-epochs", "10", "--folds", "3", "--rounds", "1"]
@@ -165,6 +169,129 @@ def wine_table(n: int = 150) -> pa.Table:
             "grape": GRAPES[noisy].tolist(),
         }
     )
+
+
+@pytest.fixture(scope="module")
+def wine_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wine")
+    data = folder / "wine.parquet"
+    table = wine_table()
+    pq.write_table(table, data)
+    out = folder / "run"
+    result = invoke("run", data, "--out", out, "--label", "grape", *FAST_FLAGS)
+    assert result.exit_code == 0, result.output
+    return table, out, result.output
+
+
+def test_run_json_records_the_key(wine_run):
+    _, out, _ = wine_run
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["key"] == {"columns": ["wine_id"], "from": "id-like name"}
+
+
+def test_the_printed_query_shows_the_flagged_rows_by_their_key(wine_run):
+    table, out, output = wine_run
+    line = [x for x in output.splitlines() if x.startswith("Look at the flagged rows:")]
+    assert line == [
+        f"Look at the flagged rows: refine query {shlex.quote(str(out))} "
+        '"SELECT row_number, wine_id, grape, label_predicted, label_quality FROM flagged '
+        'ORDER BY label_quality LIMIT 10"'
+    ]
+    words = shlex.split(line[0].split(": ", 1)[1])
+    assert words[:3] == ["refine", "query", str(out)]
+    shown = invoke(*words[1:], "--format", "csv")
+    assert shown.exit_code == 0, shown.output
+    rows = rows_of(shown.output)
+    assert rows[0] == ["row_number", "wine_id", "grape", "label_predicted", "label_quality"]
+    assert len(rows) == 11
+    ids = table.column("wine_id").to_pylist()
+    given = table.column("grape").to_pylist()
+    assert [r[1] for r in rows[1:]] == [ids[int(r[0])] for r in rows[1:]]
+    assert [r[2] for r in rows[1:]] == [given[int(r[0])] for r in rows[1:]]
+    quality = [float(r[4]) for r in rows[1:]]
+    assert quality == sorted(quality)
+
+
+def test_the_suggestion_quotes_names_for_duckdb_and_the_shell(tmp_path):
+    sql = flagged_query("class", ["Wine ID", "order", "it's", "lot"])
+    assert sql == (
+        'SELECT row_number, "Wine ID", "order", "it\'s", class, label_predicted, label_quality '
+        "FROM flagged ORDER BY label_quality LIMIT 10"
+    )
+    summary = {"config": {"label": "class"}, "key": {"columns": ["Wine ID"]}}
+    line = _look_at_flagged(tmp_path / "my runs" / "a", summary)
+    words = shlex.split(line.split(": ", 1)[1])
+    assert words == [
+        "refine",
+        "query",
+        str(tmp_path / "my runs" / "a"),
+        'SELECT row_number, "Wine ID", class, label_predicted, label_quality FROM flagged '
+        "ORDER BY label_quality LIMIT 10",
+    ]
+    # Without a key: the row number, the label, the prediction and the quality.
+    assert flagged_query("label") == (
+        "SELECT row_number, label, label_predicted, label_quality FROM flagged "
+        "ORDER BY label_quality LIMIT 10"
+    )
+
+
+def test_the_views_start_with_row_number_then_the_key(wine_run):
+    table, out, _ = wine_run
+    inputs = ["x0", "notes", "cellar", "x1", "x2", "grape"]
+    outputs = list(OUTPUT_COLUMNS)
+    for view in ("refined", "flagged", "verified"):
+        described = invoke("query", out, f"DESCRIBE {view}", "--format", "csv")
+        names = [r[0] for r in rows_of(described.output)[1:]]
+        assert names == ["row_number", "wine_id", *inputs, *outputs], view
+    every = rows_of(
+        invoke("query", out, "SELECT row_number, wine_id FROM refined", "--format", "csv").output
+    )
+    assert [int(r[0]) for r in every[1:]] == list(range(table.num_rows))
+    assert [r[1] for r in every[1:]] == table.column("wine_id").to_pylist()
+    flagged = rows_of(
+        invoke("query", out, "SELECT row_number FROM flagged", "--format", "csv").output
+    )
+    issues = pq.read_table(out / "refined.parquet").column("is_label_issue").to_numpy()
+    assert [int(r[0]) for r in flagged[1:]] == np.flatnonzero(issues).tolist()
+    rounds = rows_of(invoke("query", out, "DESCRIBE rounds", "--format", "csv").output)
+    assert "row_number" not in [r[0] for r in rounds[1:]]
+
+
+def hand_made_run(path, table: pa.Table, summary: dict) -> None:
+    """A run directory without training: refined.parquet is ``table`` with made-up outputs."""
+    n = table.num_rows
+    outputs = {
+        "label_refined": table.column("label"),
+        "label_soft": pa.array([[0.5, 0.5]] * n, pa.list_(pa.float32())),
+        "label_quality": pa.array([0.9] * n, pa.float32()),
+        "is_label_issue": pa.array([i % 2 == 1 for i in range(n)]),
+        "label_predicted": table.column("label"),
+        "label_source": pa.array(["given"] * n),
+        "sample_weight": pa.array([1.0] * n, pa.float32()),
+    }
+    for name, values in outputs.items():
+        table = table.append_column(name, values)
+    path.mkdir()
+    pq.write_table(table, path / "refined.parquet")
+    pq.write_table(pa.Table.from_pylist([], schema=ROUNDS_SCHEMA), path / "rounds.parquet")
+    (path / "run.json").write_text(json.dumps(summary))
+
+
+def test_views_of_a_run_without_a_key_or_with_its_own_row_number(tmp_path):
+    plain = tmp_path / "plain"
+    hand_made_run(plain, pa.table({"x": [3.0, 4.0, 5.0], "label": [0, 1, 0]}), {})
+    result = invoke("query", plain, "SELECT row_number, x FROM flagged", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert rows_of(result.output) == [["row_number", "x"], ["1", "4"]]
+    # An input column named row_number keeps its place and values; the key still comes first.
+    own = tmp_path / "own"
+    table = pa.table({"x": [3.0, 4.0], "row_number": [7, 9], "code": ["a", "b"], "label": [0, 1]})
+    hand_made_run(own, table, {"key": {"columns": ["code", "gone"], "from": "--key"}})
+    result = invoke("query", own, "SELECT * EXCLUDE (label_soft) FROM refined", "--format", "csv")
+    assert rows_of(result.output)[:2] == [
+        ["code", "x", "row_number", "label", OUTPUT_COLUMNS[0], *OUTPUT_COLUMNS[2:]],
+        ["a", "3", "7", "0", "0", "0.9", "False", "0", "given", "1"],
+    ]
 
 
 # --- an explicit --key alone, the review file and an update -------------------------------
