@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shlex
 
 import numpy as np
@@ -291,6 +292,56 @@ def test_views_of_a_run_without_a_key_or_with_its_own_row_number(tmp_path):
     assert rows_of(result.output)[:2] == [
         ["code", "x", "row_number", "label", OUTPUT_COLUMNS[0], *OUTPUT_COLUMNS[2:]],
         ["a", "3", "7", "0", "0", "0.9", "False", "0", "given", "1"],
+    ]
+
+
+def section(page: str, key: str) -> str:
+    match = re.search(f'<section id="{key}">(.*?)</section>', page, re.S)
+    assert match, f"no section {key!r}"
+    return match.group(1)
+
+
+def test_the_report_names_the_key_the_features_and_the_skipped_columns(wine_run):
+    table, out, _ = wine_run
+    page = (out / "report.html").read_text()
+    columns = section(page, "columns")
+    assert (
+        "<tr><th>key (shown by each row)</th><td>wine_id (named like an id, with unique "
+        "values)</td></tr>"
+    ) in columns
+    assert "<tr><th>label</th><td>grape</td></tr>" in columns
+    assert "<tr><th>features read as numbers (3)</th><td>x0, x1, x2</td></tr>" in columns
+    assert "<tr><th>features read as free text (1)</th><td>notes</td></tr>" in columns
+    assert "<tr><th>ignored (--ignore)</th><td>none</td></tr>" in columns
+    skipped = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", columns))
+    assert sorted(skipped) == ["cellar", "wine_id"]
+    assert skipped["cellar"] == "constant (one distinct value)"
+    assert skipped["wine_id"].startswith("150 distinct values, more than --max-categories 64")
+    # The row table: row_number and the key first, then the labels, then features.
+    rows = section(page, "rows")
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", rows)
+    assert heads[:7] == [
+        "row_number",
+        "wine_id",
+        "given",
+        "predicted",
+        "refined",
+        "source",
+        "quality",
+    ]
+    first = re.findall(r"<td[^>]*>([^<]*)</td>", rows.split("<tbody>")[1].split("</tr>")[0])
+    assert first[1] == table.column("wine_id")[int(first[0])].as_py()
+    assert first[2] == table.column("grape")[int(first[0])].as_py()
+
+
+def test_the_noise_matrix_counts_are_a_table_too(wine_run):
+    _, out, _ = wine_run
+    joint = json.loads((out / "run.json").read_text())["noise_matrix"]["confident_joint"]
+    noise = section((out / "report.html").read_text(), "noise")
+    body = noise.split("<tbody>")[1]
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in body.split("</tr>")[:-1]]
+    assert cells == [
+        [grape, *(str(n) for n in row)] for grape, row in zip(GRAPES, joint, strict=True)
     ]
 
 
