@@ -366,6 +366,17 @@ def test_key_alone_names_the_rows_and_is_no_feature(sku_run):
     assert "sku" not in summary["features"]["skipped"]
 
 
+def test_the_review_file_carries_the_key_after_the_row(sku_run, tmp_path):
+    table, out = sku_run
+    review = tmp_path / "review.parquet"
+    assert invoke("review", out, "--budget", 5, "--out", review).exit_code == 0
+    written = pq.read_table(review)
+    assert written.column_names[:3] == ["row", "sku", "grape"]
+    assert written.column_names.count("sku") == 1
+    skus = table.column("sku").to_pylist()
+    assert written.column("sku").to_pylist() == [skus[r] for r in written.column("row").to_pylist()]
+
+
 def test_an_update_keeps_the_runs_key(sku_run, tmp_path):
     table, out = sku_run
     batch = table.slice(0, 60)
