@@ -90,12 +90,17 @@ def check_key(table: pa.Table, key: str, label: str) -> None:
             "as an id"
         )
     column = plain_values(table.column(key))
-    if not _single_values(column):
+    comparable, repeated = _single_values(column), None
+    if comparable:
+        try:
+            repeated = _repeated(column)
+        except pa.ArrowNotImplementedError:  # values Arrow cannot count
+            comparable = False
+    if not comparable:
         raise InputError(
             f"--key names {key!r}, a column of type {column.type}; a key must hold single "
             "values, such as the integers or strings of an id column"
         )
-    repeated = _repeated(column)
     if repeated is not None:
         raise InputError(
             f"the input's key column {key!r} holds {json.dumps(repeated, default=str)} more "
@@ -118,11 +123,18 @@ def _single_values(column: pa.ChunkedArray | pa.Array) -> bool:
 def _is_unique_key(column: pa.ChunkedArray) -> bool:
     if not _single_values(column) or column.null_count == len(column):
         return False
-    return _repeated(plain_values(column)) is None
+    try:
+        return _repeated(plain_values(column)) is None
+    except pa.ArrowNotImplementedError:  # a type Arrow cannot count: no key
+        return False
 
 
 def _repeated(column: pa.ChunkedArray | pa.Array) -> Any:
-    """A value ``column`` holds more than once (nulls aside), or None."""
+    """A value ``column`` holds more than once (nulls aside), or None. Extension types (such
+    as ``arrow.uuid``) are counted by their storage."""
+    if isinstance(column.type, pa.BaseExtensionType):
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        column = pa.chunked_array([c.storage for c in chunks], column.type.storage_type)
     counts = pc.value_counts(pc.drop_null(column))
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     return repeated[0].as_py() if len(repeated) else None
