@@ -29,7 +29,7 @@ from refine.io.decisions import (
     VERIFIED,
     Decisions,
 )
-from refine.io.keys import RowKey, row_key
+from refine.io.keys import RowKey, check_key, row_key
 from refine.io.read import LabelledTable, check_no_clashes, encode_labels, read_table
 from refine.io.verify import verified_labels
 from refine.io.write import (
@@ -196,7 +196,8 @@ def _read(
     check_named_columns(table, config.student_features, (), "--student-features")
     labelled_table = encode_labels(table, config.label, config.folds)
     verified = verified_labels(labelled_table, config.verified, config.verified_file, config.key)
-    row_key(table, config.label, config.key, config.ignore)  # a bad --key fails before training
+    if config.key is not None:  # a bad --key fails before training, not after
+        check_key(table, config.key, config.label)
     timings["read"] = time.perf_counter() - started
     return labelled_table, verified
 
