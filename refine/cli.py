@@ -114,7 +114,9 @@ def cli() -> None:
 @click.option(
     "--key",
     default=None,
-    help="Column joining --verified-file to the data (unique values, such as an id).",
+    help="Column of unique values (such as an id) that names each row: shown first in the "
+    "query views, the report and review files, never a feature, and joining --verified-file. "
+    "Default: the --ignore'd columns, else columns named like an id.",
 )
 @click.option(
     "--features",
@@ -455,11 +457,20 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         for c in s["top_confusions"][:5]:
             confusions.add_row(str(c["given"]), str(c["predicted"]), str(c["rows"]))
         console.print(confusions)
-    console.print(
-        f'Query it: refine query {out} "SELECT * FROM flagged ORDER BY label_quality LIMIT 20"'
-    )
+    console.print(_look_at_flagged(out, s), soft_wrap=True, markup=False, highlight=False)
     if (out / "report.html").is_file():
         console.print(f"Report: {out / 'report.html'}")
+
+
+def _look_at_flagged(out: Path, summary: dict[str, Any]) -> str:
+    """The command that shows the run's flagged rows by their key, ready to paste in a shell."""
+    from refine.io.query import flagged_query
+
+    key = (summary.get("key") or {}).get("columns") or []
+    sql = flagged_query(summary["config"]["label"], key)
+    # Double quotes as in the README where the shell leaves the SQL alone; else shlex's.
+    quoted = f'"{sql}"' if not set(sql) & set('"$`\\!') else shlex.quote(sql)
+    return f"Look at the flagged rows: refine query {shlex.quote(str(out))} {quoted}"
 
 
 @cli.command("update")
@@ -492,7 +503,11 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     help="Verified labels for the batch's rows (as for refine run); the run's --verified "
     "column, if any, is read from the batch as it is.",
 )
-@click.option("--key", default=None, help="Column joining --verified-file to the batch.")
+@click.option(
+    "--key",
+    default=None,
+    help="Column joining --verified-file to the batch, and naming its rows. Default: the run's.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
@@ -856,8 +871,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
         "the true labels (excluded rows count as wrong); for cleanlab+LR, the given labels'."
     )
     console.print(
-        f"Look at the flagged rows: refine query {out} "
-        '"SELECT label, label_predicted, label_quality FROM flagged ORDER BY label_quality LIMIT 10"'
+        _look_at_flagged(out, report.result.summary), soft_wrap=True, markup=False, highlight=False
     )
 
 

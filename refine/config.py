@@ -74,7 +74,8 @@ class RunConfig:
 
     label: str = "label"
     # Verified labels: a column of the data (null where nobody checked the row), or a file of
-    # them joined to the data by the key column (None: by the file's "row" positions).
+    # them joined to the data by the key column (None: by the file's "row" positions). The key
+    # also names the rows wherever refine lists them (refine.io.keys), and is never a feature.
     verified: str | None = None
     verified_file: str | None = None
     key: str | None = None
@@ -176,10 +177,6 @@ class RunConfig:
     def _validate_verified(self) -> None:
         if self.verified is not None and self.verified_file is not None:
             raise ConfigError("--verified and --verified-file both give verified labels; pass one")
-        if self.key is not None and self.verified_file is None:
-            raise ConfigError(
-                "--key names the column that joins --verified-file; pass the file too"
-            )
         if self.verified is not None and self.verified == self.label:
             raise ConfigError(
                 f"--verified names the label column {self.label!r}; verified labels go in a "
@@ -401,7 +398,15 @@ def check_types(config: RunConfig | ModelConfig) -> None:
             raise ConfigError(f"{option} must be {expected}, got {json.dumps(value, default=repr)}")
 
 
-_SUMMARY_OBJECTS = ("config", "calibration", "features", "noise_matrix", "timings", "versions")
+_SUMMARY_OBJECTS = (
+    "config",
+    "calibration",
+    "features",
+    "key",
+    "noise_matrix",
+    "timings",
+    "versions",
+)
 _SUMMARY_LISTS = ("rounds", "top_confusions", "epochs_per_fit")
 
 

@@ -29,6 +29,7 @@ from refine.io.decisions import (
     VERIFIED,
     Decisions,
 )
+from refine.io.keys import RowKey, check_key, row_key
 from refine.io.read import LabelledTable, check_no_clashes, encode_labels, read_table
 from refine.io.verify import verified_labels
 from refine.io.write import (
@@ -195,6 +196,8 @@ def _read(
     check_named_columns(table, config.student_features, (), "--student-features")
     labelled_table = encode_labels(table, config.label, config.folds)
     verified = verified_labels(labelled_table, config.verified, config.verified_file, config.key)
+    if config.key is not None:  # a bad --key fails before training, not after
+        check_key(table, config.key, config.label)
     timings["read"] = time.perf_counter() - started
     return labelled_table, verified
 
@@ -380,8 +383,12 @@ def summarise_run(
     timings: dict[str, float],
     source: Any,
     command: str | None = None,
+    key: RowKey | None = None,
 ) -> dict[str, Any]:
+    """run.json's summary of a finished run; ``key`` names its rows (default: the key that
+    ``config`` gives ``data``, ``refine.io.keys.row_key``)."""
     labels = data.labels
+    key = key or row_key(data.table, config.label, config.key, config.ignore)
     classes = data.class_values()
     d = state.decisions
     predicted = state.proba.argmax(1)
@@ -425,6 +432,7 @@ def summarise_run(
             for (g, p), n in confusions.most_common(10)
         ],
         "features": encoder.describe(),
+        "key": key.describe(),
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "epochs_per_fit": state.crossfit.epochs,
         "rounds": state.rounds,

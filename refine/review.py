@@ -9,8 +9,9 @@ uncertain regions instead of piling up near-duplicates. The lowest ``label_quali
 same thing: a label refine already corrected with confidence has little left to gain.
 
 The file holds a stable key (``--key COL``, else ``row``: the position in ``refined.parquet``),
-the given, predicted and refined labels, ``label_quality``, an empty ``verified_label`` column
-for the person, and the input columns they need to judge the row. Filled in, it goes back with
+the run's key columns (``refine.io.keys``: the ids a person finds the row by), the given,
+predicted and refined labels, ``label_quality``, an empty ``verified_label`` column for the
+person, and the input columns they need to judge the row. Filled in, it goes back with
 ``refine run DATA --verified-file FILE [--key COL]``.
 """
 
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.errors import ConfigError, InputError, OutputError
+from refine.io.keys import recorded_key, row_key
 from refine.io.read import OUTPUT_COLUMNS, plain_values
 from refine.io.verify import ROW_KEY, VERIFIED_LABEL
 
@@ -113,16 +115,20 @@ def review_table(
     label: str,
     key: str | None,
     skip: tuple[str, ...] = (),
+    names: tuple[str, ...] = (),
 ) -> pa.Table:
-    """The review file's table for rows ``picked`` of ``refined`` (see the module docstring);
-    input columns in ``skip`` (the run's own verified labels, names the file's own columns
-    take) are left out."""
+    """The review file's table for rows ``picked`` of ``refined`` (see the module docstring),
+    with the input columns ``names`` (the run's key) after the file's key; input columns in
+    ``skip`` (the run's own verified labels, names the file's own columns take) are left
+    out."""
     rows = pa.array(picked, pa.int64())
     taken = refined.take(rows)
     label_type = refined.schema.field(label).type
     keys = taken.column(key) if key is not None else rows
+    shown = [n for n in names if n not in (label, key, *skip)]
     columns: list[tuple[str, Any]] = [
         (key or ROW_KEY, keys),
+        *((name, taken.column(name)) for name in shown),
         (label, taken.column(label)),
         ("label_predicted", taken.column("label_predicted")),
         ("label_refined", taken.column("label_refined")),
@@ -132,7 +138,7 @@ def review_table(
         (VERIFIED_LABEL, pa.nulls(len(picked), plain_values(pa.array([], label_type)).type)),
     ]
     for name in refined.column_names:
-        if name not in OUTPUT_COLUMNS and name not in (label, key, *skip):
+        if name not in OUTPUT_COLUMNS and name not in (label, key, *skip, *shown):
             columns.append((name, taken.column(name)))
     return pa.table(dict(columns))
 
@@ -198,7 +204,13 @@ def review(
             + ", ".join(clashes)
         )
     skip = tuple(c for c in (run.config.verified, *clashes) if c is not None)
-    table = review_table(refined, picked, doubts, label, key, skip)
+    names = recorded_key(run.summary, refined.column_names)
+    if names is None:  # a run from before refine recorded its key
+        try:
+            names = row_key(refined, label, run.config.key, run.config.ignore).columns
+        except InputError:
+            names = ()
+    table = review_table(refined, picked, doubts, label, key, skip, names)
     if not eligible.any():
         notes.append("every row of the run is verified already: nothing is left to review")
     if fmt == "csv":

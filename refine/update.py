@@ -28,6 +28,7 @@ from refine.config import RunConfig, check_summary
 from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
+from refine.io.keys import FROM_KEY, RowKey, row_key
 from refine.io.read import OUTPUT_COLUMNS, LabelledTable, encode_labels, read_table
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
@@ -242,6 +243,7 @@ def _update(
     config.validate()
     batch, verified = _read_batch(previous, data, out, config, progress)
     table = batch.table
+    key = _batch_key(previous, table, config)
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
@@ -270,7 +272,7 @@ def _update(
         image_blocks=previous.encoder.image_blocks,
         verified=verified,
     )
-    summary = summarise_run(batch, previous.encoder, config, state, timings, data, command)
+    summary = summarise_run(batch, previous.encoder, config, state, timings, data, command, key)
     # --rounds counts retraining rounds; the earlier model's judgement is round 1 of
     # rounds.parquet, said apart so the count matches what was asked.
     summary["rounds_run"] = len(state.rounds) - 1
@@ -317,6 +319,20 @@ def _read_batch(
         raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
     batch = encode_labels(conformed.table, config.label, config.folds, classes=previous.classes)
     return batch, verified_labels(batch, config.verified, config.verified_file, config.key)
+
+
+def _batch_key(previous: PreviousRun, table: pa.Table, config: RunConfig) -> RowKey:
+    """The columns naming the batch's rows: the update's --key, else the earlier run's --key
+    where it still holds unique values, else what the run's --ignore or id-like names give."""
+    if config.key is None:
+        recorded = previous.summary.get("key") or {}
+        columns = recorded.get("columns") or []
+        if recorded.get("from") == FROM_KEY and len(columns) == 1:
+            try:
+                return row_key(table, config.label, columns[0])
+            except InputError:
+                pass
+    return row_key(table, config.label, config.key, config.ignore)
 
 
 def _teacher(previous: PreviousRun, X: np.ndarray) -> Teacher:

@@ -28,7 +28,7 @@ from refine.report.metrics import flag_scores
 from refine.report.page import CSP
 from tests.conftest import blobs
 
-SECTIONS = ["summary", "noise", "quality", "calibration", "rounds", "classes", "rows"]
+SECTIONS = ["summary", "columns", "noise", "quality", "calibration", "rounds", "classes", "rows"]
 PLANTED_LABEL = "<script>window.__pwned=1</script>"
 PLANTED_FEATURE = '"><img src=x onerror="window.__pwned=2">'
 TINY = dict(rounds=1, folds=3, max_epochs=20, hidden=(32,), seed=0)
@@ -373,14 +373,23 @@ def test_the_report_opens_in_chromium_offline_and_runs_no_planted_script(planted
             )
             label_shown = page.get_by_text(PLANTED_LABEL, exact=True).first.is_visible()
             feature_shown = page.get_by_text(PLANTED_FEATURE, exact=True).first.is_visible()
+            columns = page.locator("#columns")
+            columns_shown = columns.is_visible() and columns.locator("table").first.is_visible()
+            columns_text = columns.inner_text()
+            key_shown = page.locator("#rows thead th").all_inner_texts()[:3]
         finally:
             browser.close()
     assert console == [] and errors == []
     assert all(r == url or r.startswith("data:") for r in requests), requests
     assert pwned == "undefined"
     assert label_shown and feature_shown
+    assert columns_shown
+    assert "label_true, is_noisy (the --ignore'd columns)" in columns_text
+    assert "x0, x1, x2" in columns_text
+    assert key_shown == ["row_number", "label_true", "is_noisy"]
     assert headings == [
         "Summary",
+        "Columns",
         "Trust",
         "Estimated label noise",
         "Label quality",

@@ -376,9 +376,10 @@ def test_verified_option_conflicts(tmp_path, small_data):
     run_fails(
         tmp_path,
         data,
-        "--key names the column that joins --verified-file; pass the file too",
+        "the input's key column 'colour' holds \"red\" more than once; --key must name a "
+        "column of unique values (or leave it out)",
         "--key",
-        "id",
+        "colour",
     )
     run_fails(
         tmp_path,
@@ -425,8 +426,9 @@ def test_review_parquet_round_trip(tmp_path, first_run):
         f"--out {run_dir}-verified\n"
     )
     picked = pq.read_table(out)
-    assert picked.column_names[:8] == [
+    assert picked.column_names[:9] == [
         "row",
+        "id",  # the run's key (its --ignore'd column): how a person finds the row
         "label",
         "label_predicted",
         "label_refined",
@@ -439,7 +441,7 @@ def test_review_parquet_round_trip(tmp_path, first_run):
     rows = column(picked, "row")
     assert len(set(rows)) == 12 and column(picked, "verified_label") == [None] * 12
     # A person fills in the true labels, and the printed command reads them back.
-    filled = picked.set_column(7, "verified_label", pa.array(truth[rows]))
+    filled = picked.set_column(8, "verified_label", pa.array(truth[rows]))
     pq.write_table(filled, out)
     again = invoke(*next_command(result.output), "--quiet", "--overwrite")
     assert again.exit_code == 0, again.output

@@ -2,6 +2,11 @@
 whose label a person verified), ``rounds`` and,
 when present, ``synthetic`` (``--augment``) and ``history`` (``refine update``).
 
+The views of ``refined.parquet``'s rows (``refined``, ``flagged``, ``verified``) start with
+``row_number``, the row's position in ``refined.parquet`` from 0 (its position in the input,
+and the ``row`` of a review file), then the run's key columns (``refine.io.keys``), then the
+file's other columns in order.
+
 A query only reads. DuckDB's parser classifies each statement, and anything but a ``SELECT``
 (``CREATE``, ``COPY``, ``INSERT``, ``ATTACH``, ``EXPORT``, ``INSTALL``/``LOAD``, ``SET``, ...)
 is refused before it runs. DuckDB's own settings then hold in whatever a ``SELECT`` can reach:
@@ -13,26 +18,36 @@ a result as Parquet: refine writes that file itself, outside the run directory, 
 
 from __future__ import annotations
 
+import functools
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from refine.errors import ConfigError, InputError, OutputError
+from refine.io.keys import recorded_key
 from refine.io.write import atomic_file, check_file_output, write_parquet
 
+# The views of refined.parquet's rows, each with its condition.
+ROW_VIEWS = {
+    "refined": "",
+    "flagged": " WHERE is_label_issue",
+    "verified": " WHERE label_source = 'verified'",
+}
 VIEWS = {
-    "refined": ("refined.parquet", "SELECT * FROM read_parquet({path})"),
-    "flagged": ("refined.parquet", "SELECT * FROM read_parquet({path}) WHERE is_label_issue"),
-    "verified": (
-        "refined.parquet",
-        "SELECT * FROM read_parquet({path}) WHERE label_source = 'verified'",
-    ),
+    **{view: ("refined.parquet", "{rows}" + where) for view, where in ROW_VIEWS.items()},
     "rounds": ("rounds.parquet", "SELECT * FROM read_parquet({path})"),
     "synthetic": ("synthetic.parquet", "SELECT * FROM read_parquet({path})"),
     "history": ("history.parquet", "SELECT * FROM read_parquet({path})"),
 }
 REQUIRED = ("refined.parquet", "rounds.parquet")
+ROW_NUMBER = "row_number"
+# Key columns the suggested query after a run shows, so that its table fits a terminal.
+SHOWN_KEYS = 3
 
 # SELECT covers WITH, FROM-first queries, VALUES, DESCRIBE, SUMMARIZE, SHOW and PIVOT in a
 # subquery. EXPLAIN is left out: EXPLAIN ANALYZE runs the statement it explains.
@@ -61,10 +76,12 @@ def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
     if missing:
         raise InputError(f"{str(run_dir)!r} is not a refine run directory: {missing[0]} is missing")
     con = duckdb.connect()
+    rows = _rows_select(run_dir)
     for view, (filename, sql) in VIEWS.items():
         path = run_dir / filename
         if path.is_file():
-            con.execute(f"CREATE VIEW {view} AS " + sql.format(path=_literal(path.resolve())))
+            text = sql.format(rows=rows, path=_literal(path.resolve()))
+            con.execute(f"CREATE VIEW {view} AS " + text)
     # The trailing separator keeps a sibling such as run_dir + "-old" out.
     directory = _literal(str(run_dir.resolve()).rstrip("/") + "/")
     try:
@@ -132,6 +149,67 @@ def write_query(
     with atomic_file(out, overwrite) as tmp:
         write_parquet(result, tmp)
     return result
+
+
+def flagged_query(label: str, key: Sequence[str] = (), limit: int = 10) -> str:
+    """The SQL that shows a run's flagged rows, most likely wrong first: ``row_number``, the
+    first ``SHOWN_KEYS`` key columns, the label, ``label_predicted`` and ``label_quality``."""
+    columns = [ROW_NUMBER, *key[:SHOWN_KEYS], label, "label_predicted", "label_quality"]
+    return (
+        f"SELECT {', '.join(identifier(c) for c in columns)} FROM flagged "
+        f"ORDER BY label_quality LIMIT {limit}"
+    )
+
+
+def identifier(name: str) -> str:
+    """``name`` as DuckDB reads it in SQL: as it is when it is a plain word, else quoted."""
+    if _PLAIN.fullmatch(name) and name.lower() not in _keywords():
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@functools.cache
+def _keywords() -> frozenset[str]:
+    """DuckDB's keywords that cannot name a column unquoted everywhere."""
+    con = duckdb.connect()
+    try:
+        found = con.execute(
+            "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'"
+        ).fetchall()
+    finally:
+        con.close()
+    return frozenset(str(name).lower() for (name,) in found)
+
+
+def _rows_select(run_dir: Path) -> str:
+    """The SELECT of refined.parquet's rows: ``row_number`` first, then the key columns that
+    run.json records, then the rest. An input column named ``row_number`` (or DuckDB's
+    ``file_row_number``) keeps its place, and no position is added."""
+    path = run_dir / "refined.parquet"
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowInvalid):
+        names = []  # DuckDB names the problem when the view is used
+    try:
+        summary = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    recorded = recorded_key(summary, names) if isinstance(summary, dict) else None
+    key = [identifier(c) for c in recorded or ()]
+    source = f"read_parquet({_literal(path.resolve())}"
+    if ROW_NUMBER in names or "file_row_number" in names:
+        source += ")"
+        first, moved = key, key
+    else:
+        first = [f"file_row_number AS {ROW_NUMBER}", *key]
+        moved = ["file_row_number", *key]
+        source += ", file_row_number = true)"
+    if not first:
+        return f"SELECT * FROM {source}"
+    return f"SELECT {', '.join(first)}, * EXCLUDE ({', '.join(moved)}) FROM {source}"
 
 
 def _check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:

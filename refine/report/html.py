@@ -32,12 +32,14 @@ from refine.config import check_summary
 from refine.errors import InputError, OutputError
 from refine.io.read import plain_values
 from refine.report import plots
+from refine.report.columns import columns_section, run_key
 from refine.report.metrics import flag_scores, label_accuracy
 from refine.report.page import document, escape, figure, note, table
 
 REPORT_NAME = "report.html"
 NOT_RECORDED = "not recorded"
 TOP_ROWS = 50  # rows in the table of likely wrong labels
+KEY_COLUMNS = 3  # key columns shown per likely wrong row
 HEATMAP_CLASSES = 20  # above this many classes the noise matrix shows the noisiest ones
 TABLE_CLASSES = 30  # rows of the per-class table above which it shows the most flagged ones
 FEATURE_COLUMNS = 4  # feature values shown per likely wrong row
@@ -83,8 +85,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def build_report(run_dir: str | Path) -> str:
     """The report of the run in ``run_dir`` as one HTML page (a string), from its files alone.
 
-    Sections: summary, trust (whether refine changed labels and why; what the verified rows
-    show), estimated noise matrix, label quality, calibration, rounds, classes,
+    Sections: summary, columns (the key, the features and how each was read, the ignored and
+    skipped columns), trust (whether refine changed labels and why; what the verified rows
+    show), estimated noise matrix (plot and counts), label quality, calibration, rounds, classes,
     the likely wrong labels and, when ``refined.parquet`` has the truth (``label_true``,
     ``is_noisy``, as ``refine datasets build`` writes them), scores against it. A field an
     older run did not record shows as "not recorded".
@@ -93,6 +96,7 @@ def build_report(run_dir: str | Path) -> str:
     with plots.style():
         sections = [
             ("summary", "Summary", _summary_section(run)),
+            ("columns", "Columns", columns_section(run.summary, run.key, run.key_source)),
             ("trust", "Trust", _trust_section(run)),
             ("noise", "Estimated label noise", _noise_section(run)),
             ("quality", "Label quality", _quality_section(run)),
@@ -127,6 +131,8 @@ class _Run:
     is_issue: np.ndarray
     source: np.ndarray
     features: list[str]  # input columns shown beside the likely wrong rows
+    key: tuple[str, ...]  # the columns that name the rows (refine.io.keys)
+    key_source: str | None
     synthetic_rows: int | None
 
     @property
@@ -193,11 +199,15 @@ def _load(path: Path) -> _Run:
     outputs = {label, *_REFINED_COLUMNS, "label_soft", "sample_weight", *TRUTH_COLUMNS}
     used = [c["column"] for c in (summary.get("features") or {}).get("columns", [])]
     inputs = [n for n in schema.names if n not in outputs]
-    features = ([n for n in used if n in inputs] or inputs)[:FEATURE_COLUMNS]
+    key, key_source = run_key(path, summary, label, [n for n in schema.names if n != label])
+    shown = [n for n in inputs if n not in key]
+    features = ([n for n in used if n in shown] or shown)[:FEATURE_COLUMNS]
     truth = [c for c in TRUTH_COLUMNS if c in schema.names]
+    extra = [c for c in key if c not in truth]
     try:
         refined = pq.read_table(
-            path / "refined.parquet", columns=[label, *_REFINED_COLUMNS, *truth, *features]
+            path / "refined.parquet",
+            columns=[label, *_REFINED_COLUMNS, *truth, *extra, *features],
         )
         synthetic = path / "synthetic.parquet"
         synthetic_rows = pq.read_metadata(synthetic).num_rows if synthetic.is_file() else None
@@ -217,6 +227,8 @@ def _load(path: Path) -> _Run:
         is_issue=refined.column("is_label_issue").fill_null(False).to_numpy(zero_copy_only=False),
         source=np.asarray(refined.column("label_source").to_pylist(), dtype=object),
         features=features,
+        key=key,
+        key_source=key_source,
         synthetic_rows=synthetic_rows,
     )
 
@@ -435,7 +447,20 @@ def _noise_section(run: _Run) -> str:
         "scale belongs to the off-diagonal cells: the estimated label noise. Estimated noise: "
         f"{int(off.sum()):,} of {total:,} labelled rows ({off.sum() / total:.1%}).{said}"
     )
-    return figure(image, "Estimated noise matrix, given label by estimated true label", caption)
+    names = [_short(run.names[i], 24) for i in shown]
+    counts = table(
+        ["given \\ estimated true", *names],
+        [
+            [name, *(f"{n:,}" for n in joint[i, shown])]
+            for name, i in zip(names, shown, strict=True)
+        ],
+        numeric=range(1, len(shown) + 1),
+        caption="The plot's counts: labelled rows by given label (rows) and estimated true "
+        "class (columns); off the diagonal, the estimated wrong labels.",
+        scroll=True,
+    )
+    title = "Estimated noise matrix, given label by estimated true label"
+    return figure(image, title, caption) + counts
 
 
 def _quality_section(run: _Run) -> str:
@@ -565,28 +590,42 @@ def _rows_section(run: _Run) -> str:
         return note("No labelled rows.")
     candidates = np.flatnonzero(pool)
     order = candidates[np.argsort(run.quality[candidates], kind="stable")[:TOP_ROWS]]
-    taken = run.refined.select(run.features).take(pa.array(order)) if run.features else None
-    features = {n: taken.column(n).to_pylist() for n in run.features} if taken else {}
-    heads = ["row", "given", "predicted", "refined", "source", "quality", *run.features]
+    key = list(run.key[:KEY_COLUMNS])
+    shown = [*key, *run.features]
+    taken = run.refined.select(shown).take(pa.array(order)) if shown else None
+    values = {n: taken.column(n).to_pylist() for n in shown} if taken else {}
+    heads = ["row_number", *key, "given", "predicted", "refined", "source", "quality"]
     body = []
     for i, row in enumerate(order.tolist()):
         body.append(
             [
-                f"{row:,}",
+                str(row),
+                *("" if values[n][i] is None else _short(str(values[n][i])) for n in key),
                 _class_name(run, run.given[row]),
                 _class_name(run, run.predicted[row]),
                 _class_name(run, run.refined_codes[row]),
                 str(run.source[row]),
                 f"{run.quality[row]:.4f}",
-                *(_cell(features[n][i]) for n in run.features),
+                *(_cell(values[n][i]) for n in run.features),
             ]
         )
+    named = f"; {', '.join(key)}: the run's key" if key else ""
     text = (
-        f"{intro}, lowest first. Row: the row number in refined.parquet, from 0; refined: the "
-        "label to train on (empty where the row is excluded); then the first feature columns."
+        f"{intro}, lowest first. row_number: the row's position in refined.parquet and in the "
+        f"input, from 0, as in refine query's views{named}; refined: the label to train on "
+        "(empty where the row is excluded); then the first feature columns."
     )
-    numeric = [0, 5, *(6 + j for j, n in enumerate(run.features) if _is_numeric(run.refined, n))]
-    return f"<p>{escape(text)}</p>" + table(heads, body, numeric=numeric, scroll=True, words=[4])
+    k = len(key)
+    numeric = [
+        0,
+        *(1 + j for j, n in enumerate(key) if _is_numeric(run.refined, n)),
+        5 + k,
+        *(6 + k + j for j, n in enumerate(run.features) if _is_numeric(run.refined, n)),
+    ]
+    heads += run.features
+    return f"<p>{escape(text)}</p>" + table(
+        heads, body, numeric=numeric, scroll=True, words=[4 + k]
+    )
 
 
 def _truth_section(run: _Run) -> str | None:
