@@ -10,7 +10,6 @@ same contract as ``refine run``'s, for the new rows only, and ``run.json`` names
 from __future__ import annotations
 
 import dataclasses
-import json
 import pickle
 import time
 import warnings
@@ -30,6 +29,7 @@ from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
 from refine.io.read import OUTPUT_COLUMNS, LabelledTable, encode_labels, read_table
+from refine.io.rundir import read_summary
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
 from refine.learn.calibrate import apply_temperature
@@ -103,14 +103,8 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
     exactly as the run's were (an update run's own rows would fit a different one).
     """
     path = Path(run_dir)
-    for name in ("run.json", "refined.parquet", "model.pt"):
-        if not (path / name).is_file():
-            raise InputError(
-                f"{str(path)!r} is not a refine run: it has no {name}. "
-                "Pass a directory written by refine run or refine update"
-            )
     try:
-        summary = check_summary(json.loads((path / "run.json").read_text()), path / "run.json")
+        summary = read_summary(path, ("run.json", "refined.parquet", "model.pt"))
         config = RunConfig.from_dict(summary["config"])
         refined = pq.read_table(path / "refined.parquet")
         with warnings.catch_warnings():  # torch warns about a pickle it is about to refuse

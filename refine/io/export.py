@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from refine.config import VERSION, check_summary
+from refine.config import VERSION
 from refine.errors import ConfigError, InputError, OutputError
 from refine.io.read import OUTPUT_COLUMNS
+from refine.io.rundir import read_summary
 from refine.io.write import atomic_file, check_file_output
 
 DATA_SUFFIX = ".parquet"
@@ -164,14 +165,8 @@ def open_run(run_dir: str | Path) -> RunFiles:
         raise InputError(
             f"run directory {str(path)!r} {what}; pass the --out of a refine run or refine update"
         )
-    for name in ("run.json", "refined.parquet"):
-        if not (path / name).is_file():
-            raise InputError(
-                f"{str(path)!r} is not a refine run: it has no {name}. "
-                "Pass a directory written by refine run or refine update"
-            )
     try:
-        summary = check_summary(json.loads((path / "run.json").read_text()), path / "run.json")
+        summary = read_summary(path, ("run.json", "refined.parquet"))
         schema = pq.read_schema(path / "refined.parquet")
     except InputError:
         raise
