@@ -213,8 +213,8 @@ def note_reader(source: Input, progress: Progress) -> None:
     if source.path is not None and not source.reader.startswith("Parquet"):
         table = source.table
         progress.note(
-            f"read {str(source.path)!r} as {source.reader}: {table.num_rows:,} rows, "
-            f"{table.num_columns} columns"
+            f"read {str(source.path)!r} as {source.reader}: {_count(table.num_rows, 'row')}, "
+            f"{_count(table.num_columns, 'column')}"
         )
 
 
@@ -389,6 +389,10 @@ def _synthetic_table(
         pa.field("synthetic_parent_rows", pa.list_(pa.int64())),
         pa.array(parents, pa.list_(pa.int64())),
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' if n != 1 else ''}"
 
 
 def summarise_run(

@@ -232,7 +232,8 @@ def read_table(path: str | Path) -> pa.Table:
         _check_unique_names(path)
         raise InputError(
             f"cannot read {str(path)!r} as Parquet: {exc}. "
-            "Check that the file is a complete Parquet file (not CSV, not truncated)"
+            "Check that the file is a complete Parquet file (not truncated); a CSV or JSON Lines "
+            "file is read by its suffix: name it .csv, .tsv or .jsonl"
         ) from None
 
 
