@@ -29,7 +29,14 @@ from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
-from refine.io.read import OUTPUT_COLUMNS, Input, LabelledTable, encode_labels, read_input
+from refine.io.read import (
+    OUTPUT_COLUMNS,
+    Input,
+    LabelledTable,
+    as_table,
+    encode_labels,
+    read_input,
+)
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
 from refine.learn.calibrate import apply_temperature
@@ -80,10 +87,11 @@ class PreviousRun:
         read = {*self.encoder.columns, self.config.label, self.config.verified}
         return {name for name in self.input_schema.names if name not in read}
 
-    def predict(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated class probabilities ``(N, K)`` for ``table`` from every fold model, and
-        the share of members that agree with the ensemble ``(N,)``."""
-        members = self.member_proba(self.encoder.transform(table))
+    def predict(self, table: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated class probabilities ``(N, K)`` for the rows of ``table`` (anything
+        ``refine.run`` reads: a pyarrow or pandas table, a path, ...) from every fold model,
+        and the share of members that agree with the ensemble ``(N,)``."""
+        members = self.member_proba(self.encoder.transform(as_table(table)))
         return apply_temperature(members.mean(0), self.temperature), ensemble_agreement(members)
 
     @property

@@ -139,6 +139,10 @@ def test_an_update_takes_a_pandas_batch(tmp_path):
     result = refine.update(tmp_path / "first", batch, tmp_path / "second", rounds=1)
     assert result.summary["input"] == "pandas.DataFrame (30 rows)"
     assert result.refined.num_rows == 30
+    run = refine.load_run(tmp_path / "first")
+    from_pandas, _ = run.predict(batch)
+    from_arrow, _ = run.predict(table.slice(0, 30))
+    np.testing.assert_array_equal(from_pandas, from_arrow)
 
 
 def invoke(*args: str):
