@@ -320,12 +320,15 @@ def run_command(
     quiet: bool,
     **options: Any,
 ) -> None:
-    """Find and fix wrong labels in DATA (a Parquet file or directory) and write a run to --out.
+    """Find and fix wrong labels in DATA and write a run to --out.
+
+    DATA is a Parquet file or directory, or a .csv, .tsv or .jsonl file (chosen by suffix).
 
     \b
     Examples:
       refine run data.parquet --label label --out runs/first
       refine run events/ --label intent --ignore id --rounds 2 --out runs/intents
+      refine run data.csv --label label --out runs/from-csv
       refine run --config runs/first/run.json --out runs/again
       refine run data.parquet --out runs/first --resume     # after an interrupted run
     """

@@ -266,8 +266,9 @@ def load_config(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, Any]
     config : RunConfig
         The configuration, validated.
     recorded : dict
-        What ``run.json`` recorded beside it: ``input`` (the input path, or ``"<arrow table>"``),
-        ``versions`` and ``command``, where present; empty for a plain configuration.
+        What ``run.json`` recorded beside it: ``input`` (the input path, or what the table in
+        memory was), ``input_in_memory``, ``versions`` and ``command``, where present; empty
+        for a plain configuration.
 
     Raises
     ------
@@ -320,7 +321,9 @@ def load_config(path: str | os.PathLike[str]) -> tuple[RunConfig, dict[str, Any]
             "with the run.json of a run"
         ) from None
     recorded = {
-        k: document[k] for k in ("input", "versions", "command") if is_run and k in document
+        k: document[k]
+        for k in ("input", "input_in_memory", "versions", "command")
+        if is_run and k in document
     }
     return config, recorded
 
@@ -335,9 +338,16 @@ def recorded_input(path: str | os.PathLike[str], recorded: dict[str, Any]) -> Pa
         is a temporary file); each message says to pass DATA instead.
     """
     rerun = f"pass DATA: refine run DATA --config {path} --out ..."
-    source = recorded.get("input")
-    if not isinstance(source, str) or source == "<arrow table>":
-        what = "an Arrow table, not a file" if source == "<arrow table>" else "no input path"
+    source = recorded_path(recorded)
+    if source is None:
+        given = recorded.get("input")
+        what = (
+            f"its input as {given}, a table in memory, not a file"
+            if isinstance(given, str) and given != "<arrow table>"
+            else "an Arrow table, not a file"
+            if given == "<arrow table>"
+            else "no input path"
+        )
         raise ConfigError(f"config file {str(path)!r} records {what}; {rerun}")
     if not Path(source).exists():
         command = recorded.get("command")
@@ -351,6 +361,15 @@ def recorded_input(path: str | os.PathLike[str], recorded: dict[str, Any]) -> Pa
             f"{why} {rerun}"
         )
     return Path(source)
+
+
+def recorded_path(summary: dict[str, Any]) -> str | None:
+    """The input path a run's ``run.json`` (``summary``) records, or None where the run read a
+    table in memory (``input_in_memory``; older runs recorded ``"<arrow table>"``)."""
+    source = summary.get("input")
+    if not isinstance(source, str) or source == "<arrow table>" or summary.get("input_in_memory"):
+        return None
+    return source
 
 
 def version_differences(recorded: dict[str, str], current: dict[str, str]) -> list[str]:

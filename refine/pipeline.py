@@ -30,7 +30,7 @@ from refine.io.decisions import (
     Decisions,
 )
 from refine.io.keys import RowKey, check_key, row_key
-from refine.io.read import LabelledTable, check_no_clashes, encode_labels, read_table
+from refine.io.read import Input, LabelledTable, check_no_clashes, encode_labels, read_input
 from refine.io.verify import verified_labels
 from refine.io.write import (
     ROUNDS_SCHEMA,
@@ -79,7 +79,7 @@ class RunResult:
 
 
 def run(
-    data: str | Path | pa.Table,
+    data: Any,
     out: str | Path | None = None,
     *,
     config: RunConfig | None = None,
@@ -94,8 +94,11 @@ def run(
 
     Parameters
     ----------
-    data : path or pyarrow.Table
-        A Parquet file, a directory of Parquet files, or an Arrow table.
+    data : path or table
+        A Parquet file or a directory of them, a CSV (``.csv``, ``.tsv``) or JSON Lines
+        (``.jsonl``, ``.ndjson``, ``.json``) file, or a table in memory: a pyarrow Table or
+        Dataset, a pandas or polars DataFrame, a DuckDB relation, or anything with
+        ``__arrow_c_stream__`` (see ``refine.io.read.read_input``).
     out : path, optional
         The run directory to write (``refined.parquet``, ``rounds.parquet``, ``run.json``,
         ``model.pt``, ``report.html`` unless ``report=False``). Written atomically; an existing
@@ -140,7 +143,7 @@ def run(
 
 
 def _run(
-    data: str | Path | pa.Table,
+    data: Any,
     out: str | Path | None,
     config: RunConfig,
     overwrite: bool,
@@ -152,7 +155,7 @@ def _run(
     if out is not None:
         check_output(Path(out), overwrite)
     timings: dict[str, float] = {}
-    labelled_table, verified = _read(data, out, config, timings)
+    labelled_table, verified, source = _read(data, out, config, timings, progress)
     encoder, X = _encode(labelled_table, config, progress, timings)
     if runner is not None and out is not None:
         runner.checkpoint = open_checkpoint(
@@ -176,20 +179,23 @@ def _run(
 
         student = distill(labelled_table, state.decisions, config, progress, timings, runner)
         kept = (student.crossfit, student.encoder)
-    summary = summarise_run(labelled_table, encoder, config, state, timings, data, command)
+    summary = summarise_run(labelled_table, encoder, config, state, timings, source, command)
     if kept is not None:
         summary["student"] = student.summary
     return finish_run(labelled_table, encoder, config, state, summary, out, overwrite, kept=kept)
 
 
 def _read(
-    data: str | Path | pa.Table, out: str | Path | None, config: RunConfig, timings: dict
-) -> tuple[LabelledTable, np.ndarray]:
-    """The input table, checked, with its labels encoded, and its verified labels ``(N,)``."""
+    data: Any, out: str | Path | None, config: RunConfig, timings: dict, progress: Progress
+) -> tuple[LabelledTable, np.ndarray, Input]:
+    """The input table, checked, with its labels encoded, its verified labels ``(N,)``, and
+    where it came from."""
     started = time.perf_counter()
-    table = data if isinstance(data, pa.Table) else read_table(data)
-    if out is not None and not isinstance(data, pa.Table):
-        check_input_outside(Path(data), Path(out))
+    source = read_input(data)
+    note_reader(source, progress)
+    table = source.table
+    if out is not None and source.path is not None:
+        check_input_outside(source.path, Path(out))
     check_no_clashes(table)
     check_named_columns(table, config.features, config.ignore)
     check_named_columns(table, config.teacher_features, (), "--teacher-features")
@@ -199,7 +205,17 @@ def _read(
     if config.key is not None:  # a bad --key fails before training, not after
         check_key(table, config.key, config.label)
     timings["read"] = time.perf_counter() - started
-    return labelled_table, verified
+    return labelled_table, verified, source
+
+
+def note_reader(source: Input, progress: Progress) -> None:
+    """Say which reader read a file that is not Parquet: its types are the reader's guesses."""
+    if source.path is not None and not source.reader.startswith("Parquet"):
+        table = source.table
+        progress.note(
+            f"read {str(source.path)!r} as {source.reader}: {_count(table.num_rows, 'row')}, "
+            f"{_count(table.num_columns, 'column')}"
+        )
 
 
 def _encode(
@@ -375,18 +391,22 @@ def _synthetic_table(
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' if n != 1 else ''}"
+
+
 def summarise_run(
     data: LabelledTable,
     encoder: FeatureEncoder,
     config: RunConfig,
     state: RoundsResult,
     timings: dict[str, float],
-    source: Any,
+    source: Input,
     command: str | None = None,
     key: RowKey | None = None,
 ) -> dict[str, Any]:
-    """run.json's summary of a finished run; ``key`` names its rows (default: the key that
-    ``config`` gives ``data``, ``refine.io.keys.row_key``)."""
+    """run.json's summary of a finished run on ``source``; ``key`` names its rows (default: the
+    key that ``config`` gives ``data``, ``refine.io.keys.row_key``)."""
     labels = data.labels
     key = key or row_key(data.table, config.label, config.key, config.ignore)
     classes = data.class_values()
@@ -398,7 +418,7 @@ def summarise_run(
     confusions = Counter(zip(labels[issues].tolist(), predicted[issues].tolist(), strict=True))
     return {
         "refine_version": VERSION,
-        "input": str(source) if not isinstance(source, pa.Table) else "<arrow table>",
+        **source.record,
         "command": command,
         "config": config.to_dict(),
         "seed": config.seed,

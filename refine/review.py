@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refine.config import recorded_path
 from refine.errors import ConfigError, InputError, OutputError
 from refine.io.keys import recorded_key, row_key
 from refine.io.read import OUTPUT_COLUMNS, plain_values
@@ -226,8 +227,7 @@ def _next_command(run: Any, run_dir: Path, out: Path, key: str | None) -> str:
     """``refine run`` on the run's input with the filled-in file. It reruns the run's recorded
     options (``--config``) where they do not clash with the file: not when the run read
     verified labels from a column, or joined another file by another key."""
-    recorded = run.summary.get("input")
-    data = recorded if isinstance(recorded, str) and recorded != "<arrow table>" else "DATA"
+    data = recorded_path(run.summary) or "DATA"
     words = ["refine", "run", data]
     if run.config.verified is None and run.config.key in (None, key):
         words += ["--config", str(run_dir / "run.json")]

@@ -28,7 +28,14 @@ from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
-from refine.io.read import OUTPUT_COLUMNS, LabelledTable, encode_labels, read_table
+from refine.io.read import (
+    OUTPUT_COLUMNS,
+    Input,
+    LabelledTable,
+    as_table,
+    encode_labels,
+    read_input,
+)
 from refine.io.rundir import read_summary
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
@@ -40,6 +47,7 @@ from refine.pipeline import (
     RunResult,
     check_input_outside,
     finish_run,
+    note_reader,
     refine_rounds,
     summarise_run,
     with_options,
@@ -79,10 +87,11 @@ class PreviousRun:
         read = {*self.encoder.columns, self.config.label, self.config.verified}
         return {name for name in self.input_schema.names if name not in read}
 
-    def predict(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated class probabilities ``(N, K)`` for ``table`` from every fold model, and
-        the share of members that agree with the ensemble ``(N,)``."""
-        members = self.member_proba(self.encoder.transform(table))
+    def predict(self, table: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated class probabilities ``(N, K)`` for the rows of ``table`` (anything
+        ``refine.run`` reads: a pyarrow or pandas table, a path, ...) from every fold model,
+        and the share of members that agree with the ensemble ``(N,)``."""
+        members = self.member_proba(self.encoder.transform(as_table(table)))
         return apply_temperature(members.mean(0), self.temperature), ensemble_agreement(members)
 
     @property
@@ -159,7 +168,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> PreviousRun:
 
 def update(
     run_dir: str | Path,
-    data: str | Path | pa.Table,
+    data: Any,
     out: str | Path | None = None,
     *,
     replay: float = 1.0,
@@ -174,8 +183,9 @@ def update(
     ----------
     run_dir : path
         The previous run (``refine run`` or ``refine update`` output).
-    data : path or pyarrow.Table
-        The new batch: the same columns, with the same types, as the run's input.
+    data : path or table
+        The new batch: the same columns, with the same types, as the run's input. Anything
+        ``refine.run`` reads: a Parquet, CSV or JSON Lines path, or a table in memory.
     replay : float
         Replayed rows per new row: a uniform sample of every earlier batch's refined rows (with
         their ``label_soft`` and ``sample_weight``) trains beside the new rows, so the model does
@@ -218,7 +228,7 @@ def update(
 
 def _update(
     run_dir: str | Path,
-    data: str | Path | pa.Table,
+    data: Any,
     out: str | Path | None,
     replay: float,
     overwrite: bool,
@@ -235,7 +245,7 @@ def _update(
         dataclasses.replace(previous.config, verified_file=None, key=None), options
     )
     config.validate()
-    batch, verified = _read_batch(previous, data, out, config, progress)
+    batch, verified, source = _read_batch(previous, data, out, config, progress)
     table = batch.table
     key = _batch_key(previous, table, config)
     timings = {"read": time.perf_counter() - started}
@@ -266,7 +276,7 @@ def _update(
         image_blocks=previous.encoder.image_blocks,
         verified=verified,
     )
-    summary = summarise_run(batch, previous.encoder, config, state, timings, data, command, key)
+    summary = summarise_run(batch, previous.encoder, config, state, timings, source, command, key)
     # --rounds counts retraining rounds; the earlier model's judgement is round 1 of
     # rounds.parquet, said apart so the count matches what was asked.
     summary["rounds_run"] = len(state.rounds) - 1
@@ -293,16 +303,18 @@ def _update(
 
 def _read_batch(
     previous: PreviousRun,
-    data: str | Path | pa.Table,
+    data: Any,
     out: str | Path | None,
     config: RunConfig,
     progress: Progress,
-) -> tuple[LabelledTable, np.ndarray]:
+) -> tuple[LabelledTable, np.ndarray, Input]:
     """The new batch with the run's columns in the run's types (``refine.io.conform``), labels
-    encoded with the run's classes, and its verified labels ``(N,)``."""
-    table = data if isinstance(data, pa.Table) else read_table(data)
-    if out is not None and not isinstance(data, pa.Table):
-        check_input_outside(Path(data), Path(out))
+    encoded with the run's classes, its verified labels ``(N,)``, and where it came from."""
+    source = read_input(data)
+    note_reader(source, progress)
+    table = source.table
+    if out is not None and source.path is not None:
+        check_input_outside(source.path, Path(out))
     conformed = conform(previous.input_schema, table, previous.unread_columns)
     for name, kind in conformed.kept.items():
         progress.note(
@@ -312,7 +324,8 @@ def _read_batch(
     if table.num_rows == 0:
         raise InputError("the new batch has no rows; pass a Parquet file with rows to update")
     batch = encode_labels(conformed.table, config.label, config.folds, classes=previous.classes)
-    return batch, verified_labels(batch, config.verified, config.verified_file, config.key)
+    verified = verified_labels(batch, config.verified, config.verified_file, config.key)
+    return batch, verified, source
 
 
 def _batch_key(previous: PreviousRun, table: pa.Table, config: RunConfig) -> RowKey:

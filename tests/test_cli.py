@@ -122,14 +122,15 @@ def test_missing_path(tmp_path):
 
 
 def test_not_parquet(tmp_path):
-    path = tmp_path / "data.csv"
+    path = tmp_path / "data.txt"  # CSV text, but only .csv, .tsv and .jsonl are read as text
     path.write_text("a,b\n1,2\n")
     out = tmp_path / "out"
     result = invoke("run", str(path), "--out", str(out))
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: cannot read {str(path)!r} as Parquet: ")
     assert result.output.strip().endswith(
-        "Check that the file is a complete Parquet file (not CSV, not truncated)"
+        "Check that the file is a complete Parquet file (not truncated); a CSV or JSON Lines "
+        "file is read by its suffix: name it .csv, .tsv or .jsonl"
     )
     assert not out.exists()
 

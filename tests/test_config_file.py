@@ -218,11 +218,13 @@ def test_a_run_of_an_arrow_table_needs_data(tmp_path, first_run, noisy_data):
         report=False,
     )
     path = tmp_path / "table" / "run.json"
-    assert result.summary["input"] == "<arrow table>"
+    assert result.summary["input"] == "pyarrow.Table (360 rows)"
+    assert result.summary["input_in_memory"] is True
     config_error(
         tmp_path,
         path,
-        f"config file {str(path)!r} records an Arrow table, not a file; pass DATA: "
+        f"config file {str(path)!r} records its input as pyarrow.Table (360 rows), a table in "
+        f"memory, not a file; pass DATA: "
         f"refine run DATA --config {path} --out ...",
     )
 

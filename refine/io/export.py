@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from refine.config import VERSION
+from refine.config import VERSION, recorded_path
 from refine.errors import ConfigError, InputError, OutputError
 from refine.io.read import OUTPUT_COLUMNS
 from refine.io.rundir import read_summary
@@ -182,7 +182,6 @@ def open_run(run_dir: str | Path) -> RunFiles:
             f"{str(path)!r} is not a complete refine run: refined.parquet has no {lacking}. "
             "Rerun refine run to write it again"
         )
-    source = summary.get("input")
     parent = summary.get("parent")
     parent_run = parent.get("run") if isinstance(parent, dict) else None
     if parent is not None and not isinstance(parent_run, str):
@@ -193,7 +192,7 @@ def open_run(run_dir: str | Path) -> RunFiles:
     return RunFiles(
         path=path,
         label=label,
-        input=source if isinstance(source, str) and source != "<arrow table>" else None,
+        input=recorded_path(summary),
         parent=parent_run,
         schema=schema,
     )

@@ -1,4 +1,5 @@
-"""Read the input: a Parquet file or a directory of Parquet files, and its label column.
+"""Read the input, and its label column: a Parquet file or directory of them, a CSV or JSON
+Lines file, or a table already in memory (pandas, polars, DuckDB, Arrow).
 
 The input Arrow table is kept exactly as read; refine only ever appends columns to it.
 """
@@ -6,8 +7,11 @@ The input Arrow table is kept exactly as read; refine only ever appends columns 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +60,159 @@ class LabelledTable:
         return self.classes.to_pylist()
 
 
+# What read_input takes, for the message that refuses anything else.
+ACCEPTED = (
+    "a path (a Parquet file or directory, .csv, .tsv, .jsonl, .ndjson or .json), a pyarrow "
+    "Table or Dataset, a pandas or polars DataFrame, a DuckDB relation, or an object with the "
+    "Arrow PyCapsule stream interface (__arrow_c_stream__)"
+)
+CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+
+
+@dataclass(frozen=True)
+class Input:
+    """The input as an Arrow table, and where it came from.
+
+    ``path`` is the file or directory read, or None for a table handed over in memory;
+    ``reader`` says what read it ("CSV (DuckDB read_csv)", "pandas.DataFrame").
+    """
+
+    table: pa.Table
+    reader: str
+    path: Path | None = None
+
+    @property
+    def described(self) -> str:
+        """run.json's ``input``: the path, or what the table was, with its rows."""
+        if self.path is not None:
+            return str(self.path)
+        rows = self.table.num_rows
+        return f"{self.reader} ({rows:,} row{'s' if rows != 1 else ''})"
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What run.json records of the input: ``input``, ``input_reader``, ``input_in_memory``."""
+        return {
+            "input": self.described,
+            "input_reader": self.reader,
+            "input_in_memory": self.path is None,
+        }
+
+
+def as_table(data: Any) -> pa.Table:
+    """``data`` as an Arrow table; see ``read_input`` for what it may be."""
+    return read_input(data).table
+
+
+def read_input(data: Any) -> Input:
+    """Read ``data``, the input of a run or an update, into an Arrow table.
+
+    Parameters
+    ----------
+    data
+        A path: a Parquet file or a directory of them, or by its suffix a CSV (``.csv``,
+        ``.tsv``) or JSON Lines (``.jsonl``, ``.ndjson``, ``.json``) file, read by pyarrow;
+        ``.gz`` after the suffix is decompressed. Or a table
+        in memory: a pyarrow Table or Dataset, a pandas DataFrame (a named index becomes a
+        column, an unnamed one is dropped), a polars DataFrame, a DuckDB relation, or any
+        object with ``__arrow_c_stream__``. Nothing is imported for a library the caller did
+        not load: polars is never a dependency.
+
+    Raises
+    ------
+    InputError
+        For anything else, naming its type and what is accepted; for a file that cannot be read.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        return _read_file(Path(data))
+    if isinstance(data, pa.Table):
+        return Input(data, "pyarrow.Table")
+    if isinstance(data, pa.RecordBatch):
+        return Input(pa.Table.from_batches([data]), "pyarrow.RecordBatch")
+    if isinstance(data, ds.Dataset):
+        return Input(data.to_table(), "pyarrow.dataset.Dataset")
+    pandas, polars, duckdb = (sys.modules.get(m) for m in ("pandas", "polars", "duckdb"))
+    if pandas is not None and isinstance(data, pandas.DataFrame):
+        return Input(_from_pandas(data), "pandas.DataFrame")
+    if polars is not None and isinstance(data, polars.DataFrame):
+        return Input(data.to_arrow(), "polars.DataFrame")
+    if duckdb is not None and isinstance(data, duckdb.DuckDBPyRelation):
+        return Input(_from_duckdb(data), "DuckDB relation")
+    if hasattr(data, "__arrow_c_stream__"):
+        kind = type(data)
+        return Input(
+            pa.RecordBatchReader.from_stream(data).read_all(),
+            f"Arrow stream ({kind.__module__}.{kind.__qualname__})",
+        )
+    kind = type(data)
+    raise InputError(
+        f"refine cannot read input of type {kind.__module__}.{kind.__qualname__}; pass {ACCEPTED}"
+    )
+
+
+def _from_pandas(frame: Any) -> pa.Table:
+    # A named index (df.set_index("id")) is data the user named, often the row key: keep it as
+    # a column. An unnamed one is positions, which would otherwise become a feature.
+    named = [name for name in frame.index.names if name is not None]
+    if named:
+        frame = frame.reset_index(level=named)
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(
+            f"cannot turn the pandas DataFrame into an Arrow table: {exc}. Give each column one "
+            "type (an object column of mixed strings and numbers cannot be stored)"
+        ) from None
+
+
+def _from_duckdb(relation: Any) -> pa.Table:
+    arrow = relation.arrow()  # a table before DuckDB 1.4, a RecordBatchReader since
+    return arrow.read_all() if isinstance(arrow, pa.RecordBatchReader) else arrow
+
+
+def _read_file(path: Path) -> Input:
+    name = path.name.lower()
+    if path.is_file() and name.endswith(CSV_SUFFIXES):
+        return Input(_read_text(path, "CSV"), "CSV (pyarrow.csv)", path)
+    if path.is_file() and name.endswith(JSON_SUFFIXES):
+        return Input(_read_text(path, "JSON Lines"), "JSON Lines (pyarrow.json)", path)
+    return Input(read_table(path), "Parquet (pyarrow.dataset)", path)
+
+
+def _read_text(path: Path, kind: str) -> pa.Table:
+    """A CSV or JSON Lines file, each column's type inferred (whole numbers as int64, also with
+    empty cells; dates as date32). pyarrow, not DuckDB's sniffer: that skips leading lines and
+    guesses the header, so a ragged file silently loses rows; pyarrow refuses it."""
+    import pyarrow.csv as csv
+    import pyarrow.json as pajson
+
+    if path.stat().st_size == 0:
+        raise InputError(f"input {str(path)!r} is empty; a {kind} file needs a header and rows")
+    try:
+        if kind == "CSV":
+            table = csv.read_csv(
+                path,
+                parse_options=csv.ParseOptions(delimiter="\t" if ".tsv" in path.suffixes else ","),
+                # An empty cell is null in every column, so an empty label is an unlabelled row.
+                convert_options=csv.ConvertOptions(strings_can_be_null=True),
+            )
+        else:
+            table = pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        form = (
+            "comma-separated with a header row (.tsv: tab-separated)"
+            if kind == "CSV"
+            else "one JSON object per line"
+        )
+        raise InputError(
+            f"cannot read {str(path)!r} as {kind}: {exc}. refine reads it as {form}"
+        ) from None
+    if table.num_rows == 0:
+        raise InputError(f"input {str(path)!r} has no rows; refine needs labelled rows")
+    return table
+
+
 def read_table(path: str | Path) -> pa.Table:
     """Read a Parquet file, or every Parquet file under a directory (hive partitions allowed)."""
     path = Path(path)
@@ -75,7 +232,8 @@ def read_table(path: str | Path) -> pa.Table:
         _check_unique_names(path)
         raise InputError(
             f"cannot read {str(path)!r} as Parquet: {exc}. "
-            "Check that the file is a complete Parquet file (not CSV, not truncated)"
+            "Check that the file is a complete Parquet file (not truncated); a CSV or JSON Lines "
+            "file is read by its suffix: name it .csv, .tsv or .jsonl"
         ) from None
 
 
