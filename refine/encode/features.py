@@ -325,24 +325,85 @@ def fit_features(
     check_named_columns(table, features, ignore)
     check_text_columns(table, label, text, ignore)
     check_image_columns(table, label, image, ignore)
+    model = _image_model(image_model)
+    explicit = features is not None
+    candidates = _candidates(table, label, features, ignore, text, image)
+    if labels is None:
+        labels = _label_codes(table, label)
+    encoders, skipped = _fit_candidates(
+        table,
+        candidates,
+        explicit=explicit,
+        max_categories=max_categories,
+        text=text,
+        seed=seed,
+        image=image,
+        model=model,
+        image_model=image_model,
+        image_size=image_size,
+        labels=labels,
+    )
+    if not encoders:
+        detail = (
+            "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
+        )
+        raise InputError(
+            f"no usable feature column ({detail}). refine needs numeric, categorical, free-text, "
+            "image or list<float> embedding columns besides the label"
+        )
+    return FeatureEncoder(encoders=encoders, skipped=skipped)
+
+
+def _image_model(image_model: str | None) -> tuple[Any, str] | None:
+    """The TorchScript network at ``image_model`` and its sha256, or None when not given."""
     model = None
     if image_model is not None:
         from refine.encode.image import load_image_model
 
         model = load_image_model(image_model)
+    return model
+
+
+def _candidates(
+    table: pa.Table,
+    label: str,
+    features: tuple[str, ...] | None,
+    ignore: tuple[str, ...],
+    text: tuple[str, ...],
+    image: tuple[str, ...],
+) -> list[str]:
+    """The columns to try, in order: ``features`` (else all but the label and ``ignore``),
+    then the ``text`` and ``image`` columns not among them."""
     names = table.column_names
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    explicit = features is not None
     candidates = (
         list(features)
         if features is not None
         else [n for n in names if n != label and n not in ignore]
     )
     candidates += [n for n in (*text, *image) if n not in candidates]
+    return candidates
+
+
+def _fit_candidates(
+    table: pa.Table,
+    candidates: list[str],
+    *,
+    explicit: bool,
+    max_categories: int,
+    text: tuple[str, ...],
+    seed: int,
+    image: tuple[str, ...],
+    model: tuple[Any, str] | None,
+    image_model: str | None,
+    image_size: int,
+    labels: np.ndarray | None,
+) -> tuple[list[Encoder], dict[str, str]]:
+    """An encoder fitted on each usable candidate, and why each other one was skipped (an
+    ``InputError`` instead where the columns are ``explicit``)."""
+    names = table.column_names
+    duplicated = sorted({n for n in names if names.count(n) > 1})
     encoders: list[Encoder] = []
     skipped: dict[str, str] = {}
-    if labels is None:
-        labels = _label_codes(table, label)
     for name in candidates:
         if name in duplicated:
             reason = f"{names.count(name)} columns share this name"
@@ -361,15 +422,7 @@ def fit_features(
         if explicit:
             raise InputError(f"--features column {name!r} cannot be used: {reason}")
         skipped[name] = reason
-    if not encoders:
-        detail = (
-            "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no columns besides the label"
-        )
-        raise InputError(
-            f"no usable feature column ({detail}). refine needs numeric, categorical, free-text, "
-            "image or list<float> embedding columns besides the label"
-        )
-    return FeatureEncoder(encoders=encoders, skipped=skipped)
+    return encoders, skipped
 
 
 def check_named_columns(

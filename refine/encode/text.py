@@ -76,17 +76,33 @@ class TextEncoder:
         n-grams and the width are chosen as the module docstring says; without, the block holds
         word and character n-grams at the rule's width.
         """
-        from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         texts, self.truncated = _texts(column)
+        rows, sample = self._fit_rows(texts)
+        chosen = self.dim == 0 and labels is not None
+        blocks = self._vectorize(sample)
+        if self._stack(blocks, len(sample)).shape[1] == 0:
+            raise _NoVocabulary()
+        wanted = self.dim or min(MAX_DIM, max(MIN_DIM, len(sample) // ROWS_PER_DIM))
+        y = _selection_labels(labels[rows], self.seed) if chosen and labels is not None else None
+        candidates = self._candidates(blocks, len(sample), wanted, y)
+        keep, components, reduced = self._choose(candidates, y)
+        self._set_block(keep, components, reduced)
+        return self
+
+    def _fit_rows(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The row indices ``(S,)`` the block is fitted on (at most ``FIT_ROWS``), and their texts."""
         if len(texts) > FIT_ROWS:
             rows = np.sort(np.random.default_rng(self.seed).choice(len(texts), FIT_ROWS, False))
             sample = [texts[i] for i in rows]
         else:
             rows = np.arange(len(texts))
             sample = texts
-        chosen = self.dim == 0 and labels is not None
+        return rows, sample
+
+    def _vectorize(self, sample: list[str]) -> list[Any]:
+        """Fit each analyzer's vocabulary and idf: its TF-IDF matrix ``(S, terms)`` or None."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         blocks = []
         for analyzer, ngrams, limit in _ANALYZERS:
             vectorizer = TfidfVectorizer(
@@ -106,25 +122,36 @@ class TextEncoder:
             terms = vectorizer.get_feature_names_out().tolist()
             self.vocabulary[analyzer] = terms
             self.idf[analyzer] = vectorizer.idf_.astype(np.float32)
-        if self._stack(blocks, len(sample)).shape[1] == 0:
-            raise _NoVocabulary()
-        wanted = self.dim or min(MAX_DIM, max(MIN_DIM, len(sample) // ROWS_PER_DIM))
-        y = _selection_labels(labels[rows], self.seed) if chosen and labels is not None else None
+        return blocks
+
+    def _candidates(
+        self, blocks: list[Any], n_rows: int, wanted: int, y: np.ndarray | None
+    ) -> list[_Candidate]:
+        """Every block the labels ``y`` ``(S,)`` choose among (only the rule's without them)."""
+        from sklearn.decomposition import TruncatedSVD
+
         # Each candidate: (rows' log-losses, which blocks, projection, reduced rows); the word
         # block alone is a candidate only beside characters, and only where labels choose.
         candidates = []
         for keep in ((True, True), (True, False)) if y is not None else ((True, True),):
             kept = [b if k else None for b, k in zip(blocks, keep, strict=True)]
-            matrix = self._stack(kept, len(sample))
+            matrix = self._stack(kept, n_rows)
             if matrix.shape[1] == 0 or (not keep[1] and blocks[1] is None):
                 continue
-            dim = max(1, min(wanted, matrix.shape[1] - 1, len(sample) - 1))
+            dim = max(1, min(wanted, matrix.shape[1] - 1, n_rows - 1))
             svd = TruncatedSVD(dim, algorithm="randomized", n_iter=5, random_state=self.seed)
             reduced = svd.fit_transform(matrix).astype(np.float32)
             widths = sorted({d for d in SELECT_DIMS if d < dim} | {dim}) if y is not None else [dim]
             for width in widths:
                 losses = _row_losses(_scaled(reduced[:, :width]), y) if y is not None else None
                 candidates.append((losses, keep, svd.components_[:width], reduced[:, :width]))
+        return candidates
+
+    def _choose(
+        self, candidates: list[_Candidate], y: np.ndarray | None
+    ) -> tuple[tuple[bool, bool], np.ndarray, np.ndarray]:
+        """The chosen candidate's blocks, projection ``(dim, terms)`` and reduced rows ``(S, dim)``;
+        sets ``replaced_default`` and ``chosen_by``."""
         # The rule's block (both kinds of n-gram, the widest) unless another's log-loss is lower
         # by more than twice the standard error of the rows' paired differences: on a near tie
         # the ranking moves with the SVD's seed (reports/code-notes.md).
@@ -146,6 +173,12 @@ class TextEncoder:
                 else f"{SELECT_FOLDS}-fold log-loss {_scored(rule[0]).mean():.4f} with {default}; "
                 f"none of the other {len(candidates) - 1} blocks was lower by two standard errors"
             )
+        return keep, components, reduced
+
+    def _set_block(
+        self, keep: tuple[bool, bool], components: np.ndarray, reduced: np.ndarray
+    ) -> None:
+        """Keep the chosen projection ``(dim, terms)`` and the scale of its rows ``(S, dim)``."""
         for (analyzer, _, _), k in zip(_ANALYZERS, keep, strict=True):
             if not k:
                 self.vocabulary[analyzer] = []
@@ -157,7 +190,6 @@ class TextEncoder:
         # them (the first carry the topics, the last mostly noise), and standardising each would
         # blow the noise up to the signal's size (reports/code-notes.md).
         self.std = np.full(self.dim, _scale(reduced, self.mean), np.float32)
-        return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
         components, mean, std = self.components, self.mean, self.std
@@ -253,6 +285,8 @@ class TextEncoder:
 
 
 _ANALYZERS = (("word", (1, 2), WORD_FEATURES), ("char_wb", (2, 5), CHAR_FEATURES))
+# A block labels may choose: (rows' log-losses, which analyzers, projection, reduced rows).
+_Candidate = tuple[np.ndarray | None, tuple[bool, bool], np.ndarray, np.ndarray]
 
 
 def _scale(reduced: np.ndarray, mean: np.ndarray) -> float:

@@ -125,6 +125,20 @@ def synthesize(
         label (ids, timestamps, skipped columns) is null, or parent a's value where the
         schema declares the column non-nullable.
     """
+    _check_options(method, ratio, noise_scale, mixup_alpha)
+    refined, folds, pool = _parent_pool(table.num_rows, refined, trusted, folds)
+    m = int(round(ratio * len(pool)))
+    if m == 0:
+        return _empty(table, len(classes))
+
+    rng = np.random.default_rng(seed)
+    a = _draw_parents(pool, folds, m, rng)
+    recipe = _recipe(method, a, pool, table, encoder, refined, folds, mixup_alpha, rng)
+    return _assemble(table, encoder, label, classes, refined, folds, recipe, noise_scale, rng)
+
+
+def _check_options(method: str, ratio: float, noise_scale: float, mixup_alpha: float) -> None:
+    """Raise ``ConfigError`` for a method or setting ``synthesize`` does not accept."""
     if method not in AUGMENT_METHODS:
         raise ConfigError(f"--augment must be one of {', '.join(AUGMENT_METHODS)}, got {method!r}")
     if not 0.0 <= ratio <= MAX_RATIO:
@@ -136,7 +150,12 @@ def synthesize(
         raise ConfigError(f"noise_scale must be 0 or more, got {noise_scale!r}")
     if not mixup_alpha > 0.0:
         raise ConfigError(f"mixup_alpha must be above 0, got {mixup_alpha!r}")
-    n = table.num_rows
+
+
+def _parent_pool(
+    n: int, refined: np.ndarray, trusted: np.ndarray, folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``refined`` and ``folds`` ``(N,)`` as int64, and the indices of trusted rows with a class."""
     for name, values in (("refined", refined), ("trusted", trusted), ("folds", folds)):
         if np.shape(values) != (n,):
             raise ValueError(
@@ -147,19 +166,27 @@ def synthesize(
     pool = np.flatnonzero(np.asarray(trusted, dtype=bool) & (refined >= 0))
     if (folds[pool] < 0).any():
         raise ValueError("every trusted row needs a fold (folds >= 0)")
-    m = int(round(ratio * len(pool)))
-    if m == 0:
-        return _empty(table, len(classes))
+    return refined, folds, pool
 
-    rng = np.random.default_rng(seed)
-    a = _draw_parents(pool, folds, m, rng)
+
+def _recipe(
+    method: str,
+    a: np.ndarray,
+    pool: np.ndarray,
+    table: pa.Table,
+    encoder: FeatureEncoder,
+    refined: np.ndarray,
+    folds: np.ndarray,
+    mixup_alpha: float,
+    rng: np.random.Generator,
+) -> _Recipe:
+    """How ``method`` mixes each row's parent a ``(M,)`` with a second parent from ``pool``."""
+    m = len(a)
     if method == "interpolate":
-        recipe = _interpolate(a, pool, encoder.transform(table), refined, folds, rng)
-    elif method == "mixup":
-        recipe = _mixup(a, pool, folds, mixup_alpha, rng)
-    else:
-        recipe = _Recipe(a, np.full(m, -1), np.ones(m), np.ones(m, bool))
-    return _assemble(table, encoder, label, classes, refined, folds, recipe, noise_scale, rng)
+        return _interpolate(a, pool, encoder.transform(table), refined, folds, rng)
+    if method == "mixup":
+        return _mixup(a, pool, folds, mixup_alpha, rng)
+    return _Recipe(a, np.full(m, -1), np.ones(m), np.ones(m, bool))
 
 
 def _empty(table: pa.Table, k: int) -> Synthetic:

@@ -102,7 +102,36 @@ def cross_fit(
     runner = runner or FoldRunner()
     checkpoint = runner.checkpoint if stage else None
     options = _model_options(model, k, image_blocks)
-    jobs = [
+    jobs = _fold_jobs(folds, weights, pooled, pool_rows, n_folds)
+    task = progress.start("folds", "folds", total=n_folds * seeds)
+    records = _saved_folds(jobs, checkpoint, stage, len(pool_rows), progress, task, seeds)
+
+    def finished(record: dict[str, Any]) -> None:
+        records[record["fold"]] = record
+        if checkpoint is not None:
+            checkpoint.save_fold(stage, record["fold"], record)
+        progress.advance(task, seeds)
+
+    pending = [job for job in jobs if job.fold not in records]
+    if runner.workers == 1 or len(pending) < 2:
+        for job in pending:
+            finished(fit_fold(X, targets, weights, job, options, seeds, seed, progress))
+    else:
+        runner.fit_folds(X, targets, weights, pending, options, seeds, seed, finished)
+    progress.finish(task)
+    return _assemble(records, n, k, X.shape[1], options, jobs, pool_rows)
+
+
+def _fold_jobs(
+    folds: np.ndarray,
+    weights: np.ndarray,
+    pooled: np.ndarray,
+    pool_rows: np.ndarray,
+    n_folds: int,
+) -> list[FoldJob]:
+    """One job per fold: it trains on the other folds' rows of weight above 0 ``(N,)`` and
+    predicts its own rows that are not ``pooled`` ``(N,)``, and the ``pool_rows``."""
+    return [
         FoldJob(
             fold,
             n_folds,
@@ -112,32 +141,25 @@ def cross_fit(
         )
         for fold in range(n_folds)
     ]
+
+
+def _saved_folds(
+    jobs: list[FoldJob],
+    checkpoint: Checkpoint | None,
+    stage: str,
+    n_pool: int,
+    progress: Progress,
+    task: Any,
+    seeds: int,
+) -> dict[int, dict[str, Any]]:
+    """The records of the folds ``checkpoint`` already holds for ``stage``, by fold."""
     records: dict[int, dict[str, Any]] = {}
-    task = progress.start("folds", "folds", total=n_folds * seeds)
-
-    def finished(record: dict[str, Any]) -> None:
-        records[record["fold"]] = record
-        if checkpoint is not None:
-            checkpoint.save_fold(stage, record["fold"], record)
-        progress.advance(task, seeds)
-
     for job in jobs:
-        saved = (
-            checkpoint.load_fold(stage, job.fold, len(job.held), len(pool_rows))
-            if checkpoint
-            else None
-        )
+        saved = checkpoint.load_fold(stage, job.fold, len(job.held), n_pool) if checkpoint else None
         if saved is not None:
             records[job.fold] = saved
             progress.advance(task, seeds)
-    pending = [job for job in jobs if job.fold not in records]
-    if runner.workers == 1 or len(pending) < 2:
-        for job in pending:
-            finished(fit_fold(X, targets, weights, job, options, seeds, seed, progress))
-    else:
-        runner.fit_folds(X, targets, weights, pending, options, seeds, seed, finished)
-    progress.finish(task)
-    return _assemble(records, n, k, X.shape[1], options, jobs, pool_rows)
+    return records
 
 
 def _assemble(

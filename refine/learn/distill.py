@@ -52,19 +52,7 @@ def distill(
     started = time.perf_counter()
     columns = config.student_features
     assert columns is not None, "distill needs student_features"  # checked by RunConfig
-    encoder = fit_features(
-        data.table,
-        config.label,
-        columns,
-        config.ignore,
-        config.max_categories,
-        tuple(c for c in config.text if c in columns),
-        config.seed,
-        tuple(c for c in config.image if c in columns),
-        config.image_model,
-        config.image_size,
-        labels=decisions.refined,  # the teacher's labels choose a text block
-    )
+    encoder = _student_encoder(data, decisions, config, columns)
     X = encoder.transform(data.table)
     labels = data.labels
     labelled = labels >= 0
@@ -83,11 +71,7 @@ def distill(
         runner=runner,
         stage="student",
     )
-    # Calibrated against the refined labels it learned, not the teacher's temperature.
-    refined = labelled & (decisions.refined >= 0)
-    temperature = (
-        fit_temperature(fitted.proba[refined], decisions.refined[refined]) if refined.any() else 1.0
-    )
+    refined, temperature = _calibrate(fitted, decisions, labelled)
     predicted = apply_temperature(fitted.proba, temperature).argmax(1)
     seconds = time.perf_counter() - started
     timings["student"] = seconds
@@ -100,6 +84,37 @@ def distill(
         "seconds": round(seconds, 4),
     }
     return Student(encoder, fitted, temperature, summary)
+
+
+def _student_encoder(
+    data: LabelledTable, decisions: Decisions, config: RunConfig, columns: tuple[str, ...]
+) -> FeatureEncoder:
+    """The student's encoder, fitted on its ``columns`` with the run's encoding settings."""
+    return fit_features(
+        data.table,
+        config.label,
+        columns,
+        config.ignore,
+        config.max_categories,
+        tuple(c for c in config.text if c in columns),
+        config.seed,
+        tuple(c for c in config.image if c in columns),
+        config.image_model,
+        config.image_size,
+        labels=decisions.refined,  # the teacher's labels choose a text block
+    )
+
+
+def _calibrate(
+    fitted: CrossFit, decisions: Decisions, labelled: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """The labelled rows with a refined class ``(N,)``, and the temperature fitted on them."""
+    # Calibrated against the refined labels it learned, not the teacher's temperature.
+    refined = labelled & (decisions.refined >= 0)
+    temperature = (
+        fit_temperature(fitted.proba[refined], decisions.refined[refined]) if refined.any() else 1.0
+    )
+    return refined, temperature
 
 
 def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:

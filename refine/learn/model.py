@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -216,14 +217,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         self.device_ = str(device)
         rng = np.random.default_rng(self.random_state)
-
-        # Hold out a validation split, stratified by the target's most likely class.
-        val = (
-            _stratified_holdout(targets.argmax(1), self.val_fraction, rng)
-            if n >= 20
-            else np.zeros(n, bool)
-        )
-        train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        train_idx, val_idx = self._holdout(targets, rng)
         batch = self.batch_size or auto_batch_size(len(train_idx))
         epochs = max(
             1, min(self.max_epochs, math.ceil(self.max_rows_seen / max(len(train_idx), 1)))
@@ -232,61 +226,107 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.random_state)
-            net = build_network(
-                X.shape[1], k, tuple(self.hidden), self.dropout, tuple(self.image_blocks)
-            ).to(device)
-            optimiser = torch.optim.AdamW(
-                net.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            net, optimiser, schedule = self._build(
+                X.shape[1], k, device, steps=epochs * math.ceil(len(train_idx) / batch)
             )
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimiser, T_max=epochs * math.ceil(len(train_idx) / batch)
+            data = _OnDevice(
+                *(torch.from_numpy(a).to(device) for a in (X, targets, weight, train_idx, val_idx))
             )
-            Xd = torch.from_numpy(X).to(device)
-            Td = torch.from_numpy(targets).to(device)
-            Wd = torch.from_numpy(weight).to(device)
-            tr = torch.from_numpy(train_idx).to(device)
-            va = torch.from_numpy(val_idx).to(device)
-            generator = torch.Generator(device="cpu").manual_seed(self.random_state)
-
-            kept: list[tuple[float, int, dict]] = []  # (val loss, epoch, weights), best first
-            best, since_best = math.inf, 0
-            self.history_ = []
-            for epoch in range(epochs):
-                net.train()
-                order = tr[torch.randperm(len(tr), generator=generator).to(device)]
-                for start in range(0, len(order), batch):
-                    idx = order[start : start + batch]
-                    xb, tb, wb = Xd[idx], Td[idx], Wd[idx]
-                    if self.mixup > 0:
-                        lam = float(rng.beta(self.mixup, self.mixup))
-                        perm = torch.randperm(len(idx), generator=generator).to(device)
-                        xb = lam * xb + (1 - lam) * xb[perm]
-                        tb = lam * tb + (1 - lam) * tb[perm]
-                        wb = lam * wb + (1 - lam) * wb[perm]
-                    loss = _weighted_ce(net(xb), tb, wb)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    schedule.step()
-                val_loss = self._val_loss(net, Xd, Td, Wd, va) if len(va) else -epoch
-                self.history_.append(float(val_loss))
-                if on_epoch is not None:
-                    on_epoch(epoch + 1, epochs)
-                state = {name: t.detach().clone() for name, t in net.state_dict().items()}
-                kept = sorted([*kept, (val_loss, epoch, state)], key=lambda s: s[0])[
-                    : self.snapshots
-                ]
-                if val_loss < best - 1e-4:
-                    best, since_best = val_loss, 0
-                else:
-                    since_best += 1
-                    if since_best >= self.patience:
-                        break
+            kept = self._train(net, optimiser, schedule, data, batch, epochs, rng, on_epoch)
         self.epochs_ = len(self.history_)
         self.snapshot_epochs_ = [e for _, e, _ in kept]
         self.states_ = [s for _, _, s in kept]
         self.network_ = net.eval()
         return self
+
+    def _holdout(
+        self, targets: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Training and validation row indices for ``targets`` ``(N, K)``, stratified by class."""
+        n = len(targets)
+        # Hold out a validation split, stratified by the target's most likely class.
+        val = (
+            _stratified_holdout(targets.argmax(1), self.val_fraction, rng)
+            if n >= 20
+            else np.zeros(n, bool)
+        )
+        return np.flatnonzero(~val), np.flatnonzero(val)
+
+    def _build(
+        self, n_features: int, n_classes: int, device: torch.device, steps: int
+    ) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The network on ``device``, its AdamW optimiser and a cosine schedule over ``steps``."""
+        net = build_network(
+            n_features, n_classes, tuple(self.hidden), self.dropout, tuple(self.image_blocks)
+        ).to(device)
+        optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+        return net, optimiser, schedule
+
+    def _train(
+        self,
+        net: nn.Module,
+        optimiser: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        data: _OnDevice,
+        batch: int,
+        epochs: int,
+        rng: np.random.Generator,
+        on_epoch: Callable[[int, int], None] | None,
+    ) -> list[tuple[float, int, dict]]:
+        """Epochs until early stopping; the kept ``(val loss, epoch, weights)``, best first."""
+        generator = torch.Generator(device="cpu").manual_seed(self.random_state)
+        kept: list[tuple[float, int, dict]] = []  # (val loss, epoch, weights), best first
+        best, since_best = math.inf, 0
+        self.history_ = []
+        for epoch in range(epochs):
+            self._train_epoch(net, optimiser, schedule, data, batch, rng, generator)
+            val_loss = (
+                self._val_loss(net, data.X, data.targets, data.weight, data.val)
+                if len(data.val)
+                else -epoch
+            )
+            self.history_.append(float(val_loss))
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epochs)
+            state = {name: t.detach().clone() for name, t in net.state_dict().items()}
+            kept = sorted([*kept, (val_loss, epoch, state)], key=lambda s: s[0])[: self.snapshots]
+            if val_loss < best - 1e-4:
+                best, since_best = val_loss, 0
+            else:
+                since_best += 1
+                if since_best >= self.patience:
+                    break
+        return kept
+
+    def _train_epoch(
+        self,
+        net: nn.Module,
+        optimiser: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        data: _OnDevice,
+        batch: int,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+    ) -> None:
+        """One pass over the training rows in shuffled batches of ``batch`` rows."""
+        device = data.X.device
+        net.train()
+        order = data.train[torch.randperm(len(data.train), generator=generator).to(device)]
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            xb, tb, wb = data.X[idx], data.targets[idx], data.weight[idx]
+            if self.mixup > 0:
+                lam = float(rng.beta(self.mixup, self.mixup))
+                perm = torch.randperm(len(idx), generator=generator).to(device)
+                xb = lam * xb + (1 - lam) * xb[perm]
+                tb = lam * tb + (1 - lam) * tb[perm]
+                wb = lam * wb + (1 - lam) * wb[perm]
+            loss = _weighted_ce(net(xb), tb, wb)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
 
     @classmethod
     def from_states(
@@ -361,6 +401,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             total += float((losses * w).sum())
             weight += float(w.sum())
         return total / max(weight, 1e-12)
+
+
+class _OnDevice(NamedTuple):
+    """A fit's arrays as tensors on its device: ``X`` ``(N, D)``, ``targets`` ``(N, K)``,
+    ``weight`` ``(N,)``, and the ``train`` and ``val`` row indices."""
+
+    X: torch.Tensor
+    targets: torch.Tensor
+    weight: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
 
 
 def _weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
