@@ -267,3 +267,13 @@ def test_update_refuses_a_run_refined_from_votes(voted_run, tmp_path):
         "update does not take yet; rerun refine run on all the rows and their votes"
     )
     assert not (tmp_path / "next").exists()
+
+
+def test_the_report_lists_the_annotators_least_accurate_first(voted_run):
+    from refine.report.html import build_report
+
+    _, out, _, _ = voted_run
+    page = build_report(out)
+    section = page[page.index("Annotators") :]
+    assert section.index("vote_2") < section.index("vote_0")
+    assert '<th class="num">95% interval</th>' in section
