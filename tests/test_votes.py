@@ -3,6 +3,8 @@ ties, the annotator model on crowds with known answers, annotators.parquet and i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,6 +130,11 @@ def voted_run(tmp_path_factory):
 def test_a_run_with_votes_refines_their_majority_and_writes_annotators(voted_run):
     result, out, table, votes = voted_run
     assert result.exit_code == 0, result.output
+    assert "1 row has no vote: unlabelled" in result.output
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["annotators"]["annotators"] == 3 and summary["annotators"]["votes"] == 447
+    assert summary["annotators"]["least_accurate"][0]["annotator"] == "vote_2"
+    assert summary["config"]["label"] == "label_vote" and "votes" in summary["config"]["ignore"]
     refined = pq.read_table(out / "refined.parquet")
     assert refined.column_names[: table.num_columns] == table.column_names
     assert refined.column_names[table.num_columns] == "label_vote"
