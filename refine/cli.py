@@ -119,6 +119,20 @@ def cli() -> None:
     "Default: the --ignore'd columns, else columns named like an id.",
 )
 @click.option(
+    "--votes",
+    default=None,
+    help="List column of votes per row (annotators or labelling functions; null or -1 = "
+    "abstain): refine starts from their majority vote, written as label_vote, and writes "
+    "annotators.parquet. --label is then optional (it only gives the classes).",
+)
+@click.option(
+    "--annotations",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Parquet or CSV of votes, one row per item and annotator: the --key column, "
+    "'annotator' and 'label' (a crowd tool's export). Used as --votes is.",
+)
+@click.option(
     "--features",
     multiple=True,
     help="Feature columns (comma-separated or repeated). Default: every usable column.",
@@ -310,6 +324,7 @@ def run_command(
     image: tuple[str, ...],
     image_model: Path | None,
     verified_file: Path | None,
+    annotations: Path | None,
     max_epochs: int,
     batch_size: int,
     device: str,
@@ -343,6 +358,7 @@ def run_command(
         image=_columns(image),
         image_model=str(image_model) if image_model is not None else None,
         verified_file=str(verified_file) if verified_file is not None else None,
+        annotations=str(annotations) if annotations is not None else None,
         teacher_features=_columns(teacher_features) if teacher_features else None,
         student_features=_columns(student_features) if student_features else None,
         model=model,
@@ -447,6 +463,10 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     ]
     if s.get("verified"):
         rows.insert(2, ("verified", f"{s['verified']:,}"))
+    if s.get("annotators"):
+        a = s["annotators"]
+        accuracy = "n/a" if a["mean_accuracy"] is None else f"{a['mean_accuracy']:.3f}"
+        rows.insert(2, ("annotators (mean accuracy)", f"{a['annotators']:,} ({accuracy})"))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

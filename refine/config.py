@@ -79,6 +79,11 @@ class RunConfig:
     verified: str | None = None
     verified_file: str | None = None
     key: str | None = None
+    # Votes instead of one label per row: a list column of votes (null or -1 = abstain), or a
+    # long file (key, annotator, label) joined by the key. The majority vote becomes the given
+    # label, label_vote; an annotator model weighs the votes (refine.judge.annotators).
+    votes: str | None = None
+    annotations: str | None = None
     features: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     text: tuple[str, ...] = ()  # string columns to read as free text
@@ -171,8 +176,22 @@ class RunConfig:
                 f"--features names the label column {self.label!r}; a label cannot be a feature"
             )
         self._validate_verified()
+        self._validate_votes()
         self._validate_distillation()
         self.model.validate()
+
+    def _validate_votes(self) -> None:
+        if self.votes is not None and self.annotations is not None:
+            raise ConfigError("--votes and --annotations both give votes; pass one")
+        if self.annotations is not None and self.key is None:
+            raise ConfigError(
+                "--annotations needs --key: name the column of the input that the annotations "
+                "file's rows refer to"
+            )
+        if self.votes is not None and self.features is not None and self.votes in self.features:
+            raise ConfigError(
+                f"--votes column {self.votes!r} cannot also be a feature; drop it from --features"
+            )
 
     def _validate_verified(self) -> None:
         if self.verified is not None and self.verified_file is not None:

@@ -32,6 +32,7 @@ from refine.io.decisions import (
 from refine.io.keys import RowKey, check_key, row_key
 from refine.io.read import Input, LabelledTable, check_no_clashes, encode_labels, read_input
 from refine.io.verify import verified_labels
+from refine.io.votes import VOTE_LABEL, Votes, read_votes
 from refine.io.write import (
     ROUNDS_SCHEMA,
     atomic_directory,
@@ -41,6 +42,7 @@ from refine.io.write import (
     write_json,
     write_parquet,
 )
+from refine.judge.annotators import annotators_table, fit_annotators, majority_vote
 from refine.judge.detect import confident_joint
 from refine.learn.calibrate import (
     apply_temperature,
@@ -72,6 +74,7 @@ class RunResult:
     out: Path | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     synthetic: pa.Table | None = None  # synthetic.parquet, with --augment
+    annotators: pa.Table | None = None  # annotators.parquet, with votes
 
     @property
     def flagged(self) -> pa.Table:
@@ -155,7 +158,7 @@ def _run(
     if out is not None:
         check_output(Path(out), overwrite)
     timings: dict[str, float] = {}
-    labelled_table, verified, source = _read(data, out, config, timings, progress)
+    labelled_table, verified, source, votes, config = _read(data, out, config, timings, progress)
     encoder, X = _encode(labelled_table, config, progress, timings)
     if runner is not None and out is not None:
         runner.checkpoint = open_checkpoint(
@@ -182,14 +185,24 @@ def _run(
     summary = summarise_run(labelled_table, encoder, config, state, timings, source, command)
     if kept is not None:
         summary["student"] = student.summary
-    return finish_run(labelled_table, encoder, config, state, summary, out, overwrite, kept=kept)
+    extra = None
+    if votes is not None:
+        annotators = _annotators(votes, state, verified)
+        summary["annotators"] = _describe_annotators(annotators)
+        extra = {"annotators.parquet": annotators}
+    result = finish_run(
+        labelled_table, encoder, config, state, summary, out, overwrite, extra, kept=kept
+    )
+    result.annotators = extra["annotators.parquet"] if extra else None
+    return result
 
 
 def _read(
     data: Any, out: str | Path | None, config: RunConfig, timings: dict, progress: Progress
-) -> tuple[LabelledTable, np.ndarray, Input]:
-    """The input table, checked, with its labels encoded, its verified labels ``(N,)``, and
-    where it came from."""
+) -> tuple[LabelledTable, np.ndarray, Input, Votes | None, RunConfig]:
+    """The input table, checked, with its labels encoded; its verified labels ``(N,)``; where
+    it came from; its votes, if any; and the configuration, which with votes refines
+    ``label_vote``."""
     started = time.perf_counter()
     source = read_input(data)
     note_reader(source, progress)
@@ -197,6 +210,7 @@ def _read(
     if out is not None and source.path is not None:
         check_input_outside(source.path, Path(out))
     check_no_clashes(table)
+    table, config, votes = _with_votes(table, config, progress)
     check_named_columns(table, config.features, config.ignore)
     check_named_columns(table, config.teacher_features, (), "--teacher-features")
     check_named_columns(table, config.student_features, (), "--student-features")
@@ -205,7 +219,7 @@ def _read(
     if config.key is not None:  # a bad --key fails before training, not after
         check_key(table, config.key, config.label)
     timings["read"] = time.perf_counter() - started
-    return labelled_table, verified, source
+    return labelled_table, verified, source, votes, config
 
 
 def note_reader(source: Input, progress: Progress) -> None:
@@ -216,6 +230,59 @@ def note_reader(source: Input, progress: Progress) -> None:
             f"read {str(source.path)!r} as {source.reader}: {_count(table.num_rows, 'row')}, "
             f"{_count(table.num_columns, 'column')}"
         )
+
+
+def _with_votes(
+    table: pa.Table, config: RunConfig, progress: Progress
+) -> tuple[pa.Table, RunConfig, Votes | None]:
+    """With votes, the table with their majority vote appended as ``label_vote`` (ties drawn
+    with the seed), and the configuration that refines it, the votes (and a label column the
+    classes came from) kept out of the features."""
+    votes = read_votes(table, config.votes, config.annotations, config.key, config.label)
+    if votes is None:
+        return table, config, None
+    majority = majority_vote(votes.votes, len(votes.classes), config.seed)
+    table = table.append_column(
+        VOTE_LABEL, votes.classes.take(pa.array(majority, mask=majority < 0))
+    )
+    unvoted = int((majority < 0).sum())
+    if unvoted:
+        progress.note(f"{unvoted:,} row{'s have' if unvoted != 1 else ' has'} no vote: unlabelled")
+    kept_out = [
+        c for c in (config.votes, config.label) if c is not None and c in table.column_names
+    ]
+    ignore = config.ignore + tuple(
+        c for c in kept_out if c != VOTE_LABEL and c not in config.ignore
+    )
+    return table, dataclasses.replace(config, label=VOTE_LABEL, ignore=ignore), votes
+
+
+def _annotators(votes: Votes, state: RoundsResult, verified: np.ndarray) -> pa.Table:
+    """``annotators.parquet``: the annotator model fitted with the last round's calibrated
+    out-of-fold probabilities as each row's prior (a verified row's label is certain), scored
+    against the refined labels."""
+    prior = state.proba.astype(np.float64, copy=True)
+    rows = np.flatnonzero(verified >= 0)
+    prior[rows] = 0.0
+    prior[rows, verified[rows]] = 1.0
+    model = fit_annotators(votes.votes, prior)
+    return annotators_table(votes.annotators, votes.votes, model, state.decisions.refined)
+
+
+def _describe_annotators(table: pa.Table) -> dict[str, Any]:
+    """run.json's summary of ``annotators.parquet``."""
+    rows = table.to_pylist()
+    scored = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: r["accuracy"])
+    return {
+        "annotators": len(rows),
+        "votes": int(sum(r["labels_given"] for r in rows)),
+        "mean_accuracy": (
+            round(float(np.mean([r["accuracy"] for r in scored])), 4) if scored else None
+        ),
+        "least_accurate": [
+            {"annotator": r["annotator"], "accuracy": round(r["accuracy"], 4)} for r in scored[:3]
+        ],
+    }
 
 
 def _encode(

@@ -240,6 +240,11 @@ def _update(
         check_output(Path(out), overwrite)
     started = time.perf_counter()
     previous = load_run(run_dir)
+    if previous.config.votes is not None or previous.config.annotations is not None:
+        raise InputError(
+            f"{str(run_dir)!r} was refined from votes (--votes or --annotations), which refine "
+            "update does not take yet; rerun refine run on all the rows and their votes"
+        )
     # A verified-labels file belongs to the batch it was made for, not to the next one.
     config = with_options(
         dataclasses.replace(previous.config, verified_file=None, key=None), options

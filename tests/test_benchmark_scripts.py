@@ -628,3 +628,42 @@ def test_text_models_main_scores_every_model_on_a_tiny_recipe(tmp_path, monkeypa
         # 24 of the 120 training labels are wrong, so chance is an AUPRC of 0.2; on topics this
         # distinct every model ranks most wrong labels first (each scores above 0.95 here).
         assert auprc > 0.6, row
+
+
+def test_crowd_main_scores_every_method_on_wrench_files(tmp_path, monkeypatch):
+    crowd = script("crowd")
+    monkeypatch.setattr(crowd, "RUN_OPTIONS", {k: v for k, v in FAST.items() if k != "report"})
+    rng = np.random.default_rng(0)
+    truth = np.arange(60) % 2
+    words = np.array(["buy cheap now", "nice song thanks"])
+    pq.write_table(
+        pa.table({"text": words[truth], "label": truth, "true_label": truth}),
+        tmp_path / "wrench_youtube_train.parquet",
+    )
+    # Two good labelling functions that abstain now and then, one that always votes spam.
+    votes = [
+        [int(t) if rng.random() < 0.7 else -1, int(t) if rng.random() < 0.7 else -1, 0]
+        for t in truth
+    ]
+    pq.write_table(
+        pa.table({"row": np.arange(60), "lf_votes": pa.array(votes, pa.list_(pa.int8()))}),
+        tmp_path / "wrench_youtube_lf_votes.parquet",
+    )
+    out = tmp_path / "crowd.md"
+    monkeypatch.setattr(
+        sys, "argv", ["crowd.py", "--sets", "youtube", "--data", str(tmp_path), "--out", str(out)]
+    )
+    crowd.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| youtube")]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:4] == [
+        "youtube",
+        "60",
+        "3",
+        str(round(float(np.mean([sum(v >= 0 for v in r) for r in votes])), 1)),
+    ]
+    assert len(cells) == 4 + len(crowd.METHODS)
+    scores = dict(zip(crowd.METHODS, map(float, cells[4:]), strict=True))
+    # The always-"spam" function ties with a good one on a third of the ham rows: the majority
+    # draws, the annotator models learn to discount it.
+    assert scores["majority"] < 0.85 and scores["refine+votes"] >= scores["majority"] + 0.1

@@ -43,6 +43,7 @@ VIEWS = {
     "rounds": ("rounds.parquet", "SELECT * FROM read_parquet({path})"),
     "synthetic": ("synthetic.parquet", "SELECT * FROM read_parquet({path})"),
     "history": ("history.parquet", "SELECT * FROM read_parquet({path})"),
+    "annotators": ("annotators.parquet", "SELECT * FROM read_parquet({path})"),
 }
 REQUIRED = ("refined.parquet", "rounds.parquet")
 ROW_NUMBER = "row_number"

@@ -30,6 +30,7 @@ OUTPUT_COLUMNS = (
     "label_predicted",
     "label_source",
     "sample_weight",
+    "label_vote",  # with votes, before label_refined: the majority vote refine starts from
 )
 
 

@@ -28,6 +28,18 @@ except ImportError:  # Windows: no advisory locks, output_lock does nothing
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # a full disk, or quota
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 
+# annotators.parquet, one row per annotator of a run with votes (refine.judge.annotators).
+ANNOTATORS_SCHEMA = pa.schema(
+    [
+        ("annotator", pa.string()),
+        ("labels_given", pa.int64()),
+        ("accuracy", pa.float32()),
+        ("accuracy_low", pa.float32()),
+        ("accuracy_high", pa.float32()),
+        ("confusion", pa.list_(pa.list_(pa.float32()))),
+        ("agreement", pa.float32()),
+    ]
+)
 ROUNDS_SCHEMA = pa.schema(
     [
         ("round", pa.int32()),

@@ -105,6 +105,8 @@ def build_report(run_dir: str | Path) -> str:
             ("classes", "Classes", _classes_section(run)),
             ("rows", "Likely wrong labels", _rows_section(run)),
         ]
+        if run.annotators is not None:
+            sections.insert(3, ("annotators", "Annotators", _annotators_section(run.annotators)))
         truth = _truth_section(run)
         if truth is not None:
             sections.append(("truth", "Against the true labels", truth))
@@ -134,6 +136,7 @@ class _Run:
     key: tuple[str, ...]  # the columns that name the rows (refine.io.keys)
     key_source: str | None
     synthetic_rows: int | None
+    annotators: pa.Table | None = None  # annotators.parquet, in a run with votes
 
     @property
     def names(self) -> list[str]:
@@ -211,6 +214,8 @@ def _load(path: Path) -> _Run:
         )
         synthetic = path / "synthetic.parquet"
         synthetic_rows = pq.read_metadata(synthetic).num_rows if synthetic.is_file() else None
+        voters = path / "annotators.parquet"
+        annotators = pq.read_table(voters) if voters.is_file() else None
     except (ValueError, OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"cannot read the run {str(path)!r}: {exc}") from None
     quality = refined.column("label_quality").to_numpy(zero_copy_only=False)
@@ -230,6 +235,7 @@ def _load(path: Path) -> _Run:
         key=key,
         key_source=key_source,
         synthetic_rows=synthetic_rows,
+        annotators=annotators,
     )
 
 
@@ -500,6 +506,37 @@ def _calibration_section(run: _Run) -> str:
     )
     return f"<p>{escape(text)}</p>" + figure(
         image, "Reliability diagrams before and after calibration", caption
+    )
+
+
+# The report lists at most this many annotators, the least accurate first.
+ANNOTATOR_ROWS = 50
+
+
+def _annotators_section(annotators: pa.Table) -> str:
+    """The annotators of a run with votes, the least accurate first (annotators.parquet)."""
+    rows = sorted(
+        annotators.to_pylist(),
+        key=lambda r: (r["accuracy"] is None, r["accuracy"] or 0.0, r["annotator"]),
+    )
+    body = [
+        [
+            _text(r["annotator"]),
+            _int(r["labels_given"]),
+            _num(r["accuracy"], 3),
+            "–".join(_num(r[k], 3) for k in ("accuracy_low", "accuracy_high")),
+            _num(r["agreement"], 3),
+        ]
+        for r in rows[:ANNOTATOR_ROWS]
+    ]
+    more = len(rows) - ANNOTATOR_ROWS
+    return note(
+        "Each annotator's estimated accuracy (the share of its votes that are the true class, "
+        "from the annotator model with the model's out-of-fold probabilities as prior), its 95% "
+        "interval, and the share of its votes equal to the refined label. The least accurate "
+        "come first" + (f"; {more} more are in annotators.parquet." if more > 0 else ".")
+    ) + table(
+        ["annotator", "votes", "accuracy", "95% interval", "agreement"], body, numeric=range(1, 5)
     )
 
 

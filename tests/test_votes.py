@@ -1,0 +1,286 @@
+"""Votes as input (--votes, --annotations): the join and its errors, the majority vote and its
+ties, the annotator model on crowds with known answers, annotators.parquet and its view."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from refine.cli import cli
+from refine.io.query import connect
+from refine.io.write import ANNOTATORS_SCHEMA
+from refine.judge.annotators import annotator_accuracy, fit_annotators, majority_vote
+
+FAST_FLAGS = ["--max-epochs", "10", "--folds", "3", "--rounds", "1", "--no-report"]
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def crowd(n: int, accuracies: list[float], k: int = 3, seed: int = 0):
+    """True labels ``(n,)`` and votes ``(n, A)``: annotator ``a`` votes the true class with
+    probability ``accuracies[a]``, else a wrong class at random."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    votes = np.empty((n, len(accuracies)), np.int64)
+    for a, accuracy in enumerate(accuracies):
+        wrong = (truth + rng.integers(1, k, n)) % k
+        votes[:, a] = np.where(rng.random(n) < accuracy, truth, wrong)
+    return truth, votes
+
+
+# --- the majority vote ---------------------------------------------------------------------
+
+
+def test_majority_vote_draws_ties_with_the_seed_and_only_among_the_tied():
+    votes = np.array([[0, 1, -1]] * 200 + [[2, 2, 1], [-1, -1, -1]])
+    first = majority_vote(votes, 3, seed=0)
+    assert np.array_equal(first, majority_vote(votes, 3, seed=0))
+    assert set(first[:200].tolist()) == {0, 1}  # both tied classes drawn, never class 2
+    assert not np.array_equal(first, majority_vote(votes, 3, seed=1))
+    assert first[200] == 2 and first[201] == -1  # a clear majority; no vote at all
+
+
+# --- the annotator model -------------------------------------------------------------------
+
+
+def test_a_reliable_annotator_outweighs_two_unreliable_ones():
+    truth, votes = crowd(900, [0.95, 0.45, 0.45])
+    majority = majority_vote(votes, 3, seed=0)
+    model = fit_annotators(votes)
+    consensus = model.posterior.argmax(1)
+    # Where the two unreliable annotators agree against the reliable one, the majority follows
+    # them and the model follows the reliable one.
+    outvoted = (votes[:, 1] == votes[:, 2]) & (votes[:, 0] != votes[:, 1])
+    assert outvoted.sum() > 20
+    assert (consensus[outvoted] == votes[outvoted, 0]).mean() > 0.9
+    assert (consensus == truth).mean() > (majority == truth).mean() + 0.05
+    _, accuracy, low, high = annotator_accuracy(votes, model.posterior)
+    assert np.abs(accuracy - [0.95, 0.45, 0.45]).max() < 0.06
+    assert np.all((low < accuracy) & (accuracy < high))
+
+
+def test_the_model_prior_decides_what_the_votes_leave_open():
+    votes = np.array([[0, 1]] * 40 + [[0, 0]] * 40 + [[1, 1]] * 40)
+    prior = np.full((120, 2), 0.5)
+    prior[:20] = [0.9, 0.1]
+    prior[20:40] = [0.1, 0.9]
+    consensus = fit_annotators(votes, prior).posterior.argmax(1)
+    assert consensus[:20].tolist() == [0] * 20 and consensus[20:40].tolist() == [1] * 20
+    assert consensus[40:80].tolist() == [0] * 40 and consensus[80:].tolist() == [1] * 40
+
+
+def test_an_annotator_with_one_label_stays_near_the_crowd():
+    truth, votes = crowd(300, [0.85, 0.85, 0.85])
+    lone = np.full((300, 1), -1)
+    votes[0] = truth[0]  # the crowd agrees on row 0 ...
+    lone[0] = (truth[0] + 1) % 3  # ... and the lone annotator's only vote is wrong
+    votes = np.hstack([votes, lone])
+    model = fit_annotators(votes)
+    given, accuracy, low, high = annotator_accuracy(votes, model.posterior)
+    assert given.tolist() == [300, 300, 300, 1]
+    assert accuracy[3] < 0.2 and high[3] - low[3] > 0.5  # one vote: a wide interval
+    # Its confusion stays near the pool's, not a one-hot collapse onto its single vote.
+    voted = model.confusion[3, :, :3] / model.confusion[3, :, :3].sum(1, keepdims=True)
+    assert voted.diagonal().min() > 0.6
+    assert (model.posterior.argmax(1) == truth).mean() > 0.9
+
+
+# --- refine run with votes -----------------------------------------------------------------
+
+
+def voted_table(n: int = 150, seed: int = 0):
+    """Blobs of 3 classes with an id, and votes of 3 annotators (one weak) in a list column."""
+    rng = np.random.default_rng(seed)
+    truth, votes = crowd(n, [0.9, 0.85, 0.5], seed=seed)
+    centres = rng.normal(0, 3, (3, 4))
+    X = centres[truth] + rng.normal(0, 0.6, (n, 4))
+    table = pa.table(
+        {
+            "item": pa.array(np.arange(n) * 10 + 7),
+            **{f"x{j}": X[:, j] for j in range(4)},
+            "votes": pa.array(votes.tolist(), pa.list_(pa.int64())),
+        }
+    )
+    return table, truth, votes
+
+
+@pytest.fixture(scope="module")
+def voted_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("votes")
+    table, truth, votes = voted_table()
+    # Row 5 abstains entirely: it has no vote and is unlabelled.
+    lists = table.column("votes").to_pylist()
+    lists[5] = [-1, None, -1]
+    table = table.set_column(table.schema.get_field_index("votes"), "votes", pa.array(lists))
+    pq.write_table(table, tmp / "data.parquet")
+    out = tmp / "run"
+    result = invoke(
+        "run", tmp / "data.parquet", "--votes", "votes", "--key", "item", "--out", out, *FAST_FLAGS
+    )
+    return result, out, table, votes
+
+
+def test_a_run_with_votes_refines_their_majority_and_writes_annotators(voted_run):
+    result, out, table, votes = voted_run
+    assert result.exit_code == 0, result.output
+    assert "1 row has no vote: unlabelled" in result.output
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["annotators"]["annotators"] == 3 and summary["annotators"]["votes"] == 447
+    assert summary["annotators"]["least_accurate"][0]["annotator"] == "vote_2"
+    assert summary["config"]["label"] == "label_vote" and "votes" in summary["config"]["ignore"]
+    refined = pq.read_table(out / "refined.parquet")
+    assert refined.column_names[: table.num_columns] == table.column_names
+    assert refined.column_names[table.num_columns] == "label_vote"
+    expected = majority_vote(np.where(np.arange(len(votes))[:, None] == 5, -1, votes), 3, 0)
+    assert refined.column("label_vote").to_pylist() == [None if v < 0 else int(v) for v in expected]
+    assert refined.column("label_source")[5].as_py() in ("unlabelled", "pseudo")
+    annotators = pq.read_table(out / "annotators.parquet")
+    assert annotators.schema.equals(ANNOTATORS_SCHEMA)
+    assert annotators.column("annotator").to_pylist() == ["vote_0", "vote_1", "vote_2"]
+    assert annotators.column("labels_given").to_pylist() == [149, 149, 149]
+    accuracy = annotators.column("accuracy").to_pylist()
+    assert accuracy[2] < min(accuracy[:2])  # the weak annotator is found
+    assert len(annotators.column("confusion")[0].as_py()) == 3
+    with connect(out) as con:
+        rows = con.execute("SELECT annotator FROM annotators ORDER BY accuracy LIMIT 1").fetchall()
+    assert rows == [("vote_2",)]
+
+
+def test_annotations_joined_by_key_give_the_same_majority(voted_run, tmp_path):
+    _, out, table, votes = voted_run
+    items = table.column("item").to_pylist()
+    lines = ["item,annotator,label"] + [
+        f"{items[i]},ann{a},{votes[i, a]}" for i in range(len(items)) if i != 5 for a in range(3)
+    ]
+    (tmp_path / "crowd.csv").write_text("\n".join(lines) + "\n")
+    data = tmp_path / "data.parquet"
+    pq.write_table(table.drop_columns(["votes"]), data)
+    result = invoke(
+        "run",
+        data,
+        "--annotations",
+        tmp_path / "crowd.csv",
+        "--key",
+        "item",
+        "--out",
+        tmp_path / "run",
+        *FAST_FLAGS,
+    )
+    assert result.exit_code == 0, result.output
+    joined = pq.read_table(tmp_path / "run" / "refined.parquet").column("label_vote")
+    by_list = pq.read_table(out / "refined.parquet").column("label_vote")
+    # CSV labels are text; with no label column, the classes are the votes' own values.
+    assert joined.to_pylist() == [None if v is None else str(v) for v in by_list.to_pylist()]
+    names = pq.read_table(tmp_path / "run" / "annotators.parquet").column("annotator")
+    assert names.to_pylist() == ["ann0", "ann1", "ann2"]
+
+
+def run_fails(tmp_path, data, message, *options):
+    before = data.read_bytes()
+    out = tmp_path / "out"
+    result = invoke("run", data, "--out", out, *options, *FAST_FLAGS)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: {message}"
+    assert not out.exists()
+    assert data.read_bytes() == before
+
+
+@pytest.fixture
+def small(tmp_path):
+    table, _, _ = voted_table(30)
+    data = tmp_path / "data.parquet"
+    pq.write_table(table, data)
+    return data, table
+
+
+def test_annotations_errors_name_the_value_and_the_fix(tmp_path, small):
+    data, _ = small
+    csv = tmp_path / "crowd.csv"
+    csv.write_text("item,annotator,label\n7,a,0\n99,a,1\n")
+    run_fails(
+        tmp_path,
+        data,
+        f"annotations file {str(csv)!r}: item 99 in row 1 (counting from 0, not counting a CSV "
+        "header) is not in the input's column 'item' (1 key not found); check that the file "
+        "belongs to this data",
+        "--annotations",
+        csv,
+        "--key",
+        "item",
+    )
+    csv.write_text("item,annotator,label\n7,a,0\n17,b,1\n7,a,2\n")
+    run_fails(
+        tmp_path,
+        data,
+        f'annotations file {str(csv)!r}: annotator "a" labels item 7 twice (row 0 (counting '
+        "from 0, not counting a CSV header) and row 2); keep one label per item and annotator",
+        "--annotations",
+        csv,
+        "--key",
+        "item",
+    )
+    run_fails(
+        tmp_path,
+        data,
+        "--annotations needs --key: name the column of the input that the annotations file's "
+        "rows refer to",
+        "--annotations",
+        csv,
+    )
+
+
+def test_a_vote_outside_the_label_classes_is_refused(tmp_path):
+    table, truth, _ = voted_table(30)
+    lists = table.column("votes").to_pylist()
+    lists[4][1] = 7
+    table = table.set_column(table.schema.get_field_index("votes"), "votes", pa.array(lists))
+    table = table.append_column("label", pa.array(truth))
+    data = tmp_path / "data.parquet"
+    pq.write_table(table, data)
+    run_fails(
+        tmp_path,
+        data,
+        "votes column 'votes': vote 7 in row 4 is not a class of the label column 'label' "
+        "(1 vote like it; the classes are 0, 1, 2). Fix the vote, or make it null (an "
+        "abstention)",
+        "--votes",
+        "votes",
+    )
+    run_fails(
+        tmp_path,
+        data,
+        "votes column 'x0' has type double; --votes needs a list column, one vote per annotator "
+        "or labelling function in each row (null or -1 = abstain)",
+        "--votes",
+        "x0",
+    )
+
+
+def test_update_refuses_a_run_refined_from_votes(voted_run, tmp_path):
+    _, out, table, _ = voted_run
+    batch = tmp_path / "batch.parquet"
+    pq.write_table(table, batch)
+    result = invoke("update", out, batch, "--out", tmp_path / "next")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"Error: {str(out)!r} was refined from votes (--votes or --annotations), which refine "
+        "update does not take yet; rerun refine run on all the rows and their votes"
+    )
+    assert not (tmp_path / "next").exists()
+
+
+def test_the_report_lists_the_annotators_least_accurate_first(voted_run):
+    from refine.report.html import build_report
+
+    _, out, _, _ = voted_run
+    page = build_report(out)
+    section = page[page.index("Annotators") :]
+    assert section.index("vote_2") < section.index("vote_0")
+    assert '<th class="num">95% interval</th>' in section
