@@ -1,4 +1,5 @@
 """Deciding about labels from ``(N,)`` labels and ``(N, K)`` out-of-fold probabilities: which
-rows look mislabelled (``detect``), what each row trains on next (``relabel``), and whether the
-corrections can be trusted, with or without verified rows (``trust``).
+rows look mislabelled (``detect``), what each row trains on next (``relabel``), whether the
+corrections can be trusted, with or without verified rows (``trust``), and how reliable each
+annotator is when rows come with votes (``annotators``).
 """
