@@ -200,6 +200,20 @@ def test_baselines_train_on_revealed_labels_and_flag_exactly_the_wrong_ones(monk
     assert (seen["labels"] == fixed).all()  # rows 3-5 stay wrong: nobody revealed them
 
 
+def test_bench_scores_refines_annotator_estimates_on_a_crowd_recipe():
+    report = run_bench(recipes=("wine-crowd",), seeds=1, **FAST)
+    row = next(r for r in report.rows if r["method"] == "refine")
+    assert row["given_accuracy"] == pytest.approx(row["majority_accuracy"])
+    assert 0 <= row["annotator_error"] < 0.15 and 0 <= row["dawid_skene_annotator_error"] < 0.3
+    assert row["label_accuracy"] > row["majority_accuracy"]
+    assert row["majority_accuracy"] < row["dawid_skene_accuracy"] <= 1
+    baselines = [r for r in report.rows if r["method"] != "refine"]
+    assert baselines and not any("annotator_error" in r for r in baselines)
+    assert "Mean absolute error of the estimated annotator accuracies: refine" in (
+        render_markdown(report)
+    )
+
+
 @pytest.fixture(scope="module")
 def verified_report():
     """iris-onedir (112 training rows, all labelled) with 11 labels revealed, then the review

@@ -17,6 +17,7 @@ import pytest
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from refine.bench.noise import crowd_annotators, crowd_votes, votes_long
 from refine.bench.recipes import (
     METADATA_KEY,
     RECIPE_DIR,
@@ -25,6 +26,7 @@ from refine.bench.recipes import (
     _gaussian_embeddings,
     _load_source,
     build_dataset,
+    crowd_truth,
     list_recipes,
     load_recipe,
     write_dataset,
@@ -59,9 +61,9 @@ def test_every_recipe_loads_and_has_a_data_card_entry(path):
 
 def test_recipes_list_sorted_by_name_and_by_suite():
     assert [r.name for r in list_recipes()] == [p.stem for p in RECIPE_FILES]
-    assert len(RECIPE_FILES) == 20
+    assert len(RECIPE_FILES) == 23
     assert [r.name for r in list_recipes("quick")] == QUICK
-    assert len(list_recipes("full")) == 15
+    assert len(list_recipes("full")) == 18
     assert [r.name for r in list_recipes("text")] == [
         "text-sym20",
         "wrench-semeval",
@@ -106,6 +108,15 @@ def test_the_environment_variable_points_at_another_folder(tmp_path, monkeypatch
         ({"source": {"kind": "sklearn", "name": "mnist"}}, "name in breast_cancer, digits"),
         ({"test_fraction": 1.0}, r"'test_fraction' must be a number in \(0, 1\)"),
         ({"seed": -1}, "'seed' must be a non-negative integer"),
+        ({"noise": {"model": "crowd", "votes": [3, 5]}}, "'crowd' needs the key 'annotators'"),
+        (
+            {"noise": {"model": "crowd", "annotators": 4, "votes": [3, 5]}},
+            r"crowd 'votes' must be \[low, high\] votes per item within 1..4",
+        ),
+        (
+            {"noise": {"model": "crowd", "annotators": 4, "votes": [1, 2], "accuracy": [0.9]}},
+            r"crowd 'accuracy' must be \[low, high\] within \[0, 1\]",
+        ),
     ],
 )
 def test_a_broken_recipe_is_refused_with_its_path(tmp_path, change, message):
@@ -307,3 +318,65 @@ def test_image_instance_noise_does_not_depend_on_the_thread_count():
         )
         digests.add(done.stdout.strip())
     assert len(digests) == 1
+
+
+def test_crowd_votes_follow_each_annotators_confusion_matrix():
+    confusion = crowd_annotators(4, 6, seed=1, accuracy=(0.3, 0.9), one_direction=0.5)
+    assert confusion.shape == (6, 4, 4)
+    np.testing.assert_allclose(confusion.sum(2), 1.0)
+    accuracy = confusion[:, 0, 0]
+    assert ((accuracy >= 0.3) & (accuracy <= 0.9)).all()
+    assert all(np.allclose(np.diagonal(c), c[0, 0]) for c in confusion)
+    # the first round(0.5 * 6) annotators send each class's errors to one class only
+    assert ((confusion[:3] > 0).sum(2) == 2).all() and ((confusion[3:] > 0).sum(2) > 2).any()
+    labels = np.arange(40_000) % 4
+    votes = crowd_votes(labels, confusion, (2, 4), seed=2)
+    assert votes.shape == (40_000, 6) and votes.dtype == np.int64
+    cast = (votes >= 0).sum(1)
+    assert cast.min() == 2 and cast.max() == 4
+    for a in range(6):
+        seen = votes[:, a] >= 0
+        assert abs((votes[seen, a] == labels[seen]).mean() - accuracy[a]) < 0.015
+        for k in range(4):
+            on_k = seen & (labels == k)
+            share = np.bincount(votes[on_k, a], minlength=4) / on_k.sum()
+            assert np.abs(share - confusion[a, k]).max() < 0.03
+
+
+def test_crowds_are_reproducible_by_seed_and_come_as_a_long_table():
+    confusion = crowd_annotators(3, 5, seed=0)
+    labels = np.arange(300) % 3
+    np.testing.assert_array_equal(crowd_annotators(3, 5, seed=0), confusion)
+    assert not np.array_equal(crowd_annotators(3, 5, seed=1), confusion)
+    votes = crowd_votes(labels, confusion, (1, 3), seed=4)
+    np.testing.assert_array_equal(crowd_votes(labels, confusion, (1, 3), seed=4), votes)
+    assert not np.array_equal(crowd_votes(labels, confusion, (1, 3), seed=5), votes)
+    rows, annotators, cast = votes_long(np.array([[-1, 2, 0], [1, -1, -1]]))
+    assert rows.tolist() == [0, 0, 1] and annotators.tolist() == [1, 2, 0]
+    assert cast.tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"votes per item must be a range within 1..5"):
+        crowd_votes(labels, confusion, (2, 6), seed=0)
+
+
+def test_a_crowd_recipe_has_votes_its_majority_and_the_crowds_truth():
+    from refine.judge.annotators import majority_vote
+
+    built = build_dataset("wine-crowd")
+    train = built.train
+    assert train.column_names[-4:] == [*LABEL_COLUMNS, "votes"]
+    assert train.schema.field("votes").type == pa.list_(pa.int64())
+    assert built.test.column_names == [*train.column_names[:-4], "label"]
+    votes = np.array(train.column("votes").to_pylist())
+    assert votes.shape == (133, 10)
+    cast = (votes >= 0).sum(1)
+    assert cast.min() >= 3 and cast.max() <= 5
+    label, truth = train.column("label").to_numpy(), train.column("label_true").to_numpy()
+    np.testing.assert_array_equal(label, majority_vote(votes, 3, built.recipe.seed))
+    np.testing.assert_array_equal(train.column("is_noisy").to_numpy(), label != truth)
+    assert 0.05 < (label != truth).mean() < 0.5
+    crowd = crowd_truth(train)
+    assert len(crowd["accuracy"]) == 10 and np.shape(crowd["confusion"]) == (10, 3, 3)
+    assert all(0.45 <= a <= 0.9 for a in crowd["accuracy"])
+    assert crowd_truth(build_dataset("wine-pair30").train) is None
+    again = build_dataset("wine-crowd")
+    assert again.train.equals(train) and again.train.schema.metadata == train.schema.metadata

@@ -218,6 +218,87 @@ def hide_labels(n: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def crowd_annotators(
+    n_classes: int,
+    annotators: int,
+    seed: int,
+    accuracy: tuple[float, float] = (0.35, 0.9),
+    concentration: float = 0.5,
+    one_direction: float = 0.0,
+) -> np.ndarray:
+    """Annotators with known confusion matrices ``(A, K, K)``: row ``[a, k]`` is
+    ``P(annotator a votes l | true class k)``.
+
+    Each annotator's accuracy is drawn uniformly in ``accuracy`` and sits on the diagonal of
+    every row. Its errors, ``1 - accuracy``, spread over the other classes by a
+    ``Dirichlet(concentration)`` drawn per row (small ``concentration``: errors pile on a few
+    classes), except for the first ``round(one_direction * A)`` annotators, who send every
+    error on class ``k`` to one other class drawn once per row (class-dependent, one-way
+    confusion, as a labelling function's). Randomness only from ``default_rng(seed)``.
+    """
+    low, high = accuracy
+    if n_classes < 2 or annotators < 1:
+        raise ValueError(
+            f"a crowd needs n_classes >= 2 and annotators >= 1, got {n_classes} and {annotators}"
+        )
+    if not 0 <= low <= high <= 1:
+        raise ValueError(f"annotator accuracy must be a range within [0, 1], got {accuracy}")
+    if concentration <= 0 or not 0 <= one_direction <= 1:
+        raise ValueError(
+            "concentration must be above 0 and one_direction in [0, 1], got "
+            f"{concentration} and {one_direction}"
+        )
+    rng = np.random.default_rng(seed)
+    right = rng.uniform(low, high, annotators)
+    one_way = int(round(one_direction * annotators))
+    confusion = np.zeros((annotators, n_classes, n_classes))
+    for a in range(annotators):
+        for k in range(n_classes):
+            if a < one_way:
+                errors = np.zeros(n_classes - 1)
+                errors[rng.integers(n_classes - 1)] = 1.0
+            else:
+                errors = rng.dirichlet(np.full(n_classes - 1, concentration))
+            confusion[a, k] = np.insert(errors * (1 - right[a]), k, right[a])
+    return confusion
+
+
+def crowd_votes(
+    labels: np.ndarray, confusion: np.ndarray, per_item: tuple[int, int], seed: int
+) -> np.ndarray:
+    """Votes ``(N, A)``: each item gets ``m`` votes, ``m`` drawn uniformly in ``per_item``
+    (inclusive), from ``m`` distinct annotators drawn uniformly; annotator ``a`` votes class
+    ``l`` with probability ``confusion[a, labels[i], l]``. -1 where an annotator gave no vote.
+
+    ``labels`` ``(N,)`` true class indices; ``confusion`` ``(A, K, K)`` as from
+    ``crowd_annotators``. ``votes_long`` turns the result into a long table.
+    """
+    confusion = np.asarray(confusion, dtype=float)
+    n_annotators, n_classes = confusion.shape[0], confusion.shape[1]
+    labels = _check_labels(labels, n_classes)
+    low, high = per_item
+    if not 1 <= low <= high <= n_annotators:
+        raise ValueError(
+            f"votes per item must be a range within 1..{n_annotators} (the annotators), "
+            f"got {list(per_item)}"
+        )
+    rng = np.random.default_rng(seed)
+    count = rng.integers(low, high + 1, size=len(labels))
+    # The first m of a random order of the annotators: m distinct ones per item.
+    order = rng.random((len(labels), n_annotators)).argsort(1)
+    chosen = np.argsort(order, 1) < count[:, None]
+    cumulative = confusion[:, labels, :].cumsum(2).transpose(1, 0, 2)  # (N, A, K)
+    drawn = (rng.random((len(labels), n_annotators))[..., None] > cumulative).sum(2)
+    return np.where(chosen, np.minimum(drawn, n_classes - 1), -1).astype(np.int64)
+
+
+def votes_long(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The votes ``(N, A)`` (-1 = none) as a long table: ``(row, annotator, label)``, each
+    ``(V,)`` for the ``V`` votes cast, ordered by row then annotator."""
+    rows, annotators = np.nonzero(np.asarray(votes) >= 0)
+    return rows, annotators, np.asarray(votes)[rows, annotators]
+
+
 def _check_rate(rate: float) -> None:
     if not 0 <= rate <= 1:
         raise ValueError(f"noise rate must be in [0, 1], got {rate}")

@@ -25,6 +25,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_te
 
 from refine.bench.baselines import logistic_regression
 from refine.bench.noise import (
+    crowd_annotators,
+    crowd_votes,
     flip_instance_dependent,
     flip_one_direction,
     flip_pair,
@@ -32,6 +34,7 @@ from refine.bench.noise import (
     hide_labels,
 )
 from refine.errors import InputError, OutputError
+from refine.judge.annotators import majority_vote
 from refine.io.write import umask
 
 RECIPE_DIR = Path(
@@ -60,7 +63,12 @@ NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pair": (("rate",), ("mapping",)),
     "instance": (("rate",), ()),
     "one_direction": (("rate", "source", "target"), ()),
+    "crowd": (("annotators", "votes"), ("accuracy", "concentration", "one_direction")),
 }
+# A crowd recipe's train table: the votes as a list column, one entry per annotator (-1 = no
+# vote), and under this schema metadata key the crowd's truth, as JSON (``_crowd_metadata``).
+VOTES_COLUMN = "votes"
+CROWD_KEY = b"refine.crowd"
 CLEAN_MODEL_FOLDS = 5
 EMBEDDING_COLUMN = "embedding"
 LABEL_FIELDS = (
@@ -159,6 +167,8 @@ class Recipe:
             fail("noise 'source' and 'target' must be class indices (integers)")
         if model == "none" and rate != 0:
             fail("noise model 'none' flips nothing; remove 'rate' or set it to 0")
+        if model == "crowd":
+            _check_crowd(self.noise, self.unlabelled, fail)
         if not _is_number(self.unlabelled) or not 0 <= self.unlabelled < 1:
             fail(f"'unlabelled' must be a number in [0, 1), got {self.unlabelled!r}")
         if not _is_number(self.test_fraction) or not 0 < self.test_fraction < 1:
@@ -278,8 +288,14 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
         int(s) for s in np.random.SeedSequence(recipe.seed).generate_state(3)
     )
     truth = y[train]
+    crowd = None
     try:
-        noisy = _apply_noise(recipe.noise, X[train], truth, noise_seed, model_seed)
+        if recipe.noise["model"] == "crowd":
+            crowd = _crowd(recipe.noise, truth, int(y.max()) + 1, noise_seed)
+            # ties drawn with the recipe's seed, as refine.run(votes=...) draws them with its own
+            noisy = majority_vote(crowd[0], int(y.max()) + 1, recipe.seed)
+        else:
+            noisy = _apply_noise(recipe.noise, X[train], truth, noise_seed, model_seed)
     except ValueError as exc:
         raise InputError(f"recipe {recipe.name!r}: cannot apply its noise: {exc}") from None
     hidden = hide_labels(len(train), recipe.unlabelled, hide_seed)
@@ -294,6 +310,8 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
         ],
         schema=pa.schema([*features, *LABEL_FIELDS]),
     )
+    if crowd is not None:
+        train_table = _with_crowd(train_table, *crowd)
     test_table = pa.Table.from_arrays(
         [*_feature_arrays(X[test], names), pa.array(y[test], type=pa.int64())],
         schema=pa.schema([*features, LABEL_FIELDS[0]]),
@@ -430,6 +448,69 @@ def _apply_noise(
         return flip_one_direction(truth, noise["source"], noise["target"], noise["rate"], seed)
     proba = _clean_proba(X, truth, model_seed)
     return flip_instance_dependent(truth, proba, noise["rate"], seed)
+
+
+def _check_crowd(noise: dict[str, Any], unlabelled: float, fail: Any) -> None:
+    """A crowd noise model's keys: ``annotators`` (an integer >= 1), ``votes`` and
+    ``accuracy`` (``[low, high]`` ranges), ``concentration`` (> 0), ``one_direction`` ([0, 1])."""
+
+    def pair(key: str, kind: type) -> bool:
+        value = noise.get(key, [0, 1])
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+            and value[0] <= value[1]
+        )
+
+    annotators = noise["annotators"]
+    if isinstance(annotators, bool) or not isinstance(annotators, int) or annotators < 1:
+        fail(f"crowd 'annotators' must be an integer of at least 1, got {annotators!r}")
+    if not pair("votes", int) or not 1 <= noise["votes"][0] <= noise["votes"][1] <= annotators:
+        fail(f"crowd 'votes' must be [low, high] votes per item within 1..{annotators}")
+    if not pair("accuracy", (int, float)) or not 0 <= noise.get("accuracy", [0, 1])[0]:
+        fail("crowd 'accuracy' must be [low, high] within [0, 1]")
+    if not 0 < noise.get("concentration", 1) or not 0 <= noise.get("one_direction", 0) <= 1:
+        fail("crowd 'concentration' must be above 0 and 'one_direction' a share in [0, 1]")
+    if unlabelled:
+        fail("a crowd's items without a majority are its unlabelled rows: set 'unlabelled' to 0")
+
+
+def _crowd(
+    noise: dict[str, Any], truth: np.ndarray, n_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A crowd noise model's votes ``(N, A)`` on the train rows and confusions ``(A, K, K)``;
+    annotators and votes draw from independent streams of ``seed``."""
+    annotator_seed, vote_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    confusion = crowd_annotators(
+        n_classes,
+        noise["annotators"],
+        annotator_seed,
+        accuracy=tuple(noise.get("accuracy", (0.35, 0.9))),
+        concentration=noise.get("concentration", 0.5),
+        one_direction=noise.get("one_direction", 0.0),
+    )
+    return crowd_votes(truth, confusion, tuple(noise["votes"]), vote_seed), confusion
+
+
+def _with_crowd(train: pa.Table, votes: np.ndarray, confusion: np.ndarray) -> pa.Table:
+    """``train`` with the ``votes`` column and the crowd's truth in its metadata: per
+    annotator (in the column's order) its true accuracy and confusion matrix."""
+    column = pa.array(list(votes), type=pa.list_(pa.int64()))
+    truth = {
+        "accuracy": [float(np.diagonal(c).mean()) for c in confusion],
+        "confusion": confusion.tolist(),
+    }
+    table = train.append_column(pa.field(VOTES_COLUMN, column.type), column)
+    metadata = {**(table.schema.metadata or {}), CROWD_KEY: json.dumps(truth).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
+def crowd_truth(train: pa.Table) -> dict[str, Any] | None:
+    """A crowd recipe's truth from its train table's metadata (``accuracy`` ``(A,)``,
+    ``confusion`` ``(A, K, K)`` as lists), or None for other recipes."""
+    raw = (train.schema.metadata or {}).get(CROWD_KEY)
+    return None if raw is None else json.loads(raw)
 
 
 def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:

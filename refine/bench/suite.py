@@ -36,6 +36,7 @@ from refine.errors import ConfigError
 from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
+VOTES_COLUMN = "votes"  # a crowd recipe's votes (refine.bench.recipes.VOTES_COLUMN)
 TEXT_COLUMN = "text"  # the text column of text recipes (refine.bench.recipes.TEXT_COLUMN)
 IMAGE_COLUMN = "image"  # the image column of image recipes (refine.bench.recipes.IMAGE_COLUMN)
 # The column refine reads revealed true labels from (``--verified``): null where not revealed.
@@ -201,6 +202,7 @@ def _bench_one(
     yardsticks = _yardsticks(case, revealed)
     scores = score_refine(case, result, revealed, yardsticks)
     refine_row = {**base, "method": "refine", **scores, "seconds": seconds, "memory_mb": memory}
+    refine_row.update(crowd_scores(case, result))
     rows = [{**row, **yardsticks.columns()} for row in (refine_row, *baselines)]
     if not review:
         return rows, []
@@ -244,7 +246,7 @@ def _build_case(recipe: Any, seed: int) -> Case:
 
     built = build_dataset(recipe, seed=seed)
     train, test = built.train, built.test
-    encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
+    encoder = fit_features(train, "label", ignore=not_features(train))
     X, X_test = encoder.transform(train), encoder.transform(test)
     X_lr, X_lr_test = yardstick_inputs(train, test, lambda: (X, X_test))
     return Case(
@@ -264,7 +266,40 @@ def _run_refine(case: Case, revealed: np.ndarray, refine_options: dict[str, Any]
 
     table, verified = refine_input(case.train, case.truth, revealed)
     ignore = TRUTH_COLUMNS + tuple(verified.values())
-    return refine.run(table, ignore=ignore, seed=case.seed, **verified, **refine_options)
+    # A crowd recipe gives refine its votes; refine's majority vote is then the given label.
+    votes = {"votes": VOTES_COLUMN} if VOTES_COLUMN in table.column_names else {}
+    return refine.run(table, ignore=ignore, seed=case.seed, **votes, **verified, **refine_options)
+
+
+def not_features(train: Any) -> tuple[str, ...]:
+    """The columns of a built training table that no model may read: the truth and the votes."""
+    return TRUTH_COLUMNS + ((VOTES_COLUMN,) if VOTES_COLUMN in train.column_names else ())
+
+
+def crowd_scores(case: Case, result: Any) -> dict[str, float]:
+    """On a crowd recipe, beside refine's scores: the mean absolute error of its estimated
+    annotator accuracies (``result.annotators``) against the true ones
+    (``annotator_error``), the same for Dawid-Skene's (``dawid_skene_annotator_error``),
+    and the accuracy against the truth of the majority vote and of Dawid-Skene's consensus
+    (each counting a row without a vote as wrong). Nothing on other recipes."""
+    from refine.bench.recipes import crowd_truth
+    from refine.judge.annotators import annotator_accuracy, dawid_skene, majority_vote
+
+    truth = crowd_truth(case.train)
+    if truth is None or result.annotators is None:
+        return {}
+    votes = np.array(case.train.column(VOTES_COLUMN).to_pylist(), dtype=np.int64)
+    true_accuracy = np.asarray(truth["accuracy"])
+    k = len(truth["confusion"][0])
+    estimated = result.annotators.column("accuracy").to_numpy(zero_copy_only=False)
+    ds = dawid_skene(votes, k).posterior
+    ds_accuracy = annotator_accuracy(votes, ds)[1]
+    return {
+        "annotator_error": float(np.nanmean(np.abs(estimated.astype(float) - true_accuracy))),
+        "dawid_skene_annotator_error": float(np.nanmean(np.abs(ds_accuracy - true_accuracy))),
+        "majority_accuracy": float((majority_vote(votes, k, case.seed) == case.truth).mean()),
+        "dawid_skene_accuracy": float((ds.argmax(1) == case.truth).mean()),
+    }
 
 
 def refine_input(train: Any, truth: np.ndarray, revealed: np.ndarray) -> tuple[Any, dict[str, Any]]:
@@ -405,7 +440,7 @@ def yardstick_inputs(
     if encoded is None:
         from refine.encode.features import fit_features
 
-        encoder = fit_features(train, "label", ignore=TRUTH_COLUMNS)
+        encoder = fit_features(train, "label", ignore=not_features(train))
         X, X_test = encoder.transform(train), encoder.transform(test)
     else:
         X, X_test = encoded()

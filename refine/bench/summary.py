@@ -58,6 +58,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "test_accuracy_without_pseudo",
             "ece_true_before",
             "ece_true_after",
+            "annotator_error",
+            "dawid_skene_annotator_error",
+            "majority_accuracy",
+            "dawid_skene_accuracy",
             "seconds",
             "memory_mb",
         )
@@ -231,6 +235,15 @@ def render_markdown(report: BenchReport) -> str:
                 f"on the same rows, {_fmt(r['clean_model_accuracy_on_unlabelled_mean'])} on every "
                 f"unlabelled row). Test accuracy with pseudo-labels {_fmt(r['test_accuracy_mean'])}, "
                 f"without {_fmt(r['test_accuracy_without_pseudo_mean'])}.",
+            ]
+        if r.get("annotator_error_mean") is not None:
+            lines += [
+                "",
+                f"Crowd: consensus accuracy refine {_fmt(r['label_accuracy_mean'])}, "
+                f"Dawid-Skene {_fmt(r['dawid_skene_accuracy_mean'])}, majority vote "
+                f"{_fmt(r['majority_accuracy_mean'])}. Mean absolute error of the estimated "
+                f"annotator accuracies: refine {_fmt(r['annotator_error_mean'])}, Dawid-Skene "
+                f"{_fmt(r['dawid_skene_annotator_error_mean'])}.",
             ]
         lines.append("")
     if report.review_loop is not None:
