@@ -1054,14 +1054,17 @@ def datasets_build(name: str, out: Path, seed: int | None) -> None:
       refine datasets build digits-sym20 --out digits.parquet
       refine run digits.parquet --ignore label_true,is_noisy --out runs/digits
     """
-    from refine.bench.recipes import build_dataset, write_dataset
+    from refine.bench.recipes import VOTES_COLUMN, build_dataset, write_dataset
 
-    train_path, test_path = write_dataset(build_dataset(name, seed=seed), out)
+    built = build_dataset(name, seed=seed)
+    train_path, test_path = write_dataset(built, out)
     click.echo(
         f"wrote {train_path} (training rows, noisy labels) and {test_path} (clean test split)"
     )
+    votes = f" --votes {VOTES_COLUMN}" if VOTES_COLUMN in built.train.column_names else ""
     click.echo(
-        f"next: refine run {train_path} --ignore label_true,is_noisy --out runs/{Path(name).stem}"
+        f"next: refine run {train_path}{votes} --ignore label_true,is_noisy "
+        f"--out runs/{Path(name).stem}"
     )
 
 

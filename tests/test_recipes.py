@@ -380,3 +380,18 @@ def test_a_crowd_recipe_has_votes_its_majority_and_the_crowds_truth():
     assert crowd_truth(build_dataset("wine-pair30").train) is None
     again = build_dataset("wine-crowd")
     assert again.train.equals(train) and again.train.schema.metadata == train.schema.metadata
+
+
+def test_building_a_crowd_recipe_suggests_running_on_its_votes(tmp_path):
+    from click.testing import CliRunner
+
+    from refine.cli import cli
+
+    out = tmp_path / "wc.parquet"
+    result = CliRunner().invoke(cli, ["datasets", "build", "wine-crowd", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        f"next: refine run {out} --votes votes --ignore label_true,is_noisy --out runs/wine-crowd"
+    )
+    written = pq.read_table(out)
+    assert crowd_truth(written) == crowd_truth(build_dataset("wine-crowd").train)

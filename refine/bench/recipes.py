@@ -34,8 +34,8 @@ from refine.bench.noise import (
     hide_labels,
 )
 from refine.errors import InputError, OutputError
-from refine.judge.annotators import majority_vote
 from refine.io.write import umask
+from refine.judge.annotators import majority_vote
 
 RECIPE_DIR = Path(
     os.environ.get("REFINE_DATASETS") or Path(__file__).resolve().parents[2] / "datasets"
@@ -454,7 +454,7 @@ def _check_crowd(noise: dict[str, Any], unlabelled: float, fail: Any) -> None:
     """A crowd noise model's keys: ``annotators`` (an integer >= 1), ``votes`` and
     ``accuracy`` (``[low, high]`` ranges), ``concentration`` (> 0), ``one_direction`` ([0, 1])."""
 
-    def pair(key: str, kind: type) -> bool:
+    def pair(key: str, kind: type | tuple[type, ...]) -> bool:
         value = noise.get(key, [0, 1])
         return (
             isinstance(value, list)

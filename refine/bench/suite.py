@@ -267,8 +267,9 @@ def _run_refine(case: Case, revealed: np.ndarray, refine_options: dict[str, Any]
     table, verified = refine_input(case.train, case.truth, revealed)
     ignore = TRUTH_COLUMNS + tuple(verified.values())
     # A crowd recipe gives refine its votes; refine's majority vote is then the given label.
-    votes = {"votes": VOTES_COLUMN} if VOTES_COLUMN in table.column_names else {}
-    return refine.run(table, ignore=ignore, seed=case.seed, **votes, **verified, **refine_options)
+    votes = VOTES_COLUMN if VOTES_COLUMN in table.column_names else None
+    options = {**verified, **refine_options}
+    return refine.run(table, ignore=ignore, seed=case.seed, votes=votes, **options)
 
 
 def not_features(train: Any) -> tuple[str, ...]:
