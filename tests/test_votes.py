@@ -14,7 +14,13 @@ from click.testing import CliRunner
 from refine.cli import cli
 from refine.io.query import connect
 from refine.io.write import ANNOTATORS_SCHEMA
-from refine.judge.annotators import annotator_accuracy, fit_annotators, majority_vote
+from refine.judge.annotators import (
+    annotator_accuracy,
+    choose_prior,
+    consensus,
+    fit_annotators,
+    majority_vote,
+)
 
 FAST_FLAGS = ["--max-epochs", "10", "--folds", "3", "--rounds", "1", "--no-report"]
 
@@ -74,6 +80,53 @@ def test_the_model_prior_decides_what_the_votes_leave_open():
     consensus = fit_annotators(votes, prior).posterior.argmax(1)
     assert consensus[:20].tolist() == [0] * 20 and consensus[20:40].tolist() == [1] * 20
     assert consensus[40:80].tolist() == [0] * 40 and consensus[80:].tolist() == [1] * 40
+
+
+def noisy_prior(truth: np.ndarray, k: int, sharpness: float, seed: int = 1) -> np.ndarray:
+    """A model's probabilities ``(n, k)``: Dirichlet noise with ``sharpness`` added on the true
+    class (0: a model that knows nothing)."""
+    rng = np.random.default_rng(seed)
+    prior = rng.dirichlet(np.ones(k), len(truth))
+    prior[np.arange(len(truth)), truth] += sharpness
+    return prior / prior.sum(1, keepdims=True)
+
+
+def test_held_out_votes_choose_an_informative_model_over_noisy_votes():
+    truth, votes = crowd(600, [0.5, 0.5, 0.5], k=4)
+    prior = noisy_prior(truth, 4, sharpness=2.0)
+    found, choice = consensus(votes, prior, seed=0)
+    assert choice.temper is not None and choice.temper > 0
+    assert choice.scores[str(choice.temper)] > choice.scores["majority"]
+    assert (found == truth).mean() > (majority_vote(votes, 4, seed=0) == truth).mean() + 0.1
+
+
+def test_held_out_votes_keep_a_model_that_knows_nothing_out():
+    truth, votes = crowd(600, [0.85, 0.8, 0.8], k=4)
+    prior = noisy_prior(truth, 4, sharpness=0.0)
+    found, choice = consensus(votes, prior, seed=0)
+    assert choice.temper in (None, 0.0)
+    assert choice.scores["1.0"] < max(choice.scores["majority"], choice.scores["0.0"])
+    assert (found == truth).mean() >= (majority_vote(votes, 4, seed=0) == truth).mean()
+
+
+def test_labelling_functions_that_vote_one_class_fall_back_to_the_majority():
+    truth, _ = crowd(400, [], k=2)
+    rng = np.random.default_rng(2)
+    # Function c votes class c, on 60% of its class's rows and 10% of the others; else abstains.
+    fires = rng.random((400, 2)) < np.where(truth[:, None] == [0, 1], 0.6, 0.1)
+    votes = np.where(fires, [0, 1], -1)
+    prior = noisy_prior(truth, 2, sharpness=0.5)
+    found, choice = consensus(votes, prior, seed=0)
+    assert choice.temper is None
+    assert np.array_equal(found, majority_vote(votes, 2, seed=0))
+
+
+def test_the_held_out_choice_is_the_same_with_the_same_seed():
+    truth, votes = crowd(300, [0.6, 0.6, 0.6], k=3)
+    prior = noisy_prior(truth, 3, sharpness=1.0)
+    first = choose_prior(votes, prior, seed=0)
+    assert first == choose_prior(votes, prior, seed=0)
+    assert first.scores != choose_prior(votes, prior, seed=1).scores  # other folds
 
 
 def test_an_annotator_with_one_label_stays_near_the_crowd():
