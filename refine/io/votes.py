@@ -34,6 +34,9 @@ from refine.io.verify import (
 
 # The column refine writes the majority vote to, and refines from.
 VOTE_LABEL = "label_vote"
+# The column refine writes the annotator model's consensus to, and refines from, where held-out
+# votes chose it over the majority vote (refine.judge.annotators.choose_prior).
+CONSENSUS_LABEL = "label_consensus"
 # The columns of an annotations file beside the key.
 ANNOTATOR, LABEL = "annotator", "label"
 
