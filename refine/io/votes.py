@@ -7,7 +7,8 @@ export them).
 
 Out: ``Votes``: the votes ``(N, A)`` as class indices (-1 = no vote), the annotators' names
 and the classes. The pipeline turns them into the given label (``label_vote``, the majority
-vote) and, after the rounds, into ``annotators.parquet``.
+vote; after the rounds, ``label_consensus`` where held-out votes choose the annotator model)
+and into ``annotators.parquet``.
 """
 
 from __future__ import annotations
