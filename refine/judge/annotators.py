@@ -9,7 +9,9 @@ votes never trained them), or none.
 probability, wrong votes spread evenly; as in GLAD without item difficulty), fitted by hard EM
 with the prior, each annotator shrunk toward the pool by ``strength`` pseudo-votes so one with
 few votes stays near the crowd; then every annotator's confusion counted against that
-posterior. ``dawid_skene``: the full-confusion baseline, which drifts to poor optima with few
+posterior. ``choose_prior``/``consensus``: how far to trust the prior (p^t, or the majority
+vote), chosen by how well each predicts held-out votes, without gold. ``dawid_skene``: the
+full-confusion baseline, which drifts to poor optima with few
 annotators and on labelling functions (reports/crowd.md).
 
 Written by hand: cleanlab's CROWDLAB weighs each annotator by one number and crowd-kit is not
