@@ -32,7 +32,7 @@ from refine.io.decisions import (
 from refine.io.keys import RowKey, check_key, row_key
 from refine.io.read import Input, LabelledTable, check_no_clashes, encode_labels, read_input
 from refine.io.verify import verified_labels
-from refine.io.votes import VOTE_LABEL, Votes, read_votes
+from refine.io.votes import CONSENSUS_LABEL, VOTE_LABEL, Votes, read_votes
 from refine.io.write import (
     ROUNDS_SCHEMA,
     atomic_directory,
@@ -42,7 +42,14 @@ from refine.io.write import (
     write_json,
     write_parquet,
 )
-from refine.judge.annotators import annotators_table, fit_annotators, majority_vote
+from refine.judge.annotators import (
+    PriorChoice,
+    annotators_table,
+    choose_prior,
+    fit_annotators,
+    majority_vote,
+    tempered,
+)
 from refine.judge.detect import confident_joint
 from refine.learn.calibrate import (
     apply_temperature,
@@ -164,18 +171,18 @@ def _run(
         runner.checkpoint = open_checkpoint(
             Path(out), resume, config, X, labelled_table, _versions(), progress, verified
         )
-    augment = augmenter(labelled_table, encoder, config) if config.augment else None
-    state = refine_rounds(
-        labelled_table,
-        X,
-        config,
-        progress,
-        timings,
-        augment=augment,
-        image_blocks=encoder.image_blocks,
-        runner=runner,
-        verified=verified,
-    )
+    state = _rounds(labelled_table, X, encoder, config, progress, timings, runner, verified)
+    choice = None
+    if votes is not None:
+        choice = choose_prior(votes.votes, _votes_prior(state, verified), config.seed)
+        if choice.temper is not None:
+            labelled_table, config, verified = _with_consensus(
+                labelled_table, config, votes, state, verified, choice.temper, progress
+            )
+            encoder, X = _encode(labelled_table, config, progress, timings)
+            state = _rounds_again(
+                labelled_table, X, encoder, config, progress, timings, runner, verified
+            )
     kept = None
     if config.student_features is not None:
         from refine.learn.distill import distill
@@ -189,12 +196,59 @@ def _run(
     if votes is not None:
         annotators = _annotators(votes, state, verified)
         summary["annotators"] = _describe_annotators(annotators)
+        summary["annotators"]["consensus"] = _describe_choice(choice)
         extra = {"annotators.parquet": annotators}
     result = finish_run(
         labelled_table, encoder, config, state, summary, out, overwrite, extra, kept=kept
     )
     result.annotators = extra["annotators.parquet"] if extra else None
     return result
+
+
+def _rounds_again(
+    labelled_table: LabelledTable,
+    X: np.ndarray,
+    encoder: FeatureEncoder,
+    config: RunConfig,
+    progress: Progress,
+    timings: dict,
+    runner: FoldRunner | None,
+    verified: np.ndarray,
+) -> RoundsResult:
+    """The rounds on the consensus, outside the checkpoint (which holds the majority vote's
+    rounds; a resume reruns these)."""
+    checkpoint = runner.checkpoint if runner is not None else None
+    if runner is not None:
+        runner.checkpoint = None
+    try:
+        return _rounds(labelled_table, X, encoder, config, progress, timings, runner, verified)
+    finally:
+        if runner is not None:
+            runner.checkpoint = checkpoint
+
+
+def _rounds(
+    labelled_table: LabelledTable,
+    X: np.ndarray,
+    encoder: FeatureEncoder,
+    config: RunConfig,
+    progress: Progress,
+    timings: dict,
+    runner: FoldRunner | None,
+    verified: np.ndarray,
+) -> RoundsResult:
+    augment = augmenter(labelled_table, encoder, config) if config.augment else None
+    return refine_rounds(
+        labelled_table,
+        X,
+        config,
+        progress,
+        timings,
+        augment=augment,
+        image_blocks=encoder.image_blocks,
+        runner=runner,
+        verified=verified,
+    )
 
 
 def _read(
@@ -257,15 +311,62 @@ def _with_votes(
     return table, dataclasses.replace(config, label=VOTE_LABEL, ignore=ignore), votes
 
 
-def _annotators(votes: Votes, state: RoundsResult, verified: np.ndarray) -> pa.Table:
-    """``annotators.parquet``: the annotator model fitted with the last round's calibrated
-    out-of-fold probabilities as each row's prior (a verified row's label is certain), scored
-    against the refined labels."""
+def _votes_prior(state: RoundsResult, verified: np.ndarray) -> np.ndarray:
+    """Each row's prior over the true class ``(N, K)`` before its votes: the last round's
+    calibrated out-of-fold probabilities; a verified row's label is certain."""
     prior = state.proba.astype(np.float64, copy=True)
     rows = np.flatnonzero(verified >= 0)
     prior[rows] = 0.0
     prior[rows, verified[rows]] = 1.0
-    model = fit_annotators(votes.votes, prior)
+    return prior
+
+
+def _with_consensus(
+    labelled_table: LabelledTable,
+    config: RunConfig,
+    votes: Votes,
+    state: RoundsResult,
+    verified: np.ndarray,
+    temper: float,
+    progress: Progress,
+) -> tuple[LabelledTable, RunConfig, np.ndarray]:
+    """The table with the annotator model's consensus appended as ``label_consensus`` (the
+    majority vote's model prior tempered to p^``temper``; rows without a vote unlabelled), and
+    the configuration and verified labels that refine it, ``label_vote`` kept as written."""
+    model = fit_annotators(votes.votes, tempered(_votes_prior(state, verified), temper))
+    found = np.where((votes.votes >= 0).any(1), model.posterior.argmax(1), -1)
+    table = labelled_table.table.append_column(
+        CONSENSUS_LABEL, votes.classes.take(pa.array(found, mask=found < 0))
+    )
+    moved = int((found != majority_vote(votes.votes, len(votes.classes), config.seed)).sum())
+    progress.note(
+        f"held-out votes chose the annotator model (model prior ^{temper:g}) over the majority "
+        f"vote: refining {CONSENSUS_LABEL}, which differs from {VOTE_LABEL} on "
+        f"{_count(moved, 'row')}"
+    )
+    config = dataclasses.replace(
+        config, label=CONSENSUS_LABEL, ignore=config.ignore + (VOTE_LABEL,)
+    )
+    consensus = encode_labels(table, CONSENSUS_LABEL, config.folds)
+    verified = verified_labels(consensus, config.verified, config.verified_file, config.key)
+    return consensus, config, verified
+
+
+def _describe_choice(choice: PriorChoice | None) -> dict[str, Any]:
+    """run.json's record of the held-out choice between the majority vote and the model."""
+    assert choice is not None
+    return {
+        "given": VOTE_LABEL if choice.temper is None else CONSENSUS_LABEL,
+        "prior_temper": choice.temper,
+        "heldout_log_likelihood": {k: round(v, 4) for k, v in choice.scores.items()},
+    }
+
+
+def _annotators(votes: Votes, state: RoundsResult, verified: np.ndarray) -> pa.Table:
+    """``annotators.parquet``: the annotator model fitted with the last round's calibrated
+    out-of-fold probabilities as each row's prior (a verified row's label is certain), scored
+    against the refined labels."""
+    model = fit_annotators(votes.votes, _votes_prior(state, verified))
     return annotators_table(votes.annotators, votes.votes, model, state.decisions.refined)
 
 

@@ -667,3 +667,6 @@ def test_crowd_main_scores_every_method_on_wrench_files(tmp_path, monkeypatch):
     # The always-"spam" function ties with a good one on a third of the ham rows: the majority
     # draws, the annotator models learn to discount it.
     assert scores["majority"] < 0.85 and scores["refine+votes"] >= scores["majority"] + 0.1
+    # The held-out choice is reported, and refine given the votes scores a label per row.
+    assert "held-out's choice: youtube " in out.read_text()
+    assert 0.5 <= scores["held-out"] <= 1 and 0.5 <= scores["refine(votes)"] <= 1

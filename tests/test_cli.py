@@ -268,7 +268,8 @@ def test_output_column_clash(tmp_path):
         data,
         "input column 'label_soft' has the name of a column refine writes "
         "(label_refined, label_soft, label_quality, is_label_issue, label_predicted, "
-        "label_source, sample_weight, label_vote); rename or drop it before running refine",
+        "label_source, sample_weight, label_vote, label_consensus); rename or drop it before "
+        "running refine",
     )
 
 

@@ -25,8 +25,8 @@ from refine.io.read import OUTPUT_COLUMNS
 from refine.io.write import ROUNDS_SCHEMA
 from tests.conftest import FAST, blobs
 
-# The columns every run appends; label_vote comes only with votes.
-ALWAYS = tuple(c for c in OUTPUT_COLUMNS if c != "label_vote")
+# The columns every run appends; label_vote and label_consensus come only with votes.
+ALWAYS = tuple(c for c in OUTPUT_COLUMNS if c not in ("label_vote", "label_consensus"))
 
 FAST_FLAGS = ["--max-epochs", "10", "--folds", "3", "--rounds", "1"]
 GRAPES = np.array(["merlot", "riesling", "syrah"])

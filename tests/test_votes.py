@@ -14,7 +14,13 @@ from click.testing import CliRunner
 from refine.cli import cli
 from refine.io.query import connect
 from refine.io.write import ANNOTATORS_SCHEMA
-from refine.judge.annotators import annotator_accuracy, fit_annotators, majority_vote
+from refine.judge.annotators import (
+    annotator_accuracy,
+    choose_prior,
+    consensus,
+    fit_annotators,
+    majority_vote,
+)
 
 FAST_FLAGS = ["--max-epochs", "10", "--folds", "3", "--rounds", "1", "--no-report"]
 
@@ -76,6 +82,53 @@ def test_the_model_prior_decides_what_the_votes_leave_open():
     assert consensus[40:80].tolist() == [0] * 40 and consensus[80:].tolist() == [1] * 40
 
 
+def noisy_prior(truth: np.ndarray, k: int, sharpness: float, seed: int = 1) -> np.ndarray:
+    """A model's probabilities ``(n, k)``: Dirichlet noise with ``sharpness`` added on the true
+    class (0: a model that knows nothing)."""
+    rng = np.random.default_rng(seed)
+    prior = rng.dirichlet(np.ones(k), len(truth))
+    prior[np.arange(len(truth)), truth] += sharpness
+    return prior / prior.sum(1, keepdims=True)
+
+
+def test_held_out_votes_choose_an_informative_model_over_noisy_votes():
+    truth, votes = crowd(600, [0.5, 0.5, 0.5], k=4)
+    prior = noisy_prior(truth, 4, sharpness=2.0)
+    found, choice = consensus(votes, prior, seed=0)
+    assert choice.temper is not None and choice.temper > 0
+    assert choice.scores[str(choice.temper)] > choice.scores["majority"]
+    assert (found == truth).mean() > (majority_vote(votes, 4, seed=0) == truth).mean() + 0.1
+
+
+def test_held_out_votes_keep_a_model_that_knows_nothing_out():
+    truth, votes = crowd(600, [0.85, 0.8, 0.8], k=4)
+    prior = noisy_prior(truth, 4, sharpness=0.0)
+    found, choice = consensus(votes, prior, seed=0)
+    assert choice.temper in (None, 0.0)
+    assert choice.scores["1.0"] < max(choice.scores["majority"], choice.scores["0.0"])
+    assert (found == truth).mean() >= (majority_vote(votes, 4, seed=0) == truth).mean()
+
+
+def test_one_class_labelling_functions_and_a_weak_model_fall_back_to_the_majority():
+    truth, _ = crowd(400, [], k=2)
+    rng = np.random.default_rng(2)
+    # Function c votes class c, on 60% of its class's rows and 10% of the others; else abstains.
+    fires = rng.random((400, 2)) < np.where(truth[:, None] == [0, 1], 0.6, 0.1)
+    votes = np.where(fires, [0, 1], -1)
+    prior = noisy_prior(truth, 2, sharpness=0.5)
+    found, choice = consensus(votes, prior, seed=0)
+    assert choice.temper is None
+    assert np.array_equal(found, majority_vote(votes, 2, seed=0))
+
+
+def test_the_held_out_choice_is_the_same_with_the_same_seed():
+    truth, votes = crowd(300, [0.6, 0.6, 0.6], k=3)
+    prior = noisy_prior(truth, 3, sharpness=1.0)
+    first = choose_prior(votes, prior, seed=0)
+    assert first == choose_prior(votes, prior, seed=0)
+    assert first.scores != choose_prior(votes, prior, seed=1).scores  # other folds
+
+
 def test_an_annotator_with_one_label_stays_near_the_crowd():
     truth, votes = crowd(300, [0.85, 0.85, 0.85])
     lone = np.full((300, 1), -1)
@@ -127,19 +180,32 @@ def voted_run(tmp_path_factory):
     return result, out, table, votes
 
 
-def test_a_run_with_votes_refines_their_majority_and_writes_annotators(voted_run):
+def test_a_crowd_run_refines_the_consensus_and_writes_annotators(voted_run):
     result, out, table, votes = voted_run
     assert result.exit_code == 0, result.output
     assert "1 row has no vote: unlabelled" in result.output
     summary = json.loads((out / "run.json").read_text())
     assert summary["annotators"]["annotators"] == 3 and summary["annotators"]["votes"] == 447
     assert summary["annotators"]["least_accurate"][0]["annotator"] == "vote_2"
-    assert summary["config"]["label"] == "label_vote" and "votes" in summary["config"]["ignore"]
+    # Held-out votes are predicted better with the model than by the majority: a crowd.
+    chosen = summary["annotators"]["consensus"]
+    assert chosen["given"] == "label_consensus" and chosen["prior_temper"] > 0
+    scores = chosen["heldout_log_likelihood"]
+    assert scores[str(chosen["prior_temper"])] > scores["majority"]
+    assert summary["config"]["label"] == "label_consensus"
+    assert {"votes", "label_vote"} <= set(summary["config"]["ignore"])
+    assert "held-out votes chose the annotator model (model prior ^" in result.output
     refined = pq.read_table(out / "refined.parquet")
     assert refined.column_names[: table.num_columns] == table.column_names
-    assert refined.column_names[table.num_columns] == "label_vote"
+    new = refined.column_names[table.num_columns : table.num_columns + 2]
+    assert new == ["label_vote", "label_consensus"]
     expected = majority_vote(np.where(np.arange(len(votes))[:, None] == 5, -1, votes), 3, 0)
     assert refined.column("label_vote").to_pylist() == [None if v < 0 else int(v) for v in expected]
+    consensus = refined.column("label_consensus").to_numpy(zero_copy_only=False)
+    assert np.isnan(consensus[5])  # no vote: unlabelled in the consensus too
+    _, truth, _ = voted_table()
+    voted = np.arange(len(truth)) != 5
+    assert (consensus[voted] == truth[voted]).mean() > (expected[voted] == truth[voted]).mean()
     assert refined.column("label_source")[5].as_py() in ("unlabelled", "pseudo")
     annotators = pq.read_table(out / "annotators.parquet")
     assert annotators.schema.equals(ANNOTATORS_SCHEMA)
@@ -151,6 +217,31 @@ def test_a_run_with_votes_refines_their_majority_and_writes_annotators(voted_run
     with connect(out) as con:
         rows = con.execute("SELECT annotator FROM annotators ORDER BY accuracy LIMIT 1").fetchall()
     assert rows == [("vote_2",)]
+
+
+def test_labelling_functions_and_a_blind_model_keep_the_majority_vote(tmp_path):
+    table, truth, _ = voted_table()
+    rng = np.random.default_rng(3)
+    for j in range(4):  # features that say nothing of the class: the model cannot help
+        table = table.set_column(j + 1, f"x{j}", pa.array(rng.normal(size=len(truth))))
+    # Function c votes class c on half of its class's rows and a tenth of the others.
+    fires = rng.random((len(truth), 3)) < np.where(truth[:, None] == [0, 1, 2], 0.5, 0.1)
+    votes = np.where(fires, [0, 1, 2], -1)
+    votes[~fires.any(1), truth[~fires.any(1)]] = truth[~fires.any(1)]  # every row voted
+    table = table.set_column(
+        table.schema.get_field_index("votes"),
+        "votes",
+        pa.array(votes.tolist(), pa.list_(pa.int64())),
+    )
+    pq.write_table(table, tmp_path / "data.parquet")
+    out = tmp_path / "run"
+    result = invoke("run", tmp_path / "data.parquet", "--votes", "votes", "--out", out, *FAST_FLAGS)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "run.json").read_text())
+    chosen = summary["annotators"]["consensus"]
+    assert chosen["given"] == "label_vote" and chosen["prior_temper"] is None
+    assert summary["config"]["label"] == "label_vote"
+    assert "label_consensus" not in pq.read_table(out / "refined.parquet").column_names
 
 
 def test_annotations_joined_by_key_give_the_same_majority(voted_run, tmp_path):

@@ -30,7 +30,8 @@ OUTPUT_COLUMNS = (
     "label_predicted",
     "label_source",
     "sample_weight",
-    "label_vote",  # with votes, before label_refined: the majority vote refine starts from
+    "label_vote",  # with votes, before label_refined: the majority vote
+    "label_consensus",  # with a crowd's votes: the consensus refine starts from instead
 )
 
 

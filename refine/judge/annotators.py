@@ -9,7 +9,9 @@ votes never trained them), or none.
 probability, wrong votes spread evenly; as in GLAD without item difficulty), fitted by hard EM
 with the prior, each annotator shrunk toward the pool by ``strength`` pseudo-votes so one with
 few votes stays near the crowd; then every annotator's confusion counted against that
-posterior. ``dawid_skene``: the full-confusion baseline, which drifts to poor optima with few
+posterior. ``choose_prior``/``consensus``: how far to trust the prior (p^t, or the majority
+vote), chosen by how well each predicts held-out votes, without gold. ``dawid_skene``: the
+full-confusion baseline, which drifts to poor optima with few
 annotators and on labelling functions (reports/crowd.md).
 
 Written by hand: cleanlab's CROWDLAB weighs each annotator by one number and crowd-kit is not
@@ -89,6 +91,84 @@ def fit_annotators(
     posterior = _one_coin(votes, k, prior, strength, steps)
     confusion = _m_step(_outcomes(votes, k), posterior, strength)
     return AnnotatorModel(posterior.astype(np.float32), confusion, steps)
+
+
+# The model prior's exponents ``choose_prior`` tries; 0 = the votes alone.
+PRIOR_TEMPERS = (0.0, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class PriorChoice:
+    """``temper``: the exponent t of the chosen prior p^t, None when the majority vote
+    predicted held-out votes best (the fallback); ``scores``: each candidate's mean
+    log-likelihood of the held-out votes (``"majority"`` and the tempers as strings)."""
+
+    temper: float | None
+    scores: dict[str, float]
+
+
+def choose_prior(
+    votes: np.ndarray,
+    prior: np.ndarray,
+    seed: int,
+    *,
+    folds: int = 5,
+    tempers: tuple[float, ...] = PRIOR_TEMPERS,
+) -> PriorChoice:
+    """How far to trust the model prior against the votes, chosen without gold.
+
+    Every vote is put in one of ``folds`` folds (drawn with ``seed``); for each fold the
+    annotator model is fitted on the other votes with the prior tempered to p^t, and scored by
+    the log-likelihood of the fold's votes (each vote's class given that the annotator voted:
+    the row's posterior times the annotator's confusion). The majority vote (vote shares, the
+    same confusions) is a candidate too and wins ties: labelling functions that each vote one
+    class are predicted as well by any candidate, so there the majority stays
+    (reports/crowd.md)."""
+    votes = np.asarray(votes, np.int64)
+    k = prior.shape[1]
+    rows, annotators = np.nonzero(votes >= 0)
+    fold = np.random.default_rng(seed).integers(0, folds, len(rows))
+    scores: dict[str, float] = {}
+    for candidate in (None, *tempers):
+        total = 0.0
+        for f in range(folds):
+            held = fold == f
+            train = votes.copy()
+            train[rows[held], annotators[held]] = -1
+            if candidate is None:
+                counts = vote_counts(train, k) + 1.0 / k
+                posterior = counts / counts.sum(1, keepdims=True)
+                confusion = _m_step(_outcomes(train, k), posterior, SHRINK_STRENGTH)
+            else:
+                model = fit_annotators(train, tempered(prior, candidate))
+                posterior, confusion = model.posterior.astype(np.float64), model.confusion
+            cast = confusion[:, :, :k] / confusion[:, :, :k].sum(2, keepdims=True)
+            r, a = rows[held], annotators[held]
+            # P(vote = v | row, annotator voted) = sum_k posterior[k] * cast[a, k, v]
+            likely = np.einsum("nk,nk->n", posterior[r], cast[a, :, votes[r, a]])
+            total += float(np.log(np.clip(likely, 1e-12, None)).sum())
+        scores["majority" if candidate is None else str(candidate)] = total / max(len(rows), 1)
+    best = max(scores, key=lambda name: (scores[name], name == "majority"))
+    return PriorChoice(None if best == "majority" else float(best), scores)
+
+
+def tempered(prior: np.ndarray, temper: float) -> np.ndarray | None:
+    """The prior raised to ``temper`` and renormalised; None (uniform) at 0."""
+    if temper == 0:
+        return None
+    powered = np.clip(prior.astype(np.float64), 1e-12, None) ** temper
+    return powered / powered.sum(1, keepdims=True)
+
+
+def consensus(votes: np.ndarray, prior: np.ndarray, seed: int) -> tuple[np.ndarray, PriorChoice]:
+    """Each row's consensus ``(N,)`` (-1 = no vote and no prior) and the prior chosen for it:
+    the annotator model with the held-out choice of ``choose_prior``, or the majority vote
+    (ties drawn with ``seed``) where it predicted held-out votes best."""
+    choice = choose_prior(votes, prior, seed)
+    if choice.temper is None:
+        return majority_vote(votes, prior.shape[1], seed), choice
+    model = fit_annotators(votes, tempered(prior, choice.temper))
+    return model.posterior.argmax(1), choice
 
 
 def dawid_skene(
