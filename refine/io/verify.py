@@ -79,14 +79,9 @@ def read_verified_file(path: str | Path, key: str) -> pa.Table:
             f"{VERIFIED_LABEL} column (refine review writes one)"
         )
     try:
-        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-            table = _read_csv(path)
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
+        table = read_side_file(path)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        kind = "CSV" if path.suffix.lower() in (".csv", ".tsv", ".txt") else "Parquet"
+        kind = "CSV" if is_csv(path) else "Parquet"
         raise InputError(
             f"cannot read verified file {str(path)!r} as {kind}: {exc}. A verified file is "
             "Parquet, or CSV with a header row (name it .csv)"
@@ -104,6 +99,21 @@ def read_verified_file(path: str | Path, key: str) -> pa.Table:
             f"{_shown(table.column_names)}. It needs {need} and a {VERIFIED_LABEL} column"
         )
     return table
+
+
+def is_csv(path: Path) -> bool:
+    """Whether a side file (verified labels, annotations) is read as CSV rather than Parquet."""
+    return path.suffix.lower() in (".csv", ".tsv", ".txt")
+
+
+def read_side_file(path: Path) -> pa.Table:
+    """A side file a person may have filled in a spreadsheet: CSV by its suffix (cells as
+    text), else Parquet. Read errors propagate for the caller to word."""
+    if is_csv(path):
+        return _read_csv(path)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
 
 
 def _read_csv(path: Path) -> pa.Table:

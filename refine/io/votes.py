@@ -27,10 +27,10 @@ from refine.io.verify import (
     _count,
     _file_row,
     _plain_key,
-    _read_csv,
     _shown,
     _try_cast,
     _value,
+    read_side_file,
 )
 
 # The column refine writes the majority vote to, and refines from.
@@ -164,12 +164,7 @@ def _from_file(
             f"{ANNOTATOR!r} and {LABEL!r}"
         )
     try:
-        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-            votes = _read_csv(path)
-        else:
-            import pyarrow.parquet as pq
-
-            votes = pq.read_table(path)
+        votes = read_side_file(path)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise InputError(
             f"cannot read {where}: {exc}. An annotations file is Parquet, or CSV with a header "
