@@ -375,3 +375,23 @@ def test_the_report_lists_the_annotators_least_accurate_first(voted_run):
     section = page[page.index("Annotators") :]
     assert section.index("vote_2") < section.index("vote_0")
     assert '<th class="num">95% interval</th>' in section
+    # The section says which labels the rounds refined, and the held-out scores that chose.
+    chosen = json.loads((out / "run.json").read_text())["annotators"]["consensus"]
+    temper = chosen["prior_temper"]
+    assert f"raised to t = {temper:.2f}, which predicted held-out votes best" in section
+    majority = chosen["heldout_log_likelihood"]["majority"]
+    assert f"majority {majority:.3f}" in section
+
+
+def test_the_report_says_when_the_majority_vote_was_kept():
+    from refine.report.html import _consensus_note
+
+    kept = {
+        "given": "label_vote",
+        "prior_temper": None,
+        "heldout_log_likelihood": {"majority": -0.5, "0.0": -0.75, "1.0": -0.625},
+    }
+    text = _consensus_note(kept)
+    assert "Refine refined the majority vote (label_vote)" in text
+    assert "majority -0.500, t = 0.0 -0.750, t = 1.0 -0.625" in text
+    assert _consensus_note(None) == "" and _consensus_note({"given": "label_vote"}) == ""

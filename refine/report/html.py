@@ -106,7 +106,9 @@ def build_report(run_dir: str | Path) -> str:
             ("rows", "Likely wrong labels", _rows_section(run)),
         ]
         if run.annotators is not None:
-            sections.insert(3, ("annotators", "Annotators", _annotators_section(run.annotators)))
+            consensus = (run.summary.get("annotators") or {}).get("consensus")
+            section = _consensus_note(consensus) + _annotators_section(run.annotators)
+            sections.insert(3, ("annotators", "Annotators", section))
         truth = _truth_section(run)
         if truth is not None:
             sections.append(("truth", "Against the true labels", truth))
@@ -511,6 +513,34 @@ def _calibration_section(run: _Run) -> str:
 
 # The report lists at most this many annotators, the least accurate first.
 ANNOTATOR_ROWS = 50
+
+
+def _consensus_note(consensus: dict[str, Any] | None) -> str:
+    """Which labels the rounds refined, the votes' majority or the annotator model's consensus,
+    and the held-out scores that chose (run.json's ``annotators.consensus``)."""
+    if not isinstance(consensus, dict) or not isinstance(
+        consensus.get("heldout_log_likelihood"), dict
+    ):
+        return ""
+    scores = ", ".join(
+        f"{'majority' if name == 'majority' else 't = ' + name} {_num(value, 3)}"
+        for name, value in consensus["heldout_log_likelihood"].items()
+    )
+    temper = consensus.get("prior_temper")
+    if temper is None:
+        chosen = (
+            "refine refined the majority vote (label_vote): no blend of the votes with the "
+            "model's probabilities predicted held-out votes better"
+        )
+    else:
+        chosen = (
+            "refine refined the annotator model's consensus (label_consensus), the votes "
+            f"weighed with the model's probabilities raised to t = {_num(temper, 2)}, which "
+            "predicted held-out votes best"
+        )
+    return note(
+        f"{chosen[0].upper()}{chosen[1:]} (mean held-out log-likelihood per vote: {scores})."
+    )
 
 
 def _annotators_section(annotators: pa.Table) -> str:
