@@ -20,6 +20,7 @@ LAYERS = (
     "judge",
     "report",
     "rounds",
+    "crowd",
     "pipeline",
     "update",
     "review",
