@@ -62,8 +62,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import refine
-from refine.bench.suite import _downstream
-from refine.report.metrics import label_codes
+
+try:
+    from refine.bench.suite import _downstream
+    from refine.report.metrics import label_codes
+except ImportError:  # a --before checkout from before the package was grouped (0.1.x)
+    from refine.metrics import label_codes  # type: ignore[no-redef]
+
+    from refine.bench import _downstream  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[1]
 BASES = ("youtube", "sms", "semeval")

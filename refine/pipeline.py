@@ -57,7 +57,7 @@ from refine.learn.checkpoint import (
 )
 from refine.learn.crossfit import CrossFit, FoldRunner
 from refine.progress import NULL_PROGRESS, Progress, logger, trust_lines
-from refine.rounds import Augment, Extra, Rounds, RoundsResult, Teacher, augmenter
+from refine.rounds import Rounds, RoundsResult, augmenter
 
 # The layout of model.pt: refine.update.load_run reads what _save_model writes.
 MODEL_FORMAT = "refine.mlp-ensemble/1"
@@ -176,8 +176,8 @@ def _run(
                 labelled_table, config, votes, state, verified, choice.temper, progress
             )
             encoder, X = _encode(labelled_table, config, progress, timings)
-            state = _rounds_again(
-                labelled_table, X, encoder, config, progress, timings, runner, verified
+            state = _rounds(
+                labelled_table, X, encoder, config, progress, timings, runner, verified, False
             )
     kept = None
     if config.student_features is not None:
@@ -201,28 +201,6 @@ def _run(
     return result
 
 
-def _rounds_again(
-    labelled_table: LabelledTable,
-    X: np.ndarray,
-    encoder: FeatureEncoder,
-    config: RunConfig,
-    progress: Progress,
-    timings: dict,
-    runner: FoldRunner | None,
-    verified: np.ndarray,
-) -> RoundsResult:
-    """The rounds on the consensus, outside the checkpoint (which holds the majority vote's
-    rounds; a resume reruns these)."""
-    checkpoint = runner.checkpoint if runner is not None else None
-    if runner is not None:
-        runner.checkpoint = None
-    try:
-        return _rounds(labelled_table, X, encoder, config, progress, timings, runner, verified)
-    finally:
-        if runner is not None:
-            runner.checkpoint = checkpoint
-
-
 def _rounds(
     labelled_table: LabelledTable,
     X: np.ndarray,
@@ -232,19 +210,31 @@ def _rounds(
     timings: dict,
     runner: FoldRunner | None,
     verified: np.ndarray,
+    checkpointed: bool = True,
 ) -> RoundsResult:
+    """The rounds on ``labelled_table``. Not ``checkpointed``: outside the runner's checkpoint,
+    which holds the majority vote's rounds (the consensus's rounds; a resume reruns these)."""
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
-    return refine_rounds(
-        labelled_table,
-        X,
-        config,
-        progress,
-        timings,
-        augment=augment,
-        image_blocks=encoder.image_blocks,
-        runner=runner,
-        verified=verified,
-    )
+    saved = runner.checkpoint if runner is not None else None
+    if runner is not None and not checkpointed:
+        runner.checkpoint = None
+    try:
+        return refine_rounds(
+            Rounds(
+                labelled_table,
+                X,
+                config,
+                progress,
+                timings,
+                augment=augment,
+                image_blocks=encoder.image_blocks,
+                runner=runner,
+                verified=verified,
+            )
+        )
+    finally:
+        if runner is not None:
+            runner.checkpoint = saved
 
 
 def _read(
@@ -384,25 +374,11 @@ def _log_summary(s: dict[str, Any], out: Path | None) -> None:
         logger.info(f"wrote {out}; the refined labels are in {out / 'refined.parquet'}")
 
 
-def refine_rounds(
-    data: LabelledTable,
-    X: np.ndarray,
-    config: RunConfig,
-    progress: Progress,
-    timings: dict[str, float],
-    teacher: Teacher | None = None,
-    replay: Extra | None = None,
-    augment: Augment | None = None,
-    image_blocks: tuple[tuple[int, int, int, int], ...] = (),
-    runner: FoldRunner | None = None,
-    verified: np.ndarray | None = None,
-) -> RoundsResult:
-    """Rounds of cross-fit, calibrate, detect and decide on the rows of ``data`` (the judged
-    rows), each training on the last one's refined labels; see ``Rounds`` for the arguments.
-    A checkpoint in ``runner`` records each round, and the rounds go on after its last."""
-    rounds = Rounds(
-        data, X, config, progress, timings, teacher, replay, augment, image_blocks, runner, verified
-    )
+def refine_rounds(rounds: Rounds) -> RoundsResult:
+    """Rounds of cross-fit, calibrate, detect and decide on the judged rows ``rounds`` holds,
+    each training on the last one's refined labels. A checkpoint in its runner records each
+    round, and the rounds go on after its last."""
+    progress = rounds.progress
     task = progress.start("rounds", "rounds", total=rounds.total)
     first = rounds.resume()
     progress.advance(task, len(rounds.rounds))

@@ -53,7 +53,7 @@ from refine.pipeline import (
     with_options,
 )
 from refine.progress import NULL_PROGRESS, Progress
-from refine.rounds import Extra, Teacher, augmenter
+from refine.rounds import Extra, Rounds, Teacher, augmenter
 
 # Most rows an update run keeps in history.parquet to replay from.
 HISTORY_ROWS = 100_000
@@ -270,16 +270,18 @@ def _update(
 
     augment = augmenter(batch, previous.encoder, config) if config.augment else None
     state = refine_rounds(
-        batch,
-        X,
-        config,
-        progress,
-        timings,
-        teacher=teacher,
-        replay=replayed,
-        augment=augment,
-        image_blocks=previous.encoder.image_blocks,
-        verified=verified,
+        Rounds(
+            batch,
+            X,
+            config,
+            progress,
+            timings,
+            teacher=teacher,
+            replay=replayed,
+            augment=augment,
+            image_blocks=previous.encoder.image_blocks,
+            verified=verified,
+        )
     )
     summary = summarise_run(batch, previous.encoder, config, state, timings, source, command, key)
     # --rounds counts retraining rounds; the earlier model's judgement is round 1 of
