@@ -63,14 +63,6 @@ import pyarrow.parquet as pq
 
 import refine
 
-try:
-    from refine.bench.suite import _downstream
-    from refine.report.metrics import label_codes
-except ImportError:  # a --before checkout from before the package was grouped (0.1.x)
-    from refine.metrics import label_codes  # type: ignore[no-redef]
-
-    from refine.bench import _downstream  # type: ignore[no-redef]
-
 REPO = Path(__file__).resolve().parents[1]
 BASES = ("youtube", "sms", "semeval")
 VARIANTS = ("", "single", "notop")
@@ -274,6 +266,22 @@ def run_refine(table: pa.Table, seed: int) -> tuple[pa.Table, dict[str, Any] | N
     )
 
 
+@cache
+def _scoring() -> Any:
+    """refine's scoring helpers (``_downstream``, ``label_codes``) from whichever refine is
+    imported: a ``--before`` checkout may predate 0.2's grouped package."""
+    import types
+
+    try:
+        from refine.bench.suite import _downstream
+        from refine.report.metrics import label_codes
+    except ImportError:
+        from refine.metrics import label_codes  # type: ignore[no-redef]
+
+        from refine.bench import _downstream  # type: ignore[no-redef]
+    return types.SimpleNamespace(_downstream=_downstream, label_codes=label_codes)
+
+
 def reads_verified() -> bool:
     """Whether the imported refine takes verified labels (checkouts before 140865d do not)."""
     from refine.config import RunConfig
@@ -283,7 +291,7 @@ def reads_verified() -> bool:
 
 def outcome(refined: pa.Table, trust: dict[str, Any] | None, seconds: float) -> Outcome:
     weight = refined.column("sample_weight").to_numpy(zero_copy_only=False)
-    return Outcome(label_codes(refined), weight, trust, seconds)
+    return Outcome(_scoring().label_codes(refined), weight, trust, seconds)
 
 
 def run_here(table: pa.Table, seed: int) -> Outcome:
@@ -368,7 +376,7 @@ def downstream(s: RealSet, labels: np.ndarray, weight: np.ndarray | None = None)
     """Test accuracy of the yardstick trained on the training rows' ``labels`` (-1 = left out)
     with ``weight`` (0 = left out; default 1)."""
     weight = np.ones(len(labels)) if weight is None else weight
-    return _downstream(s.X, labels, weight, s.X_test, s.y_test)
+    return _scoring()._downstream(s.X, labels, weight, s.X_test, s.y_test)
 
 
 def score_case(
