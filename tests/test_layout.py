@@ -23,6 +23,7 @@ LAYERS = (
     "crowd",
     "pipeline",
     "update",
+    "deploy",
     "review",
     "bench",
     "cli",

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,9 @@ def _class_column(data: LabelledTable, index: np.ndarray, label_type: pa.DataTyp
 
 
 @contextlib.contextmanager
-def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_directory(
+    out: Path, overwrite: bool, check: Callable[[Path, bool], None] | None = None
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success rename it to ``out``.
 
     Nothing appears at ``out`` until every file is written. With ``overwrite``, an existing run
@@ -125,9 +127,10 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
     cannot take its place. Any failure removes the temporary directory; an ``OSError`` (no
     space, permission denied) becomes an ``OutputError`` that names ``out``. Hold
     ``output_lock(out)`` around it so that no other refine process writes ``out`` meanwhile.
+    ``check`` refuses an ``out`` it may not replace (``check_output``, for a run directory).
     """
     out = Path(out)
-    check_output(out, overwrite)
+    (check or check_output)(out, overwrite)
     # Left by a run killed while writing: under output_lock no other process writes one.
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
