@@ -152,6 +152,25 @@ def cli() -> None:
     "student. Needs --teacher-features.",
 )
 @click.option(
+    "--student",
+    is_flag=True,
+    help="Also train one small calibrated student on the final soft labels, in RUN_DIR/student/ "
+    "for refine predict and refine export (as refine distill does).",
+)
+@click.option(
+    "--student-size",
+    default=_DEFAULTS.student_size,
+    show_default=True,
+    help="The student's hidden widths (64, 128,64), a parameter budget (params:20000), or auto: "
+    "the teacher's widths, one network in place of the ensemble.",
+)
+@click.option(
+    "--student-temperature",
+    default=_DEFAULTS.student_temperature,
+    show_default=True,
+    help="Softens (above 1) or sharpens (below 1) the soft labels the student learns.",
+)
+@click.option(
     "--text",
     multiple=True,
     help="String columns to read as free text (comma-separated or repeated). "
@@ -725,8 +744,16 @@ def _rows(n: int) -> str:
     "-o",
     required=True,
     type=click.Path(path_type=Path),
-    help="File to write: .parquet, the refined data (the only export so far; a later .onnx "
-    "will export the model). Refused if it exists, unless --overwrite.",
+    help="File to write: .parquet, the refined data of a run; .onnx or .pt (or --format), the "
+    "student of a model directory or of a run with one. Refused if it exists, unless --overwrite.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "torchscript"]),
+    default=None,
+    help="Export the student as this graph instead of the data (default: from --out's suffix); "
+    "a JSON spec of its inputs is written beside it.",
 )
 @click.option(
     "--drop-excluded",
@@ -756,6 +783,7 @@ def _rows(n: int) -> str:
 def export_command(
     run_dir: Path,
     out: Path,
+    fmt: str | None,
     drop_excluded: bool,
     soft: bool,
     as_label: bool,
@@ -768,12 +796,24 @@ def export_command(
     sample_weight (the weight to train with). The run is only read, and the file is written
     whole or not at all.
 
+    With a model directory (refine distill), or --format / a .onnx or .pt --out: write the
+    student as an ONNX or TorchScript graph of calibrated probabilities, and FILE.json beside it.
+
     \b
     Examples:
       refine export runs/first --out clean.parquet
       refine export runs/first --out train.parquet --drop-excluded --as-label
       refine export runs/wednesday --out all.parquet --chain    # every batch of the updates
+      refine export models/first --format onnx --out first.onnx
     """
+    from refine.deploy import exports_model
+
+    if exports_model(run_dir, out, fmt):
+        from refine.deploy import export_model
+
+        graph, spec = export_model(run_dir, out, fmt, overwrite=overwrite)
+        click.echo(f"wrote the student to {graph}, and its inputs' spec to {spec}")
+        return
     from refine.io.export import export_data
 
     result = export_data(
@@ -814,6 +854,155 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return json.dumps([round(v, 4) if isinstance(v, float) else v for v in value])
     return str(value)
+
+
+@cli.command("distill")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model directory to write; refused if it exists, unless --overwrite.",
+)
+@click.option(
+    "--student-size",
+    "size",
+    default=_DEFAULTS.student_size,
+    show_default=True,
+    help="Hidden widths (64, 128,64), a parameter budget (params:20000), or auto: the "
+    "teacher's widths, one network in place of the ensemble.",
+)
+@click.option(
+    "--student-temperature",
+    "soft_temperature",
+    default=_DEFAULTS.student_temperature,
+    show_default=True,
+    help="Softens (above 1) or sharpens (below 1) the soft labels the student learns.",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed of the student's fits.  [default: the run's]"
+)
+@click.option(
+    "--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@_errors
+def distill_command(
+    run_dir: Path,
+    out: Path,
+    size: str,
+    soft_temperature: float,
+    seed: int | None,
+    device: str,
+    overwrite: bool,
+) -> None:
+    """Train one small calibrated student on the soft labels of the run in RUN_DIR.
+
+    The student learns label_soft and sample_weight on every row; it is calibrated, and its
+    risk-coverage curve measured, on its own out-of-fold predictions. --out holds its weights,
+    the feature encoder and model.json (classes, input schema, versions, hashes).
+
+    \b
+    Examples:
+      refine distill runs/first --out models/first
+      refine distill runs/first --out models/tiny --student-size params:20000
+    """
+    from refine.deploy import distill
+
+    student = distill(
+        run_dir,
+        out,
+        size=size,
+        soft_temperature=soft_temperature,
+        seed=seed,
+        device=device,
+        overwrite=overwrite,
+    )
+    m = student.manifest
+    calibration = m["calibration"]
+    click.echo(
+        f"wrote the student to {out}: hidden {m['hidden']}, {m['parameters']:,} parameters "
+        f"({m['parameter_share']:.1%} of the teacher ensemble's), out-of-fold accuracy "
+        f"{calibration['oof_accuracy']} against the refined labels, ECE {calibration['ece_after']}"
+    )
+
+
+@cli.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Parquet file to write; refused if it exists, unless --overwrite.",
+)
+@click.option(
+    "--min-confidence",
+    type=float,
+    default=None,
+    help="Abstain (abstain = true) where the calibrated confidence is below this.",
+)
+@click.option(
+    "--coverage",
+    type=float,
+    default=None,
+    help="Answer this share of rows, abstaining on the rest: the threshold is chosen on the "
+    "student's out-of-fold confidences. Instead of --min-confidence.",
+)
+@click.option(
+    "--batch-rows",
+    default=65_536,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows read and predicted at a time.",
+)
+@click.option(
+    "--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@_errors
+def predict_command(
+    model: Path,
+    data: Path,
+    out: Path,
+    min_confidence: float | None,
+    coverage: float | None,
+    batch_rows: int,
+    device: str,
+    overwrite: bool,
+) -> None:
+    """Predict the rows of DATA with the student in MODEL (a model directory, or a run
+    directory with a student/).
+
+    DATA is a Parquet file or directory, read in batches. --out holds every input row and
+    column, then label_predicted, label_proba (calibrated, in the order of the refine.classes
+    metadata), confidence and abstain.
+
+    \b
+    Examples:
+      refine predict models/first new.parquet --out predicted.parquet
+      refine predict runs/first new.parquet --out predicted.parquet --coverage 0.9
+    """
+    from refine.deploy import predict
+
+    result = predict(
+        model,
+        data,
+        out,
+        min_confidence=min_confidence,
+        coverage=coverage,
+        batch_rows=batch_rows,
+        overwrite=overwrite,
+        device=device,
+    )
+    abstained = (
+        f"; {_rows(result.abstained)} abstain (confidence below {result.threshold:.4g})"
+        if result.threshold is not None
+        else ""
+    )
+    click.echo(f"wrote {_rows(result.rows)} to {result.out}{abstained}")
 
 
 @cli.command("report")

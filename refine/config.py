@@ -7,6 +7,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,11 @@ class RunConfig:
     # student_features learns the refined targets and is the model the run keeps.
     teacher_features: tuple[str, ...] | None = None
     student_features: tuple[str, ...] | None = None
+    # A deployable student (refine.deploy): one small MLP trained on the final soft labels and
+    # written to RUN_DIR/student/ for refine predict and refine export.
+    student: bool = False
+    student_size: str = "auto"
+    student_temperature: float = 1.0
     folds: int = 5
     rounds: int = 3
     min_changes: int = 1
@@ -209,6 +215,21 @@ class RunConfig:
                 )
 
     def _validate_distillation(self) -> None:
+        if self.student and self.student_features is not None:
+            raise ConfigError(
+                "--student distills the run's own model; with --student-features model.pt "
+                "already holds a student on other columns. Pass one of them"
+            )
+        size = self.student_size.strip().lower().replace(" ", "")
+        if not re.fullmatch(r"auto|params:[1-9][0-9_]*|[1-9][0-9]*(,[1-9][0-9]*)*", size):
+            raise ConfigError(
+                f"--student-size {self.student_size!r}: give hidden widths such as 64 or 128,64, "
+                "a parameter budget such as params:20000, or auto"
+            )
+        if not (math.isfinite(self.student_temperature) and self.student_temperature > 0):
+            raise ConfigError(
+                f"--student-temperature must be a number above 0, got {self.student_temperature}"
+            )
         if self.student_features is not None and self.teacher_features is None:
             raise ConfigError(
                 "--student-features needs --teacher-features: name the columns the teacher "

@@ -23,26 +23,27 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from refine.config import VERSION, RunConfig
-from refine.encode.features import FeatureEncoder, OneHotEncoder
+from refine.encode.features import OneHotEncoder
 from refine.errors import ConfigError, InputError, OutputError
 from refine.io.conform import _cast, _holds
 from refine.io.read import as_table
 from refine.io.write import atomic_file
-from refine.learn.crossfit import make_folds
 from refine.learn.graph import FORMATS, export_graph
 from refine.learn.modeldir import (
     StudentModel,
+    is_model_dir,
     load_model_dir,
-    make_student,
     student_dir_of,
+    train_student,
     write_model_dir,
 )
-from refine.learn.student import count_parameters, coverage_threshold, fit_student, parse_size
+from refine.learn.student import count_parameters, coverage_threshold
 from refine.pipeline import _versions
 from refine.progress import NULL_PROGRESS, Progress
 from refine.update import load_run
 
 PREDICT_COLUMNS = ("label_predicted", "label_proba", "confidence", "abstain")
+GRAPH_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".torchscript": "torchscript"}
 # Rows encoded and predicted at a time: any input is predicted in bounded memory.
 BATCH_ROWS = 65_536
 
@@ -116,42 +117,9 @@ def _distill(
         config.seed if seed is None else seed,
         teacher,
         {"run": str(Path(run_dir).resolve()), "folds": config.folds},
+        _versions(),
         device,
     )
-
-
-def train_student(
-    X: np.ndarray,
-    soft: np.ndarray,
-    weight: np.ndarray,
-    encoder: FeatureEncoder,
-    schema: pa.Schema,
-    label_field: pa.Field,
-    classes: pa.Array,
-    config: RunConfig,
-    size: str,
-    soft_temperature: float,
-    seed: int,
-    teacher_parameters: int,
-    source: dict[str, Any],
-    device: str = "auto",
-) -> StudentModel:
-    """The student of encoded rows ``X`` ``(N, D)``, soft labels ``soft`` ``(N, K)`` and
-    weights ``(N,)``; its calibration folds are the run's (``config.folds``, ``config.seed``)
-    over the soft labels' most likely class."""
-    hidden = parse_size(size, X.shape[1], soft.shape[1], config.model.hidden)
-    folds = make_folds(soft.argmax(1), config.folds, config.seed)
-    model = config.model if device == "auto" else _with_device(config, device)
-    fit = fit_student(X, soft, weight, folds, hidden, model, seed, soft_temperature)
-    fit.summary["teacher_parameters"] = teacher_parameters
-    fit.summary["parameter_share"] = round(fit.net.parameters / max(teacher_parameters, 1), 6)
-    return make_student(fit, encoder, schema, label_field, classes, _versions(), source)
-
-
-def _with_device(config: RunConfig, device: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config.model, device=device)
 
 
 def _check_soft_temperature(value: float) -> None:
@@ -226,11 +194,17 @@ def predict(
         table = pa.concat_tables(tables) if tables else plan.schema.empty_table()
         return Prediction(None, table.num_rows, plan.abstained, threshold, table)
     out = Path(out)
-    if isinstance(data, str | Path) and Path(data).resolve() in (out.resolve(), *out.resolve().parents):
+    if isinstance(data, str | Path) and Path(data).resolve() in (
+        out.resolve(),
+        *out.resolve().parents,
+    ):
         raise OutputError(f"--out {str(out)!r} is the input data; choose another --out")
     import pyarrow.parquet as pq
 
-    with atomic_file(out, overwrite) as tmp, pq.ParquetWriter(tmp, plan.schema, compression="zstd") as w:
+    with (
+        atomic_file(out, overwrite) as tmp,
+        pq.ParquetWriter(tmp, plan.schema, compression="zstd") as w,
+    ):
         for batch in batches:
             w.write_table(plan.apply(batch))
     return Prediction(out, plan.rows, plan.abstained, threshold)
@@ -382,9 +356,7 @@ def export_model(
     graph's path and its JSON input spec's."""
     out = Path(out)
     if fmt is None:
-        fmt = {".onnx": "onnx", ".pt": "torchscript", ".torchscript": "torchscript"}.get(
-            out.suffix.lower()
-        )
+        fmt = GRAPH_SUFFIXES.get(out.suffix.lower())
         if fmt is None:
             raise ConfigError(
                 f"--out {str(out)!r}: pass --format {' or '.join(FORMATS)} (or name a .onnx or "
@@ -394,6 +366,22 @@ def export_model(
     return out, export_graph(student, out, fmt, overwrite)
 
 
-def has_student(path: str | Path) -> bool:
-    """Whether ``path`` is a model directory or a run directory with a student."""
-    return student_dir_of(path) is not None
+def exports_model(path: str | Path, out: str | Path, fmt: str | None) -> bool:
+    """Whether ``refine export`` exports a student (else the data): ``path`` is a model directory,
+    or a ``--format`` or a graph's suffix (``.onnx``, ``.pt``) asks for one. Raises
+    ``InputError`` when one is asked for and ``path`` holds none."""
+    graph = fmt is not None or Path(out).suffix.lower() in GRAPH_SUFFIXES
+    if is_model_dir(path):
+        return True
+    if graph and student_dir_of(path) is None:
+        what = (
+            "a refine run without a student"
+            if (Path(path) / "run.json").is_file()
+            else "not a refine model directory"
+        )
+        raise InputError(
+            f"{str(path)!r} is {what}, so there is no model to export; write one with refine "
+            "distill RUN_DIR --out MODEL_DIR (or refine run ... --student), or export the data "
+            "to a .parquet file"
+        )
+    return graph

@@ -56,6 +56,14 @@ from refine.learn.checkpoint import (
     open_checkpoint,
 )
 from refine.learn.crossfit import CrossFit, FoldRunner
+from refine.learn.modeldir import (
+    RUN_STUDENT_DIR,
+    StudentModel,
+    describe_student,
+    save_into,
+    train_student,
+)
+from refine.learn.student import count_parameters
 from refine.progress import NULL_PROGRESS, Progress, logger, trust_lines
 from refine.rounds import Rounds, RoundsResult, augmenter
 
@@ -185,9 +193,12 @@ def _run(
 
         student = distill(labelled_table, state.decisions, config, progress, timings, runner)
         kept = (student.crossfit, student.encoder)
+    deployable = _student_model(labelled_table, X, encoder, config, state, timings, out)
     summary = summarise_run(labelled_table, encoder, config, state, timings, source, command)
     if kept is not None:
         summary["student"] = student.summary
+    if deployable is not None:
+        summary["student_model"] = describe_student(deployable)
     extra = None
     if votes is not None:
         annotators = crowd.annotators_table_of(votes, state, verified)
@@ -195,10 +206,64 @@ def _run(
         summary["annotators"]["consensus"] = crowd.describe_choice(choice)
         extra = {"annotators.parquet": annotators}
     result = finish_run(
-        labelled_table, encoder, config, state, summary, out, overwrite, extra, kept=kept
+        labelled_table,
+        encoder,
+        config,
+        state,
+        summary,
+        out,
+        overwrite,
+        extra,
+        kept=kept,
+        student=deployable,
     )
     result.annotators = extra["annotators.parquet"] if extra else None
     return result
+
+
+def _student_model(
+    data: LabelledTable,
+    X: np.ndarray,
+    encoder: FeatureEncoder,
+    config: RunConfig,
+    state: RoundsResult,
+    timings: dict[str, float],
+    out: str | Path | None,
+) -> StudentModel | None:
+    """With ``config.student``: one student trained on the final soft labels, for
+    RUN_DIR/student/ (refine.deploy describes it)."""
+    if not config.student:
+        return None
+    started = time.perf_counter()
+    k = state.decisions.soft.shape[1]
+    teacher = sum(
+        len(m.states_) * count_parameters(tuple(m.hidden), X.shape[1], k)
+        for fold in state.crossfit.models
+        for m in fold
+    )
+    source = {"run": str(Path(out).resolve()) if out is not None else None, "folds": config.folds}
+    schema = data.table.schema
+    classes = pa.array(data.class_values())
+    if config.label in schema.names:
+        classes = classes.cast(schema.field(config.label).type)
+    student = train_student(
+        X,
+        state.decisions.soft,
+        state.decisions.weight,
+        encoder,
+        schema,
+        pa.field(config.label, classes.type),
+        classes,
+        config,
+        config.student_size,
+        config.student_temperature,
+        config.seed,
+        teacher,
+        source,
+        _versions(),
+    )
+    timings["student"] = round(time.perf_counter() - started, 4)
+    return student
 
 
 def _rounds(
@@ -314,6 +379,7 @@ def finish_run(
     overwrite: bool,
     extra_files: dict[str, pa.Table] | None = None,
     kept: tuple[CrossFit, FeatureEncoder] | None = None,
+    student: StudentModel | None = None,
 ) -> RunResult:
     """Build the output tables from the last round and write the run directory atomically,
     with ``extra_files`` (name -> table) beside them, and ``report.html`` (built from the
@@ -348,6 +414,8 @@ def finish_run(
                 write_parquet(table, tmp / name)
             fitted, model_encoder = kept or (state.crossfit, encoder)
             _save_model(tmp / "model.pt", fitted, model_encoder, data, config)
+            if student is not None:
+                save_into(tmp / RUN_STUDENT_DIR, student)
             summary["timings"]["write"] = round(time.perf_counter() - started, 4)
             write_json(summary, tmp / "run.json")
             if config.report:

@@ -139,15 +139,15 @@ def test_export_options_drop_rows_keep_soft_labels_and_rename_the_label(chain, t
     [
         (
             "model.onnx",
-            "--out {out!r}: refine export writes the refined data to a .parquet file, the only "
-            "export so far (a later .onnx will export the model); name a .parquet file, such "
-            "as clean.parquet",
+            "{run!r} is a refine run without a student, so there is no model to export; write "
+            "one with refine distill RUN_DIR --out MODEL_DIR (or refine run ... --student), or "
+            "export the data to a .parquet file",
         ),
         (
             "clean.csv",
-            "--out {out!r}: refine export writes the refined data to a .parquet file, the only "
-            "export so far (a later .onnx will export the model); name a .parquet file, such "
-            "as clean.parquet",
+            "--out {out!r}: refine export writes a run's refined data to a .parquet file (a "
+            "student model to .onnx or .pt, with --format); name a .parquet file, such as "
+            "clean.parquet",
         ),
         (
             "exists.parquet",
@@ -161,7 +161,8 @@ def test_export_refuses_an_out_it_cannot_write(chain, tmp_path, name, message):
     (tmp_path / "exists.parquet").write_bytes(b"kept")
     result = invoke("export", chain / "runs" / "a", "--out", out)
     assert result.exit_code == 2
-    assert result.output == f"Error: {message.format(out=str(out))}\n"
+    run = str(chain / "runs" / "a")
+    assert result.output == f"Error: {message.format(out=str(out), run=run)}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.parquet"]
     assert (tmp_path / "exists.parquet").read_bytes() == b"kept"
 

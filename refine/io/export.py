@@ -8,8 +8,8 @@ the rows of every batch of a chain of ``refine update`` runs follow one another,
 first, and which rows came from which run is recorded in the file's ``refine.export``
 metadata rather than in a column a training job would take for a feature.
 
-The suffix of ``out`` chooses what is exported: ``.parquet``, the data, is the only export so
-far; a model export (``.onnx``) can take its own suffix later without a new verb.
+This module exports the data (``.parquet``); the same verb exports a student model as a graph
+(``.onnx``, ``.pt``: ``refine.deploy.export_model``), told apart by the directory and suffix.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def export_data(
     out = Path(out)
     if out.suffix.lower() != DATA_SUFFIX:
         raise ConfigError(
-            f"--out {str(out)!r}: refine export writes the refined data to a .parquet file, the "
-            "only export so far (a later .onnx will export the model); name a .parquet file, "
-            "such as clean.parquet"
+            f"--out {str(out)!r}: refine export writes a run's refined data to a .parquet file "
+            "(a student model to .onnx or .pt, with --format); name a .parquet file, such as "
+            "clean.parquet"
         )
     runs = run_chain(run_dir) if chain else [open_run(run_dir)]
     _check_out(out, runs, overwrite)

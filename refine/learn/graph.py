@@ -10,6 +10,7 @@ order and every fitted parameter of their encoding, so a serving job can reprodu
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,15 @@ class Deployed(nn.Module):
     """``forward(numeric (N, P), encoded (N, Q))`` -> probabilities ``(N, K)``; either input is
     absent when no column needs it (``has_numeric``, ``has_encoded``)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    indicators: torch.Tensor
+    place: torch.Tensor
+
     def __init__(self, model: StudentModel):
         super().__init__()
-        numeric, other, indicator_of = [], [], []
+        numeric: list[tuple[NumericEncoder, int]] = []
+        other: list[int] = []
         start = 0
         for encoder in model.encoder.encoders:
             if isinstance(encoder, NumericEncoder):
@@ -50,7 +57,9 @@ class Deployed(nn.Module):
         order += other
         place = np.empty(len(order), np.int64)
         place[np.asarray(order, np.int64)] = np.arange(len(order))
-        self.register_buffer("mean", torch.tensor([e.mean for e, _ in numeric], dtype=torch.float32))
+        self.register_buffer(
+            "mean", torch.tensor([e.mean for e, _ in numeric], dtype=torch.float32)
+        )
         self.register_buffer("std", torch.tensor([e.std for e, _ in numeric], dtype=torch.float32))
         self.register_buffer("indicators", torch.tensor(indicator_of, dtype=torch.int64))
         self.register_buffer("place", torch.from_numpy(place))
@@ -83,7 +92,13 @@ def spec_of(model: StudentModel, fmt: str) -> dict[str, Any]:
         "refine": VERSION,
         "inputs": {
             **(
-                {"numeric": {"dtype": "float32", "columns": numeric, "encoding": "inside the graph"}}
+                {
+                    "numeric": {
+                        "dtype": "float32",
+                        "columns": numeric,
+                        "encoding": "inside the graph",
+                    }
+                }
                 if numeric
                 else {}
             ),
@@ -91,7 +106,9 @@ def spec_of(model: StudentModel, fmt: str) -> dict[str, Any]:
                 {
                     "encoded": {
                         "dtype": "float32",
-                        "width": sum(e.width for e in encoders if not isinstance(e, NumericEncoder)),
+                        "width": sum(
+                            e.width for e in encoders if not isinstance(e, NumericEncoder)
+                        ),
                         "columns": encoded,
                     }
                 }
@@ -140,7 +157,9 @@ def export_graph(model: StudentModel, out: str | Path, fmt: str, overwrite: bool
     width_p = len(spec_of(model, fmt)["inputs"].get("numeric", {}).get("columns", []))
     width_q = graph.place.numel() - width_p - int(graph.indicators.numel())
     example = (torch.zeros(2, width_p), torch.zeros(2, width_q))
-    with atomic_file(out, overwrite) as tmp:
+    # torch deprecates both exporters' entry points, but they are what runs offline today.
+    with atomic_file(out, overwrite) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(graph, example)

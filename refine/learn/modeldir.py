@@ -14,6 +14,7 @@ serialised Arrow for ``refine predict`` to check new data against.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -22,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
-from refine.config import VERSION
+from refine.config import VERSION, RunConfig
 from refine.encode.features import FeatureEncoder
 from refine.errors import InputError, OutputError
 from refine.io.write import atomic_directory, write_json
-from refine.learn.student import StudentFit, StudentNet
+from refine.learn.crossfit import make_folds
+from refine.learn.student import StudentFit, StudentNet, fit_student, parse_size
 
 STUDENT_FORMAT = "refine.student/1"
 MANIFEST = "model.json"
@@ -97,6 +100,21 @@ def manifest_of(
         "n_features": net.n_features,
         **summary,
     }
+
+
+def describe_student(model: StudentModel) -> dict[str, Any]:
+    """What run.json says of a run's student (the manifest less its schema and quantiles)."""
+    keys = (
+        "hidden",
+        "parameters",
+        "teacher_parameters",
+        "parameter_share",
+        "temperature",
+        "soft_temperature",
+        "calibration",
+        "risk_coverage",
+    )
+    return {"path": RUN_STUDENT_DIR, **{k: model.manifest.get(k) for k in keys}}
 
 
 def write_model_dir(out: Path, model: StudentModel, overwrite: bool) -> None:
@@ -205,4 +223,35 @@ def load_model_dir(path: str | Path, device: str = "auto") -> StudentModel:
     except (pickle.UnpicklingError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"cannot load the model {str(found)!r}: {exc}") from None
     schema = pa.schema([f for f in full if f.name != label_field.name])
-    return StudentModel(net, encoder, schema, label_field, classes, {**manifest, "path": str(found)})
+    return StudentModel(
+        net, encoder, schema, label_field, classes, {**manifest, "path": str(found)}
+    )
+
+
+def train_student(
+    X: np.ndarray,
+    soft: np.ndarray,
+    weight: np.ndarray,
+    encoder: FeatureEncoder,
+    schema: pa.Schema,
+    label_field: pa.Field,
+    classes: pa.Array,
+    config: RunConfig,
+    size: str,
+    soft_temperature: float,
+    seed: int,
+    teacher_parameters: int,
+    source: dict[str, Any],
+    versions: dict[str, str],
+    device: str = "auto",
+) -> StudentModel:
+    """The student of encoded rows ``X`` ``(N, D)``, soft labels ``soft`` ``(N, K)`` and
+    weights ``(N,)``; its calibration folds are the run's (``config.folds``, ``config.seed``)
+    over the soft labels' most likely class."""
+    hidden = parse_size(size, X.shape[1], soft.shape[1], config.model.hidden)
+    folds = make_folds(soft.argmax(1), config.folds, config.seed)
+    model = config.model if device == "auto" else dataclasses.replace(config.model, device=device)
+    fit = fit_student(X, soft, weight, folds, hidden, model, seed, soft_temperature)
+    fit.summary["teacher_parameters"] = teacher_parameters
+    fit.summary["parameter_share"] = round(fit.net.parameters / max(teacher_parameters, 1), 6)
+    return make_student(fit, encoder, schema, label_field, classes, versions, source)

@@ -42,7 +42,9 @@ def count_parameters(hidden: tuple[int, ...], n_features: int, n_classes: int) -
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
-def parse_size(spec: str, n_features: int, n_classes: int, default: tuple[int, ...]) -> tuple[int, ...]:
+def parse_size(
+    spec: str, n_features: int, n_classes: int, default: tuple[int, ...]
+) -> tuple[int, ...]:
     """Hidden widths from ``--student-size``: ``auto`` (``default``), widths such as ``64`` or
     ``128,64``, or a parameter budget ``params:20000`` (two equal hidden layers, as wide as the
     budget allows)."""

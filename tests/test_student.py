@@ -1,0 +1,248 @@
+"""The deployable student: refine run --student, refine distill, refine predict, refine export."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import FAST, noisy_table
+
+import refine
+from refine import deploy
+from refine.cli import cli
+from refine.errors import ConfigError, InputError
+from refine.learn.graph import split_inputs
+from refine.learn.modeldir import load_model_dir
+from refine.learn.student import count_parameters, parse_size, risk_coverage
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory):
+    """A run with a student on the noisy table (numeric with nulls, a dictionary category, an
+    embedding), its input file and the true labels."""
+    root = tmp_path_factory.mktemp("student")
+    table, truth = noisy_table()
+    pq.write_table(table, root / "data.parquet")
+    settings = dict(ignore=("id",), seed=0, report=False, student=True, student_size="32")
+    refine.run(root / "data.parquet", root / "run", **settings, **FAST)
+    return root, table, truth
+
+
+def files(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_parse_size_reads_widths_budgets_and_auto():
+    assert parse_size("128,64", 10, 3, (256,)) == (128, 64)
+    assert parse_size("auto", 10, 3, (256, 256)) == (256, 256)
+    width = parse_size("params:20000", 10, 3, (256,))[0]
+    assert count_parameters((width, width), 10, 3) <= 20000
+    assert count_parameters((width + 1, width + 1), 10, 3) > 20000
+    with pytest.raises(ConfigError, match="params:20000"):
+        parse_size("params:5", 10, 3, (256,))
+    with pytest.raises(ConfigError, match="hidden widths such as 64"):
+        parse_size("wide", 10, 3, (256,))
+
+
+def test_risk_coverage_answers_the_most_confident_rows_first():
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])  # the two least confident rows: one wrong, one right
+    curve = {round(p["coverage"], 2): p for p in risk_coverage(proba, labels)}
+    assert curve[0.5]["accuracy"] == 1.0 and curve[0.5]["threshold"] == 0.8
+    assert curve[0.75]["accuracy"] == pytest.approx(2 / 3)
+    assert curve[1.0]["accuracy"] == 0.75 and curve[1.0]["threshold"] == 0.55
+
+
+def test_run_writes_a_student_whose_predictions_predict_reproduces(student_run):
+    root, table, truth = student_run
+    summary = json.loads((root / "run" / "run.json").read_text())["student_model"]
+    assert summary["hidden"] == [32] and summary["parameter_share"] <= 1 / FAST["folds"]
+    curve = summary["risk_coverage"]
+    assert curve[-1]["coverage"] == 1.0
+    assert curve[-1]["accuracy"] == summary["calibration"]["oof_accuracy"]
+    student = load_model_dir(root / "run")
+    own = student.net.predict_proba(student.encoder.transform(table))
+    result = deploy.predict(root / "run", root / "data.parquet", batch_rows=50)
+    out = result.table
+    assert out.num_rows == table.num_rows and result.abstained == 0
+    assert out.select(table.column_names).equals(table)
+    proba = np.array(out.column("label_proba").to_pylist(), np.float32)
+    np.testing.assert_array_equal(proba, own)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-6)
+    assert out.column("label_predicted").to_pylist() == own.argmax(1).tolist()
+    np.testing.assert_array_equal(out.column("confidence").to_numpy(), own.max(1))
+    assert (own.argmax(1) == truth).mean() > 0.9
+
+
+def test_distill_is_deterministic_and_saves_what_it_trained(student_run, tmp_path):
+    root, table, _ = student_run
+    first = deploy.distill(root / "run", tmp_path / "m", size="params:2000")
+    again = deploy.distill(root / "run", size="params:2000")
+    for name, tensor in first.net.state.items():
+        assert torch_equal(tensor, again.net.state[name])
+    loaded = load_model_dir(tmp_path / "m")
+    X = first.encoder.transform(table)
+    np.testing.assert_array_equal(loaded.net.predict_proba(X), first.net.predict_proba(X))
+    assert loaded.manifest["classes"] == [0, 1, 2]
+    assert [f["name"] for f in loaded.manifest["input_schema"]] == ["x0", "x1", "colour", "emb"]
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
+
+
+def test_predict_abstains_below_the_threshold_or_coverage(student_run, tmp_path):
+    root, _, _ = student_run
+    out = tmp_path / "pred.parquet"
+    result = invoke("predict", root / "run", root / "data.parquet", "--out", out, "--coverage", 0.5)
+    assert result.exit_code == 0, result.output
+    written = pq.read_table(out)
+    confidence = written.column("confidence").to_numpy()
+    threshold = json.loads(written.schema.metadata[b"refine.predict"])["threshold"]
+    quantiles = load_model_dir(root / "run").manifest["confidence_quantiles"]
+    assert threshold == pytest.approx(np.quantile(quantiles, 0.5))
+    np.testing.assert_array_equal(written.column("abstain").to_numpy(), confidence < threshold)
+    both = invoke(
+        "predict", root / "run", root / "data.parquet", "--out", tmp_path / "x.parquet",
+        "--coverage", 0.5, "--min-confidence", 0.9,
+    )  # fmt: skip
+    assert both.exit_code == 2
+    assert both.output == "Error: pass --min-confidence or --coverage, not both\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda t: t.drop_columns(["x0"]),
+            "column 'x0' is missing: the student reads it (float); add it",
+        ),
+        (
+            lambda t: t.set_column(1, "x0", pa.array([str(v) for v in t.column("x0").to_pylist()])),
+            "column 'x0' has type string, but the student was trained on float; cast it to float",
+        ),
+        (
+            lambda t: t.set_column(
+                3, "colour", pa.array(["red"] * 5 + ["purple"] + ["red"] * (t.num_rows - 6))
+            ),
+            None,
+        ),
+    ],
+    ids=["missing", "type", "category"],
+)
+def test_predict_refuses_data_that_does_not_fit_and_writes_nothing(
+    student_run, tmp_path, change, message
+):
+    root, table, _ = student_run
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(change(table), bad)
+    result = invoke("predict", root / "run", bad, "--out", tmp_path / "pred.parquet")
+    assert result.exit_code == 2
+    if message is None:
+        message = (
+            "column 'colour' holds 'purple' (row 5), a category the student never saw in training "
+            "(it knows 'blue', 'green', 'red'); map it to a known category or to null"
+        )
+        assert result.output == f"Error: {message}\n"
+    else:
+        assert result.output == f"Error: the data does not fit the student:\n  {message}\n"
+    assert files(tmp_path) == ["bad.parquet"]
+
+
+def test_a_new_class_in_the_label_column_is_not_an_error(student_run):
+    root, table, _ = student_run
+    labels = table.column("label").to_numpy().copy()
+    labels[:3] = 7
+    result = deploy.predict(root / "run", table.set_column(5, "label", pa.array(labels)))
+    assert result.rows == table.num_rows
+    assert result.table.column("label").to_pylist()[:3] == [7, 7, 7]
+
+
+def test_onnx_and_torchscript_graphs_give_refines_probabilities(student_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    root, table, _ = student_run
+    student = load_model_dir(root / "run")
+    X = student.encoder.transform(table)
+    expected = student.net.predict_proba(X)
+    numeric, encoded = split_inputs(student, X, table)
+    assert invoke("export", root / "run", "--out", tmp_path / "s.onnx").exit_code == 0
+    spec = json.loads((tmp_path / "s.onnx.json").read_text())
+    assert spec["inputs"]["numeric"]["columns"] == ["x0", "x1"]
+    assert [c["column"] for c in spec["inputs"]["encoded"]["columns"]] == ["colour", "emb"]
+    session = ort.InferenceSession(str(tmp_path / "s.onnx"))
+    got = session.run(None, {"numeric": numeric, "encoded": encoded})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    result = invoke("export", root / "run", "--format", "torchscript", "--out", tmp_path / "s.pt")
+    assert result.exit_code == 0, result.output
+    graph = torch.jit.load(str(tmp_path / "s.pt"))
+    with torch.no_grad():
+        got = graph(torch.from_numpy(numeric), torch.from_numpy(encoded)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_export_of_a_model_dir_needs_a_format_or_suffix(student_run, tmp_path):
+    root, _, _ = student_run
+    result = invoke("export", root / "run" / "student", "--out", tmp_path / "s.bin")
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: --out {str(tmp_path / 's.bin')!r}: pass --format onnx or torchscript (or name "
+        "a .onnx or .pt file)\n"
+    )
+
+
+def test_a_changed_weights_file_is_refused(student_run, tmp_path):
+    root, _, _ = student_run
+    model = tmp_path / "m"
+    deploy.distill(root / "run", model, size="8")
+    with open(model / "student.pt", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(InputError, match="does not match the sha256 in model.json"):
+        load_model_dir(model)
+
+
+def test_predict_streams_a_large_file_in_batches(student_run, tmp_path, monkeypatch):
+    """200k rows predicted 5k at a time: no batch is larger, and the Python-side peak stays
+    far below what the whole file's features would take (reading it whole peaks near 16x)."""
+    root, table, _ = student_run
+    rows = 200_000
+    rng = np.random.default_rng(0)
+    big = pa.table(
+        {
+            "x0": rng.normal(size=rows).astype(np.float32),
+            "x1": rng.normal(size=rows),
+            "colour": pa.array(np.array(["red", "green", "blue"])[rng.integers(0, 3, rows)]),
+            "emb": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.normal(size=2 * rows).astype(np.float32)), 2
+            ),
+        }
+    )
+    pq.write_table(big, tmp_path / "big.parquet", row_group_size=5_000)
+    seen = []
+    net = load_model_dir(root / "run").net
+    original = type(net).predict_proba
+
+    def counting(self, X):
+        seen.append(len(X))
+        return original(self, X)
+
+    monkeypatch.setattr(type(net), "predict_proba", counting)
+    tracemalloc.start()
+    result = deploy.predict(
+        root / "run", tmp_path / "big.parquet", tmp_path / "pred.parquet", batch_rows=5_000
+    )
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.rows == rows and sum(seen) == rows and max(seen) == 5_000
+    whole = rows * net.n_features * 4  # the whole file's encoded features, float32
+    assert peak < whole / 2, (peak, whole)
+    assert pq.ParquetFile(tmp_path / "pred.parquet").metadata.num_rows == rows
