@@ -215,7 +215,8 @@ def report(results: dict[str, list[dict]], command: str, k: int) -> str:
     seed_head = (
         "| set | seed | ensemble acc | student acc | given acc | ECE ens | ECE stu | ECE given | "
         "params ens / stu | bytes ens / stu | rows/s ens / stu | stu acc @80% | distill s |\n|"
-        + "---|" * 13
+        + "---|"
+        * 13
     )
     lines, seeds = [], []
     for name, cases in results.items():
@@ -231,8 +232,13 @@ def report(results: dict[str, list[dict]], command: str, k: int) -> str:
         f"at `{commit}`. Machine: {platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}. How each figure is made: the docstring of "
         "`benchmarks/student.py`. Medians over seeds; accuracy and ECE on the clean test split.\n\n"
-        f"{head}\n" + "\n".join(lines) + "\n\n## Per seed\n\n" + seed_head + "\n"
-        + "\n".join(seeds) + "\n"
+        f"{head}\n"
+        + "\n".join(lines)
+        + "\n\n## Per seed\n\n"
+        + seed_head
+        + "\n"
+        + "\n".join(seeds)
+        + "\n"
     )
 
 
@@ -259,9 +265,9 @@ def main() -> None:
                 case = real_case(name, seed, args.data, Path(tmp) / name)
                 results.setdefault(f"wrench-{name}", []).append({"seed": seed, **case})
                 print(name, seed, json.dumps({a: case[a]["accuracy"] for a in case}), flush=True)
-    command = "python benchmarks/student.py " + " ".join(
-        f"--{k} {v}" for k, v in (("seeds", args.seeds), ("recipes", args.recipes), ("real", args.real))
-    )
+    options = [("seeds", args.seeds), ("recipes", args.recipes), ("real", args.real)]
+    options += [("data", str(args.data))] if args.real else []
+    command = "python benchmarks/student.py " + " ".join(f"--{k} {v}" for k, v in options)
     text = report(results, command, 5)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))

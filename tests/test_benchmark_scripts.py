@@ -670,3 +670,30 @@ def test_crowd_main_scores_every_method_on_wrench_files(tmp_path, monkeypatch):
     # The held-out choice is reported, and refine given the votes scores a label per row.
     assert "held-out's choice: youtube " in out.read_text()
     assert 0.5 <= scores["held-out"] <= 1 and 0.5 <= scores["refine(votes)"] <= 1
+
+
+def test_student_main_compares_student_ensemble_and_given(tmp_path, monkeypatch, fast_refine):
+    from refine.bench.recipes import generated_text
+
+    student = script("student")
+    monkeypatch.setattr(student, "TIMED_ROWS", 2_000)
+    texts, truth = generated_text(160, 2, random_state=0)
+    for split, rows in (("train", slice(0, 120)), ("test", slice(120, 160))):
+        pq.write_table(
+            pa.table({"text": texts[rows].tolist(), "label": truth[rows]}),
+            tmp_path / f"wrench_tiny_{split}.parquet",
+        )
+    out = tmp_path / "student.md"
+    argv = ["student.py", "--seeds", "0", "--recipes", "wine-sym20", "--real", "tiny"]
+    argv += ["--data", str(tmp_path), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    student.main()
+    text = out.read_text()
+    assert "--recipes wine-sym20 --real tiny" in text
+    for name in ("wine-sym20", "wrench-tiny"):
+        summary, seed = _table_rows(text, name)
+        ensemble, single = _share(summary[1]), _share(summary[2])
+        assert summary[3] == f"{single / ensemble:.1%}"
+        assert seed[2] == summary[1] and seed[3] == summary[2]  # one seed: its figures
+        params = [int(p.replace(",", "")) for p in seed[8].split(" / ")]
+        assert params[1] < params[0]  # the student is one of the ensemble's networks

@@ -83,6 +83,18 @@ def test_run_writes_a_student_whose_predictions_predict_reproduces(student_run):
     assert (own.argmax(1) == truth).mean() > 0.9
 
 
+def test_the_report_shows_the_students_risk_coverage(student_run):
+    from refine.report.html import build_report
+
+    root, _, _ = student_run
+    student = json.loads((root / "run" / "run.json").read_text())["student_model"]
+    page = build_report(root / "run")
+    assert "Risk-coverage curve of the student" in page
+    assert f"{student['parameters']:,} parameters" in page
+    last = student["risk_coverage"][-1]
+    assert f'<td class="num">100%</td><td class="num">{last["threshold"]:.4f}</td>' in page
+
+
 def test_distill_is_deterministic_and_saves_what_it_trained(student_run, tmp_path):
     root, table, _ = student_run
     first = deploy.distill(root / "run", tmp_path / "m", size="params:2000")

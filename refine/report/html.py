@@ -35,6 +35,7 @@ from refine.report import plots
 from refine.report.columns import columns_section, run_key
 from refine.report.metrics import flag_scores, label_accuracy
 from refine.report.page import document, escape, figure, note, table
+from refine.report.student import student_section
 
 REPORT_NAME = "report.html"
 NOT_RECORDED = "not recorded"
@@ -88,7 +89,7 @@ def build_report(run_dir: str | Path) -> str:
     Sections: summary, columns (the key, the features and how each was read, the ignored and
     skipped columns), trust (whether refine changed labels and why; what the verified rows
     show), estimated noise matrix (plot and counts), label quality, calibration, rounds, classes,
-    the likely wrong labels and, when ``refined.parquet`` has the truth (``label_true``,
+    the likely wrong labels, the student of ``refine run --student`` and, when ``refined.parquet`` has the truth (``label_true``,
     ``is_noisy``, as ``refine datasets build`` writes them), scores against it. A field an
     older run did not record shows as "not recorded".
     """
@@ -109,6 +110,8 @@ def build_report(run_dir: str | Path) -> str:
             consensus = (run.summary.get("annotators") or {}).get("consensus")
             section = _consensus_note(consensus) + _annotators_section(run.annotators)
             sections.insert(3, ("annotators", "Annotators", section))
+        if run.summary.get("student_model"):
+            sections.append(("student", "Student", student_section(run.summary["student_model"])))
         truth = _truth_section(run)
         if truth is not None:
             sections.append(("truth", "Against the true labels", truth))

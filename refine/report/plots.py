@@ -258,6 +258,18 @@ def round_curves(columns: dict[str, list]) -> str:
     return _svg(figure)
 
 
+def risk_coverage(curve: list[dict[str, float]]) -> str:
+    """Accuracy against coverage (``[{"coverage", "accuracy"}, ...]``, run.json's student)."""
+    figure = _new_figure(4.6, 2.7)
+    figure.subplots_adjust(**_margins(figure, 0.7, 0.2, 0.55, 0.3))
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], marker="o", color=BLUE)
+    ax.set_xlabel("coverage (share of rows answered)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("student: risk-coverage, out of fold")
+    return _svg(figure)
+
+
 def _plain_numbers() -> Any:
     """Tick labels 1, 10, 100 rather than 10^0, 10^1, 10^2."""
     from matplotlib.ticker import FuncFormatter
