@@ -123,7 +123,20 @@ def spec_of(model: StudentModel, fmt: str) -> dict[str, Any]:
 
 def _params(encoder: Any) -> dict[str, Any]:
     state = getattr(encoder, "state", None)
-    return state() if state is not None else {}
+    return _plain(state()) if state is not None else {}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its tensors and arrays as (nested) lists, for JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    return value
 
 
 def split_inputs(model: StudentModel, X: np.ndarray, table: Any) -> tuple[np.ndarray, np.ndarray]:
