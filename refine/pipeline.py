@@ -193,7 +193,7 @@ def _run(
 
         student = distill(labelled_table, state.decisions, config, progress, timings, runner)
         kept = (student.crossfit, student.encoder)
-    deployable = _student_model(labelled_table, X, encoder, config, state, timings, out)
+    deployable = student_model(labelled_table, X, encoder, config, state, timings, out)
     summary = summarise_run(labelled_table, encoder, config, state, timings, source, command)
     if kept is not None:
         summary["student"] = student.summary
@@ -221,7 +221,7 @@ def _run(
     return result
 
 
-def _student_model(
+def student_model(
     data: LabelledTable,
     X: np.ndarray,
     encoder: FeatureEncoder,
@@ -230,8 +230,8 @@ def _student_model(
     timings: dict[str, float],
     out: str | Path | None,
 ) -> StudentModel | None:
-    """With ``config.student``: one student trained on the final soft labels, for
-    RUN_DIR/student/ (refine.deploy describes it)."""
+    """With ``config.student``: one student trained on the final soft labels of ``data``'s rows
+    (encoded ``X`` ``(N, D)``), for RUN_DIR/student/ (docs/predict.md)."""
     if not config.student:
         return None
     started = time.perf_counter()

@@ -42,6 +42,7 @@ from refine.io.write import check_output, output_lock
 from refine.learn.calibrate import apply_temperature
 from refine.learn.crossfit import ensemble_agreement
 from refine.learn.model import MLPClassifier
+from refine.learn.modeldir import describe_student
 from refine.pipeline import (
     MODEL_FORMAT,
     RunResult,
@@ -49,6 +50,7 @@ from refine.pipeline import (
     finish_run,
     note_reader,
     refine_rounds,
+    student_model,
     summarise_run,
     with_options,
 )
@@ -283,7 +285,10 @@ def _update(
             verified=verified,
         )
     )
+    student = student_model(batch, X, previous.encoder, config, state, timings, out)
     summary = summarise_run(batch, previous.encoder, config, state, timings, source, command, key)
+    if student is not None:
+        summary["student_model"] = describe_student(student)
     # --rounds counts retraining rounds; the earlier model's judgement is round 1 of
     # rounds.parquet, said apart so the count matches what was asked.
     summary["rounds_run"] = len(state.rounds) - 1
@@ -305,6 +310,7 @@ def _update(
         out,
         overwrite,
         extra_files={"history.parquet": history},
+        student=student,
     )
 
 

@@ -258,3 +258,13 @@ def test_predict_streams_a_large_file_in_batches(student_run, tmp_path, monkeypa
     whole = rows * net.n_features * 4  # the whole file's encoded features, float32
     assert peak < whole / 2, (peak, whole)
     assert pq.ParquetFile(tmp_path / "pred.parquet").metadata.num_rows == rows
+
+
+def test_an_update_of_a_run_with_a_student_writes_the_batchs_student(student_run, tmp_path):
+    root, table, _ = student_run
+    batch = noisy_table(120, seed=5)[0]
+    refine.update(root / "run", batch, tmp_path / "next", rounds=1)
+    summary = json.loads((tmp_path / "next" / "run.json").read_text())
+    assert summary["config"]["student"] and summary["student_model"]["hidden"] == [32]
+    result = deploy.predict(tmp_path / "next", batch)
+    assert result.rows == 120
