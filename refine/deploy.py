@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from refine.config import VERSION, RunConfig
+from refine.config import VERSION
 from refine.encode.features import OneHotEncoder
 from refine.errors import ConfigError, InputError, OutputError
 from refine.io.conform import _cast, _holds
@@ -31,13 +31,14 @@ from refine.io.write import atomic_file
 from refine.learn.graph import FORMATS, export_graph
 from refine.learn.modeldir import (
     StudentModel,
+    check_model_out,
     is_model_dir,
     load_model_dir,
     student_dir_of,
     train_student,
     write_model_dir,
 )
-from refine.learn.student import count_parameters, coverage_threshold
+from refine.learn.student import coverage_threshold, network_parameters
 from refine.pipeline import _versions
 from refine.progress import NULL_PROGRESS, Progress
 from refine.update import load_run
@@ -76,7 +77,9 @@ def distill(
     seed : int, optional
         Seeds the student's fits; None: the run's seed.
     """
-    config, student = _distill(run_dir, size, soft_temperature, seed, device, progress)
+    if out is not None:
+        check_model_out(Path(out), overwrite)  # before the training, not after
+    student = _distill(run_dir, size, soft_temperature, seed, device, progress)
     if out is not None:
         write_model_dir(Path(out), student, overwrite)
         student.manifest["path"] = str(out)
@@ -90,7 +93,7 @@ def _distill(
     seed: int | None,
     device: str,
     progress: Progress,
-) -> tuple[RunConfig, StudentModel]:
+) -> StudentModel:
     _check_soft_temperature(soft_temperature)
     previous = load_run(run_dir, device)
     config = previous.config
@@ -98,12 +101,9 @@ def _distill(
     soft = _soft_labels(table.column("label_soft"), len(previous.classes))
     weight = table.column("sample_weight").to_numpy(zero_copy_only=False).astype(np.float32)
     X = previous.encoder.transform(table)
-    teacher = sum(
-        len(m.states_) * count_parameters(tuple(m.hidden), X.shape[1], soft.shape[1])
-        for m in previous.models
-    )
+    teacher = sum(network_parameters(m) for m in previous.models)
     progress.note(f"distilling {table.num_rows:,} rows of {run_dir} into one student")
-    return config, train_student(
+    return train_student(
         X,
         soft,
         weight,

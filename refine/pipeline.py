@@ -63,7 +63,7 @@ from refine.learn.modeldir import (
     save_into,
     train_student,
 )
-from refine.learn.student import count_parameters
+from refine.learn.student import network_parameters
 from refine.progress import NULL_PROGRESS, Progress, logger, trust_lines
 from refine.rounds import Rounds, RoundsResult, augmenter
 
@@ -235,12 +235,7 @@ def student_model(
     if not config.student:
         return None
     started = time.perf_counter()
-    k = state.decisions.soft.shape[1]
-    teacher = sum(
-        len(m.states_) * count_parameters(tuple(m.hidden), X.shape[1], k)
-        for fold in state.crossfit.models
-        for m in fold
-    )
+    teacher = sum(network_parameters(m) for fold in state.crossfit.models for m in fold)
     source = {"run": str(Path(out).resolve()) if out is not None else None, "folds": config.folds}
     schema = data.table.schema
     classes = pa.array(data.class_values())

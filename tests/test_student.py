@@ -268,3 +268,17 @@ def test_an_update_of_a_run_with_a_student_writes_the_batchs_student(student_run
     assert summary["config"]["student"] and summary["student_model"]["hidden"] == [32]
     result = deploy.predict(tmp_path / "next", batch)
     assert result.rows == 120
+
+
+def test_distill_refuses_an_existing_out_before_training(student_run, tmp_path, monkeypatch):
+    root, _, _ = student_run
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    monkeypatch.setattr(deploy, "_distill", lambda *a, **k: pytest.fail("trained anyway"))
+    result = invoke("distill", root / "run", "--out", tmp_path / "taken")
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: --out {str(tmp_path / 'taken')!r} exists and is not a refine model directory "
+        "(no model.json), and refine never replaces one; choose another --out\n"
+    )
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"

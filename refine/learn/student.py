@@ -42,6 +42,11 @@ def count_parameters(hidden: tuple[int, ...], n_features: int, n_classes: int) -
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
+def network_parameters(model: MLPClassifier) -> int:
+    """Parameters a fitted classifier evaluates per row: its network's, once per kept snapshot."""
+    return len(model.states_) * sum(p.numel() for p in model.network_.parameters())
+
+
 def parse_size(
     spec: str, n_features: int, n_classes: int, default: tuple[int, ...]
 ) -> tuple[int, ...]:
