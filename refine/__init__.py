@@ -2,6 +2,7 @@
 
 from refine.config import VERSION as __version__
 from refine.config import ModelConfig, RunConfig
+from refine.deploy import Prediction, distill, export_model, predict
 from refine.errors import ConfigError, InputError, OutputError, RefineError
 from refine.io.export import Export, export_data
 from refine.pipeline import RunResult, run
@@ -13,13 +14,17 @@ __all__ = [
     "InputError",
     "ModelConfig",
     "OutputError",
+    "Prediction",
     "PreviousRun",
     "RefineError",
     "RunConfig",
     "RunResult",
     "__version__",
+    "distill",
+    "export_model",
     "export_data",
     "load_run",
+    "predict",
     "run",
     "update",
 ]
