@@ -282,3 +282,12 @@ def test_distill_refuses_an_existing_out_before_training(student_run, tmp_path, 
         "(no model.json), and refine never replaces one; choose another --out\n"
     )
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_run_options_of_the_student_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="Pass one of them"):
+        refine.RunConfig(student=True, teacher_features=("a",), student_features=("b",)).validate()
+    with pytest.raises(ConfigError, match="--student-size '64,x'"):
+        refine.RunConfig(student=True, student_size="64,x").validate()
+    with pytest.raises(ConfigError, match="--student-temperature must be a number above 0"):
+        refine.RunConfig(student=True, student_temperature=0.0).validate()
