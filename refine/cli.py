@@ -811,6 +811,11 @@ def export_command(
     if exports_model(run_dir, out, fmt):
         from refine.deploy import export_model
 
+        flags = {"--drop-excluded": drop_excluded, "--soft": soft, "--as-label": as_label}
+        given = [name for name, on in {**flags, "--chain": chain}.items() if on]
+        if given:
+            raise CLIError(f"{_listed(given)} export data, not a model; drop them or --format")
+
         graph, spec = export_model(run_dir, out, fmt, overwrite=overwrite)
         click.echo(f"wrote the student to {graph}, and its inputs' spec to {spec}")
         return

@@ -291,3 +291,14 @@ def test_run_options_of_the_student_are_checked_before_any_work():
         refine.RunConfig(student=True, student_size="64,x").validate()
     with pytest.raises(ConfigError, match="--student-temperature must be a number above 0"):
         refine.RunConfig(student=True, student_temperature=0.0).validate()
+
+
+def test_export_of_a_model_refuses_the_data_options(student_run, tmp_path):
+    root, _, _ = student_run
+    result = invoke("export", root / "run", "--out", tmp_path / "s.onnx", "--soft", "--chain")
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == "Error: --soft and --chain export data, not a model; drop them or --format\n"
+    )
+    assert files(tmp_path) == []
