@@ -814,7 +814,9 @@ def export_command(
         flags = {"--drop-excluded": drop_excluded, "--soft": soft, "--as-label": as_label}
         given = [name for name, on in {**flags, "--chain": chain}.items() if on]
         if given:
-            raise CLIError(f"{_listed(given)} export data, not a model; drop them or --format")
+            raise CLIError(
+                f"{_listed(given)} apply to the data export only; a model export takes --out, --format and --overwrite"
+            )
 
         graph, spec = export_model(run_dir, out, fmt, overwrite=overwrite)
         click.echo(f"wrote the student to {graph}, and its inputs' spec to {spec}")

@@ -297,8 +297,8 @@ def test_export_of_a_model_refuses_the_data_options(student_run, tmp_path):
     root, _, _ = student_run
     result = invoke("export", root / "run", "--out", tmp_path / "s.onnx", "--soft", "--chain")
     assert result.exit_code == 2
-    assert (
-        result.output
-        == "Error: --soft and --chain export data, not a model; drop them or --format\n"
+    assert result.output == (
+        "Error: --soft and --chain apply to the data export only; a model export takes --out, "
+        "--format and --overwrite\n"
     )
     assert files(tmp_path) == []
