@@ -685,10 +685,11 @@ def test_student_main_compares_student_ensemble_and_given(tmp_path, monkeypatch,
         )
     out = tmp_path / "student.md"
     argv = ["student.py", "--seeds", "0", "--recipes", "wine-sym20", "--real", "tiny"]
-    argv += ["--data", str(tmp_path), "--out", str(out)]
+    argv += ["--data", str(tmp_path), "--predict-rows", "500", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     student.main()
     text = out.read_text()
+    assert "refine.predict end to end: 500 rows of 4 numeric columns in" in text
     assert "--recipes wine-sym20 --real tiny" in text
     for name in ("wine-sym20", "wrench-tiny"):
         summary, seed = _table_rows(text, name)
