@@ -503,6 +503,15 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     console.print(_look_at_flagged(out, s), soft_wrap=True, markup=False, highlight=False)
     if (out / "report.html").is_file():
         console.print(f"Report: {out / 'report.html'}")
+    if s.get("student_model"):
+        student = s["student_model"]
+        console.print(
+            f"Student: {out / student['path']} ({student['parameters']:,} parameters); "
+            f"predict with: refine predict {out} DATA --out PRED.parquet",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
 
 
 def _look_at_flagged(out: Path, summary: dict[str, Any]) -> str:

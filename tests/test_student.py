@@ -302,3 +302,19 @@ def test_export_of_a_model_refuses_the_data_options(student_run, tmp_path):
         "--format and --overwrite\n"
     )
     assert files(tmp_path) == []
+
+
+def test_refine_run_student_says_where_the_student_is(tmp_path):
+    table, _ = noisy_table(90)
+    pq.write_table(table, tmp_path / "data.parquet")
+    out = tmp_path / "run"
+    args = ["run", tmp_path / "data.parquet", "--out", out, "--ignore", "id", "--student"]
+    args += ["--student-size", "8", "--rounds", "1", "--folds", "3", "--max-epochs", "5"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    parameters = json.loads((out / "run.json").read_text())["student_model"]["parameters"]
+    assert (
+        f"Student: {out / 'student'} ({parameters:,} parameters); predict with: refine predict "
+        f"{out} DATA --out PRED.parquet" in result.output
+    )
+    assert files(out / "student") == ["model.json", "student.pt"]
