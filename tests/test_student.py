@@ -179,6 +179,7 @@ def test_a_new_class_in_the_label_column_is_not_an_error(student_run):
     assert result.table.column("label").to_pylist()[:3] == [7, 7, 7]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_onnx_and_torchscript_graphs_give_refines_probabilities(student_run, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch = pytest.importorskip("torch")
