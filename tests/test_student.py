@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, noisy_table
 
 import refine
 from refine import deploy
@@ -19,6 +18,7 @@ from refine.errors import ConfigError, InputError
 from refine.learn.graph import split_inputs
 from refine.learn.modeldir import load_model_dir
 from refine.learn.student import count_parameters, parse_size, risk_coverage
+from tests.conftest import FAST, noisy_table
 
 
 def invoke(*args):
