@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import refine
 from refine.cli import cli
 from refine.encode import pretrained
+from refine.encode.features import fit_features
 from refine.encode.pretrained import EmbeddingCache, encode_texts, load_text_model
 from refine.io.query import query
 from tests.conftest import TINY_WORDS, build_tiny_text_model
@@ -182,3 +183,14 @@ def test_a_hub_name_offline_without_a_local_copy_is_exit_2(table_path, tmp_path,
     assert outcome.exit_code == 2
     assert "--text-model 'someone/no-such-model' is neither a local directory" in outcome.output
     assert "HF_HUB_OFFLINE is set" in outcome.output
+
+
+def test_a_text_model_with_no_text_column_says_it_is_unused(tiny_text_model, caplog):
+    table = pa.table({"x": np.arange(40.0), "label": np.arange(40) % 2})
+    with caplog.at_level("INFO", logger="refine"):
+        encoder = fit_features(
+            table, "label", text_model=str(tiny_text_model), embedding_cache="off"
+        )
+    assert [e.kind for e in encoder.encoders] == ["numeric"]
+    assert encoder.embeddings(table) is None
+    assert f"--text-model {str(tiny_text_model)!r} is unused" in caplog.text

@@ -394,6 +394,11 @@ def fit_features(
             f"no usable feature column ({detail}). refine needs numeric, categorical, free-text, "
             "image or list<float> embedding columns besides the label"
         )
+    if pretrained is not None and not any(isinstance(e, PretrainedTextEncoder) for e in encoders):
+        progress.note(
+            f"--text-model {text_model!r} is unused: no column was read as free text; name "
+            "text columns with --text"
+        )
     return FeatureEncoder(encoders=encoders, skipped=skipped)
 
 
