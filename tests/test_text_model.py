@@ -3,6 +3,7 @@ run records the model. The model is conftest's tiny random BERT, built offline."
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -114,9 +115,14 @@ def test_a_run_writes_embeddings_records_the_model_and_reruns_from_the_cache(
     assert joined["n"].to_pylist() == [80]
 
     encoded = sum(counted)
-    again = refine.run(table_path, tmp_path / "b", **options)
-    assert sum(counted) == encoded  # the rerun encoded nothing
-    assert again.summary["features"]["columns"][0]["rows_encoded"] == 0
+    # a rerun from run.json keeps its cache setting, and finds every value there
+    config = str(tmp_path / "a" / "run.json")
+    rerun = CliRunner().invoke(cli, ["run", "--config", config, "--out", str(tmp_path / "b")])
+    assert rerun.exit_code == 0, rerun.output
+    assert "text column 'text': every embedding came from the cache" in rerun.output
+    assert sum(counted) == encoded
+    summary = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert summary["features"]["columns"][0]["rows_encoded"] == 0
     for name in ("refined.parquet", "embeddings.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -194,3 +200,15 @@ def test_a_text_model_with_no_text_column_says_it_is_unused(tiny_text_model, cap
     assert [e.kind for e in encoder.encoders] == ["numeric"]
     assert encoder.embeddings(table) is None
     assert f"--text-model {str(tiny_text_model)!r} is unused" in caplog.text
+
+
+def test_a_cache_directory_that_cannot_be_made_is_exit_2(tiny_text_model, table_path, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    cache = str(tmp_path / "file" / "cache")
+    args = ["run", str(table_path), "--text-model", str(tiny_text_model)]
+    outcome = CliRunner().invoke(
+        cli, [*args, "--embedding-cache", cache, "--out", str(tmp_path / "r")]
+    )
+    assert outcome.exit_code == 2
+    assert f"--embedding-cache {cache!r} cannot be created" in outcome.output
+    assert not (tmp_path / "r").exists()

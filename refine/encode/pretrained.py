@@ -48,7 +48,8 @@ CPU_BATCH = 64
 # On CUDA, rows per batch per GiB of the device's memory, between the two bounds below.
 CUDA_ROWS_PER_GIB = 16
 CUDA_BATCH = (64, 1024)
-CACHE_SETTINGS = ("auto", "off")
+# Files of a hub repository sentence-transformers does not read: other runtimes' exports.
+NOT_DOWNLOADED = ["onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*"]
 # Values longer than this many characters are cut before hashing and encoding, as for TF-IDF.
 MAX_CHARS = 5_000
 
@@ -213,7 +214,9 @@ def _resolve(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=offline))
+        return Path(
+            snapshot_download(name, local_files_only=offline, ignore_patterns=NOT_DOWNLOADED)
+        )
     except Exception as exc:  # no such repository, no network, not in the cache
         why = (
             "HF_HUB_OFFLINE is set and the Hugging Face cache holds no copy of it"
@@ -267,11 +270,13 @@ class EmbeddingCache:
         if wanted and self.directory is not None and (self.directory / model).is_dir():
             wanted_array = pa.array(wanted, pa.binary(32))
             for file in sorted((self.directory / model).glob("*.parquet")):
-                try:
-                    table = pq.read_table(file)
-                except (OSError, pa.ArrowInvalid):
+                try:  # the keys first: most files hold none of the wanted values
+                    hits = pc.is_in(pq.read_table(file, columns=["key"])["key"], wanted_array)
+                    if not pc.any(hits).as_py():
+                        continue
+                    table = pq.read_table(file).filter(hits)
+                except (OSError, pa.ArrowInvalid, KeyError):
                     continue  # a file another process is still writing, or a broken one
-                table = table.filter(pc.is_in(table.column("key"), value_set=wanted_array))
                 if table.num_rows:
                     vectors = _matrix(table.column("embedding"))
                     for k, v in zip(table.column("key").to_pylist(), vectors, strict=True):
@@ -335,29 +340,24 @@ class EmbeddingCache:
         return embeddings.num_rows
 
 
-_CACHES: dict[str, EmbeddingCache] = {}
-
-
 def open_cache(setting: str = "auto") -> EmbeddingCache:
-    """The cache ``--embedding-cache`` names (``auto``, ``off`` or a directory); one per
-    directory per process, so later steps of a run find what earlier ones encoded in memory."""
+    """The cache ``--embedding-cache`` names: ``auto``, ``off`` or a directory. Its memory lives
+    as long as the object (an encoder holds it for its run), so a long-lived process does not
+    keep every embedding it ever computed."""
     directory = cache_directory(setting)
     if directory is None:
         return EmbeddingCache()
-    resolved = str(directory.resolve())
-    if resolved not in _CACHES:
-        cache = EmbeddingCache(directory, strict=setting != "auto")
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if cache.strict:
-                raise OutputError(
-                    f"--embedding-cache {setting!r} cannot be created: {exc.strerror or exc}; "
-                    "choose another directory, or pass --embedding-cache off"
-                ) from None
-            cache.problem = exc.strerror or str(exc)
-        _CACHES[resolved] = cache
-    return _CACHES[resolved]
+    cache = EmbeddingCache(directory, strict=setting != "auto")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if cache.strict:
+            raise OutputError(
+                f"--embedding-cache {setting!r} cannot be created: {exc.strerror or exc}; "
+                "choose another directory, or pass --embedding-cache off"
+            ) from None
+        cache.problem = exc.strerror or str(exc)
+    return cache
 
 
 def text_values(column: pa.ChunkedArray | pa.Array) -> list[str]:
