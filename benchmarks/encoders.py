@@ -4,8 +4,8 @@ block and against cleanlab on a LogisticRegression over the same embeddings, on 
 On WRENCH youtube, sms and semeval (``--data``: ``wrench_NAME_{train,test}.parquet``, the given
 ``label`` a majority vote of labelling functions, ``true_label`` the gold one), per seed:
 
-* ``refine+encoder``: ``refine.run(text_model=MODEL)``: every text column (semeval's ``entity1``
-  and ``entity2`` too) becomes the model's embeddings;
+* ``refine+encoder``: ``refine.run(text_model=MODEL)``: every text column (named with ``text=``,
+  semeval's ``entity1`` and ``entity2`` too) becomes the model's embeddings;
 * ``refine TF-IDF``: ``refine.run`` as it is, TF-IDF n-grams through an SVD;
 * ``cleanlab+LR``: ``refine.bench.baselines.cleanlab_baseline`` (5-fold out-of-fold
   probabilities of a standardised LogisticRegression, ``find_label_issues``) on the embeddings
@@ -112,6 +112,19 @@ def cost(table: pa.Table, model: Any, directory: Path) -> dict[str, float]:
     }
 
 
+def batch_study(table: pa.Table, model: Any, sizes: list[int]) -> dict[int, float]:
+    """Rows/s of the model on ``table``'s text, cold, at each batch size."""
+    from refine.encode.pretrained import EmbeddingCache
+
+    speeds = {}
+    for size in sizes:
+        model.batch = size
+        _, encoded, seconds = encode_table(table, model, EmbeddingCache())
+        speeds[size] = encoded / seconds
+    model.batch = 0
+    return speeds
+
+
 def label_accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
     return float((labels == truth).mean())
 
@@ -142,7 +155,11 @@ def score(
     for method, extra in runs.items():
         out = workdir / f"{name}-{seed}-{method.replace(' ', '_').replace('+', '_')}"
         started = time.perf_counter()
-        result = refine.run(train, out, seed=seed, report=False, **extra, **options)
+        # Every text column is named: semeval's entities are single words, which refine would
+        # otherwise one-hot or skip, yet its label is their relation.
+        result = refine.run(
+            train, out, seed=seed, report=False, text=tuple(columns), **extra, **options
+        )
         seconds = time.perf_counter() - started
         if E_train is None:
             E_train = embeddings_of(out, columns)
@@ -200,7 +217,12 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def render(rows: list[dict[str, Any]], costs: dict[str, dict[str, float]], header: str) -> str:
+def render(
+    rows: list[dict[str, Any]],
+    costs: dict[str, dict[str, float]],
+    header: str,
+    batches: dict[int, float] | None = None,
+) -> str:
     lines = [
         "# Pretrained text encoders: refine --text-model against TF-IDF and cleanlab",
         "",
@@ -255,6 +277,15 @@ def render(rows: list[dict[str, Any]], costs: dict[str, dict[str, float]], heade
             f"| {name} | {c['rows']} | {c['values_encoded']} | {c['rows_per_second']:.0f} "
             f"| {c['cold_seconds']:.2f} | {c['warm_seconds']:.2f} |"
         )
+    if batches:
+        lines += [
+            "",
+            "Rows/s by batch size (the first set's train split, cold, CPU):",
+            "",
+            "| batch size | " + " | ".join(str(b) for b in batches) + " |",
+            "|---|" + "---|" * len(batches),
+            "| rows/s | " + " | ".join(f"{v:.0f}" for v in batches.values()) + " |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +297,9 @@ def main() -> None:
     parser.add_argument("--model", help="a sentence-transformers directory (default: MiniLM)")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "encoders.md")
     parser.add_argument("--max-epochs", type=int, help="refine's --max-epochs (a quick check)")
+    parser.add_argument(
+        "--batch-sizes", default="", help="also time encoding at these batch sizes (16,64,256)"
+    )
     args = parser.parse_args()
     from refine.encode.pretrained import load_text_model
 
@@ -275,6 +309,9 @@ def main() -> None:
     options = {"max_epochs": args.max_epochs} if args.max_epochs else {}
     rows: list[dict[str, Any]] = []
     costs: dict[str, dict[str, float]] = {}
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    first, _, _ = read_set(args.data, args.sets.split(",")[0])
+    batches = batch_study(first, model, sizes) if sizes else None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for name in args.sets.split(","):
@@ -291,15 +328,16 @@ def main() -> None:
                 print(f"{name} seed {seed} done", flush=True)
     header = (
         f"`PYTHONPATH=. python benchmarks/encoders.py --seeds {args.seeds} --sets {args.sets}"
-        f"{' --max-epochs ' + str(args.max_epochs) if args.max_epochs else ''}`; model "
+        f"{' --max-epochs ' + str(args.max_epochs) if args.max_epochs else ''}"
+        f"{' --batch-sizes ' + args.batch_sizes if args.batch_sizes else ''}`; model "
         f"{model.name.split('/')[-2] if args.model is None else model.name} (SHA-256 "
         f"{model.sha256[:12]}), on {platform.machine()} with {os.cpu_count()} CPUs, shared with "
         "other jobs: timings are noisy."
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, costs, header))
+    args.out.write_text(render(rows, costs, header, batches))
     args.out.with_suffix(".json").write_text(
-        json.dumps({"rows": rows, "costs": costs}, indent=1) + "\n"
+        json.dumps({"rows": rows, "costs": costs, "batches": batches}, indent=1) + "\n"
     )
     print(args.out.read_text())
 

@@ -695,7 +695,17 @@ def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, f
             columns["true_label"], distinct = truth, len(set(texts))
         pq.write_table(pa.table(columns), data / f"wrench_sms_{split}.parquet")
     out = tmp_path / "encoders.md"
-    argv = ["encoders.py", "--data", str(data), "--sets", "sms", "--seeds", "0"]
+    argv = [
+        "encoders.py",
+        "--data",
+        str(data),
+        "--sets",
+        "sms",
+        "--seeds",
+        "0",
+        "--batch-sizes",
+        "4,32",
+    ]
     monkeypatch.setattr(sys, "argv", [*argv, "--model", str(model), "--out", str(out)])
     encoders.main()
     text = out.read_text()
@@ -708,3 +718,4 @@ def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, f
     cost = json.loads(out.with_suffix(".json").read_text())["costs"]["sms"]
     assert cost["rows"] == 90 and cost["values_encoded"] == distinct
     assert cost["rows_per_second"] > 0 and cost["warm_seconds"] >= 0
+    assert "| batch size | 4 | 32 |" in text

@@ -106,6 +106,7 @@ class TextModel:
     sha256: str  # of ``files``: the model's identity in caches and run.json
     files: dict[str, str]
     device: str = "cpu"
+    batch: int = 0  # rows per batch; 0: sized to the device (``batch_size``)
     _network: Any = None
 
     def network(self) -> Any:
@@ -136,6 +137,8 @@ class TextModel:
 
     @property
     def batch_size(self) -> int:
+        if self.batch:
+            return self.batch
         if self.device != "cuda":
             return CPU_BATCH
         import torch
