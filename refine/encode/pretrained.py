@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from refine.errors import ConfigError, InputError, OutputError
+from refine.io.write import atomic_file, write_parquet
 from refine.progress import NULL_PROGRESS, Progress
 
 INSTALL = "pip install 'refine[text]'"
@@ -162,6 +163,8 @@ def _device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
     return device
 
 
@@ -296,8 +299,6 @@ class EmbeddingCache:
             held[k] = v
         if self.directory is None or not len(keys) or self.problem is not None:
             return
-        from refine.io.write import atomic_file, write_parquet
-
         table = pa.table(
             {
                 "key": pa.array(list(keys), pa.binary(32)),
