@@ -43,9 +43,9 @@ INSTALL = "pip install 'refine[text]'"
 HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth")
 # Exports for other runtimes that sentence-transformers never reads (and that are large).
 UNHASHED_FOLDERS = ("onnx", "openvino")
-# Rows per batch on the CPU: past a few dozen a batch no longer runs faster per row, and
-# sorting by length keeps the padding small at any size (reports/encoders.md).
-CPU_BATCH = 64
+# Rows per batch on the CPU: larger batches ran slower per row (16: 29 rows/s, 64: 22, 256: 15
+# for MiniLM on 2 cores, reports/encoders.md); a batch pads to its longest value.
+CPU_BATCH = 16
 # On CUDA, rows per batch per GiB of the device's memory, between the two bounds below.
 CUDA_ROWS_PER_GIB = 16
 CUDA_BATCH = (64, 1024)
