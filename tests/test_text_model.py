@@ -212,3 +212,17 @@ def test_a_cache_directory_that_cannot_be_made_is_exit_2(tiny_text_model, table_
     assert outcome.exit_code == 2
     assert f"--embedding-cache {cache!r} cannot be created" in outcome.output
     assert not (tmp_path / "r").exists()
+
+
+def test_the_cache_setting_names_a_directory_and_values_must_be_text(
+    tiny_text_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "mine"))
+    assert pretrained.cache_directory("auto") == tmp_path / "mine" / "embeddings"
+    monkeypatch.delenv("REFINE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert pretrained.cache_directory("auto") == tmp_path / "xdg" / "refine" / "embeddings"
+    assert pretrained.cache_directory("off") is None
+    assert pretrained.cache_directory(str(tmp_path / "c")) == tmp_path / "c"
+    with pytest.raises(refine.InputError, match="value 1 is a int: 3"):
+        encode_texts(["a", 3], str(tiny_text_model), cache="off")

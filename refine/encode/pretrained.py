@@ -430,7 +430,14 @@ def encode_texts(
     if isinstance(values, pa.Array | pa.ChunkedArray):
         texts = text_values(values)
     else:
-        texts = text_values(pa.array(list(values), pa.string()))
+        values = list(values)
+        wrong = next((i for i, v in enumerate(values) if not isinstance(v, str | None)), None)
+        if wrong is not None:
+            raise InputError(
+                f"encode_texts takes strings (or None); value {wrong} is a "
+                f"{type(values[wrong]).__name__}: {values[wrong]!r:.40}"
+            )
+        texts = text_values(pa.array(values, pa.string()))
     keys = value_keys(texts)
     unique = list(dict.fromkeys(keys))
     found = cache.lookup(model.sha256, unique)
