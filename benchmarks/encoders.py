@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from real import reveal_truth
 
 import refine
 
@@ -140,8 +141,10 @@ def score(
     cache: str,
     workdir: Path,
     options: dict[str, Any],
+    verified: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """One (set, seed): a row of scores per method, and one for the given labels."""
+    """One (set, seed): a row of scores per method, and one for the given labels. With
+    ``verified``, refine sees the gold label of that share of rows (``real.reveal_truth``)."""
     from refine.bench.baselines import cleanlab_baseline
     from refine.bench.suite import _downstream
     from refine.report.metrics import flag_scores, label_codes
@@ -152,13 +155,17 @@ def score(
     rows = []
     runs = {"refine+encoder": {"text_model": model, "embedding_cache": cache}, "refine TF-IDF": {}}
     E_train = None
+    refine_input = train
+    if verified:
+        refine_input, _ = reveal_truth(train, truth, verified, seed)
+        options = {**options, "verified": "gold"}
     for method, extra in runs.items():
         out = workdir / f"{name}-{seed}-{method.replace(' ', '_').replace('+', '_')}"
         started = time.perf_counter()
         # Every text column is named: semeval's entities are single words, which refine would
         # otherwise one-hot or skip, yet its label is their relation.
         result = refine.run(
-            train, out, seed=seed, report=False, text=tuple(columns), **extra, **options
+            refine_input, out, seed=seed, report=False, text=tuple(columns), **extra, **options
         )
         seconds = time.perf_counter() - started
         if E_train is None:
@@ -300,6 +307,9 @@ def main() -> None:
     parser.add_argument(
         "--batch-sizes", default="", help="also time encoding at these batch sizes (16,64,256)"
     )
+    parser.add_argument(
+        "--verified", type=float, default=0.0, help="share of rows whose gold label refine sees"
+    )
     args = parser.parse_args()
     from refine.encode.pretrained import load_text_model
 
@@ -323,13 +333,26 @@ def main() -> None:
             y_test = test.column("label").to_numpy()
             for seed in seeds:
                 rows += score(
-                    name, seed, train, truth, E_test, y_test, model_path, cache, workdir, options
+                    name,
+                    seed,
+                    train,
+                    truth,
+                    E_test,
+                    y_test,
+                    model_path,
+                    cache,
+                    workdir,
+                    options,
+                    args.verified,
                 )
                 print(f"{name} seed {seed} done", flush=True)
     header = (
         f"`PYTHONPATH=. python benchmarks/encoders.py --seeds {args.seeds} --sets {args.sets}"
         f"{' --max-epochs ' + str(args.max_epochs) if args.max_epochs else ''}"
-        f"{' --batch-sizes ' + args.batch_sizes if args.batch_sizes else ''}`; model "
+        f"{' --batch-sizes ' + args.batch_sizes if args.batch_sizes else ''}"
+        f"{' --verified ' + str(args.verified) if args.verified else ''}"
+        f"{' --out ' + str(args.out.relative_to(REPO)) if args.out.is_relative_to(REPO) else ''}`"
+        "; model "
         f"{model.name.split('/')[-2] if args.model is None else model.name} (SHA-256 "
         f"{model.sha256[:12]}), on {platform.machine()} with {os.cpu_count()} CPUs, shared with "
         "other jobs: timings are noisy."

@@ -705,6 +705,8 @@ def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, f
         "0",
         "--batch-sizes",
         "4,32",
+        "--verified",  # refine sees a tenth of the gold labels
+        "0.1",
     ]
     monkeypatch.setattr(sys, "argv", [*argv, "--model", str(model), "--out", str(out)])
     encoders.main()
@@ -719,3 +721,4 @@ def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, f
     assert cost["rows"] == 90 and cost["values_encoded"] == distinct
     assert cost["rows_per_second"] > 0 and cost["warm_seconds"] >= 0
     assert "| batch size | 4 | 32 |" in text
+    assert "--verified 0.1" in text
