@@ -190,6 +190,21 @@ def cli() -> None:
     "small CNN trained from scratch. It is code: name only a file you trust.",
 )
 @click.option(
+    "--text-model",
+    default=None,
+    metavar="NAME_OR_PATH",
+    help="A sentence-transformers model directory (or a Hugging Face name) embedding each "
+    "text column in place of TF-IDF n-grams. Needs pip install 'refine[text]'.",
+)
+@click.option(
+    "--embedding-cache",
+    default=_DEFAULTS.embedding_cache,
+    show_default=True,
+    metavar="auto|off|DIR",
+    help="Where --text-model's embeddings are kept, so reruns and updates encode only new "
+    "values: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
+)
+@click.option(
     "--image-size",
     default=_DEFAULTS.image_size,
     show_default=True,
@@ -560,6 +575,12 @@ def _look_at_flagged(out: Path, summary: dict[str, Any]) -> str:
     default=None,
     help="Column joining --verified-file to the batch, and naming its rows. Default: the run's.",
 )
+@click.option(
+    "--embedding-cache",
+    default=None,
+    metavar="auto|off|DIR",
+    help="Where --text-model's embeddings are kept. Default: the run's.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
@@ -572,6 +593,7 @@ def update_command(
     seed: int | None,
     verified_file: Path | None,
     key: str | None,
+    embedding_cache: str | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -596,6 +618,7 @@ def update_command(
             ("seed", seed),
             ("verified_file", str(verified_file) if verified_file is not None else None),
             ("key", key),
+            ("embedding_cache", embedding_cache),
         )
         if v is not None
     }

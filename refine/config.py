@@ -92,6 +92,11 @@ class RunConfig:
     image: tuple[str, ...] = ()  # binary columns to read as encoded images
     image_model: str | None = None  # a TorchScript file: image features in place of the CNN
     image_size: int = 0  # side images are resized to; 0: their own, at most 28 (224 for a model)
+    # A sentence-transformers model (directory or Hugging Face name) embedding each text
+    # column in place of TF-IDF, and where its embeddings are cached: "auto" (the user's cache
+    # directory), "off", or a directory (refine.encode.pretrained).
+    text_model: str | None = None
+    embedding_cache: str = "auto"
     # Cross-modal distillation: the rounds train on teacher_features, then a student on
     # student_features learns the refined targets and is the model the run keeps.
     teacher_features: tuple[str, ...] | None = None
@@ -172,6 +177,12 @@ class RunConfig:
             raise ConfigError(
                 f"--image-size must be in [0, 1024] pixels (0 = automatic), got {self.image_size}"
             )
+        if not self.embedding_cache.strip():
+            raise ConfigError(
+                "--embedding-cache must be auto, off or a directory, got an empty string"
+            )
+        if self.text_model is not None and not self.text_model.strip():
+            raise ConfigError("--text-model must name a model directory or a Hugging Face model")
         if self.max_categories < 2:
             raise ConfigError(f"--max-categories must be at least 2, got {self.max_categories}")
         if self.label in self.ignore:

@@ -355,6 +355,10 @@ def _encode(
         config.image_model,
         config.image_size,
         labels=data.labels,  # a text column's block is chosen by these classes
+        text_model=config.text_model,
+        embedding_cache=config.embedding_cache,
+        device=config.model.device,
+        progress=progress,
     )
     X = encoder.transform(data.table)
     _note_skipped(encoder.skipped, progress)
@@ -407,6 +411,9 @@ def finish_run(
                 write_parquet(synthetic, tmp / "synthetic.parquet")
             for name, table in (extra_files or {}).items():
                 write_parquet(table, tmp / name)
+            embeddings = encoder.embeddings(data.table)  # --text-model's, from its cache
+            if embeddings is not None:
+                write_parquet(embeddings, tmp / "embeddings.parquet")
             fitted, model_encoder = kept or (state.crossfit, encoder)
             _save_model(tmp / "model.pt", fitted, model_encoder, data, config)
             if student is not None:

@@ -85,6 +85,7 @@ class RichProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            _RateColumn(),
             console=console,
             transient=True,
             disable=not bars,
@@ -103,7 +104,7 @@ class RichProgress:
         self._progress.__exit__(exc_type, exc, tb)
 
     def start(self, key: str, description: str, total: int) -> Any:
-        return self._progress.add_task(description, total=total)
+        return self._progress.add_task(description, total=total, rate=key in RATE_TASKS)
 
     def update(self, task: Any, completed: int, total: int | None = None) -> None:
         self._progress.update(task, completed=completed, total=total)
@@ -117,3 +118,22 @@ class RichProgress:
     def note(self, text: str) -> None:
         # Not wrapped: notes name paths, which must survive a copy and paste.
         self._progress.console.print(text, highlight=False, soft_wrap=True)
+
+
+# Tasks whose bar shows its speed: encoding text, counted in rows (refine.encode.pretrained).
+RATE_TASKS = ("encode",)
+
+
+def _RateColumn() -> Any:
+    """A column showing ``N rows/s`` for the tasks started with ``rate``, blank for others."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if not task.fields.get("rate") or speed is None:
+                return Text("")
+            return Text(f"{speed:,.0f} rows/s")
+
+    return RateColumn()

@@ -213,6 +213,7 @@ def update(
         "image",
         "image_model",
         "image_size",
+        "text_model",
         "max_categories",
         "teacher_features",
         "student_features",
@@ -258,7 +259,14 @@ def _update(
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
+    # --text-model: the run's embeddings and the cache spare the model rows it has seen.
+    previous.encoder.use_cache(config.embedding_cache, progress)
+    for text in previous.encoder.pretrained:
+        assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
+        text.cache.add_run(previous.path, text.model_sha256)
     X = previous.encoder.transform(table)
+    for text in previous.encoder.pretrained:
+        progress.note(text.note())
     history, seen = _history(previous, config.seed)
     wanted = round(replay * table.num_rows)
     if replay > 0:

@@ -59,3 +59,67 @@ def finished_run(tmp_path_factory, noisy_parquet):
     out = tmp_path_factory.mktemp("runs") / "first"
     result = refine.run(noisy_parquet, out, ignore=("id",), seed=0, **FAST)
     return result, out
+
+
+# The words of the tiny sentence encoder's vocabulary (tiny_text_model); others are [UNK].
+TINY_WORDS = (
+    "the a spam ham win free money call now hello friend meeting today see you click here "
+    "prize claim lunch tomorrow offer cash text me later thanks great"
+).split()
+
+
+def build_tiny_text_model(path, seed: int = 0):
+    """A randomly initialised two-head BERT of width 8 with a word-level tokenizer, saved as a
+    sentence-transformers directory (mean pooling) at ``path``: offline, in a second."""
+    import torch
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    try:  # sentence-transformers >= 6 moved the modules; older releases keep them in models
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.models import Pooling, Transformer
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(special + list(TINY_WORDS))}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=32,
+    )
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+    )
+    raw = path / "bert"
+    BertModel(config).save_pretrained(raw)
+    fast.save_pretrained(raw)
+    word = Transformer(str(raw), max_seq_length=32)
+    width = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    pooling = Pooling(width(), "mean")
+    SentenceTransformer(modules=[word, pooling], device="cpu").save(str(path / "model"))
+    return path / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory):
+    """The tiny sentence encoder's directory, built once for the session."""
+    pytest.importorskip("sentence_transformers")
+    return build_tiny_text_model(tmp_path_factory.mktemp("tiny-text-model"))

@@ -698,3 +698,53 @@ def test_student_main_compares_student_ensemble_and_given(tmp_path, monkeypatch,
         assert seed[2] == summary[1] and seed[3] == summary[2]  # one seed: its figures
         params = [int(p.replace(",", "")) for p in seed[8].split(" / ")]
         assert params[1] < params[0]  # the student is one of the ensemble's networks
+# encoders.py --------------------------------------------------------------------------------
+# Runs on conftest's tiny random sentence encoder in place of MiniLM (a dev-only install).
+
+
+def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, fast_refine):
+    pytest.importorskip("sentence_transformers")
+    from tests.conftest import TINY_WORDS, build_tiny_text_model
+
+    encoders = script("encoders")
+    model = build_tiny_text_model(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    half = len(TINY_WORDS) // 2
+    for split, rows in (("train", 90), ("test", 30)):
+        truth = np.arange(rows) % 2
+        texts = [" ".join(rng.choice(TINY_WORDS[t * half : (t + 1) * half], 4)) for t in truth]
+        given = np.where(np.arange(rows) % 9 == 0, 1 - truth, truth)
+        columns = {"text": texts, "label": given if split == "train" else truth}
+        if split == "train":
+            columns["true_label"], distinct = truth, len(set(texts))
+        pq.write_table(pa.table(columns), data / f"wrench_sms_{split}.parquet")
+    out = tmp_path / "encoders.md"
+    argv = [
+        "encoders.py",
+        "--data",
+        str(data),
+        "--sets",
+        "sms",
+        "--seeds",
+        "0",
+        "--batch-sizes",
+        "4,32",
+        "--verified",  # refine sees a tenth of the gold labels
+        "0.1",
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, "--model", str(model), "--out", str(out)])
+    encoders.main()
+    text = out.read_text()
+    rows = {r[1]: r for r in _table_rows(text, "sms") if len(r) == 9}
+    assert set(rows) == {*encoders.METHODS, "given", "gold"}
+    assert _share(rows["gold"][6]) == 1.0
+    assert abs(_share(rows["given"][6]) - 80 / 90) < 1e-3  # every ninth label flipped
+    for method in encoders.METHODS:
+        _share(rows[method][4])  # F1
+    cost = json.loads(out.with_suffix(".json").read_text())["costs"]["sms"]
+    assert cost["rows"] == 90 and cost["values_encoded"] == distinct
+    assert cost["rows_per_second"] > 0 and cost["warm_seconds"] >= 0
+    assert "| batch size | 4 | 32 |" in text
+    assert "--verified 0.1" in text

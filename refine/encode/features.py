@@ -9,7 +9,8 @@ fitting on every row leaks nothing into cross-fitting) and can transform new tab
 * ``list<float>`` and ``fixed_size_list<float>`` embedding columns: one feature per dimension,
   standardised, with an indicator for null rows;
 * free-text string columns (many distinct values, most with spaces, or named by ``--text``):
-  TF-IDF n-grams reduced to a dense block (``refine.encode.text``).
+  TF-IDF n-grams reduced to a dense block (``refine.encode.text``), or a pretrained sentence
+  encoder's embeddings with ``--text-model`` (``refine.encode.pretrained``).
 
 Columns that cannot be encoded are skipped with a reason, which the CLI prints.
 """
@@ -26,10 +27,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.encode.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
+from refine.encode.pretrained import (
+    PretrainedTextEncoder,
+    embeddings_table,
+    load_text_model,
+    open_cache,
+)
 from refine.encode.skip import SkipColumn
 from refine.encode.text import TextEncoder, _NoVocabulary, looks_like_text
 from refine.errors import InputError
 from refine.io.read import invalid_utf8_row, plain_values
+from refine.progress import NULL_PROGRESS, Progress
 
 
 @dataclass
@@ -211,7 +219,16 @@ class EmbeddingEncoder:
         return {**self.describe(), "mean": mean.tolist(), "std": std.tolist()}
 
 
-Encoder = NumericEncoder | OneHotEncoder | EmbeddingEncoder | TextEncoder | ImageEncoder
+Encoder = (
+    NumericEncoder
+    | OneHotEncoder
+    | EmbeddingEncoder
+    | TextEncoder
+    | ImageEncoder
+    | PretrainedTextEncoder
+)
+# Makes a column's pretrained text encoder (``--text-model``), by the column's name.
+Pretrained = Callable[[str], PretrainedTextEncoder]
 
 
 @dataclass
@@ -250,6 +267,21 @@ class FeatureEncoder:
         return out
 
     @property
+    def pretrained(self) -> list[PretrainedTextEncoder]:
+        return [e for e in self.encoders if isinstance(e, PretrainedTextEncoder)]
+
+    def use_cache(self, cache_setting: str, progress: Progress = NULL_PROGRESS) -> None:
+        """Give the pretrained text encoders of a loaded run the cache ``--embedding-cache``
+        names, and ``progress`` for their bars."""
+        for encoder in self.pretrained:
+            encoder.cache, encoder.progress = open_cache(cache_setting), progress
+
+    def embeddings(self, table: pa.Table) -> pa.Table | None:
+        """``embeddings.parquet`` for ``table``'s rows, or None without a ``--text-model``."""
+        pretrained = self.pretrained
+        return embeddings_table(pretrained, table) if pretrained else None
+
+    @property
     def notes(self) -> list[str]:
         """What the user should hear once about how columns were encoded (truncated text)."""
         return [n for e in self.encoders if (n := getattr(e, "note", lambda: None)())]
@@ -281,6 +313,8 @@ class FeatureEncoder:
                 encoders.append(TextEncoder.from_state(c))
             elif c["kind"] == ImageEncoder.kind:
                 encoders.append(ImageEncoder.from_state(c))
+            elif c["kind"] == PretrainedTextEncoder.kind:
+                encoders.append(PretrainedTextEncoder.from_state(c))
             elif c["kind"] == EmbeddingEncoder.kind:
                 encoders.append(
                     EmbeddingEncoder(
@@ -308,6 +342,10 @@ def fit_features(
     image_model: str | None = None,
     image_size: int = 0,
     labels: np.ndarray | None = None,
+    text_model: str | None = None,
+    embedding_cache: str = "auto",
+    device: str = "auto",
+    progress: Progress = NULL_PROGRESS,
 ) -> FeatureEncoder:
     """Choose and fit an encoder for each feature column.
 
@@ -321,11 +359,15 @@ def fit_features(
     resized to ``image_size`` pixels square (0: their own size, at most 28), and go through the
     TorchScript network at ``image_model`` when given. A text column's block is chosen by the
     labels: class indices ``labels`` ``(N,)`` (-1 = none) where given, else the label column.
+    With ``text_model`` (``--text-model``), every text column is that sentence encoder's
+    embeddings instead, on ``device``, through the cache ``embedding_cache`` names
+    (``refine.encode.pretrained``); ``progress`` shows the encoding.
     """
     check_named_columns(table, features, ignore)
     check_text_columns(table, label, text, ignore)
     check_image_columns(table, label, image, ignore)
     model = _image_model(image_model)
+    pretrained = _pretrained(text_model, embedding_cache, device, progress)
     explicit = features is not None
     candidates = _candidates(table, label, features, ignore, text, image)
     if labels is None:
@@ -342,6 +384,7 @@ def fit_features(
         image_model=image_model,
         image_size=image_size,
         labels=labels,
+        pretrained=pretrained,
     )
     if not encoders:
         detail = (
@@ -350,6 +393,11 @@ def fit_features(
         raise InputError(
             f"no usable feature column ({detail}). refine needs numeric, categorical, free-text, "
             "image or list<float> embedding columns besides the label"
+        )
+    if pretrained is not None and not any(isinstance(e, PretrainedTextEncoder) for e in encoders):
+        progress.note(
+            f"--text-model {text_model!r} is unused: no column was read as free text; name "
+            "text columns with --text"
         )
     return FeatureEncoder(encoders=encoders, skipped=skipped)
 
@@ -362,6 +410,16 @@ def _image_model(image_model: str | None) -> tuple[Any, str] | None:
 
         model = load_image_model(image_model)
     return model
+
+
+def _pretrained(
+    text_model: str | None, cache_setting: str, device: str, progress: Progress
+) -> Pretrained | None:
+    """What makes each text column's encoder with ``text_model``, or None when not given."""
+    if text_model is None:
+        return None
+    model, cache = load_text_model(text_model, device), open_cache(cache_setting)
+    return lambda name: PretrainedTextEncoder(name, model=model, cache=cache, progress=progress)
 
 
 def _candidates(
@@ -397,6 +455,7 @@ def _fit_candidates(
     image_model: str | None,
     image_size: int,
     labels: np.ndarray | None,
+    pretrained: Pretrained | None = None,
 ) -> tuple[list[Encoder], dict[str, str]]:
     """An encoder fitted on each usable candidate, and why each other one was skipped (an
     ``InputError`` instead where the columns are ``explicit``)."""
@@ -414,7 +473,9 @@ def _fit_candidates(
                     encoders.append(_fit_image(name, column, seed, model, image_model, image_size))
                 else:
                     encoders.append(
-                        _fit_column(name, column, max_categories, name in text, seed, labels)
+                        _fit_column(
+                            name, column, max_categories, name in text, seed, labels, pretrained
+                        )
                     )
                 continue
             except SkipColumn as why:
@@ -530,8 +591,14 @@ def _label_codes(table: pa.Table, label: str) -> np.ndarray | None:
 
 
 def _fit_text(
-    name: str, column: pa.ChunkedArray, seed: int, labels: np.ndarray | None = None
-) -> TextEncoder:
+    name: str,
+    column: pa.ChunkedArray,
+    seed: int,
+    labels: np.ndarray | None = None,
+    pretrained: Pretrained | None = None,
+) -> TextEncoder | PretrainedTextEncoder:
+    if pretrained is not None:
+        return pretrained(name).fit(column)
     try:
         return TextEncoder(name, seed=seed).fit(column, labels)
     except _NoVocabulary:
@@ -545,6 +612,7 @@ def _fit_column(
     text: bool = False,
     seed: int = 0,
     labels: np.ndarray | None = None,
+    pretrained: Pretrained | None = None,
 ) -> Encoder:
     kind = column.type
     bad = invalid_utf8_row(_decode(column))
@@ -553,7 +621,7 @@ def _fit_column(
     if text:
         if column.null_count == len(column):
             raise SkipColumn("all values are null")
-        return _fit_text(name, column, seed, labels)
+        return _fit_text(name, column, seed, labels, pretrained)
     if name.startswith("__index_level_"):
         raise SkipColumn("pandas index column")
     if column.null_count == len(column):
@@ -571,7 +639,7 @@ def _fit_column(
             raise SkipColumn("constant (one distinct value)")
         if distinct > max_categories:
             if not pa.types.is_boolean(value_kind) and looks_like_text(_decode(column)):
-                return _fit_text(name, column, seed, labels)
+                return _fit_text(name, column, seed, labels, pretrained)
             raise SkipColumn(
                 f"{distinct} distinct values, more than --max-categories {max_categories}, and "
                 "few have spaces (an id?); name it with --text if it is free text, or raise "

@@ -1,6 +1,7 @@
 """SQL over a run directory through DuckDB: views ``refined``, ``flagged``, ``verified`` (rows
 whose label a person verified), ``rounds`` and,
-when present, ``synthetic`` (``--augment``) and ``history`` (``refine update``).
+when present, ``synthetic`` (``--augment``), ``history`` (``refine update``) and ``embeddings``
+(``--text-model``: one row per row of ``refined``, joined on ``row_number``).
 
 The views of ``refined.parquet``'s rows (``refined``, ``flagged``, ``verified``) start with
 ``row_number``, the row's position in ``refined.parquet`` from 0 (its position in the input,
@@ -44,6 +45,7 @@ VIEWS = {
     "synthetic": ("synthetic.parquet", "SELECT * FROM read_parquet({path})"),
     "history": ("history.parquet", "SELECT * FROM read_parquet({path})"),
     "annotators": ("annotators.parquet", "SELECT * FROM read_parquet({path})"),
+    "embeddings": ("embeddings.parquet", "SELECT * FROM read_parquet({path})"),
 }
 REQUIRED = ("refined.parquet", "rounds.parquet")
 ROW_NUMBER = "row_number"

@@ -102,6 +102,9 @@ def _student_encoder(
         config.image_model,
         config.image_size,
         labels=decisions.refined,  # the teacher's labels choose a text block
+        text_model=config.text_model,
+        embedding_cache=config.embedding_cache,
+        device=config.model.device,
     )
 
 
