@@ -698,6 +698,8 @@ def test_student_main_compares_student_ensemble_and_given(tmp_path, monkeypatch,
         assert seed[2] == summary[1] and seed[3] == summary[2]  # one seed: its figures
         params = [int(p.replace(",", "")) for p in seed[8].split(" / ")]
         assert params[1] < params[0]  # the student is one of the ensemble's networks
+
+
 # encoders.py --------------------------------------------------------------------------------
 # Runs on conftest's tiny random sentence encoder in place of MiniLM (a dev-only install).
 
