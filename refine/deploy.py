@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 from refine.config import VERSION
 from refine.encode.features import OneHotEncoder
 from refine.errors import ConfigError, InputError, OutputError
-from refine.io.conform import _cast, _holds
+from refine.io.conform import cast_safely, holds_values
 from refine.io.read import as_table
 from refine.io.write import atomic_file
 from refine.learn.graph import FORMATS, export_graph
@@ -270,7 +270,7 @@ class _Plan:
                 continue
             got = schema.field(want.name).type
             if got != want.type:
-                if _holds(got, want.type):
+                if holds_values(got, want.type):
                     self.casts[want.name] = want.type
                 else:
                     problems.append(
@@ -302,7 +302,7 @@ class _Plan:
         read = table.select(self.student.encoder.columns)
         for name, kind in self.casts.items():
             index = read.schema.get_field_index(name)
-            read = read.set_column(index, name, _cast(read.column(name), kind))
+            read = read.set_column(index, name, cast_safely(read.column(name), kind))
         self._check_categories(read)
         proba = self.student.net.predict_proba(self.student.encoder.transform(read))
         best = proba.argmax(1)

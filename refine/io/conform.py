@@ -59,9 +59,9 @@ def conform(expected: pa.Schema, table: pa.Table, unchecked: Collection[str] = (
         column = table.column(want.name)
         if got.type != want.type:
             reason = None
-            if _holds(got.type, want.type):
+            if holds_values(got.type, want.type):
                 try:
-                    column = _cast(column, want.type)
+                    column = cast_safely(column, want.type)
                 except pa.ArrowException as exc:
                     reason = f"and a value does not fit ({exc})"
             else:
@@ -84,7 +84,7 @@ def conform(expected: pa.Schema, table: pa.Table, unchecked: Collection[str] = (
     return Conformed(pa.Table.from_arrays(columns, schema=schema), kept)
 
 
-def _holds(got: pa.DataType, want: pa.DataType) -> bool:
+def holds_values(got: pa.DataType, want: pa.DataType) -> bool:
     """Every value of type ``got`` has the same value in type ``want``."""
     got, want = _plain(got), _plain(want)
     if got == want or pa.types.is_null(got):
@@ -97,7 +97,7 @@ def _holds(got: pa.DataType, want: pa.DataType) -> bool:
     if pa.types.is_floating(got) and pa.types.is_floating(want):
         return got.bit_width < want.bit_width
     if pa.types.is_list(got) and pa.types.is_list(want):
-        return _holds(got.value_type, want.value_type)
+        return holds_values(got.value_type, want.value_type)
     return False
 
 
@@ -123,7 +123,7 @@ def _plain(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def _cast(column: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
+def cast_safely(column: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
     """``column`` as ``want``, refusing any value that would change (Arrow's safe cast). Arrow
     casts to and from a dictionary only through its value type."""
     if pa.types.is_dictionary(column.type):
