@@ -1,4 +1,4 @@
-"""The README and docs/ together document every command, every option of `refine run` and every
+"""The README and docs/ together document every command, every option of every command and every
 output column; the README stays short, its test command is the one CI runs, and every relative
 link in the README and docs/ points to a file that exists."""
 
@@ -41,12 +41,21 @@ def test_docs_document_each_command(command):
     assert f"refine {command}" in DOCS
 
 
-@pytest.mark.parametrize(
-    "option",
-    sorted(opt for p in cli.commands["run"].params for opt in p.opts if opt.startswith("--")),
-)
-def test_docs_document_each_run_option(option):
-    assert f"`{option}" in DOCS, f"neither README.md nor docs/ documents {option}"
+def command_options(group=cli, prefix="refine"):
+    """``(command, option)`` for every long option of every command, subcommands included."""
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            yield from command_options(command, f"{prefix} {name}")
+            continue
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--") and option != "--help":
+                    yield f"{prefix} {name}", option
+
+
+@pytest.mark.parametrize(("command", "option"), sorted(set(command_options())))
+def test_docs_document_each_option(command, option):
+    assert f"`{option}" in DOCS, f"neither README.md nor docs/ documents {command} {option}"
 
 
 @pytest.mark.parametrize("column", OUTPUT_COLUMNS)
