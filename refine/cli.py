@@ -344,6 +344,20 @@ def cli() -> None:
     type=click.IntRange(min=1),
     help="Processes training folds side by side; the output is the same for any number.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where folds train: this machine's --workers, or Ray tasks, one per fold "
+    "(pip install 'refine[ray]'; docs/ray.md). The output is the same.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --engine ray: the Ray cluster to join (ray://HEAD:10001, or auto); "
+    "without it a local Ray instance is started for the run.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
 def run_command(
@@ -367,6 +381,8 @@ def run_command(
     overwrite: bool,
     resume: bool,
     workers: int,
+    engine: str,
+    address: str | None,
     quiet: bool,
     **options: Any,
 ) -> None:
@@ -381,6 +397,7 @@ def run_command(
       refine run data.csv --label label --out runs/from-csv
       refine run --config runs/first/run.json --out runs/again
       refine run data.parquet --out runs/first --resume     # after an interrupted run
+      refine run shards/ --label y --out runs/big --engine ray --address auto
     """
     from refine.pipeline import run
 
@@ -417,6 +434,8 @@ def run_command(
             command=_command_line(),
             resume=resume,
             workers=workers,
+            engine=engine,
+            address=address,
         )
     if not quiet:
         _print_summary(Console(), result.summary, out)

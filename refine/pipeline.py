@@ -63,6 +63,7 @@ from refine.learn.modeldir import (
     save_into,
     train_student,
 )
+from refine.learn.ray_engine import RayFoldRunner, check_engine
 from refine.learn.student import network_parameters
 from refine.progress import NULL_PROGRESS, Progress, logger, trust_lines
 from refine.rounds import Rounds, RoundsResult, augmenter
@@ -102,6 +103,8 @@ def run(
     command: str | None = None,
     resume: bool = False,
     workers: int = 1,
+    engine: str = "local",
+    address: str | None = None,
     **options: Any,
 ) -> RunResult:
     """Find and fix wrong labels in ``data``; write the run to ``out`` when given.
@@ -131,6 +134,12 @@ def run(
         ``out`` writes checkpoints, removed once the run directory is in place.
     workers : int
         Processes that train folds side by side; the output does not depend on it.
+    engine : {"local", "ray"}
+        Where the folds train: this machine's processes (``workers``), or Ray tasks, one per
+        fold (``pip install 'refine[ray]'``; docs/ray.md). The output does not depend on it.
+    address : str, optional
+        With ``engine="ray"``: the Ray cluster to join (``ray://head:10001``, ``auto``);
+        without it a Ray instance is started on this machine for the run.
 
     Returns
     -------
@@ -139,8 +148,9 @@ def run(
     config = with_options(config or RunConfig(), options)
     config.validate()
     check_execution(out, overwrite, resume, workers)
+    check_engine(engine, address)
     # Held until the run directory is renamed into place: one refine process per --out.
-    with output_lock(out), FoldRunner(workers) as runner:
+    with output_lock(out), _fold_runner(engine, workers, address) as runner:
         try:
             result = _run(data, out, config, overwrite, progress, command, resume, runner)
         except RefineError as exc:
@@ -154,6 +164,12 @@ def run(
             kill_point("renamed")
             runner.checkpoint.remove()
         return result
+
+
+def _fold_runner(engine: str, workers: int, address: str | None) -> FoldRunner:
+    if engine == "ray":
+        return RayFoldRunner(address)
+    return FoldRunner(workers)
 
 
 def _run(

@@ -1,0 +1,143 @@
+"""--engine ray: the folds as Ray tasks on a local 2-CPU Ray instance write the run the local
+engine writes, byte for byte; a worker killed in a fold is retried; --resume keeps the finished
+folds; a missing Ray install is a clean error. One Ray instance serves the whole module, since
+starting one takes seconds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import refine
+from refine.cli import cli
+from refine.learn import checkpoint as checkpoint_module
+from refine.learn.checkpoint import Checkpoint, checkpoint_path
+from refine.learn.ray_engine import KILL_FOLD
+from tests.conftest import noisy_table
+
+SMALL = dict(ignore=("id",), rounds=2, folds=3, max_epochs=4, report=False, seed=0)
+FLAGS = ["--ignore", "id", "--rounds", "2", "--folds", "3", "--max-epochs", "4", "--no-report"]
+FILES = ["model.pt", "refined.parquet"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance of 2 CPUs, which every run in this module joins (and leaves open)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A run with the local engine on 150 rows, and its input."""
+    base = tmp_path_factory.mktemp("ray")
+    data = base / "data.parquet"
+    pq.write_table(noisy_table(n=150)[0], data)
+    out = base / "local"
+    refine.run(data, out, **SMALL)
+    return out, data
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def same_files(out: Path, ref: Path) -> bool:
+    return all((out / name).read_bytes() == (ref / name).read_bytes() for name in FILES)
+
+
+def stable_run_json(out: Path) -> dict:
+    summary = json.loads((out / "run.json").read_text())
+    for key in ("timings", "command"):
+        summary.pop(key)
+    for row in summary["rounds"]:
+        row.pop("seconds")
+    return summary
+
+
+def test_the_ray_engine_writes_the_local_engines_run(local_ray, reference, tmp_path):
+    ref, data = reference
+    out = tmp_path / "run"
+    result = invoke("run", data, "--out", out, *FLAGS, "--engine", "ray", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
+    assert same_files(out, ref)
+    assert stable_run_json(out) == stable_run_json(ref)
+    assert local_ray.is_initialized()  # a connection it did not open is left open
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no checkpoint left behind
+
+
+def test_a_worker_killed_in_a_fold_is_retried(local_ray, reference, tmp_path, monkeypatch):
+    ref, data = reference
+    killed = tmp_path / "killed"
+    monkeypatch.setenv(KILL_FOLD, f"1:{killed}")
+    refine.run(data, tmp_path / "run", engine="ray", **SMALL)
+    assert killed.exists()  # fold 1's first worker did die
+    assert same_files(tmp_path / "run", ref)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_trains_only_the_folds_the_checkpoint_lacks(
+    local_ray, reference, tmp_path, monkeypatch
+):
+    ref, data = reference
+    out = tmp_path / "run"
+
+    def stop_at(point):
+        if point == "fold:2:1":
+            raise Stop(point)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoint_module, "kill_point", stop_at)
+        with pytest.raises(Stop):
+            refine.run(data, out, engine="ray", **SMALL)
+    kept = {p.stem for p in (checkpoint_path(out) / "round-2").glob("fold-*.pt")}
+    assert "fold-1" in kept and not out.exists()
+
+    trained = []
+    save_fold = Checkpoint.save_fold
+
+    def recording(self, stage, fold, record):
+        trained.append((stage, fold))
+        save_fold(self, stage, fold, record)
+
+    monkeypatch.setattr(Checkpoint, "save_fold", recording)
+    refine.run(data, out, engine="ray", resume=True, **SMALL)
+    assert sorted(trained) == [("round-2", f) for f in range(3) if f"fold-{f}" not in kept]
+    assert same_files(out, ref)
+
+
+def test_a_missing_ray_install_says_how_to_install_it(reference, tmp_path, monkeypatch):
+    _, data = reference
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    result = invoke("run", data, "--out", tmp_path / "run", *FLAGS, "--engine", "ray")
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: --engine ray needs Ray, which is not installed here: pip install 'refine[ray]' "
+        "(on every machine of the cluster), or run with --engine local\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_address_needs_the_ray_engine(reference, tmp_path):
+    _, data = reference
+    result = invoke("run", data, "--out", tmp_path / "run", "--address", "auto")
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: --address auto names a Ray cluster, which only --engine ray uses: "
+        "add --engine ray, or drop --address\n"
+    )
+    assert list(tmp_path.iterdir()) == []
