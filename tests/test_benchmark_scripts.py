@@ -459,6 +459,56 @@ def test_embed_real_main_writes_each_file_without_its_text(tmp_path, monkeypatch
     assert ["test message 0 [a] [d]", "test message 1test message 1 [b] [e]"] in model.asked
 
 
+# ray_engine.py ------------------------------------------------------------------------------
+
+
+def test_ray_engine_shards_read_back_as_one_table(tmp_path):
+    ray_engine = script("ray_engine")
+    truth = ray_engine.make_shards(tmp_path / "shards", 103, 4, 3)
+    table = pq.read_table(tmp_path / "shards")
+    assert len(list((tmp_path / "shards").iterdir())) == ray_engine.SHARDS
+    assert table.num_rows == 103 and sorted(table.column("id").to_pylist()) == list(range(103))
+    noisy = np.array(table.sort_by("id").column("label").to_pylist())
+    assert (noisy != truth).mean() == pytest.approx(0.2, abs=0.01)  # 20% flipped
+
+
+def test_ray_engine_tree_rss_counts_this_process():
+    ray_engine = script("ray_engine")
+    own = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert ray_engine.tree_rss(os.getpid()) >= own > 0
+    assert ray_engine.tree_rss(-1) == 0
+
+
+@pytest.mark.slow
+def test_ray_engine_main_runs_every_engine_and_compares_their_output(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    ray_engine = script("ray_engine")
+    commands = []
+
+    def run_in_process(command):
+        # A second interpreter (and its Ray instance) costs more than the tiny run itself.
+        assert command[:4] == [sys.executable, "-m", "refine", "run"]
+        commands.append(command)
+        result = CliRunner().invoke(cli, command[3:], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return 1.0, 0
+
+    monkeypatch.setattr(ray_engine, "timed_run", run_in_process)
+    argv = ["ray_engine.py", "--rows", "120", "--dim", "4", "--classes", "3", "--runs", "1"]
+    argv += ["--folds", "3", "--rounds", "1", "--max-epochs", "2", "--workdir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "table.md")])
+    ray_engine.main()
+    text = capsys.readouterr().out
+    assert (tmp_path / "table.md").read_text() == text
+    assert [c[c.index("--max-epochs") + 2 :] for c in commands] == [
+        ["--workers", "1"],
+        ["--workers", str(os.cpu_count())],
+        ["--engine", "ray"],
+    ]
+    assert len(_table_rows(text, "local, --workers 1")) == 1
+    assert "Same refined.parquet from every engine and run: yes." in text
+
+
 # scale.py -----------------------------------------------------------------------------------
 
 

@@ -11,16 +11,22 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
+from refine.config import ModelConfig
+from refine.errors import ConfigError, WorkerError
 from refine.learn import checkpoint as checkpoint_module
+from refine.learn import ray_engine
 from refine.learn.checkpoint import Checkpoint, checkpoint_path
-from refine.learn.ray_engine import KILL_FOLD
-from tests.conftest import noisy_table
+from refine.learn.crossfit import cross_fit, make_folds
+from refine.learn.ray_engine import KILL_FOLD, RayFoldRunner
+from tests.conftest import blobs, noisy_table
 
 SMALL = dict(ignore=("id",), rounds=2, folds=3, max_epochs=4, report=False, seed=0)
 FLAGS = ["--ignore", "id", "--rounds", "2", "--folds", "3", "--max-epochs", "4", "--no-report"]
@@ -84,6 +90,36 @@ def test_a_worker_killed_in_a_fold_is_retried(local_ray, reference, tmp_path, mo
     refine.run(data, tmp_path / "run", engine="ray", **SMALL)
     assert killed.exists()  # fold 1's first worker did die
     assert same_files(tmp_path / "run", ref)
+
+
+def test_a_fold_whose_worker_dies_every_time_stops_the_run(
+    local_ray, reference, tmp_path, monkeypatch
+):
+    _, data = reference
+    monkeypatch.setattr(ray_engine, "MAX_RETRIES", 0)
+    monkeypatch.setenv(KILL_FOLD, f"2:{tmp_path / 'killed'}")
+    with pytest.raises(
+        WorkerError,
+        match=r"^the Ray worker training fold 2 died \(\w+\) and Ray gave up after 0 retries",
+    ):
+        refine.run(data, tmp_path / "run", engine="ray", **SMALL)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_error_in_a_fold_task_is_the_same_clean_error(local_ray):
+    X, truth = blobs(n=60, k=3)
+    with RayFoldRunner() as runner, pytest.raises(ConfigError, match="^--device cuda was asked"):
+        cross_fit(
+            X,
+            np.eye(3, dtype=np.float32)[truth],
+            np.ones(60, np.float32),
+            make_folds(truth, 3, 0),
+            ModelConfig(hidden=(8,), max_epochs=1, device="cuda"),
+            1,
+            0,
+            runner=runner,
+        )
 
 
 class Stop(Exception):

@@ -156,11 +156,15 @@ def _result(ray: Any, ref: Any, fold: int) -> dict[str, Any]:
         if isinstance(exc.cause, RefineError):
             raise exc.cause from None
         raise
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+    except (
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.OutOfMemoryError,
+        ray.exceptions.NodeDiedError,
+    ) as exc:
         raise WorkerError(
-            f"the Ray worker training fold {fold} died {MAX_RETRIES + 1} times "
-            f"({type(exc).__name__}; often: out of memory); rerun with --resume to keep the "
-            "finished folds, on a cluster with more memory per worker"
+            f"the Ray worker training fold {fold} died ({type(exc).__name__}) and Ray gave up "
+            f"after {MAX_RETRIES} retries; most often a worker runs out of memory: rerun with "
+            "--resume to keep the finished folds, on workers with more memory"
         ) from None
     # Ray hands back one string object for every copy of a weight's name, where a fold trained
     # here has a new one per snapshot; pickle writes the two differently, so model.pt would
