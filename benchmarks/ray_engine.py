@@ -135,6 +135,9 @@ def main() -> None:
             wall, peak = timed_run(command)
             train = json.loads((out / "run.json").read_text())["timings"]["train"]
             results[name].append((wall, train, peak))
+            print(
+                f"{name}: {wall:.1f} s, train {train:.1f} s, {peak / 1e9:.2f} GB", file=sys.stderr
+            )
             outputs[name].add((out / "refined.parquet").read_bytes())
     baseline = statistics.median(w for w, _, _ in results[next(iter(results))])
     lines = [
@@ -170,7 +173,7 @@ def main() -> None:
     )
     if args.out is not None:
         args.out.write_text(text)
-    print(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

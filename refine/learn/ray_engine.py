@@ -68,7 +68,7 @@ class RayFoldRunner(FoldRunner):
 
     The features and targets go into Ray's object store once (and again only when a round
     brings other arrays), and every task reads them from there without a copy. On a cluster
-    with GPUs each fold task asks for one GPU, where ``--device auto`` trains it."""
+    with GPUs each fold task asks for one GPU (unless ``--device cpu``), where it trains."""
 
     def __init__(self, address: str | None = None, checkpoint: Checkpoint | None = None):
         super().__init__(workers=1, checkpoint=checkpoint)
@@ -76,6 +76,7 @@ class RayFoldRunner(FoldRunner):
         self._ray: Any = None
         self._started = False
         self._task: Any = None
+        self._gpus = 0
         self._refs: dict[str, tuple[np.ndarray, Any]] = {}  # name -> (array, its object ref)
 
     def __enter__(self) -> RayFoldRunner:
@@ -91,12 +92,10 @@ class RayFoldRunner(FoldRunner):
             )
             self._started = True
         resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
+        self._gpus = int(resources.get("GPU", 0))
         # cross_fit trains in this process when only one fold could run at a time anyway.
-        self.workers = max(int(resources.get("CPU", 1)), gpus, 1)
-        self._task = ray.remote(_fit_fold_task).options(
-            num_cpus=1, num_gpus=1 if gpus else 0, max_retries=MAX_RETRIES
-        )
+        self.workers = max(int(resources.get("CPU", 1)), self._gpus, 1)
+        self._task = ray.remote(_fit_fold_task).options(num_cpus=1, max_retries=MAX_RETRIES)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,10 +132,11 @@ class RayFoldRunner(FoldRunner):
             self._object_ref(name, array)
             for name, array in (("X", X), ("targets", targets), ("weights", weights))
         ]
+        task = self._task
+        if self._gpus and options["device"] != "cpu":
+            task = task.options(num_gpus=1)  # where --device auto (or cuda) will train it
         kill = os.environ.get(KILL_FOLD)
-        pending = {
-            self._task.remote(*arrays, job, options, seeds, seed, kill): job.fold for job in jobs
-        }
+        pending = {task.remote(*arrays, job, options, seeds, seed, kill): job.fold for job in jobs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
