@@ -141,7 +141,7 @@ def main() -> None:
             outputs[name].add((out / "refined.parquet").read_bytes())
     baseline = statistics.median(w for w, _, _ in results[next(iter(results))])
     lines = [
-        "| engine | wall s (median) | ratio to --workers 1 | train s (median) | "
+        "| engine | wall s (median) | ratio to --workers 1 | train s, summed over folds (median) | "
         "peak RSS of the process tree, GB (median) | every wall s |",
         "|---|---|---|---|---|---|",
     ]
