@@ -1,27 +1,37 @@
-"""Scale check: a 1,000,000-row file with a 64-dim fixed_size_list<float32> embedding column and
-10 classes, 20% of labels flipped, run end to end (5 folds, 2 rounds) through the CLI.
+"""Scale curve: files of ROWS rows with a 64-dim fixed_size_list<float32> embedding column and
+10 classes, 20% of labels flipped, each run end to end (5 folds, 2 rounds) through the CLI,
+once per engine.
 
-Prints wall time, peak memory of the refine process, the share of time in each stage (from
-run.json), and flag quality against the known noise. The data is generated, not downloaded.
+Engines: ``memory`` (the default plan: --workers auto, --memory unset), ``streaming`` (a
+--memory budget of 90% of the in-memory estimate, so the features stream from disk), and
+``ray`` (``--engine ray``, where the installed refine has it). For each run it prints wall
+time, peak resident memory (the largest single process, and the sum over the process tree
+sampled every 0.2 s), seconds per million rows, the plan refine chose (from run.json), the time
+of each stage, and flag quality against the known noise. The data is generated, not downloaded.
 
-    python benchmarks/scale.py [--rows 1000000] [--dim 64] [--workdir /tmp/refine-scale]
+    python benchmarks/scale.py [--rows 1000000,2000000] [--engines memory,streaming]
+        [--dim 64] [--workers auto] [--workdir /tmp/refine-scale] [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from refine.bench.noise import flip_symmetric
+
+ENGINES = ("memory", "streaming", "ray")
 
 
 def make_embeddings(rows: int, dim: int, classes: int, seed: int = 0):
@@ -34,25 +44,83 @@ def make_embeddings(rows: int, dim: int, classes: int, seed: int = 0):
     return vectors.astype(np.float32), truth
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/refine-scale"))
-    args = parser.parse_args()
+def write_data(path: Path, rows: int, dim: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The generated table at ``path`` (written once, reused, with its true labels beside it
+    as ``.truth.npy``); its true and noisy labels."""
+    truth_path = path.with_suffix(".truth.npy")
+    if path.exists() and truth_path.exists():
+        truth = np.load(truth_path)
+        return truth, flip_symmetric(truth, 0.2, classes, seed=1)
+    vectors, truth = make_embeddings(rows, dim, classes)
+    noisy = flip_symmetric(truth, 0.2, classes, seed=1)
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    del vectors
+    table = pa.table({"id": np.arange(rows), "embedding": embedding, "label": noisy})
+    pq.write_table(table, path, row_group_size=1 << 20)
+    np.save(truth_path, truth)
+    return truth, noisy
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    data = args.workdir / f"embeddings_{args.rows}.parquet"
-    vectors, truth = make_embeddings(args.rows, args.dim, args.classes)
-    noisy = flip_symmetric(truth, 0.2, args.classes, seed=1)
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), args.dim)
-    pq.write_table(
-        pa.table({"id": np.arange(args.rows), "embedding": embedding, "label": noisy}), data
-    )
-    del vectors, embedding
 
-    out = args.workdir / "run"
+def tree_rss(pid: int) -> int:
+    """Bytes resident in process ``pid`` and all its descendants, now (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                todo += [int(child) for child in f.read().split()]
+        except (OSError, StopIteration):
+            continue  # the process ended between two reads
+    return total
+
+
+def run_refine(command: list[str]) -> dict[str, float]:
+    """Run ``command``; its wall seconds, CPU seconds, and the peak resident bytes of its
+    largest process (wait4's rusage) and of its whole process tree (sampled)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], tree_rss(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,  # the process and the workers it waited for
+        "process_rss": usage.ru_maxrss * 1024,
+        "tree_rss": peak[0],
+    }
+
+
+def engine_flags(engine: str, rows: int, dim: int, classes: int, folds: int) -> list[str]:
+    """The flags that select ``engine``."""
+    if engine == "streaming":
+        from refine.learn import budget  # here, so that a checkout without it runs `memory`
+
+        estimate = budget.plan(rows, dim, classes, folds, memory=1 << 50).in_memory_bytes
+        return ["--memory", str(int(0.9 * estimate))]
+    if engine == "ray":
+        return ["--engine", "ray"]
+    return []
+
+
+def measure(
+    data: Path, out: Path, engine: str, args: argparse.Namespace, truth, noisy
+) -> dict[str, Any]:
+    """One run of ``engine`` on ``data``: its figures and its quality against the truth."""
     command = [
         sys.executable,
         "-m",
@@ -65,37 +133,70 @@ def main() -> None:
         "--ignore",
         "id",
         "--folds",
-        "5",
+        str(args.folds),
         "--rounds",
         "2",
+        "--workers",
+        args.workers,
+        "--no-report",
         "--quiet",
+        *engine_flags(engine, len(truth), args.dim, args.classes, args.folds),
     ]
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    wall = time.perf_counter() - started
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-
+    cost = run_refine(command)
     summary = json.loads((out / "run.json").read_text())
-    timings = summary["timings"]
     flagged = pq.read_table(out / "refined.parquet", columns=["is_label_issue", "label_refined"])
     is_issue = flagged.column("is_label_issue").to_numpy(zero_copy_only=False)
-    refined = flagged.column("label_refined").to_pandas()
+    refined = flagged.column("label_refined").to_numpy(zero_copy_only=False)
     wrong = noisy != truth
-    tp = (is_issue & wrong).sum()
-    report = {
-        "rows": args.rows,
+    tp = int((is_issue & wrong).sum())
+    timings = summary["timings"]
+    return {
+        "rows": len(truth),
         "dim": args.dim,
-        "wall_seconds": round(wall, 1),
-        "peak_rss_gb": round(peak_gb, 2),
+        "engine": engine,
+        "execution": summary.get("execution"),
+        "wall_seconds": round(cost["wall"], 1),
+        "seconds_per_million_rows": round(cost["wall"] / len(truth) * 1e6, 1),
+        "cpu_seconds": round(cost.get("cpu", float("nan")), 1),
+        "peak_process_rss_gb": round(cost["process_rss"] / 2**30, 2),
+        "peak_tree_rss_gb": round(cost["tree_rss"] / 2**30, 2),
         "stage_seconds": timings,
-        "stage_share": {k: round(v / wall, 3) for k, v in timings.items()},
+        "stage_share": {k: round(v / cost["wall"], 3) for k, v in timings.items()},
         "epochs_per_fit": summary["epochs_per_fit"],
-        "precision": round(tp / max(is_issue.sum(), 1), 4),
-        "recall": round(tp / wrong.sum(), 4),
+        "precision": round(tp / max(int(is_issue.sum()), 1), 4),
+        "recall": round(tp / max(int(wrong.sum()), 1), 4),
         "label_accuracy": round(float((refined == truth).mean()), 4),
         "given_accuracy": round(float((noisy == truth).mean()), 4),
     }
-    print(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1000000", help="comma-separated row counts")
+    parser.add_argument("--engines", default="memory,streaming", help=f"some of {ENGINES}")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--workers", default="auto")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/refine-scale"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for rows in (int(r) for r in args.rows.split(",")):
+        data = args.workdir / f"embeddings_{rows}x{args.dim}.parquet"
+        truth, noisy = write_data(data, rows, args.dim, args.classes)
+        for engine in engines:
+            out = args.workdir / f"run-{rows}-{engine}"
+            results.append(measure(data, out, engine, args, truth, noisy))
+            print(json.dumps(results[-1]), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

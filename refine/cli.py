@@ -66,6 +66,25 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c.strip() for v in values for c in v.split(",") if c.strip())
 
 
+def _execution_options(function):
+    """--workers and --memory: how a run uses the machine, which never changes its output."""
+    function = click.option(
+        "--memory",
+        default=None,
+        metavar="SIZE",
+        help="Memory budget, such as 4GB (default: half the machine's). Features that would "
+        "not fit stream from a file in the run's working directory; same output either way.",
+    )(function)
+    return click.option(
+        "--workers",
+        default="auto",
+        show_default=True,
+        metavar="N|auto",
+        help="Processes training folds side by side: auto = as many as the cores, folds and "
+        "--memory allow (1 for a small table). The output is the same for any number.",
+    )(function)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="refine")
 def cli() -> None:
@@ -337,13 +356,7 @@ def cli() -> None:
     help="Go on from the checkpoint an interrupted run to --out left (.OUT.partial beside it); "
     "same result as an uninterrupted run.",
 )
-@click.option(
-    "--workers",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Processes training folds side by side; the output is the same for any number.",
-)
+@_execution_options
 @click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
@@ -380,7 +393,8 @@ def run_command(
     mixup: float,
     overwrite: bool,
     resume: bool,
-    workers: int,
+    workers: str,
+    memory: str | None,
     engine: str,
     address: str | None,
     quiet: bool,
@@ -434,6 +448,7 @@ def run_command(
             command=_command_line(),
             resume=resume,
             workers=workers,
+            memory=memory,
             engine=engine,
             address=address,
         )
@@ -515,6 +530,11 @@ def _print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         ("device", s["device"]),
         ("seconds", f"{sum(s['timings'].values()):.1f}"),
     ]
+    if s.get("execution"):
+        e = s["execution"]
+        budget = f"{e['memory_budget_bytes'] / 2**30:.1f} GB budget"
+        rows.insert(-1, ("fold processes / features", f"{e['workers']} / {e['features']}"))
+        rows.insert(-1, ("memory", f"~{e['in_memory_estimate_bytes'] / 2**30:.2f} GB of {budget}"))
     if s.get("verified"):
         rows.insert(2, ("verified", f"{s['verified']:,}"))
     if s.get("annotators"):
@@ -601,6 +621,7 @@ def _look_at_flagged(out: Path, summary: dict[str, Any]) -> str:
     help="Where --text-model's embeddings are kept. Default: the run's.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@_execution_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @_errors
 def update_command(
@@ -614,6 +635,8 @@ def update_command(
     key: str | None,
     embedding_cache: str | None,
     overwrite: bool,
+    workers: str,
+    memory: str | None,
     quiet: bool,
 ) -> None:
     """Refine a new batch DATA with the run in RUN_DIR as the teacher, and write a new run.
@@ -651,6 +674,8 @@ def update_command(
             overwrite=overwrite,
             progress=progress,
             command=_command_line(),
+            workers=workers,
+            memory=memory,
             **options,
         )
     if not quiet:

@@ -47,6 +47,8 @@ from refine.judge.annotators import (
     choose_prior,
 )
 from refine.judge.detect import confident_joint
+from refine.learn.budget import Plan, parse_memory, parse_workers
+from refine.learn.budget import plan as budget_plan
 from refine.learn.calibrate import (
     apply_temperature,
 )
@@ -64,6 +66,7 @@ from refine.learn.modeldir import (
     train_student,
 )
 from refine.learn.ray_engine import RayFoldRunner, check_engine
+from refine.learn.stream import save_features, window_bytes
 from refine.learn.student import network_parameters
 from refine.progress import NULL_PROGRESS, Progress, logger, trust_lines
 from refine.rounds import Rounds, RoundsResult, augmenter
@@ -102,7 +105,8 @@ def run(
     progress: Progress = NULL_PROGRESS,
     command: str | None = None,
     resume: bool = False,
-    workers: int = 1,
+    workers: int | str = "auto",
+    memory: str | int | None = None,
     engine: str = "local",
     address: str | None = None,
     **options: Any,
@@ -132,8 +136,14 @@ def run(
         beside it), when its configuration, input and versions match; the result is the same
         as an uninterrupted run's. Without it an earlier checkpoint is discarded. Every run with
         ``out`` writes checkpoints, removed once the run directory is in place.
-    workers : int
-        Processes that train folds side by side; the output does not depend on it.
+    workers : int or "auto"
+        Processes that train folds side by side; the output does not depend on it. ``"auto"``:
+        as many as the cores, the folds and ``memory`` allow, and one for a small table
+        (docs/scale.md).
+    memory : str or int, optional
+        The memory budget (``"4GB"`` or bytes; default half the machine's): features that
+        would not fit in it stream from a file in the run's working directory instead of
+        staying in memory. The output does not depend on it.
     engine : {"local", "ray"}
         Where the folds train: this machine's processes (``workers``), or Ray tasks, one per
         fold (``pip install 'refine[ray]'``; docs/ray.md). The output does not depend on it.
@@ -147,12 +157,15 @@ def run(
     """
     config = with_options(config or RunConfig(), options)
     config.validate()
-    check_execution(out, overwrite, resume, workers)
+    execution = (parse_workers(workers), parse_memory(memory))
+    check_execution(out, overwrite, resume, execution[0] or 1)
     check_engine(engine, address)
     # Held until the run directory is renamed into place: one refine process per --out.
-    with output_lock(out), _fold_runner(engine, workers, address) as runner:
+    with output_lock(out), _fold_runner(engine, execution[0] or 1, address) as runner:
         try:
-            result = _run(data, out, config, overwrite, progress, command, resume, runner)
+            result = _run(
+                data, out, config, overwrite, progress, command, resume, runner, execution
+            )
         except RefineError as exc:
             if runner.checkpoint is None:
                 raise
@@ -181,12 +194,28 @@ def _run(
     command: str | None = None,
     resume: bool = False,
     runner: FoldRunner | None = None,
+    execution: tuple[int | None, int | None] = (1, None),
 ) -> RunResult:
     if out is not None:
         check_output(Path(out), overwrite)
     timings: dict[str, float] = {}
     labelled_table, verified, source, votes, config = _read(data, out, config, timings, progress)
-    encoder, X = _encode(labelled_table, config, progress, timings)
+    where = Path(out).absolute().parent if out is not None else None
+    encoder, X, plan = _encode_planned(labelled_table, config, progress, timings, execution)
+    if isinstance(runner, RayFoldRunner):  # Ray schedules the folds on its own cluster
+        plan = dataclasses.replace(plan, workers=runner.workers)
+    elif runner is not None:
+        runner.workers = plan.workers
+    if X is None:  # streaming: the features go to a file in the run's working directory
+        started = time.perf_counter()
+        table = labelled_table.table
+        X = (
+            _encode_to_disk(encoder, table, runner.scratch(where))
+            if runner is not None
+            else encoder.transform(table)
+        )
+        timings["encode"] += time.perf_counter() - started
+    _encoder_notes(encoder, progress)
     if runner is not None and out is not None:
         runner.checkpoint = open_checkpoint(
             Path(out), resume, config, X, labelled_table, _versions(), progress, verified
@@ -211,6 +240,7 @@ def _run(
         kept = (student.crossfit, student.encoder)
     deployable = student_model(labelled_table, X, encoder, config, state, timings, out)
     summary = summarise_run(labelled_table, encoder, config, state, timings, source, command)
+    summary["execution"] = plan.describe()
     if kept is not None:
         summary["student"] = student.summary
     if deployable is not None:
@@ -348,11 +378,52 @@ def note_reader(source: Input, progress: Progress) -> None:
         )
 
 
+def _encode_planned(
+    data: LabelledTable,
+    config: RunConfig,
+    progress: Progress,
+    timings: dict,
+    execution: tuple[int | None, int | None],
+) -> tuple[FeatureEncoder, np.ndarray | None, Plan]:
+    """The rounds' feature encoder and the run's plan (workers, in memory or streaming, from
+    ``execution``: the workers asked for, None for auto, and the memory budget); and the
+    features ``(N, D)`` in memory, or None when they are to stream from disk."""
+    started = time.perf_counter()
+    encoder = _fit_encoder(data, config, progress)
+    n, width = data.table.num_rows, encoder.width
+    plan = budget_plan(n, width, data.n_classes, config.folds, *execution, model=config.model)
+    if plan.streaming:  # worth a line as it happens; every run's plan is in run.json
+        progress.note(plan.line())
+    X = None if plan.streaming else encoder.transform(data.table)
+    timings["encode"] = time.perf_counter() - started
+    return encoder, X, plan
+
+
+def _encode_to_disk(encoder: FeatureEncoder, table: pa.Table, where: Path) -> np.ndarray:
+    """``encoder``'s features of ``table`` written to ``where/features.npy`` a slice of rows at
+    a time (each as large as ``refine.learn.stream.CHUNK_BYTES`` × ``WINDOW_CHUNKS``), mapped
+    read-only: every encoder works row by row, so the bytes are those of one transform."""
+    step = max(1, window_bytes(encoder.width) // max(4 * encoder.width, 1))
+    slices = (
+        encoder.transform(table.slice(start, step)) for start in range(0, table.num_rows, step)
+    )
+    return save_features(where / "features.npy", slices, (table.num_rows, encoder.width))
+
+
 def _encode(
     data: LabelledTable, config: RunConfig, progress: Progress, timings: dict
 ) -> tuple[FeatureEncoder, np.ndarray]:
     """The rounds' feature encoder, fitted, and the features ``(N, D)`` it makes."""
     started = time.perf_counter()
+    encoder = _fit_encoder(data, config, progress)
+    X = encoder.transform(data.table)
+    _encoder_notes(encoder, progress)
+    timings["encode"] = time.perf_counter() - started
+    return encoder, X
+
+
+def _fit_encoder(data: LabelledTable, config: RunConfig, progress: Progress) -> FeatureEncoder:
+    """The rounds' feature encoder, fitted on ``data``."""
     features, text, image = config.features, config.text, config.image
     if config.teacher_features is not None:  # the rounds' model is the teacher
         features = config.teacher_features
@@ -376,12 +447,14 @@ def _encode(
         device=config.model.device,
         progress=progress,
     )
-    X = encoder.transform(data.table)
+    return encoder
+
+
+def _encoder_notes(encoder: FeatureEncoder, progress: Progress) -> None:
+    """What the user should hear about how the columns were encoded, once they are."""
     _note_skipped(encoder.skipped, progress)
     for note in encoder.notes:
         progress.note(note)
-    timings["encode"] = time.perf_counter() - started
-    return encoder, X
 
 
 def finish_run(

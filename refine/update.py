@@ -39,8 +39,10 @@ from refine.io.read import (
 from refine.io.rundir import read_summary
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
+from refine.learn.budget import parse_memory, parse_workers
+from refine.learn.budget import plan as budget_plan
 from refine.learn.calibrate import apply_temperature
-from refine.learn.crossfit import ensemble_agreement
+from refine.learn.crossfit import FoldRunner, ensemble_agreement
 from refine.learn.model import MLPClassifier
 from refine.learn.modeldir import describe_student
 from refine.pipeline import (
@@ -177,6 +179,8 @@ def update(
     overwrite: bool = False,
     progress: Progress = NULL_PROGRESS,
     command: str | None = None,
+    workers: int | str = "auto",
+    memory: str | int | None = None,
     **options: Any,
 ) -> RunResult:
     """Refine the rows of ``data`` with the run in ``run_dir`` as the teacher; write to ``out``.
@@ -195,6 +199,10 @@ def update(
         many training rows from the history, unless ``replay`` is 0 (the new rows alone).
     command : str, optional
         The command line that started the update, recorded in ``run.json`` (the CLI passes it).
+    workers, memory
+        As for ``refine.run``: fold processes (``"auto"``: as many as the cores, folds and
+        ``memory`` allow) and the memory budget they are chosen for. An update's features
+        stay in memory (they train beside the replayed rows).
     options
         Settings to change from the run's configuration (``rounds=2``, ``seed=1``,
         ``verified_file="checked.csv", key="id"`` for verified labels of the batch's rows); the
@@ -225,8 +233,9 @@ def update(
     if not 0 <= replay <= 100:
         raise ConfigError(f"--replay must be in [0, 100] replayed rows per new row, got {replay}")
     # Held until the run directory is renamed into place: one refine process per --out.
+    execution = (parse_workers(workers), parse_memory(memory))
     with output_lock(out):
-        return _update(run_dir, data, out, replay, overwrite, progress, options, command)
+        return _update(run_dir, data, out, replay, overwrite, progress, options, command, execution)
 
 
 def _update(
@@ -238,6 +247,7 @@ def _update(
     progress: Progress,
     options: dict[str, Any],
     command: str | None = None,
+    execution: tuple[int | None, int | None] = (1, None),
 ) -> RunResult:
     if out is not None:
         check_output(Path(out), overwrite)
@@ -279,22 +289,32 @@ def _update(
     timings["teacher"] = time.perf_counter() - started
 
     augment = augmenter(batch, previous.encoder, config) if config.augment else None
-    state = refine_rounds(
-        Rounds(
-            batch,
-            X,
-            config,
-            progress,
-            timings,
-            teacher=teacher,
-            replay=replayed,
-            augment=augment,
-            image_blocks=previous.encoder.image_blocks,
-            verified=verified,
-        )
+    rows = len(X) + len(replayed.X)
+    plan = dataclasses.replace(
+        budget_plan(
+            rows, X.shape[1], batch.n_classes, config.folds, *execution, model=config.model
+        ),
+        streaming=False,
     )
+    with FoldRunner(plan.workers) as runner:
+        state = refine_rounds(
+            Rounds(
+                batch,
+                X,
+                config,
+                progress,
+                timings,
+                teacher=teacher,
+                replay=replayed,
+                augment=augment,
+                image_blocks=previous.encoder.image_blocks,
+                runner=runner,
+                verified=verified,
+            )
+        )
     student = student_model(batch, X, previous.encoder, config, state, timings, out)
     summary = summarise_run(batch, previous.encoder, config, state, timings, source, command, key)
+    summary["execution"] = plan.describe()
     if student is not None:
         summary["student_model"] = describe_student(student)
     # --rounds counts retraining rounds; the earlier model's judgement is round 1 of

@@ -23,7 +23,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
@@ -527,33 +527,53 @@ def test_scale_main_runs_the_cli_and_reports_the_run(tmp_path, monkeypatch, caps
     scale = script("scale")
     commands = []
 
-    def run_in_process(command, check):
+    def run_in_process(command):
         # The script starts `python -m refine run`; a second interpreter costs more than the
         # tiny run itself, so the same arguments go to refine's CLI here.
-        assert command[:4] == [sys.executable, "-m", "refine", "run"] and check
+        assert command[:4] == [sys.executable, "-m", "refine", "run"]
         commands.append(command)
         result = CliRunner().invoke(cli, command[3:], catch_exceptions=False)
-        if result.exit_code:
-            raise subprocess.CalledProcessError(result.exit_code, command, result.output)
+        assert result.exit_code == 0, result.output
+        return {"wall": 1.0, "cpu": 1.5, "process_rss": 2**30, "tree_rss": 2**31}
 
-    monkeypatch.setattr(scale, "subprocess", SimpleNamespace(run=run_in_process))
-    argv = ["scale.py", "--rows", "200", "--dim", "4", "--classes", "3"]
+    monkeypatch.setattr(scale, "run_refine", run_in_process)
+    argv = ["scale.py", "--rows", "200,300", "--dim", "4", "--classes", "3", "--folds", "3"]
     monkeypatch.setattr(sys, "argv", [*argv, "--workdir", str(tmp_path)])
     scale.main()
-    report = json.loads(capsys.readouterr().out)
-    assert len(commands) == 1
-    data = pq.read_table(tmp_path / "embeddings_200.parquet")
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["rows"], r["engine"]) for r in reports] == [
+        (200, "memory"),
+        (200, "streaming"),
+        (300, "memory"),
+        (300, "streaming"),
+    ]
+    assert "--memory" not in commands[0] and "--memory" in commands[1]
+    assert [r["execution"]["features"] for r in reports[:2]] == ["in memory", "streaming"]
+    data = pq.read_table(tmp_path / "embeddings_200x4.parquet")
     assert data.column_names == ["id", "embedding", "label"]
     assert data.schema.field("embedding").type == pa.list_(pa.float32(), 4)
-    assert report["rows"] == 200 and report["dim"] == 4
+    report = reports[0]
+    assert report["dim"] == 4 and report["seconds_per_million_rows"] == 5000.0
+    assert (report["peak_process_rss_gb"], report["peak_tree_rss_gb"]) == (1.0, 2.0)
     assert report["given_accuracy"] == 0.8  # exactly 20% flipped
     for key in ("precision", "recall", "label_accuracy"):
         assert 0 <= report[key] <= 1, key
     assert {"train", "detect", "write"} <= set(report["stage_seconds"])
-    assert 0 < sum(report["stage_share"].values()) <= 1.01
-    refined = pq.read_table(tmp_path / "run" / "refined.parquet")
-    assert refined.num_rows == 200
     assert report["recall"] * 40 == pytest.approx(round(report["recall"] * 40), abs=0.01)
+    # The same seed gives the same labels whichever path the features took.
+    runs = tmp_path / "run-200-memory", tmp_path / "run-200-streaming"
+    memory, streaming = (pq.read_table(r / "refined.parquet") for r in runs)
+    assert memory.equals(streaming)
+
+
+def test_scale_measures_the_whole_process_tree():
+    scale = script("scale")
+    command = [sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(1)"]
+    cost = scale.run_refine(command)
+    assert cost["wall"] >= 1 and cost["cpu"] > 0
+    assert cost["process_rss"] >= 200 << 20 and cost["tree_rss"] >= 200 << 20
+    with pytest.raises(subprocess.CalledProcessError):
+        scale.run_refine([sys.executable, "-c", "raise SystemExit(3)"])
 
 
 # stream.py ----------------------------------------------------------------------------------

@@ -276,10 +276,12 @@ def test_execution_options_are_checked(tmp_path, reference):
     _, data = reference
     result = invoke("run", data, "--out", tmp_path / "x", "--workers", "0")
     assert result.exit_code == 2
-    assert "Invalid value for '--workers': 0 is not in the range x>=1." in result.output
+    assert "Error: --workers must be 'auto' or a whole number >= 1, got 0\n" == result.output
     with pytest.raises(ConfigError, match="resume=True needs out"):
         refine.run(data, None, resume=True)
-    with pytest.raises(ConfigError, match=r"--workers must be a whole number >= 1, got 0"):
+    with pytest.raises(
+        ConfigError, match=r"--workers must be 'auto' or a whole number >= 1, got 0"
+    ):
         refine.run(data, tmp_path / "x", workers=0)
 
 

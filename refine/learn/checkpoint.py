@@ -41,6 +41,7 @@ from refine.io.decisions import Decisions
 from refine.io.read import LabelledTable
 from refine.io.write import _json_default, output_error
 from refine.learn.model import resolve_device
+from refine.learn.stream import FeatureFile
 from refine.progress import Progress
 
 CHECKPOINT_FORMAT = "refine.checkpoint/1"
@@ -133,9 +134,19 @@ def fingerprint(
 
 
 def _digest(array: np.ndarray, extra: str = "") -> str:
-    array = np.ascontiguousarray(array)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{array.dtype.str}{array.shape}{extra}".encode())
+    on_disk = FeatureFile.of(array)
+    if on_disk is not None:  # features streaming from disk: read a piece at a time
+        step = max(1, (64 << 20) // max(4 * on_disk.shape[1], 1))
+        try:
+            for start in range(0, on_disk.shape[0], step):
+                piece = on_disk.read(start, min(start + step, on_disk.shape[0]))
+                digest.update(piece.data.cast("B"))
+        finally:
+            on_disk.close()
+        return digest.hexdigest()
+    array = np.ascontiguousarray(array)
     digest.update(array.data.cast("B"))  # .data is memoryview(array), typed as one
     return digest.hexdigest()
 

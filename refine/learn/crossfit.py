@@ -29,10 +29,15 @@ from sklearn.model_selection import StratifiedKFold
 from refine.config import ModelConfig
 from refine.errors import WorkerError
 from refine.learn.model import MLPClassifier
+from refine.learn.stream import FeatureFile
 from refine.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from refine.learn.checkpoint import Checkpoint
+
+# Rows per piece when predicting from features on disk: a multiple of every batch size
+# predict_member_proba uses, so the pieces give the same bytes as one call.
+PREDICT_ROWS = 65536
 
 
 def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -289,17 +294,18 @@ def fit_fold(
             estimator = MLPClassifier(
                 random_state=_member_seed(seed, job.fold, member), **options
             ).fit(
-                X[job.train],
-                targets[job.train],
-                weights[job.train],
+                X,
+                targets,
+                weights,
                 on_epoch=functools.partial(progress.update, epoch_task),
+                rows=job.train,
             )
             progress.finish(epoch_task)
             fitted.append(estimator)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        held = np.concatenate([m.predict_member_proba(X[job.held]) for m in fitted])
-        pool = np.concatenate([m.predict_member_proba(X[job.pool]) for m in fitted])
+        held = predict_rows(fitted, X, job.held)
+        pool = predict_rows(fitted, X, job.pool)
         predict_seconds = time.perf_counter() - started
     return {
         "fold": job.fold,
@@ -316,6 +322,25 @@ def fit_fold(
         "train_seconds": train_seconds,
         "predict_seconds": predict_seconds,
     }
+
+
+def predict_rows(models: list[MLPClassifier], X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Every snapshot's probabilities ``(S, len(rows), K)`` of ``models`` for ``rows`` (sorted)
+    of ``X``; read PREDICT_ROWS at a time when ``X`` maps a file, so memory stays bounded."""
+    source = FeatureFile.of(X)
+    if source is None:
+        return np.concatenate([m.predict_member_proba(X[rows]) for m in models])
+    try:
+        parts: list[np.ndarray] = []
+        for start in range(0, len(rows), PREDICT_ROWS):
+            x = source.take(rows[start : start + PREDICT_ROWS])
+            parts.append(np.concatenate([m.predict_member_proba(x) for m in models]))
+    finally:
+        source.close()
+    k = models[0].classes_.size if models else 0
+    if not parts:
+        return np.zeros((sum(len(m.states_) for m in models), 0, k), np.float32)
+    return np.concatenate(parts, axis=1)
 
 
 @contextlib.contextmanager
@@ -352,19 +377,30 @@ class FoldRunner:
             self._arrays.cleanup()
             self._arrays, self._saved = None, {}
 
+    def scratch(self, where: str | Path | None = None) -> Path:
+        """The run's working directory (the workers' arrays, features on disk), removed with
+        the runner: in the checkpoint's directory when there is one, else in ``where`` (else
+        the system's temporary directory)."""
+        if self._arrays is None:
+            if self.checkpoint is not None:
+                where = self.checkpoint.path
+            self._arrays = tempfile.TemporaryDirectory(
+                prefix=".arrays-", dir=where, ignore_cleanup_errors=True
+            )
+        return Path(self._arrays.name)
+
     def _array_file(self, name: str, array: np.ndarray) -> str:
         """The .npy file the workers map ``array`` from: written once for as long as the same
         array comes back (the features, round after round), under a new name otherwise, so a
         file a worker may still have mapped is never rewritten."""
+        on_disk = FeatureFile.of(array)
+        if on_disk is not None:  # features already on disk (the streaming path): map that
+            on_disk.close()
+            return on_disk.path
         saved = self._saved.get(name)
         if saved is not None and saved[0] is array:
             return saved[1]
-        if self._arrays is None:
-            where = self.checkpoint.path if self.checkpoint is not None else None
-            self._arrays = tempfile.TemporaryDirectory(
-                prefix=".arrays-", dir=where, ignore_cleanup_errors=True
-            )
-        path = str(Path(self._arrays.name) / f"{name}-{next(self._files)}.npy")
+        path = str(self.scratch() / f"{name}-{next(self._files)}.npy")
         np.save(path, np.ascontiguousarray(array))
         if saved is not None:
             Path(saved[1]).unlink(missing_ok=True)

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
+
+from refine.learn.stream import FeatureFile, epoch_windows
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -199,25 +202,37 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         y: np.ndarray,
         sample_weight: np.ndarray | None = None,
         on_epoch: Callable[[int, int], None] | None = None,
+        rows: np.ndarray | None = None,
     ) -> MLPClassifier:
         """Train on ``X`` ``(N, D)`` float32 and ``y``: class indices ``(N,)`` or soft targets ``(N, K)``.
 
         ``on_epoch(epoch, max_epochs)`` is called after each epoch (for progress bars).
+        ``rows`` (sorted indices into ``X``, ``y`` and ``sample_weight``): train on these rows
+        only, as if given ``X[rows]``. When ``X`` is a memory map of a whole ``.npy`` file
+        (``np.load(path, mmap_mode="r")``), its rows are read a window at a time, never all
+        at once, and the result is the same as from the array in memory.
         """
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        targets = self._targets(y)
+        source = FeatureFile.of(X)
+        if source is None:
+            X = np.ascontiguousarray(X, dtype=np.float32)
+        n_total = len(X)
+        rows = np.arange(n_total) if rows is None else np.asarray(rows, np.int64)
+        targets = self._targets(np.asarray(y)[rows] if len(rows) != n_total else y)
         n, k = targets.shape
         weight = (
             np.ones(n, np.float32)
             if sample_weight is None
             else np.asarray(sample_weight, np.float32)
         )
+        if len(weight) != n:
+            weight = weight[rows]
         self.classes_ = np.arange(k)
         self.n_features_in_ = X.shape[1]
         device = resolve_device(self.device)
         self.device_ = str(device)
         rng = np.random.default_rng(self.random_state)
-        train_idx, val_idx = self._holdout(targets, rng)
+        local_train, local_val = self._holdout(targets, rng)
+        train_idx, val_idx = rows[local_train], rows[local_val]
         batch = self.batch_size or auto_batch_size(len(train_idx))
         epochs = max(
             1, min(self.max_epochs, math.ceil(self.max_rows_seen / max(len(train_idx), 1)))
@@ -229,10 +244,23 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             net, optimiser, schedule = self._build(
                 X.shape[1], k, device, steps=epochs * math.ceil(len(train_idx) / batch)
             )
-            data = _OnDevice(
-                *(torch.from_numpy(a).to(device) for a in (X, targets, weight, train_idx, val_idx))
+            # The targets and weights of every row of X, so that a row index means one row.
+            full_targets = np.zeros((n_total, k), np.float32)
+            full_weight = np.zeros(n_total, np.float32)
+            full_targets[rows], full_weight[rows] = targets, weight
+            data = _Rows(
+                source,
+                None if source is not None else _to(device, X),
+                _to(device, full_targets),
+                _to(device, full_weight),
+                train_idx,
+                val_idx,
             )
-            kept = self._train(net, optimiser, schedule, data, batch, epochs, rng, on_epoch)
+            try:
+                kept = self._train(net, optimiser, schedule, data, batch, epochs, rng, on_epoch)
+            finally:
+                if source is not None:
+                    source.close()
         self.epochs_ = len(self.history_)
         self.snapshot_epochs_ = [e for _, e, _ in kept]
         self.states_ = [s for _, _, s in kept]
@@ -268,7 +296,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         net: nn.Module,
         optimiser: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler,
-        data: _OnDevice,
+        data: _Rows,
         batch: int,
         epochs: int,
         rng: np.random.Generator,
@@ -281,11 +309,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = []
         for epoch in range(epochs):
             self._train_epoch(net, optimiser, schedule, data, batch, rng, generator)
-            val_loss = (
-                self._val_loss(net, data.X, data.targets, data.weight, data.val)
-                if len(data.val)
-                else -epoch
-            )
+            val_loss = self._val_loss(net, data) if len(data.val) else -epoch
             self.history_.append(float(val_loss))
             if on_epoch is not None:
                 on_epoch(epoch + 1, epochs)
@@ -304,18 +328,18 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         net: nn.Module,
         optimiser: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler,
-        data: _OnDevice,
+        data: _Rows,
         batch: int,
         rng: np.random.Generator,
         generator: torch.Generator,
     ) -> None:
-        """One pass over the training rows in shuffled batches of ``batch`` rows."""
-        device = data.X.device
+        """One pass over the training rows in shuffled batches of ``batch`` rows (the order of
+        ``refine.learn.stream.epoch_windows``)."""
+        device = data.targets.device
         net.train()
-        order = data.train[torch.randperm(len(data.train), generator=generator).to(device)]
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            xb, tb, wb = data.X[idx], data.targets[idx], data.weight[idx]
+        windows = epoch_windows(data.train, len(data.weight), self.n_features_in_, generator)
+        for idx, xb in data.batches(windows, batch):
+            tb, wb = data.targets[idx], data.weight[idx]
             if self.mixup > 0:
                 lam = float(rng.beta(self.mixup, self.mixup))
                 perm = torch.randperm(len(idx), generator=generator).to(device)
@@ -363,14 +387,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         X = np.ascontiguousarray(X, dtype=np.float32)
         device = next(self.network_.parameters()).device
         net = copy.deepcopy(self.network_)
-        out = np.empty((len(self.states_), len(X), len(self.classes_)), np.float32)
+        # Filled on the device and copied back once, so no batch waits on the device; on a GPU
+        # the forward pass runs in bfloat16 (autocast), the softmax in float32.
+        shape = (len(self.states_), len(X), len(self.classes_))
+        out = torch.empty(shape, dtype=torch.float32, device=device)
+        autocast = device.type == "cuda"
         for s, state in enumerate(self.states_):
             net.load_state_dict(state)
             net.eval()
             for start in range(0, len(X), batch_size):
-                xb = torch.from_numpy(X[start : start + batch_size]).to(device)
-                out[s, start : start + len(xb)] = torch.softmax(net(xb), dim=1).cpu().numpy()
-        return out
+                xb = _upload(X[start : start + batch_size], device)
+                with torch.autocast("cuda", torch.bfloat16) if autocast else nullcontext():
+                    logits = net(xb)
+                out[s, start : start + len(xb)] = torch.softmax(logits.float(), dim=1)
+        return out.cpu().numpy()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Mean probabilities of the kept snapshots: ``(N, K)``, rows sum to 1."""
@@ -389,29 +419,71 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         return onehot
 
     @torch.no_grad()
-    def _val_loss(self, net, Xd, Td, Wd, va, batch_size: int = 65536) -> float:
+    def _val_loss(self, net: nn.Module, data: _Rows, batch_size: int = 65536) -> float:
         if self.image_blocks:
             batch_size = min(batch_size, IMAGE_EVAL_BATCH)
         net.eval()
-        total, weight = 0.0, 0.0
-        for start in range(0, len(va), batch_size):
-            idx = va[start : start + batch_size]
-            w = Wd[idx]
-            losses = -(Td[idx] * torch.log_softmax(net(Xd[idx]), dim=1)).sum(1)
-            total += float((losses * w).sum())
-            weight += float(w.sum())
-        return total / max(weight, 1e-12)
+        # Summed in float64 on the device and read once, so the loop waits on no device.
+        total = torch.zeros((), dtype=torch.float64, device=data.targets.device)
+        weight = torch.zeros_like(total)
+        for start in range(0, len(data.val), batch_size):
+            idx_np = data.val[start : start + batch_size]
+            idx = torch.from_numpy(idx_np).to(data.targets.device)
+            w = data.weight[idx]
+            logits = net(data.take(idx_np, idx))
+            losses = -(data.targets[idx] * torch.log_softmax(logits, dim=1)).sum(1)
+            total += (losses * w).sum().double()
+            weight += w.sum().double()
+        return float(total) / max(float(weight), 1e-12)
 
 
-class _OnDevice(NamedTuple):
-    """A fit's arrays as tensors on its device: ``X`` ``(N, D)``, ``targets`` ``(N, K)``,
-    ``weight`` ``(N,)``, and the ``train`` and ``val`` row indices."""
+def _to(device: torch.device, array: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(device)
 
-    X: torch.Tensor
+
+class _Rows(NamedTuple):
+    """A fit's rows: the features, from ``source`` (a file) or ``X`` ``(N, D)`` on the device;
+    ``targets`` ``(N, K)`` and ``weight`` ``(N,)`` on the device; and the ``train`` and ``val``
+    row indices (numpy, sorted)."""
+
+    source: FeatureFile | None
+    X: torch.Tensor | None
     targets: torch.Tensor
     weight: torch.Tensor
-    train: torch.Tensor
-    val: torch.Tensor
+    train: np.ndarray
+    val: np.ndarray
+
+    def take(self, rows: np.ndarray, on_device: torch.Tensor) -> torch.Tensor:
+        """Features of ``rows`` (sorted; ``on_device`` is the same indices as a tensor)."""
+        if self.X is not None:
+            return self.X[on_device]
+        assert self.source is not None
+        return _upload(self.source.take(rows), self.targets.device)
+
+    def batches(
+        self, windows: list[np.ndarray], batch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(row indices, features)`` on the device, ``batch`` rows at a time, in the
+        windows' order."""
+        device = self.targets.device
+        if self.X is not None:
+            order = torch.from_numpy(np.concatenate(windows)).to(device)
+            for start in range(0, len(order), batch):
+                idx = order[start : start + batch]
+                yield idx, self.X[idx]
+            return
+        assert self.source is not None
+        for rows, x in self.source.window_batches(windows, batch):
+            yield torch.from_numpy(rows).to(device), _upload(x, device)
+
+
+def _upload(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; to a GPU through pinned memory, without waiting for the copy."""
+    tensor = torch.from_numpy(x)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def _weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
