@@ -91,12 +91,28 @@ class PreviousRun:
         read = {*self.encoder.columns, self.config.label, self.config.verified}
         return {name for name in self.input_schema.names if name not in read}
 
-    def predict(self, table: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated class probabilities ``(N, K)`` for the rows of ``table`` (anything
-        ``refine.run`` reads: a pyarrow or pandas table, a path, ...) from every fold model,
-        and the share of members that agree with the ensemble ``(N,)``."""
+    def predict(self, table: Any, given: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(N, K)`` for the rows of ``table`` (anything ``refine.run``
+        reads: a pyarrow or pandas table, a path, ...) from every fold model, and the share of
+        members that agree with the ensemble ``(N,)``.
+
+        The probabilities speak of the true class, as ``label_soft`` does: the models' mean is
+        calibrated against the given labels (run.json ``calibration``), then turned to the true
+        class as the last round's judgement did (``trust.calibration``). ``given=True`` stops at
+        the first step: how likely each class is to be the label the data's labellers would
+        write, noise included (what ``refine update`` judges a new batch's labels with)."""
         members = self.member_proba(self.encoder.transform(as_table(table)))
-        return apply_temperature(members.mean(0), self.temperature), ensemble_agreement(members)
+        proba = apply_temperature(members.mean(0), self.temperature)
+        return (proba if given else self.true_class(proba)), ensemble_agreement(members)
+
+    def true_class(self, proba: np.ndarray) -> np.ndarray:
+        """``proba`` calibrated against the given labels, turned to the true class with the
+        temperature the run's judgement found (unchanged where it found none). A cross-modal
+        student's probabilities stay as calibrated: that temperature was the teacher's."""
+        found = (self.summary.get("trust") or {}).get("calibration") or {}
+        if self.summary.get("student") or found.get("method") in (None, "none"):
+            return proba
+        return apply_temperature(proba, float(found["temperature"]))
 
     @property
     def temperature(self) -> float:

@@ -382,3 +382,22 @@ def test_an_ignored_column_may_change_type(first_run, tmp_path):
     assert third.refined.column("id").type == pa.int64()
     history = pq.read_table(tmp_path / "third" / "history.parquet").column("id").to_pylist()
     assert {"3", "w-2523"} <= set(history)  # the first run's ids as text, and the second's
+
+
+def test_load_run_predicts_probabilities_of_the_true_class(first_run):
+    from refine.learn.calibrate import apply_temperature, expected_calibration_error
+
+    out, table, truth = first_run
+    previous = load_run(out)
+    rows = table.slice(360, 360)  # rows the run never saw, scored against their true class
+    proba, agreement = previous.predict(rows)
+    given, same_agreement = previous.predict(rows, given=True)
+    np.testing.assert_array_equal(agreement, same_agreement)
+    found = previous.summary["trust"]["calibration"]
+    assert found["method"] == "noise"  # 15% flipped labels: the judgement trusts the model
+    np.testing.assert_allclose(proba, apply_temperature(given, found["temperature"]), atol=1e-6)
+    np.testing.assert_array_equal(proba.argmax(1), given.argmax(1))  # a temperature keeps ranks
+    true = np.asarray(truth[360:])
+    # Calibrated against labels 15% wrong, the given-label probabilities are too timid for the
+    # true class; turned to it, they say how often the prediction is right.
+    assert expected_calibration_error(proba, true) < expected_calibration_error(given, true)
