@@ -479,21 +479,27 @@ def test_ray_engine_tree_rss_counts_this_process():
     assert ray_engine.tree_rss(-1) == 0
 
 
-@pytest.mark.slow
-def test_ray_engine_main_runs_every_engine_and_compares_their_output(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("ray")
-    ray_engine = script("ray_engine")
-    commands = []
+def cli_in_process(commands, measured):
+    """A stand-in for a script's `python -m refine run` subprocess: the same arguments go to
+    refine's CLI in this process (a second interpreter costs more than the tiny run itself),
+    each command is kept in ``commands``, and ``measured`` is what the script gets back."""
 
-    def run_in_process(command):
-        # A second interpreter (and its Ray instance) costs more than the tiny run itself.
+    def run(command):
         assert command[:4] == [sys.executable, "-m", "refine", "run"]
         commands.append(command)
         result = CliRunner().invoke(cli, command[3:], catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        return 1.0, 0
+        return measured
 
-    monkeypatch.setattr(ray_engine, "timed_run", run_in_process)
+    return run
+
+
+@pytest.mark.slow
+def test_ray_engine_main_runs_every_engine_and_compares_their_output(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    ray_engine = script("ray_engine")
+    commands: list[list[str]] = []
+    monkeypatch.setattr(ray_engine, "timed_run", cli_in_process(commands, (1.0, 0)))
     argv = ["ray_engine.py", "--rows", "120", "--dim", "4", "--classes", "3", "--runs", "1"]
     argv += ["--folds", "3", "--rounds", "1", "--max-epochs", "2", "--workdir", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "table.md")])
@@ -525,18 +531,9 @@ def test_scale_embeddings_are_seeded_clusters():
 @pytest.mark.slow
 def test_scale_main_runs_the_cli_and_reports_the_run(tmp_path, monkeypatch, capsys):
     scale = script("scale")
-    commands = []
-
-    def run_in_process(command):
-        # The script starts `python -m refine run`; a second interpreter costs more than the
-        # tiny run itself, so the same arguments go to refine's CLI here.
-        assert command[:4] == [sys.executable, "-m", "refine", "run"]
-        commands.append(command)
-        result = CliRunner().invoke(cli, command[3:], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return {"wall": 1.0, "cpu": 1.5, "process_rss": 2**30, "tree_rss": 2**31}
-
-    monkeypatch.setattr(scale, "run_refine", run_in_process)
+    commands: list[list[str]] = []
+    measured = {"wall": 1.0, "cpu": 1.5, "process_rss": 2**30, "tree_rss": 2**31}
+    monkeypatch.setattr(scale, "run_refine", cli_in_process(commands, measured))
     argv = ["scale.py", "--rows", "200,300", "--dim", "4", "--classes", "3", "--folds", "3"]
     monkeypatch.setattr(sys, "argv", [*argv, "--workdir", str(tmp_path)])
     scale.main()
