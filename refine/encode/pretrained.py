@@ -24,7 +24,7 @@ import hashlib
 import importlib.metadata
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,12 @@ NOT_DOWNLOADED = ["onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model
 MAX_CHARS = 5_000
 
 
-def versions() -> dict[str, str]:
+def versions(
+    names: Sequence[str] = ("sentence-transformers", "transformers", "tokenizers", "torch"),
+) -> dict[str, str]:
     """The versions of the libraries that decide the embeddings, as run.json records them."""
     found = {}
-    for name in ("sentence-transformers", "transformers", "tokenizers", "torch"):
+    for name in names:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -93,7 +95,7 @@ def model_files(path: Path) -> dict[str, str]:
     return hashes
 
 
-def _combined(files: dict[str, str]) -> str:
+def combined_hash(files: dict[str, str]) -> str:
     lines = "".join(f"{name}\t{digest}\n" for name, digest in sorted(files.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
 
@@ -116,7 +118,7 @@ class TextModel:
             st = _import_sentence_transformers()
             try:
                 # trust_remote_code stays off: a model directory's own Python is never run.
-                with _quiet_loading():
+                with quiet_loading():
                     self._network = st.SentenceTransformer(
                         str(self.path), device=self.device, local_files_only=True
                     )
@@ -138,14 +140,7 @@ class TextModel:
 
     @property
     def batch_size(self) -> int:
-        if self.batch:
-            return self.batch
-        if self.device != "cuda":
-            return CPU_BATCH
-        import torch
-
-        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-        return int(np.clip(round(gib * CUDA_ROWS_PER_GIB), *CUDA_BATCH))
+        return self.batch or device_batch(self.device, CPU_BATCH)
 
     def record(self) -> dict[str, Any]:
         """What run.json keeps of the model: name, path, hashes and library versions."""
@@ -158,7 +153,17 @@ class TextModel:
         }
 
 
-def _device(device: str) -> str:
+def device_batch(device: str, cpu_batch: int) -> int:
+    """Rows per batch: ``cpu_batch`` on the CPU; on CUDA, sized to the device's memory."""
+    if device != "cuda":
+        return cpu_batch
+    import torch
+
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return int(np.clip(round(gib * CUDA_ROWS_PER_GIB), *CUDA_BATCH))
+
+
+def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
@@ -196,14 +201,14 @@ def load_text_model(name: str, device: str = "auto", sha256: str | None = None) 
             f"--text-model {name!r}: {str(path)!r} holds no model files (config, weights, "
             "tokenizer); pass a directory saved with SentenceTransformer.save()"
         )
-    digest = _combined(files)
+    digest = combined_hash(files)
     if sha256 is not None and digest != sha256:
         raise InputError(
             f"--text-model {name!r} has changed since the run used it (SHA-256 {digest[:12]}, "
             f"the run's {sha256[:12]}): its files in {str(path)!r} differ. Restore the model "
             "the run used, or start a new run with refine run"
         )
-    return TextModel(name, path, digest, files, _device(device))
+    return TextModel(name, path, digest, files, resolve_device(device))
 
 
 def _resolve(name: str) -> Path:
@@ -388,11 +393,17 @@ def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 @dataclass
 class Encoded:
-    """What one ``encode_texts`` call did: rows, rows the model encoded, and its seconds."""
+    """What one ``encode_texts`` or ``encode_images`` call did: rows, rows the model encoded,
+    values it could not read (an image Pillow cannot decode), and its seconds."""
 
     rows: int = 0
     encoded: int = 0
     seconds: float = 0.0
+    failed: int = 0
+
+    @property
+    def from_cache(self) -> int:
+        return self.rows - self.encoded - self.failed
 
     @property
     def rows_per_second(self) -> float | None:
@@ -439,21 +450,47 @@ def encode_texts(
             )
         texts = text_values(pa.array(values, pa.string()))
     keys = value_keys(texts)
-    unique = list(dict.fromkeys(keys))
-    found = cache.lookup(model.sha256, unique)
-    missing = [k for k in unique if k not in found]
-    stats = stats if stats is not None else Encoded()
-    stats.rows = len(texts)
-    if missing or not found:
-        started = time.perf_counter()
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        vectors = _run(model, [texts[first[k]] for k in missing], progress)
-        stats.encoded, stats.seconds = len(missing), time.perf_counter() - started
-        cache.add(model.sha256, missing, vectors)
-        found.update(zip(missing, vectors, strict=True))
+    found = through_cache(
+        keys,
+        model.sha256,
+        cache,
+        lambda rows: _run(model, [texts[i] for i in rows], progress),
+        stats if stats is not None else Encoded(),
+    )
     if not texts:
         return np.zeros((0, model.dim), np.float32)
     return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+
+def through_cache(
+    keys: Sequence[bytes],
+    model: str,
+    cache: EmbeddingCache,
+    encode: Callable[[list[int]], np.ndarray],
+    stats: Encoded,
+) -> dict[bytes, np.ndarray]:
+    """The vector of each distinct key in ``keys`` ``(N,)`` for the model of SHA-256 ``model``:
+    from ``cache``, else ``encode(rows)`` ``(len(rows), D)`` on the first row of each key the
+    cache lacks, whose vectors the cache then keeps (all but rows of NaN: no usable value).
+    ``stats`` gets the rows, the rows encoded and the seconds taken."""
+    unique = list(dict.fromkeys(keys))
+    found = cache.lookup(model, unique)
+    missing = [k for k in unique if k not in found]
+    stats.rows = len(keys)
+    if missing or not found:
+        started = time.perf_counter()
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        vectors = encode([first[k] for k in missing])
+        usable = ~np.isnan(vectors).all(1) if vectors.size else np.ones(len(missing), bool)
+        stats.encoded, stats.failed = int(usable.sum()), int((~usable).sum())
+        stats.seconds = time.perf_counter() - started
+        cache.add(model, [k for k, ok in zip(missing, usable, strict=True) if ok], vectors[usable])
+        # What the model could not read is remembered in memory only, not to read it twice.
+        for k, v, ok in zip(missing, vectors, usable, strict=True):
+            if not ok:
+                cache.memory[model][k] = v
+        found.update(zip(missing, vectors, strict=True))
+    return found
 
 
 def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
@@ -467,7 +504,7 @@ def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
     batch = model.batch_size
     task = progress.start("encode", "encoding text", total=len(texts))
     start = 0
-    with _threads(), torch.inference_mode(), _autocast(model.device):
+    with torch_threads(), torch.inference_mode(), autocast(model.device):
         while start < len(order):
             rows = order[start : start + batch]
             try:
@@ -491,21 +528,26 @@ def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No progress bar from transformers while the weights load: refine draws its own."""
+def quiet_loading(errors_only: bool = False) -> Iterator[None]:
+    """No progress bar from transformers while the weights load: refine draws its own. With
+    ``errors_only``, none of its warnings either, where refine checks what they would say."""
     from transformers.utils import logging as transformers_logging
 
     shown = transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()
+    if errors_only:
+        transformers_logging.set_verbosity_error()
     try:
         yield
     finally:
+        transformers_logging.set_verbosity(verbosity)
         if shown:
             transformers_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
-def _autocast(device: str) -> Iterator[None]:
+def autocast(device: str) -> Iterator[None]:
     """Half precision on CUDA, where it runs the network at twice the speed; none on the CPU."""
     if device != "cuda":
         yield
@@ -517,7 +559,7 @@ def _autocast(device: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _threads() -> Iterator[None]:
+def torch_threads() -> Iterator[None]:
     """torch's intra-op threads, capped at the cores this process may run on: torch counts
     the machine's, which in a container or under taskset oversubscribes the few it has."""
     import torch
@@ -602,18 +644,22 @@ class PretrainedTextEncoder:
             "dim": self.dim,
             "text_model": self.model_record,
             "rows_encoded": self.stats.encoded,
-            "rows_from_cache": self.stats.rows - self.stats.encoded,
+            "rows_from_cache": self.stats.from_cache,
             "rows_per_second": self.stats.rows_per_second,
         }
 
     def note(self) -> str:
+        return self.encoded_note()
+
+    def encoded_note(self) -> str:
+        """How the last call that ran the model went: rows encoded, speed, rows cached."""
         s = self.stats
         if not s.encoded:
             return f"text column {self.name!r}: every embedding came from the cache"
         return (
             f"text column {self.name!r}: {s.encoded:,} values encoded with {self.model_name!r} "
             f"in {s.seconds:.1f} s ({s.rows_per_second:,.0f} rows/s on {self._model().device})"
-            + (f"; {s.rows - s.encoded:,} rows from the cache" if s.rows > s.encoded else "")
+            + (f"; {s.from_cache:,} rows from the cache" if s.from_cache else "")
         )
 
     def state(self) -> dict[str, Any]:
