@@ -285,14 +285,15 @@ def _update(
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
-    # --text-model: the run's embeddings and the cache spare the model rows it has seen.
+    # --text-model, --image-model DIR: the cache (and a text model's run embeddings) spare
+    # the model rows it has seen.
     previous.encoder.use_cache(config.embedding_cache, progress)
     for text in previous.encoder.pretrained:
         assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
         text.cache.add_run(previous.path, text.model_sha256)
     X = previous.encoder.transform(table)
-    for text in previous.encoder.pretrained:
-        progress.note(text.note())
+    for encoder in previous.encoder.embedded:
+        progress.note(encoder.encoded_note())
     history, seen = _history(previous, config.seed)
     wanted = round(replay * table.num_rows)
     if replay > 0:
