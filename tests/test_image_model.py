@@ -246,10 +246,23 @@ def test_a_directory_that_is_not_a_model_is_exit_2_naming_what_it_lacks(
     assert not (tmp_path / "r").exists()
 
 
-def test_a_timm_directory_is_exit_2_saying_what_it_needs(table_path, tmp_path, monkeypatch):
-    folder = tmp_path / "timm-model"
+@pytest.mark.parametrize(
+    ("files", "what"),
+    [
+        (
+            {"config.json": json.dumps({"architecture": "vit_small_patch16_224"})},
+            "a timm model directory (architecture 'vit_small_patch16_224')",
+        ),
+        ({"open_clip_config.json": "{}"}, "an open_clip model directory"),
+    ],
+)
+def test_a_timm_or_open_clip_directory_is_exit_2_saying_what_it_needs(
+    table_path, tmp_path, monkeypatch, files, what
+):
+    folder = tmp_path / "other-model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224"}))
+    for name, text in files.items():
+        (folder / name).write_text(text)
     (folder / "model.safetensors").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without a working timm
     outcome = CliRunner().invoke(
@@ -257,8 +270,7 @@ def test_a_timm_directory_is_exit_2_saying_what_it_needs(table_path, tmp_path, m
     )
     assert outcome.exit_code == 2
     assert outcome.output == (
-        f"Error: --image-model {str(folder)!r} is a timm model directory (architecture "
-        "'vit_small_patch16_224'): they need timm, which needs a torchvision built for your "
+        f"Error: --image-model {str(folder)!r} is {what}: those need timm, which needs a torchvision built for your "
         "torch (pip install timm torchvision). Save the network with "
         "torch.jit.save(torch.jit.script(model), 'model.pt') where timm works and pass that "
         "file, or pass a Hugging Face transformers model directory\n"

@@ -580,12 +580,12 @@ EMBEDDING_COLUMNS = ("row_number", "text_model", "text_model_sha256")
 
 
 @dataclass
-class PretrainedTextEncoder:
-    """One free-text column as ``model``'s embeddings, centred, with one scale for the block:
-    one scale keeps the embedding's geometry (its cosine similarities) as the model made it."""
+class EmbeddingBlock:
+    """What the encoders of a pretrained text or image model share: the model's identity, the
+    block (the embeddings centred, with one scale, which keeps their geometry as the model made
+    it: its cosine similarities), the cache, and what the last encoding did."""
 
     name: str
-    model_name: str = ""
     model_path: str = ""
     model_sha256: str = ""
     model_record: dict[str, Any] = field(default_factory=dict)
@@ -593,15 +593,97 @@ class PretrainedTextEncoder:
     mean: np.ndarray | None = None
     scale: float = 1.0
     stats: Encoded = field(default_factory=Encoded)
-    model: TextModel | None = None
     cache: EmbeddingCache | None = None
     progress: Progress = NULL_PROGRESS
 
+    column_kind = ""  # "text", "image": how notes name the column
+    units = ""  # what notes say the model encoded: "values", "images"
+
+    def model_label(self) -> str:
+        raise NotImplementedError
+
+    def model_device(self) -> str:
+        raise NotImplementedError
+
+    def _keep(self, stats: Encoded) -> None:
+        # What the notes and run.json tell: the last call that ran the model (fit's, not the
+        # transform that finds its rows in memory), else the first.
+        if stats.encoded or not self.stats.rows:
+            self.stats = stats
+
+    def _centre(self, vectors: np.ndarray) -> None:
+        """Fit the block on ``vectors`` ``(N, D)``, every row a usable embedding."""
+        self.dim = vectors.shape[1]
+        self.mean = vectors.mean(0).astype(np.float32)
+        self.scale = float(np.sqrt(((vectors - self.mean) ** 2).mean())) or 1.0
+
+    def _scaled(self, vectors: np.ndarray) -> np.ndarray:
+        assert self.mean is not None, "not fitted"
+        return (vectors - self.mean) / self.scale
+
+    def _described(self) -> dict[str, Any]:
+        return {
+            "rows_encoded": self.stats.encoded,
+            "rows_from_cache": self.stats.from_cache,
+            "rows_per_second": self.stats.rows_per_second,
+        }
+
+    def encoded_note(self) -> str:
+        """How the last call that ran the model went: rows encoded, speed, rows cached."""
+        s = self.stats
+        if not s.encoded:
+            return f"{self.column_kind} column {self.name!r}: every embedding came from the cache"
+        return (
+            f"{self.column_kind} column {self.name!r}: {s.encoded:,} {self.units} encoded with "
+            f"{self.model_label()!r} in {s.seconds:.1f} s ({s.rows_per_second:,.0f} rows/s on "
+            f"{self.model_device()})"
+            + (f"; {s.from_cache:,} rows from the cache" if s.from_cache else "")
+        )
+
+    def _state(self) -> dict[str, Any]:
+        """The block's fitted values: plain values and a tensor."""
+        import torch
+
+        assert self.mean is not None, "not fitted"
+        return {
+            "model_path": self.model_path,
+            "model_sha256": self.model_sha256,
+            "mean": torch.from_numpy(self.mean),
+            "scale": self.scale,
+        }
+
+    @staticmethod
+    def _from_state(state: dict[str, Any]) -> dict[str, Any]:
+        """``EmbeddingBlock``'s arguments from a saved ``state``."""
+        return {
+            "model_path": str(state["model_path"]),
+            "model_sha256": str(state["model_sha256"]),
+            "dim": int(state["dim"]),
+            "mean": state["mean"].numpy(),
+            "scale": float(state["scale"]),
+        }
+
+
+@dataclass
+class PretrainedTextEncoder(EmbeddingBlock):
+    """One free-text column as ``model``'s embeddings (an ``EmbeddingBlock``)."""
+
+    model_name: str = ""
+    model: TextModel | None = None
+
     kind = "text-model"
+    column_kind = "text"
+    units = "values"
 
     @property
     def width(self) -> int:
         return self.dim
+
+    def model_label(self) -> str:
+        return self.model_name
+
+    def model_device(self) -> str:
+        return self._model().device
 
     def _model(self) -> TextModel:
         if self.model is None:  # loaded back from a run: the same files, or refused
@@ -613,10 +695,7 @@ class PretrainedTextEncoder:
         """The column's raw embeddings ``(N, dim)``, through the cache."""
         stats = Encoded()
         vectors = encode_texts(column, self._model(), self.cache or "off", self.progress, stats)
-        # What the notes and run.json tell: the last call that ran the model (fit's, not the
-        # transform that finds its rows in memory), else the first.
-        if stats.encoded or not self.stats.rows:
-            self.stats = stats
+        self._keep(stats)
         return vectors
 
     def fit(self, column: pa.ChunkedArray) -> PretrainedTextEncoder:
@@ -627,15 +706,11 @@ class PretrainedTextEncoder:
             model.sha256,
         )
         self.model_record = model.record()
-        vectors = self.vectors(column)
-        self.dim = vectors.shape[1]
-        self.mean = vectors.mean(0).astype(np.float32)
-        self.scale = float(np.sqrt(((vectors - self.mean) ** 2).mean())) or 1.0
+        self._centre(self.vectors(column))
         return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
-        assert self.mean is not None, "not fitted"
-        out[:] = (self.vectors(column) - self.mean) / self.scale
+        out[:] = self._scaled(self.vectors(column))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -643,40 +718,21 @@ class PretrainedTextEncoder:
             "kind": self.kind,
             "dim": self.dim,
             "text_model": self.model_record,
-            "rows_encoded": self.stats.encoded,
-            "rows_from_cache": self.stats.from_cache,
-            "rows_per_second": self.stats.rows_per_second,
+            **self._described(),
         }
 
     def note(self) -> str:
         return self.encoded_note()
 
-    def encoded_note(self) -> str:
-        """How the last call that ran the model went: rows encoded, speed, rows cached."""
-        s = self.stats
-        if not s.encoded:
-            return f"text column {self.name!r}: every embedding came from the cache"
-        return (
-            f"text column {self.name!r}: {s.encoded:,} values encoded with {self.model_name!r} "
-            f"in {s.seconds:.1f} s ({s.rows_per_second:,.0f} rows/s on {self._model().device})"
-            + (f"; {s.from_cache:,} rows from the cache" if s.from_cache else "")
-        )
-
     def state(self) -> dict[str, Any]:
         """Plain values and tensors: loads with ``torch.load(weights_only=True)``."""
-        import torch
-
-        assert self.mean is not None, "not fitted"
         return {
             "column": self.name,
             "kind": self.kind,
             "dim": self.dim,
             "text_model": self.model_record,
             "model_name": self.model_name,
-            "model_path": self.model_path,
-            "model_sha256": self.model_sha256,
-            "mean": torch.from_numpy(self.mean),
-            "scale": self.scale,
+            **self._state(),
         }
 
     @classmethod
@@ -686,12 +742,8 @@ class PretrainedTextEncoder:
         return cls(
             state["column"],
             model_name=str(state["model_name"]),
-            model_path=str(state["model_path"]),
-            model_sha256=str(state["model_sha256"]),
             model_record=dict(state["text_model"]),
-            dim=int(state["dim"]),
-            mean=state["mean"].numpy(),
-            scale=float(state["scale"]),
+            **cls._from_state(state),
         )
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from refine.encode.image import _open, _values, as_mode, missing_note, none_reason
 from refine.encode.pretrained import (
+    EmbeddingBlock,
     EmbeddingCache,
     Encoded,
     autocast,
@@ -70,25 +71,12 @@ def _check_directory(path: Path) -> None:
     """Refuse, naming what is missing, a directory that is not a transformers vision model."""
     config = _read_config(path / "config.json")
     if "architecture" in config:  # timm's hub format: config.json names the architecture
-        try:
-            importlib.import_module("timm")
-            have = "timm directories are not read yet"
-        except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
-            have = (
-                "they need timm, which needs a torchvision built for your torch "
-                "(pip install timm torchvision)"
-            )
-        raise ConfigError(
-            f"--image-model {str(path)!r} is a timm model directory (architecture "
-            f"{config['architecture']!r}): {have}. Save the network with "
-            "torch.jit.save(torch.jit.script(model), 'model.pt') where timm works and pass "
-            "that file, or pass a Hugging Face transformers model directory"
-        )
-    lacking = [name for name in ("config.json", "preprocessor_config.json") if not config.get(name)]
+        _refuse_library(path, f"a timm model directory (architecture {config['architecture']!r})")
+    if (path / "open_clip_config.json").is_file() and not config:
+        _refuse_library(path, "an open_clip model directory")
+    lacking = [n for n in ("config.json", "preprocessor_config.json") if not (path / n).is_file()]
     if not any((path / name).is_file() for name in WEIGHTS):
         lacking.append(WEIGHTS_WORDS)
-    if (path / "open_clip_config.json").is_file() and lacking:
-        lacking.append("(an open_clip directory: open_clip's own format is not read)")
     if lacking:
         raise InputError(
             f"--image-model {str(path)!r} is not a model directory refine can read: it lacks "
@@ -98,20 +86,33 @@ def _check_directory(path: Path) -> None:
         )
 
 
+def _refuse_library(path: Path, what: str) -> None:
+    """Stop at a timm or open_clip directory: both libraries import torchvision, which must be
+    built for the installed torch, so their loaders are not built (nor testable) here."""
+    try:
+        importlib.import_module("timm")
+        why = "refine does not read those yet"
+    except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
+        why = (
+            "those need timm, which needs a torchvision built for your torch "
+            "(pip install timm torchvision)"
+        )
+    raise ConfigError(
+        f"--image-model {str(path)!r} is {what}: {why}. Save the network with "
+        "torch.jit.save(torch.jit.script(model), 'model.pt') where timm works and pass that "
+        "file, or pass a Hugging Face transformers model directory"
+    )
+
+
 def _read_config(path: Path) -> dict[str, Any]:
-    """``config.json``'s object, with whether each file the check needs is there."""
-    found: dict[str, Any] = {
-        "config.json": path.is_file(),
-        "preprocessor_config.json": (path.parent / "preprocessor_config.json").is_file(),
-    }
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--image-model {str(path)!r} is not readable JSON ({exc})") from None
-        if isinstance(loaded, dict):
-            found.update(loaded)
-    return found
+    """``config.json``'s object; empty when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--image-model {str(path)!r} is not readable JSON ({exc})") from None
+    return loaded if isinstance(loaded, dict) else {}
 
 
 @dataclass
@@ -348,33 +349,30 @@ def _embed(network: Any, pixels: Any, pooled: bool) -> Any:
 
 
 @dataclass
-class PretrainedImageEncoder:
-    """One image column as ``model``'s embeddings, centred, with one scale for the block (the
-    embedding's geometry stays as the model made it), plus a missing indicator when a fitted
-    value is not a usable image."""
+class PretrainedImageEncoder(EmbeddingBlock):
+    """One image column as ``model``'s embeddings (an ``EmbeddingBlock``), plus a missing
+    indicator when a fitted value is not a usable image."""
 
-    name: str
-    model_path: str = ""
-    model_sha256: str = ""
-    model_record: dict[str, Any] = field(default_factory=dict)
-    dim: int = 0
-    mean: np.ndarray | None = None
-    scale: float = 1.0
     indicator: bool = False
     undecodable: int = 0
     nulls: int = 0
     path_only: int = 0
     missing_rows: list[int] = field(default_factory=list)
-    stats: Encoded = field(default_factory=Encoded)
     model: VisionModel | None = None
-    cache: EmbeddingCache | None = None
-    progress: Progress = NULL_PROGRESS
 
     kind = "image-model"
+    column_kind = "image"
+    units = "images"
 
     @property
     def width(self) -> int:
         return self.dim + int(self.indicator)
+
+    def model_label(self) -> str:
+        return self.model_path
+
+    def model_device(self) -> str:
+        return self._model().device
 
     def _model(self) -> VisionModel:
         if self.model is None:  # loaded back from a run: the same files, or refused
@@ -386,8 +384,7 @@ class PretrainedImageEncoder:
         through the cache."""
         stats = Encoded()
         vectors = encode_images(values, self._model(), self.cache or "off", self.progress, stats)
-        if stats.encoded or not self.stats.rows:  # as PretrainedTextEncoder.vectors
-            self.stats = stats
+        self._keep(stats)
         return vectors
 
     def fit(self, column: pa.ChunkedArray) -> PretrainedImageEncoder:
@@ -405,19 +402,15 @@ class PretrainedImageEncoder:
         if not present.any():
             raise SkipColumn(none_reason(len(values), nulls, self.path_only))
         self.indicator = not present.all()
-        usable = vectors[present]
-        self.dim = usable.shape[1]
-        self.mean = usable.mean(0).astype(np.float32)
-        self.scale = float(np.sqrt(((usable - self.mean) ** 2).mean())) or 1.0
+        self._centre(vectors[present])
         return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
-        assert self.mean is not None, "not fitted"
         if not len(column):  # no rows: the model need not load to learn its width
             return
         vectors = self.vectors(_values(column)[0])
         missing = np.isnan(vectors).any(1)
-        block = (vectors - self.mean) / self.scale
+        block = self._scaled(vectors)
         block[missing] = 0.0  # the block's mean
         out[:, : self.dim] = block
         if self.indicator:
@@ -433,9 +426,7 @@ class PretrainedImageEncoder:
             "null_values": self.nulls,
             "path_only_values": self.path_only,
             "image_model": self.model_record,
-            "rows_encoded": self.stats.encoded,
-            "rows_from_cache": self.stats.from_cache,
-            "rows_per_second": self.stats.rows_per_second,
+            **self._described(),
         }
 
     def note(self) -> str:
@@ -444,31 +435,9 @@ class PretrainedImageEncoder:
         )
         return self.encoded_note() + (f"\n{missing}" if missing else "")
 
-    def encoded_note(self) -> str:
-        """How the last call that ran the model went: images encoded, speed, rows cached."""
-        s = self.stats
-        if not s.encoded:
-            return f"image column {self.name!r}: every embedding came from the cache"
-        return (
-            f"image column {self.name!r}: {s.encoded:,} images encoded with "
-            f"{self.model_path!r} in {s.seconds:.1f} s ({s.rows_per_second:,.0f} rows/s on "
-            f"{self._model().device})"
-            + (f"; {s.from_cache:,} rows from the cache" if s.from_cache else "")
-        )
-
     def state(self) -> dict[str, Any]:
         """Plain values and tensors: loads with ``torch.load(weights_only=True)``."""
-        import torch
-
-        assert self.mean is not None, "not fitted"
-        return {
-            **self.describe(),
-            "model_path": self.model_path,
-            "model_sha256": self.model_sha256,
-            "missing_rows": list(self.missing_rows),
-            "mean": torch.from_numpy(self.mean),
-            "scale": self.scale,
-        }
+        return {**self.describe(), "missing_rows": list(self.missing_rows), **self._state()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> PretrainedImageEncoder:
@@ -476,17 +445,13 @@ class PretrainedImageEncoder:
         a TorchScript ``--image-model``'s are; the network loads when first needed."""
         encoder = cls(
             state["column"],
-            model_path=str(state["model_path"]),
-            model_sha256=str(state["model_sha256"]),
             model_record=dict(state["image_model"]),
-            dim=int(state["dim"]),
-            mean=state["mean"].numpy(),
-            scale=float(state["scale"]),
             indicator=bool(state["indicator"]),
             undecodable=int(state["undecodable_values"]),
             nulls=int(state["null_values"]),
             path_only=int(state["path_only_values"]),
             missing_rows=[int(r) for r in state["missing_rows"]],
+            **cls._from_state(state),
         )
         encoder._model()
         return encoder
