@@ -22,10 +22,20 @@ from refine.encode.features import fit_features
 from refine.encode.pretrained import EmbeddingCache
 from refine.encode.vision import encode_images, load_vision_model
 from refine.update import load_run
+from tests.conftest import count_calls
 
 transformers = pytest.importorskip("transformers")
 
 SMALL = dict(max_epochs=8, hidden=(16,), folds=2, rounds=1, report=False)
+# A one-layer transformer of width 16 on 32-pixel images in 8-pixel patches.
+TINY_VISION = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+)
 
 
 def build_tiny_vit(path, seed: int = 0, pooler: bool = True):
@@ -34,14 +44,7 @@ def build_tiny_vit(path, seed: int = 0, pooler: bool = True):
     import torch
 
     torch.manual_seed(seed)
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
+    config = transformers.ViTConfig(**TINY_VISION)
     transformers.ViTModel(config, add_pooling_layer=pooler).save_pretrained(path)
     _processor(path)
     return path
@@ -66,15 +69,7 @@ def digits():
 @pytest.fixture()
 def counted(monkeypatch):
     """How many values went through the network, call by call."""
-    calls: list[int] = []
-    run = vision._run
-
-    def counting(model, values, progress):
-        calls.append(len(values))
-        return run(model, values, progress)
-
-    monkeypatch.setattr(vision, "_run", counting)
-    return calls
+    return count_calls(monkeypatch, vision)
 
 
 @pytest.fixture()
@@ -101,6 +96,8 @@ def test_images_embed_deterministically_and_missing_ones_are_nan(tiny_vit, digit
     assert np.isnan(first[2]).all() and np.isnan(first[3]).all()
     assert np.isfinite(first[[0, 1, 5]]).all() and not np.array_equal(first[0], first[1])
     assert counted == [4, 4]  # each distinct non-null value once per call
+    with pytest.raises(refine.InputError, match="value 1 is a str: 'photo.png'"):
+        encode_images([images[0], "photo.png"], str(tiny_vit), cache="off")
 
     # the ViT's pooled output, from the processor's pixels: nothing else decides the numbers
     import io
@@ -305,15 +302,7 @@ def test_each_kind_of_output_gives_the_images_vector(tmp_path, digits):
     torch.manual_seed(0)
     clip = tmp_path / "clip"
     transformers.CLIPVisionModelWithProjection(
-        transformers.CLIPVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            projection_dim=12,
-        )
+        transformers.CLIPVisionConfig(**TINY_VISION, projection_dim=12)
     ).save_pretrained(clip)
     _processor(
         clip,

@@ -19,7 +19,7 @@ from refine.encode import pretrained
 from refine.encode.features import fit_features
 from refine.encode.pretrained import EmbeddingCache, encode_texts, load_text_model
 from refine.io.query import query
-from tests.conftest import TINY_WORDS, build_tiny_text_model
+from tests.conftest import TINY_WORDS, build_tiny_text_model, count_calls
 
 pytest.importorskip("sentence_transformers")
 
@@ -38,15 +38,7 @@ def texts(rows: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 @pytest.fixture()
 def counted(monkeypatch):
     """How many values went through the network, call by call."""
-    calls: list[int] = []
-    run = pretrained._run
-
-    def counting(model, values, progress):
-        calls.append(len(values))
-        return run(model, values, progress)
-
-    monkeypatch.setattr(pretrained, "_run", counting)
-    return calls
+    return count_calls(monkeypatch, pretrained)
 
 
 @pytest.fixture()

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -101,8 +101,9 @@ def combined_hash(files: dict[str, str]) -> str:
 
 
 @dataclass
-class TextModel:
-    """A sentence encoder found on disk and fingerprinted; its network loads on first use."""
+class ModelFiles:
+    """A pretrained model's directory found on disk and fingerprinted by its files: what the
+    text and image models share."""
 
     name: str  # as the user gave it: a path, or a Hugging Face name
     path: Path  # the directory read
@@ -110,6 +111,50 @@ class TextModel:
     files: dict[str, str]
     device: str = "cpu"
     batch: int = 0  # rows per batch; 0: sized to the device (``batch_size``)
+
+    cpu_batch = CPU_BATCH
+    libraries: ClassVar[tuple[str, ...]] = (
+        "sentence-transformers",
+        "transformers",
+        "tokenizers",
+        "torch",
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch or device_batch(self.device, self.cpu_batch)
+
+    def record(self) -> dict[str, Any]:
+        """What run.json keeps of the model: name, path, hashes and library versions."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "files": self.files,
+            "versions": versions(self.libraries),
+        }
+
+
+def fingerprint(
+    option: str, name: str, path: Path, sha256: str | None
+) -> tuple[dict[str, str], str]:
+    """The SHA-256 of each model file under ``path`` and of them all; a model whose files
+    differ from the ``sha256`` a saved run recorded is refused."""
+    files = model_files(path)
+    digest = combined_hash(files)
+    if sha256 is not None and digest != sha256:
+        raise InputError(
+            f"{option} {name!r} has changed since the run used it (SHA-256 {digest[:12]}, "
+            f"the run's {sha256[:12]}): its files in {str(path)!r} differ. Restore the model "
+            "the run used, or start a new run with refine run"
+        )
+    return files, digest
+
+
+@dataclass
+class TextModel(ModelFiles):
+    """A sentence encoder found on disk and fingerprinted; its network loads on first use."""
+
     _network: Any = None
 
     def network(self) -> Any:
@@ -137,20 +182,6 @@ class TextModel:
         # sentence-transformers 6 renamed the method; older releases have only the old name
         width = getattr(network, "get_embedding_dimension", None)
         return int((width or network.get_sentence_embedding_dimension)())
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch or device_batch(self.device, CPU_BATCH)
-
-    def record(self) -> dict[str, Any]:
-        """What run.json keeps of the model: name, path, hashes and library versions."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "files": self.files,
-            "versions": versions(),
-        }
 
 
 def device_batch(device: str, cpu_batch: int) -> int:
@@ -195,19 +226,12 @@ def load_text_model(name: str, device: str = "auto", sha256: str | None = None) 
     """
     _import_sentence_transformers()
     path = _resolve(name)
-    files = model_files(path)
-    if not files:
+    if not model_files(path):
         raise InputError(
             f"--text-model {name!r}: {str(path)!r} holds no model files (config, weights, "
             "tokenizer); pass a directory saved with SentenceTransformer.save()"
         )
-    digest = combined_hash(files)
-    if sha256 is not None and digest != sha256:
-        raise InputError(
-            f"--text-model {name!r} has changed since the run used it (SHA-256 {digest[:12]}, "
-            f"the run's {sha256[:12]}): its files in {str(path)!r} differ. Restore the model "
-            "the run used, or start a new run with refine run"
-        )
+    files, digest = fingerprint("--text-model", name, path, sha256)
     return TextModel(name, path, digest, files, resolve_device(device))
 
 

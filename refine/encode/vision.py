@@ -32,16 +32,14 @@ from refine.encode.pretrained import (
     EmbeddingBlock,
     EmbeddingCache,
     Encoded,
+    ModelFiles,
     autocast,
-    combined_hash,
-    device_batch,
-    model_files,
+    fingerprint,
     open_cache,
     quiet_loading,
     resolve_device,
     through_cache,
     torch_threads,
-    versions,
 )
 from refine.encode.skip import SkipColumn
 from refine.errors import ConfigError, InputError
@@ -116,19 +114,13 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 @dataclass
-class VisionModel:
+class VisionModel(ModelFiles):
     """A vision model directory found on disk and fingerprinted; it loads on first use."""
 
-    path: Path
-    sha256: str  # of ``files``: the model's identity in caches and run.json
-    files: dict[str, str]
-    device: str = "cpu"
-    batch: int = 0  # images per batch; 0: sized to the device
     _loaded: tuple[Any, Any, bool] | None = None  # network, processor, whether to pool
 
-    @property
-    def name(self) -> str:
-        return str(self.path)
+    cpu_batch = CPU_BATCH
+    libraries = ("transformers", "torch", "pillow")
 
     def loaded(self) -> tuple[Any, Any, bool]:
         """The network (eval mode, on ``device``), its image processor, and whether its
@@ -163,20 +155,8 @@ class VisionModel:
             self._loaded = (network.to(self.device).eval(), processor, pooled)
         return self._loaded
 
-    @property
-    def batch_size(self) -> int:
-        return self.batch or device_batch(self.device, CPU_BATCH)
-
     def record(self) -> dict[str, Any]:
-        """What run.json keeps of the model: path, hashes and library versions."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "format": "transformers",
-            "sha256": self.sha256,
-            "files": self.files,
-            "versions": versions(("transformers", "torch", "pillow")),
-        }
+        return {**super().record(), "format": "transformers"}
 
 
 def _network_class(transformers: Any, config: Any) -> Any:
@@ -219,15 +199,8 @@ def load_vision_model(
     path = Path(path).expanduser().resolve()
     _import_transformers()
     _check_directory(path)
-    files = model_files(path)
-    digest = combined_hash(files)
-    if sha256 is not None and digest != sha256:
-        raise InputError(
-            f"--image-model {str(path)!r} has changed since the run used it (SHA-256 "
-            f"{digest[:12]}, the run's {sha256[:12]}): its files differ. Restore the model the "
-            "run used, or start a new run with refine run"
-        )
-    return VisionModel(path, digest, files, resolve_device(device))
+    files, digest = fingerprint("--image-model", str(path), path, sha256)
+    return VisionModel(str(path), path, digest, files, resolve_device(device))
 
 
 def image_keys(values: Sequence[bytes]) -> list[bytes]:
@@ -267,6 +240,12 @@ def encode_images(
     if isinstance(values, pa.Array):
         values = pa.chunked_array([values])
     data = _values(values)[0] if isinstance(values, pa.ChunkedArray) else list(values)
+    wrong = next((i for i, v in enumerate(data) if not isinstance(v, bytes | None)), None)
+    if wrong is not None:
+        raise InputError(
+            f"encode_images takes encoded image bytes (or None); value {wrong} is a "
+            f"{type(data[wrong]).__name__}: {data[wrong]!r:.40}"
+        )
     rows = [i for i, v in enumerate(data) if v is not None]
     keys = image_keys([v for v in data if v is not None])
     found = through_cache(
