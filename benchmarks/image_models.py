@@ -81,7 +81,7 @@ def build(shape: str, path: Path) -> Path:
 
 def measure(path: Path, values: list[bytes], batch: int, workdir: Path) -> dict[str, Any]:
     """Load, cold, fill and warm timings of the model at ``path`` on ``values``."""
-    from refine.encode.pretrained import EmbeddingCache, Encoded
+    from refine.encode.embedding import EmbeddingCache, Encoded
     from refine.encode.vision import encode_images, load_vision_model
 
     started = time.perf_counter()

@@ -25,6 +25,7 @@ import torch
 
 from refine.config import RunConfig, check_summary
 from refine.encode.features import FeatureEncoder
+from refine.encode.pretrained import add_run
 from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
@@ -290,7 +291,7 @@ def _update(
     previous.encoder.use_cache(config.embedding_cache, progress)
     for text in previous.encoder.pretrained:
         assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
-        text.cache.add_run(previous.path, text.model_sha256)
+        add_run(text.cache, previous.path, text.model_sha256)
     X = previous.encoder.transform(table)
     for encoder in previous.encoder.embedded:
         progress.note(encoder.encoded_note())

@@ -18,8 +18,8 @@ import refine
 from refine.bench.recipes import png_images
 from refine.cli import cli
 from refine.encode import vision
+from refine.encode.embedding import EmbeddingCache
 from refine.encode.features import fit_features
-from refine.encode.pretrained import EmbeddingCache
 from refine.encode.vision import encode_images, load_vision_model
 from refine.update import load_run
 from tests.conftest import count_calls

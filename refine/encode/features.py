@@ -26,13 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refine.encode.embedding import open_cache
 from refine.encode.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
-from refine.encode.pretrained import (
-    PretrainedTextEncoder,
-    embeddings_table,
-    load_text_model,
-    open_cache,
-)
+from refine.encode.pretrained import PretrainedTextEncoder, embeddings_table, load_text_model
 from refine.encode.skip import SkipColumn
 from refine.encode.text import TextEncoder, _NoVocabulary, looks_like_text
 from refine.encode.vision import PretrainedImageEncoder, VisionModel, load_vision_model

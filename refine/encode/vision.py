@@ -7,7 +7,7 @@ CNN of ``refine.encode.image``. Its own image processor prepares the pixels. The
 what the model offers as the image's: CLIP's image embedding, else the pooled output, else the
 first token of the last hidden state (ViT's CLS) or its mean over the spatial grid (a CNN).
 
-The machinery is ``--text-model``'s (``refine.encode.pretrained``): the model is identified by
+The machinery is ``--text-model``'s (``refine.encode.embedding``): the model is identified by
 the SHA-256 of its files, recorded in run.json and refused by ``refine update`` once changed,
 and embeddings are kept in the same cache, keyed by the SHA-256 of the image bytes.
 ``encode_images`` is the one entry point: values in, ``(N, D)`` float32 embeddings out.
@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from refine.encode.image import _open, _values, as_mode, missing_note, none_reason
-from refine.encode.pretrained import (
+from refine.encode.embedding import (
     EmbeddingBlock,
     EmbeddingCache,
     Encoded,
@@ -41,6 +40,7 @@ from refine.encode.pretrained import (
     through_cache,
     torch_threads,
 )
+from refine.encode.image import _open, _values, as_mode, missing_note, none_reason
 from refine.encode.skip import SkipColumn
 from refine.errors import ConfigError, InputError
 from refine.progress import NULL_PROGRESS, Progress
