@@ -324,3 +324,11 @@ def test_each_kind_of_output_gives_the_images_vector(tmp_path, digits):
     twice = [encode_images(values, str(bare), cache="off") for _ in range(2)]
     np.testing.assert_array_equal(*twice)  # the random pooler, were it used, is drawn anew
     assert not load_vision_model(bare).loaded()[2]
+
+
+def test_weights_that_do_not_fit_the_configuration_are_refused(tmp_path, digits):
+    model = build_tiny_vit(tmp_path / "vit")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(refine.InputError, match=r"its weights do not fit its configuration \(16 "):
+        encode_images(list(digits[0][:2]), str(model), cache="off")
