@@ -439,3 +439,34 @@ class EmbeddingBlock:
             "mean": state["mean"].numpy(),
             "scale": float(state["scale"]),
         }
+
+
+def in_batches(
+    rows: int,
+    batch: int,
+    device: str,
+    embed: Callable[[int, int], None],
+    progress: Progress,
+    description: str,
+) -> None:
+    """Call ``embed(start, stop)`` on rows ``start:stop`` of ``rows``, ``batch`` at a time,
+    under ``torch.inference_mode``, with torch's threads capped and float16 autocast on CUDA,
+    where a batch that does not fit is halved and tried again; an ``encode`` bar counts rows."""
+    import torch
+
+    task = progress.start("encode", description, total=rows)
+    start = 0
+    with torch_threads(), torch.inference_mode(), autocast(device):
+        while start < rows:
+            stop = min(start + batch, rows)
+            try:
+                embed(start, stop)
+            except torch.cuda.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                batch //= 2  # the batch did not fit: halve it and go on
+                torch.cuda.empty_cache()
+                continue
+            progress.advance(task, stop - start)
+            start = stop
+    progress.finish(task)

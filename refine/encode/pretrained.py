@@ -33,14 +33,13 @@ from refine.encode.embedding import (
     Encoded,
     ModelFiles,
     as_matrix,
-    autocast,
     fingerprint,
+    in_batches,
     model_files,
     open_cache,
     quiet_loading,
     resolve_device,
     through_cache,
-    torch_threads,
 )
 from refine.errors import ConfigError, InputError
 from refine.progress import NULL_PROGRESS, Progress
@@ -230,34 +229,21 @@ def encode_texts(
 def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
     """The network's embeddings ``(N, D)`` of ``texts``, longest first in batches, so each
     batch pads to a similar length; rows come back in the order given."""
-    import torch
-
     network = model.network()
     out = np.zeros((len(texts), model.dim), np.float32)
     order = np.argsort(-np.array([len(t) for t in texts], np.int64), kind="stable")
-    batch = model.batch_size
-    task = progress.start("encode", "encoding text", total=len(texts))
-    start = 0
-    with torch_threads(), torch.inference_mode(), autocast(model.device):
-        while start < len(order):
-            rows = order[start : start + batch]
-            try:
-                vectors = network.encode(
-                    [texts[i] for i in rows],
-                    batch_size=len(rows),
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-            except torch.cuda.OutOfMemoryError:
-                if batch == 1:
-                    raise
-                batch //= 2  # a long batch did not fit: halve it and go on
-                torch.cuda.empty_cache()
-                continue
-            out[rows] = np.asarray(vectors, np.float32)
-            start += len(rows)
-            progress.advance(task, len(rows))
-    progress.finish(task)
+
+    def embed(start: int, stop: int) -> None:
+        rows = order[start:stop]
+        vectors = network.encode(
+            [texts[i] for i in rows],
+            batch_size=len(rows),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        out[rows] = np.asarray(vectors, np.float32)
+
+    in_batches(len(texts), model.batch_size, model.device, embed, progress, "encoding text")
     return np.nan_to_num(out)
 
 

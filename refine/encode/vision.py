@@ -32,13 +32,12 @@ from refine.encode.embedding import (
     EmbeddingCache,
     Encoded,
     ModelFiles,
-    autocast,
     fingerprint,
+    in_batches,
     open_cache,
     quiet_loading,
     resolve_device,
     through_cache,
-    torch_threads,
 )
 from refine.encode.image import _open, _values, as_mode, missing_note, none_reason
 from refine.encode.skip import SkipColumn
@@ -265,37 +264,22 @@ def encode_images(
 def _run(model: VisionModel, values: list[bytes | None], progress: Progress) -> np.ndarray:
     """The network's embeddings ``(N, D)`` of ``values``, in batches, NaN rows where a value
     is not a usable image."""
-    import torch
+    model.loaded()
+    pieces: list[tuple[int, list[int], np.ndarray]] = []  # start, usable rows, their vectors
 
-    network, processor, pooled = model.loaded()
-    batch = model.batch_size
-    task = progress.start("encode", "encoding images", total=len(values))
-    blocks: list[np.ndarray] = []
-    start = 0
-    with torch_threads(), torch.inference_mode(), autocast(model.device):
-        width = 0 if values else _width(model)
-        while start < len(values):
-            chunk = values[start : start + batch]
-            images = [_open(v) if v is not None else None for v in chunk]
-            usable = [i for i, image in enumerate(images) if image is not None]
-            try:
-                rgb = [as_mode(images[i], "RGB") for i in usable]
-                vectors = _embed_images(model, rgb) if rgb else None
-            except torch.cuda.OutOfMemoryError:
-                if batch == 1:
-                    raise
-                batch //= 2  # the batch did not fit: halve it and go on
-                torch.cuda.empty_cache()
-                continue
-            width = width or (vectors.shape[1] if vectors is not None else _width(model))
-            block = np.full((len(chunk), width), np.nan, np.float32)
-            if vectors is not None:
-                block[usable] = np.nan_to_num(vectors)
-            blocks.append(block)
-            start += len(chunk)
-            progress.advance(task, len(chunk))
-    progress.finish(task)
-    return np.concatenate(blocks) if blocks else np.zeros((0, width), np.float32)
+    def embed(start: int, stop: int) -> None:
+        images = [_open(v) if v is not None else None for v in values[start:stop]]
+        usable = [i for i, image in enumerate(images) if image is not None]
+        if usable:
+            rgb = [as_mode(images[i], "RGB") for i in usable]
+            pieces.append((start, usable, _embed_images(model, rgb)))
+
+    in_batches(len(values), model.batch_size, model.device, embed, progress, "encoding images")
+    width = pieces[0][2].shape[1] if pieces else _width(model)
+    out = np.full((len(values), width), np.nan, np.float32)
+    for start, usable, vectors in pieces:
+        out[start + np.array(usable)] = np.nan_to_num(vectors)
+    return out
 
 
 def _embed_images(model: VisionModel, images: list[Any]) -> np.ndarray:
@@ -307,9 +291,11 @@ def _embed_images(model: VisionModel, images: list[Any]) -> np.ndarray:
 
 def _width(model: VisionModel) -> int:
     """The embedding's width, from one blank image (when no value is a usable image)."""
+    import torch
     from PIL import Image
 
-    return _embed_images(model, [Image.new("RGB", (32, 32))]).shape[1]
+    with torch.inference_mode():
+        return _embed_images(model, [Image.new("RGB", (32, 32))]).shape[1]
 
 
 def _embed(network: Any, pixels: Any, pooled: bool) -> Any:
