@@ -74,7 +74,10 @@ def build(shape: str, path: Path) -> Path:
     config = transformers.ViTConfig(**SHAPES[shape])
     transformers.ViTModel(config).save_pretrained(path)
     side = config.image_size
-    processor = getattr(transformers, "ViTImageProcessorPil", transformers.ViTImageProcessor)
+    # transformers 5 warns that the default processor wants torchvision: take the Pillow one.
+    processor = (
+        getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    )
     processor(size={"height": side, "width": side}).save_pretrained(path)
     return path
 

@@ -47,7 +47,13 @@ from refine.progress import NULL_PROGRESS, Progress
 INSTALL = "pip install 'refine[image]'"
 # Images per batch on the CPU; images are all one size, so a batch pads nothing.
 CPU_BATCH = 32
-WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# Weights as save_pretrained writes them, whole or in shards (an index beside them).
+WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 WEIGHTS_WORDS = "weights (model.safetensors or pytorch_model.bin)"
 # How many row numbers a note names.
 SHOWN_ROWS = 5
@@ -129,7 +135,9 @@ class VisionModel(ModelFiles):
             try:
                 # trust_remote_code stays off: a model directory's own Python is never run.
                 with quiet_loading(errors_only=True):
-                    config = transformers.AutoConfig.from_pretrained(self.path)
+                    config = transformers.AutoConfig.from_pretrained(
+                        self.path, local_files_only=True
+                    )
                     kind = _network_class(transformers, config)
                     network, info = kind.from_pretrained(
                         self.path, local_files_only=True, output_loading_info=True
