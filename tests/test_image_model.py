@@ -167,6 +167,8 @@ def test_a_run_records_the_model_and_a_rerun_encodes_nothing(
     np.testing.assert_array_equal(
         previous.encoder.transform(table), result_features(options, table)
     )
+    proba = previous.predict(table)[0]
+    assert proba.shape[0] == 80 and np.allclose(proba.sum(1), 1, atol=1e-5)
 
 
 def result_features(options, table):
