@@ -83,7 +83,8 @@ def embeddings_of(run_dir: Path, columns: list[str]) -> np.ndarray:
 def encode_table(table: pa.Table, model: Any, cache: Any) -> tuple[np.ndarray, int, float]:
     """``table``'s text columns through ``model`` side by side, the values the model encoded
     and the seconds it took."""
-    from refine.encode.pretrained import Encoded, encode_texts
+    from refine.encode.embedding import Encoded
+    from refine.encode.pretrained import encode_texts
 
     blocks, encoded, seconds = [], 0, 0.0
     for column in (c for c in TEXT_COLUMNS if c in table.column_names):
@@ -95,7 +96,7 @@ def encode_table(table: pa.Table, model: Any, cache: Any) -> tuple[np.ndarray, i
 
 def cost(table: pa.Table, model: Any, directory: Path) -> dict[str, float]:
     """Encoding ``table`` cold into ``directory``, then again from it with a fresh cache."""
-    from refine.encode.pretrained import EmbeddingCache
+    from refine.encode.embedding import EmbeddingCache
 
     started = time.perf_counter()
     _, encoded, model_seconds = encode_table(table, model, EmbeddingCache(directory))
@@ -115,7 +116,7 @@ def cost(table: pa.Table, model: Any, directory: Path) -> dict[str, float]:
 
 def batch_study(table: pa.Table, model: Any, sizes: list[int]) -> dict[int, float]:
     """Rows/s of the model on ``table``'s text, cold, at each batch size."""
-    from refine.encode.pretrained import EmbeddingCache
+    from refine.encode.embedding import EmbeddingCache
 
     speeds = {}
     for size in sizes:

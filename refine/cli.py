@@ -205,8 +205,9 @@ def cli() -> None:
     "--image-model",
     type=click.Path(path_type=Path),
     default=None,
-    help="A TorchScript file (torch.jit.save) turning images into features, in place of the "
-    "small CNN trained from scratch. It is code: name only a file you trust.",
+    help="A TorchScript file (torch.jit.save) turning images into features, or a Hugging Face "
+    "transformers vision model directory embedding them (pip install 'refine[image]'), in "
+    "place of the small CNN trained from scratch. TorchScript is code: name only a file you trust.",
 )
 @click.option(
     "--text-model",
@@ -220,15 +221,15 @@ def cli() -> None:
     default=_DEFAULTS.embedding_cache,
     show_default=True,
     metavar="auto|off|DIR",
-    help="Where --text-model's embeddings are kept, so reruns and updates encode only new "
-    "values: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
+    help="Where --text-model's and an --image-model directory's embeddings are kept, so reruns "
+    "and updates encode only new values: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
 )
 @click.option(
     "--image-size",
     default=_DEFAULTS.image_size,
     show_default=True,
-    help="Side in pixels images are resized to; 0: their own size up to 28 (224 with "
-    "--image-model).",
+    help="Side in pixels images are resized to; 0: their own size up to 28 (224 with a "
+    "TorchScript --image-model; a model directory's processor sizes its own).",
 )
 @click.option("--folds", default=_DEFAULTS.folds, show_default=True, help="Cross-fitting folds.")
 @click.option(
@@ -618,7 +619,8 @@ def _look_at_flagged(out: Path, summary: dict[str, Any]) -> str:
     "--embedding-cache",
     default=None,
     metavar="auto|off|DIR",
-    help="Where --text-model's embeddings are kept. Default: the run's.",
+    help="Where --text-model's (or an --image-model directory's) embeddings are kept. "
+    "Default: the run's.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @_execution_options

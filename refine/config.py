@@ -90,11 +90,13 @@ class RunConfig:
     ignore: tuple[str, ...] = ()
     text: tuple[str, ...] = ()  # string columns to read as free text
     image: tuple[str, ...] = ()  # binary columns to read as encoded images
-    image_model: str | None = None  # a TorchScript file: image features in place of the CNN
+    # A TorchScript file or a transformers vision model directory: image features in place
+    # of the CNN.
+    image_model: str | None = None
     image_size: int = 0  # side images are resized to; 0: their own, at most 28 (224 for a model)
     # A sentence-transformers model (directory or Hugging Face name) embedding each text
     # column in place of TF-IDF, and where its embeddings are cached: "auto" (the user's cache
-    # directory), "off", or a directory (refine.encode.pretrained).
+    # directory), "off", or a directory (refine.encode.embedding).
     text_model: str | None = None
     embedding_cache: str = "auto"
     # Cross-modal distillation: the rounds train on teacher_features, then a student on

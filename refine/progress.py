@@ -120,7 +120,8 @@ class RichProgress:
         self._progress.console.print(text, highlight=False, soft_wrap=True)
 
 
-# Tasks whose bar shows its speed: encoding text, counted in rows (refine.encode.pretrained).
+# Tasks whose bar shows its speed: encoding text or images, counted in rows
+# (refine.encode.pretrained, refine.encode.vision).
 RATE_TASKS = ("encode",)
 
 

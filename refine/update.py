@@ -25,6 +25,7 @@ import torch
 
 from refine.config import RunConfig, check_summary
 from refine.encode.features import FeatureEncoder
+from refine.encode.pretrained import add_run
 from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
@@ -285,14 +286,15 @@ def _update(
     timings = {"read": time.perf_counter() - started}
 
     started = time.perf_counter()
-    # --text-model: the run's embeddings and the cache spare the model rows it has seen.
+    # --text-model, --image-model DIR: the cache (and a text model's run embeddings) spare
+    # the model rows it has seen.
     previous.encoder.use_cache(config.embedding_cache, progress)
     for text in previous.encoder.pretrained:
         assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
-        text.cache.add_run(previous.path, text.model_sha256)
+        add_run(text.cache, previous.path, text.model_sha256)
     X = previous.encoder.transform(table)
-    for text in previous.encoder.pretrained:
-        progress.note(text.note())
+    for encoder in previous.encoder.embedded:
+        progress.note(encoder.encoded_note())
     history, seen = _history(previous, config.seed)
     wanted = round(replay * table.num_rows)
     if replay > 0:

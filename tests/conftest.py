@@ -68,6 +68,20 @@ TINY_WORDS = (
 ).split()
 
 
+def count_calls(monkeypatch, module, name: str = "_run") -> list[int]:
+    """How many values ``module.name(model, values, progress)`` was given, call by call: how
+    many went through a pretrained encoder's network."""
+    calls: list[int] = []
+    run = getattr(module, name)
+
+    def counting(model, values, progress):
+        calls.append(len(values))
+        return run(model, values, progress)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 def build_tiny_text_model(path, seed: int = 0):
     """A randomly initialised two-head BERT of width 8 with a word-level tokenizer, saved as a
     sentence-transformers directory (mean pooling) at ``path``: offline, in a second."""

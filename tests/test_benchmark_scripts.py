@@ -459,6 +459,23 @@ def test_embed_real_main_writes_each_file_without_its_text(tmp_path, monkeypatch
     assert ["test message 0 [a] [d]", "test message 1test message 1 [b] [e]"] in model.asked
 
 
+# image_models.py ----------------------------------------------------------------------------
+
+
+def test_image_models_main_times_the_tiny_vit_cold_and_warm(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    image_models = script("image_models")
+    out = tmp_path / "image-models.md"
+    argv = ["image_models.py", "--models", "tiny", "--rows", "6", "--batch-sizes", "4,8"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    image_models.main()
+    rows = _table_rows(out.read_text(), "tiny")
+    assert [r[1] for r in rows] == ["4", "8"] and all(r[3] == "6" for r in rows)
+    (first, second) = json.loads(out.with_suffix(".json").read_text())["tiny"]
+    assert first["encoded"] == 6 and first["rows_per_second"] > 0
+    assert first["warm_encoded"] == 0 == second["warm_encoded"]  # all from the cache
+
+
 # ray_engine.py ------------------------------------------------------------------------------
 
 

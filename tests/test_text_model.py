@@ -15,11 +15,12 @@ from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
-from refine.encode import pretrained
+from refine.encode import embedding, pretrained
+from refine.encode.embedding import EmbeddingCache
 from refine.encode.features import fit_features
-from refine.encode.pretrained import EmbeddingCache, encode_texts, load_text_model
+from refine.encode.pretrained import encode_texts, load_text_model
 from refine.io.query import query
-from tests.conftest import TINY_WORDS, build_tiny_text_model
+from tests.conftest import TINY_WORDS, build_tiny_text_model, count_calls
 
 pytest.importorskip("sentence_transformers")
 
@@ -38,15 +39,7 @@ def texts(rows: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 @pytest.fixture()
 def counted(monkeypatch):
     """How many values went through the network, call by call."""
-    calls: list[int] = []
-    run = pretrained._run
-
-    def counting(model, values, progress):
-        calls.append(len(values))
-        return run(model, values, progress)
-
-    monkeypatch.setattr(pretrained, "_run", counting)
-    return calls
+    return count_calls(monkeypatch, pretrained)
 
 
 @pytest.fixture()
@@ -218,11 +211,11 @@ def test_the_cache_setting_names_a_directory_and_values_must_be_text(
     tiny_text_model, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "mine"))
-    assert pretrained.cache_directory("auto") == tmp_path / "mine" / "embeddings"
+    assert embedding.cache_directory("auto") == tmp_path / "mine" / "embeddings"
     monkeypatch.delenv("REFINE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert pretrained.cache_directory("auto") == tmp_path / "xdg" / "refine" / "embeddings"
-    assert pretrained.cache_directory("off") is None
-    assert pretrained.cache_directory(str(tmp_path / "c")) == tmp_path / "c"
+    assert embedding.cache_directory("auto") == tmp_path / "xdg" / "refine" / "embeddings"
+    assert embedding.cache_directory("off") is None
+    assert embedding.cache_directory(str(tmp_path / "c")) == tmp_path / "c"
     with pytest.raises(refine.InputError, match="value 1 is a int: 3"):
         encode_texts(["a", 3], str(tiny_text_model), cache="off")

@@ -26,16 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refine.encode.embedding import open_cache
 from refine.encode.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
-from refine.encode.pretrained import (
-    PretrainedTextEncoder,
-    embeddings_table,
-    load_text_model,
-    open_cache,
-)
+from refine.encode.pretrained import PretrainedTextEncoder, embeddings_table, load_text_model
 from refine.encode.skip import SkipColumn
 from refine.encode.text import TextEncoder, _NoVocabulary, looks_like_text
-from refine.errors import InputError
+from refine.encode.vision import PretrainedImageEncoder, VisionModel, load_vision_model
+from refine.errors import ConfigError, InputError
 from refine.io.read import invalid_utf8_row, plain_values
 from refine.progress import NULL_PROGRESS, Progress
 
@@ -226,9 +223,12 @@ Encoder = (
     | TextEncoder
     | ImageEncoder
     | PretrainedTextEncoder
+    | PretrainedImageEncoder
 )
 # Makes a column's pretrained text encoder (``--text-model``), by the column's name.
 Pretrained = Callable[[str], PretrainedTextEncoder]
+# Makes a column's pretrained image encoder (``--image-model DIR``), by the column's name.
+PretrainedImage = Callable[[str], PretrainedImageEncoder]
 
 
 @dataclass
@@ -270,11 +270,21 @@ class FeatureEncoder:
     def pretrained(self) -> list[PretrainedTextEncoder]:
         return [e for e in self.encoders if isinstance(e, PretrainedTextEncoder)]
 
+    @property
+    def embedded(self) -> list[PretrainedTextEncoder | PretrainedImageEncoder]:
+        """The encoders whose blocks are a pretrained model's embeddings, text or image."""
+        return [
+            e
+            for e in self.encoders
+            if isinstance(e, PretrainedTextEncoder | PretrainedImageEncoder)
+        ]
+
     def use_cache(self, cache_setting: str, progress: Progress = NULL_PROGRESS) -> None:
-        """Give the pretrained text encoders of a loaded run the cache ``--embedding-cache``
-        names, and ``progress`` for their bars."""
-        for encoder in self.pretrained:
-            encoder.cache, encoder.progress = open_cache(cache_setting), progress
+        """Give the pretrained text and image encoders of a loaded run the cache
+        ``--embedding-cache`` names, and ``progress`` for their bars."""
+        cache = open_cache(cache_setting)
+        for encoder in self.embedded:
+            encoder.cache, encoder.progress = cache, progress
 
     def embeddings(self, table: pa.Table) -> pa.Table | None:
         """``embeddings.parquet`` for ``table``'s rows, or None without a ``--text-model``."""
@@ -315,6 +325,8 @@ class FeatureEncoder:
                 encoders.append(ImageEncoder.from_state(c))
             elif c["kind"] == PretrainedTextEncoder.kind:
                 encoders.append(PretrainedTextEncoder.from_state(c))
+            elif c["kind"] == PretrainedImageEncoder.kind:
+                encoders.append(PretrainedImageEncoder.from_state(c))
             elif c["kind"] == EmbeddingEncoder.kind:
                 encoders.append(
                     EmbeddingEncoder(
@@ -357,7 +369,9 @@ def fit_features(
     images (binary, or a struct with a binary ``bytes`` field); other binary columns are when
     their values are PNG, JPEG, GIF, BMP or WebP bytes (see ``refine.encode.image``). Images are
     resized to ``image_size`` pixels square (0: their own size, at most 28), and go through the
-    TorchScript network at ``image_model`` when given. A text column's block is chosen by the
+    TorchScript network at ``image_model`` when given; where ``image_model`` is a vision model
+    directory, each image column is its embeddings instead, through the cache
+    ``embedding_cache`` names (``refine.encode.vision``). A text column's block is chosen by the
     labels: class indices ``labels`` ``(N,)`` (-1 = none) where given, else the label column.
     With ``text_model`` (``--text-model``), every text column is that sentence encoder's
     embeddings instead, on ``device``, through the cache ``embedding_cache`` names
@@ -366,7 +380,12 @@ def fit_features(
     check_named_columns(table, features, ignore)
     check_text_columns(table, label, text, ignore)
     check_image_columns(table, label, image, ignore)
-    model = _image_model(image_model)
+    found = _image_model(image_model, image_size, device)
+    model = (
+        _pretrained_image(found, embedding_cache, progress)
+        if isinstance(found, VisionModel)
+        else found
+    )
     pretrained = _pretrained(text_model, embedding_cache, device, progress)
     explicit = features is not None
     candidates = _candidates(table, label, features, ignore, text, image)
@@ -402,14 +421,31 @@ def fit_features(
     return FeatureEncoder(encoders=encoders, skipped=skipped)
 
 
-def _image_model(image_model: str | None) -> tuple[Any, str] | None:
-    """The TorchScript network at ``image_model`` and its sha256, or None when not given."""
-    model = None
-    if image_model is not None:
+def _image_model(
+    image_model: str | None, image_size: int, device: str
+) -> tuple[Any, str] | VisionModel | None:
+    """The TorchScript network at ``image_model`` and its sha256, the vision model directory
+    there, or None when not given."""
+    if image_model is None:
+        return None
+    if not Path(image_model).expanduser().is_dir():
         from refine.encode.image import load_image_model
 
-        model = load_image_model(image_model)
-    return model
+        return load_image_model(image_model)
+    if image_size:
+        raise ConfigError(
+            f"--image-size {image_size} does not apply to a model directory: its image "
+            "processor (preprocessor_config.json) sizes the images; drop --image-size"
+        )
+    return load_vision_model(image_model, device)
+
+
+def _pretrained_image(
+    model: VisionModel, cache_setting: str, progress: Progress
+) -> PretrainedImage:
+    """What makes each image column's encoder with the vision ``model``."""
+    cache = open_cache(cache_setting)
+    return lambda name: PretrainedImageEncoder(name, model=model, cache=cache, progress=progress)
 
 
 def _pretrained(
@@ -451,7 +487,7 @@ def _fit_candidates(
     text: tuple[str, ...],
     seed: int,
     image: tuple[str, ...],
-    model: tuple[Any, str] | None,
+    model: tuple[Any, str] | PretrainedImage | None,
     image_model: str | None,
     image_size: int,
     labels: np.ndarray | None,
@@ -569,10 +605,12 @@ def _fit_image(
     name: str,
     column: pa.ChunkedArray,
     seed: int,
-    model: tuple[Any, str] | None,
+    model: tuple[Any, str] | PretrainedImage | None,
     model_path: str | None,
     size: int,
-) -> ImageEncoder:
+) -> ImageEncoder | PretrainedImageEncoder:
+    if callable(model):
+        return model(name).fit(column)
     encoder = ImageEncoder(name, side=size, seed=seed)
     if model is not None:
         encoder.model, encoder.model_sha256 = model

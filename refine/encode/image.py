@@ -167,19 +167,27 @@ def _pixels(images: list[Any], channels: int, side: int) -> tuple[np.ndarray, np
     for i, image in enumerate(images):
         if image is None:
             continue
-        if image.mode in ("I", "I;16", "F"):  # 16-bit or float grey: scale into 8 bits first
-            values = np.asarray(image, np.float64)
-            top = values.max() or 1.0
-            image = Image.fromarray(np.clip(values / top * 255, 0, 255).astype(np.uint8))
-        if image.mode in ("RGBA", "LA", "P", "PA"):  # transparent pixels over white
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        small = image.convert(mode).resize((side, side), Image.Resampling.BILINEAR)
+        small = as_mode(image, mode).resize((side, side), Image.Resampling.BILINEAR)
         array = np.asarray(small, np.float32) / 255.0
         out[i] = (array[None] if channels == 1 else array.transpose(2, 0, 1)).reshape(-1)
         present[i] = True
     return out, present
+
+
+def as_mode(image: Any, mode: str) -> Any:
+    """``image`` in Pillow ``mode`` (``L`` or ``RGB``): 16-bit and float grey scaled into 8
+    bits, transparent pixels laid over white."""
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "F"):
+        values = np.asarray(image, np.float64)
+        top = values.max() or 1.0
+        image = Image.fromarray(np.clip(values / top * 255, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert(mode)
 
 
 @dataclass
@@ -235,7 +243,7 @@ class ImageEncoder:
         self.path_only, self.missing_rows = scan.path_only, scan.missing_rows
         present = np.flatnonzero(scan.present).tolist()
         if not present:
-            raise SkipColumn(self._none_reason(n))
+            raise SkipColumn(none_reason(n, self.nulls, self.path_only))
         fit_rows = present
         if len(present) > FIT_ROWS:
             rng = np.random.default_rng(self.seed)
@@ -268,16 +276,6 @@ class ImageEncoder:
             std = outputs.std(0).astype(np.float32)
             self.feature_std = np.where(std > 0, std, 1.0).astype(np.float32)
         return self
-
-    def _none_reason(self, n: int) -> str:
-        if self.path_only:
-            return (
-                "no value holds image bytes, only paths; refine reads only the embedded bytes, "
-                "never a file a path names"
-            )
-        if self.nulls == n:
-            return "all values are null"
-        return "no value is an image Pillow can decode (PNG, JPEG, GIF, BMP, WebP, ...)"
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
         values, _ = _values(column)
@@ -332,26 +330,8 @@ class ImageEncoder:
         }
 
     def note(self) -> str | None:
-        missing = self.undecodable + self.nulls + self.path_only
-        if not missing:
-            return None
-        parts = []
-        if self.undecodable:
-            parts.append(f"{self.undecodable} undecodable")
-        if self.nulls:
-            parts.append(f"{self.nulls} null")
-        if self.path_only:
-            parts.append(
-                f"{self.path_only} with a path but no bytes (refine reads only the embedded "
-                "bytes, never a file a path names)"
-            )
-        rows = ", ".join(str(r) for r in self.missing_rows) + (
-            ", ..." if missing > len(self.missing_rows) else ""
-        )
-        return (
-            f"image column {self.name!r}: {missing} "
-            f"{'value is not a usable image' if missing == 1 else 'values are not usable images'}"
-            f" and count as missing (rows {rows}): {'; '.join(parts)}"
+        return missing_note(
+            self.name, self.undecodable, self.nulls, self.path_only, self.missing_rows
         )
 
     def state(self) -> dict[str, Any]:
@@ -397,6 +377,46 @@ class ImageEncoder:
             encoder.feature_mean = state["feature_mean"].numpy()
             encoder.feature_std = state["feature_std"].numpy()
         return encoder
+
+
+def none_reason(rows: int, nulls: int, path_only: int) -> str:
+    """Why a column of ``rows`` values holds no usable image."""
+    if path_only:
+        return (
+            "no value holds image bytes, only paths; refine reads only the embedded bytes, "
+            "never a file a path names"
+        )
+    if nulls == rows:
+        return "all values are null"
+    return "no value is an image Pillow can decode (PNG, JPEG, GIF, BMP, WebP, ...)"
+
+
+def missing_note(
+    name: str, undecodable: int, nulls: int, path_only: int, missing_rows: list[int]
+) -> str | None:
+    """What the user hears once about the values of image column ``name`` that count as
+    missing, naming the first few ``missing_rows``; None when there are none."""
+    missing = undecodable + nulls + path_only
+    if not missing:
+        return None
+    parts = []
+    if undecodable:
+        parts.append(f"{undecodable} undecodable")
+    if nulls:
+        parts.append(f"{nulls} null")
+    if path_only:
+        parts.append(
+            f"{path_only} with a path but no bytes (refine reads only the embedded "
+            "bytes, never a file a path names)"
+        )
+    rows = ", ".join(str(r) for r in missing_rows) + (
+        ", ..." if missing > len(missing_rows) else ""
+    )
+    return (
+        f"image column {name!r}: {missing} "
+        f"{'value is not a usable image' if missing == 1 else 'values are not usable images'}"
+        f" and count as missing (rows {rows}): {'; '.join(parts)}"
+    )
 
 
 def _shape(value: Any) -> str:

@@ -5,13 +5,9 @@ cache holds) turns each value of a text column into one embedding, in place of t
 of ``refine.encode.text``. The model is recorded by the SHA-256 of its weight, configuration and
 tokenizer files, so a run saved with one model is never reused with another.
 
-Embeddings are kept by ``(SHA-256 of the value, SHA-256 of the model)``:
-
-* in memory, for the rest of the process (fitting then transforming a column encodes it once);
-* in a cache directory (``--embedding-cache``; by default ``$REFINE_CACHE_DIR``, else
-  ``$XDG_CACHE_HOME/refine``, else ``~/.cache/refine``, under ``embeddings/``), which every run,
-  rerun, update and ``encode_texts`` call on the machine reads and adds to;
-* in a run directory's ``embeddings.parquet``, which ``refine update`` reads from its parent run.
+Embeddings are kept by ``(SHA-256 of the value, SHA-256 of the model)`` in memory and in the
+cache directory of ``refine.encode.embedding``, and in a run directory's ``embeddings.parquet``,
+which ``refine update`` reads from its parent run (``add_run``).
 
 ``encode_texts`` is the one entry point: values in, ``(N, D)`` float32 embeddings out, only the
 values no cache holds going through the model, sorted by length in batches sized to the device.
@@ -19,13 +15,10 @@ values no cache holds going through the model, sorted by length in batches sized
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.metadata
 import os
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +27,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from refine.errors import ConfigError, InputError, OutputError
-from refine.io.write import atomic_file, write_parquet
+from refine.encode.embedding import (
+    EmbeddingBlock,
+    EmbeddingCache,
+    Encoded,
+    ModelFiles,
+    as_matrix,
+    fingerprint,
+    in_batches,
+    model_files,
+    open_cache,
+    quiet_loading,
+    resolve_device,
+    through_cache,
+)
+from refine.errors import ConfigError, InputError
 from refine.progress import NULL_PROGRESS, Progress
 
 INSTALL = "pip install 'refine[text]'"
-# The files that decide what a model computes: weights, configurations, tokenizer vocabularies.
-HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth")
-# Exports for other runtimes that sentence-transformers never reads (and that are large).
-UNHASHED_FOLDERS = ("onnx", "openvino")
 # Rows per batch on the CPU: larger batches ran slower per row (16: 29 rows/s, 64: 22, 256: 15
 # for MiniLM on 2 cores, reports/encoders.md); a batch pads to its longest value.
 CPU_BATCH = 16
-# On CUDA, rows per batch per GiB of the device's memory, between the two bounds below.
-CUDA_ROWS_PER_GIB = 16
-CUDA_BATCH = (64, 1024)
 # Files of a hub repository sentence-transformers does not read: other runtimes' exports.
 NOT_DOWNLOADED = ["onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*"]
 # Values longer than this many characters are cut before hashing and encoding, as for TF-IDF.
 MAX_CHARS = 5_000
-
-
-def versions() -> dict[str, str]:
-    """The versions of the libraries that decide the embeddings, as run.json records them."""
-    found = {}
-    for name in ("sentence-transformers", "transformers", "tokenizers", "torch"):
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def _import_sentence_transformers() -> Any:
@@ -76,39 +64,14 @@ def _import_sentence_transformers() -> Any:
     return sentence_transformers
 
 
-def model_files(path: Path) -> dict[str, str]:
-    """SHA-256 of each file under ``path`` that decides what the model computes, by its path
-    relative to ``path`` (``/``-separated), in sorted order."""
-    hashes = {}
-    for file in sorted(path.rglob("*")):
-        relative = file.relative_to(path)
-        if relative.parts[0] in UNHASHED_FOLDERS or relative.parts[0].startswith("."):
-            continue
-        if file.is_file() and file.suffix in HASHED_SUFFIXES:
-            digest = hashlib.sha256()
-            with file.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            hashes[relative.as_posix()] = digest.hexdigest()
-    return hashes
-
-
-def _combined(files: dict[str, str]) -> str:
-    lines = "".join(f"{name}\t{digest}\n" for name, digest in sorted(files.items()))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
 @dataclass
-class TextModel:
+class TextModel(ModelFiles):
     """A sentence encoder found on disk and fingerprinted; its network loads on first use."""
 
-    name: str  # as the user gave it: a path, or a Hugging Face name
-    path: Path  # the directory read
-    sha256: str  # of ``files``: the model's identity in caches and run.json
-    files: dict[str, str]
-    device: str = "cpu"
-    batch: int = 0  # rows per batch; 0: sized to the device (``batch_size``)
     _network: Any = None
+
+    cpu_batch = CPU_BATCH
+    libraries = ("sentence-transformers", "transformers", "tokenizers", "torch")
 
     def network(self) -> Any:
         """The ``SentenceTransformer``, loaded once, in eval mode on ``device``."""
@@ -116,7 +79,7 @@ class TextModel:
             st = _import_sentence_transformers()
             try:
                 # trust_remote_code stays off: a model directory's own Python is never run.
-                with _quiet_loading():
+                with quiet_loading():
                     self._network = st.SentenceTransformer(
                         str(self.path), device=self.device, local_files_only=True
                     )
@@ -135,37 +98,6 @@ class TextModel:
         # sentence-transformers 6 renamed the method; older releases have only the old name
         width = getattr(network, "get_embedding_dimension", None)
         return int((width or network.get_sentence_embedding_dimension)())
-
-    @property
-    def batch_size(self) -> int:
-        if self.batch:
-            return self.batch
-        if self.device != "cuda":
-            return CPU_BATCH
-        import torch
-
-        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-        return int(np.clip(round(gib * CUDA_ROWS_PER_GIB), *CUDA_BATCH))
-
-    def record(self) -> dict[str, Any]:
-        """What run.json keeps of the model: name, path, hashes and library versions."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "files": self.files,
-            "versions": versions(),
-        }
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return device
 
 
 def load_text_model(name: str, device: str = "auto", sha256: str | None = None) -> TextModel:
@@ -190,20 +122,13 @@ def load_text_model(name: str, device: str = "auto", sha256: str | None = None) 
     """
     _import_sentence_transformers()
     path = _resolve(name)
-    files = model_files(path)
-    if not files:
+    if not model_files(path):
         raise InputError(
             f"--text-model {name!r}: {str(path)!r} holds no model files (config, weights, "
             "tokenizer); pass a directory saved with SentenceTransformer.save()"
         )
-    digest = _combined(files)
-    if sha256 is not None and digest != sha256:
-        raise InputError(
-            f"--text-model {name!r} has changed since the run used it (SHA-256 {digest[:12]}, "
-            f"the run's {sha256[:12]}): its files in {str(path)!r} differ. Restore the model "
-            "the run used, or start a new run with refine run"
-        )
-    return TextModel(name, path, digest, files, _device(device))
+    files, digest = fingerprint("--text-model", name, path, sha256)
+    return TextModel(name, path, digest, files, resolve_device(device))
 
 
 def _resolve(name: str) -> Path:
@@ -236,134 +161,6 @@ def _resolve(name: str) -> Path:
         ) from None
 
 
-def cache_directory(setting: str) -> Path | None:
-    """The cache directory ``--embedding-cache`` names: ``auto`` is the user's cache, ``off``
-    none, anything else a directory path."""
-    if setting == "off":
-        return None
-    if setting != "auto":
-        return Path(setting).expanduser()
-    root = os.environ.get("REFINE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "refine"
-    )
-    return Path(root) / "embeddings"
-
-
-def _key_schema(dim: int) -> pa.Schema:
-    return pa.schema([("key", pa.binary(32)), ("embedding", pa.list_(pa.float32(), dim))])
-
-
-@dataclass
-class EmbeddingCache:
-    """Embeddings by ``(value hash, model hash)``: in memory, and in ``directory`` when given.
-
-    ``directory`` holds one folder per model (its SHA-256), of Parquet files ``(key
-    binary(32), embedding fixed_size_list<float32>)`` each named by the hash of its keys: each
-    file is written once, atomically, so runs may share the directory.
-    """
-
-    directory: Path | None = None
-    memory: dict[str, dict[bytes, np.ndarray]] = field(default_factory=dict)
-    # Set when an "auto" cache could not be written; the directory is then left alone.
-    problem: str | None = None
-    strict: bool = False  # a directory the user named: failing to write it is an error
-
-    def lookup(self, model: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
-        """The embeddings held for ``keys`` (unique) of ``model``, from memory then disk."""
-        held = self.memory.setdefault(model, {})
-        found = {k: held[k] for k in keys if k in held}
-        wanted = [k for k in keys if k not in found]
-        if wanted and self.directory is not None and (self.directory / model).is_dir():
-            wanted_array = pa.array(wanted, pa.binary(32))
-            for file in sorted((self.directory / model).glob("*.parquet")):
-                try:  # the keys first: most files hold none of the wanted values
-                    hits = pc.is_in(pq.read_table(file, columns=["key"])["key"], wanted_array)
-                    if not pc.any(hits).as_py():
-                        continue
-                    table = pq.read_table(file).filter(hits)
-                except (OSError, pa.ArrowInvalid, KeyError):
-                    continue  # a file another process is still writing, or a broken one
-                if table.num_rows:
-                    vectors = _matrix(table.column("embedding"))
-                    for k, v in zip(table.column("key").to_pylist(), vectors, strict=True):
-                        held[k] = found[k] = v
-                    wanted_array = pa.array([k for k in wanted if k not in found], pa.binary(32))
-                    if not len(wanted_array):
-                        break
-        return found
-
-    def add(self, model: str, keys: Sequence[bytes], vectors: np.ndarray) -> None:
-        """Keep ``vectors`` ``(len(keys), D)`` for ``keys`` of ``model``; persist them."""
-        held = self.memory.setdefault(model, {})
-        for k, v in zip(keys, vectors, strict=True):
-            held[k] = v
-        if self.directory is None or not len(keys) or self.problem is not None:
-            return
-        table = pa.table(
-            {
-                "key": pa.array(list(keys), pa.binary(32)),
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1)),
-                    vectors.shape[1],
-                ),
-            },
-            schema=_key_schema(vectors.shape[1]),
-        )
-        name = hashlib.sha256(b"".join(sorted(keys))).hexdigest()[:32] + ".parquet"
-        try:
-            with atomic_file(self.directory / model / name, overwrite=True) as tmp:
-                write_parquet(table, tmp)
-        except OutputError as exc:
-            if self.strict:
-                raise OutputError(
-                    f"--embedding-cache {str(self.directory)!r} cannot be written ({exc}); "
-                    "choose another directory, or pass --embedding-cache off"
-                ) from None
-            self.problem = str(exc)
-
-    def add_run(self, run_dir: Path, model: str) -> int:
-        """Read the embeddings of ``model`` that ``run_dir``'s ``embeddings.parquet`` holds,
-        keyed by the values in its ``refined.parquet``; return how many rows it held."""
-        path = Path(run_dir) / "embeddings.parquet"
-        if not path.is_file():
-            return 0
-        embeddings = pq.read_table(path)
-        if "text_model_sha256" not in embeddings.column_names:
-            return 0
-        same = pc.equal(embeddings.column("text_model_sha256"), model)
-        if not pc.all(same).as_py():
-            return 0
-        columns = [c for c in embeddings.column_names if c not in EMBEDDING_COLUMNS]
-        refined = pq.read_table(Path(run_dir) / "refined.parquet", columns=columns)
-        for name in columns:
-            keys = value_keys(text_values(refined.column(name)))
-            vectors = _matrix(embeddings.column(name))
-            held = self.memory.setdefault(model, {})
-            for k, v in zip(keys, vectors, strict=True):
-                held.setdefault(k, v)
-        return embeddings.num_rows
-
-
-def open_cache(setting: str = "auto") -> EmbeddingCache:
-    """The cache ``--embedding-cache`` names: ``auto``, ``off`` or a directory. Its memory lives
-    as long as the object (an encoder holds it for its run), so a long-lived process does not
-    keep every embedding it ever computed."""
-    directory = cache_directory(setting)
-    if directory is None:
-        return EmbeddingCache()
-    cache = EmbeddingCache(directory, strict=setting != "auto")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        if cache.strict:
-            raise OutputError(
-                f"--embedding-cache {setting!r} cannot be created: {exc.strerror or exc}; "
-                "choose another directory, or pass --embedding-cache off"
-            ) from None
-        cache.problem = exc.strerror or str(exc)
-    return cache
-
-
 def text_values(column: pa.ChunkedArray | pa.Array) -> list[str]:
     """The values as encoded: null as "", longer ones cut to ``MAX_CHARS`` characters."""
     if pa.types.is_dictionary(column.type):
@@ -375,28 +172,6 @@ def text_values(column: pa.ChunkedArray | pa.Array) -> list[str]:
 def value_keys(values: Sequence[str]) -> list[bytes]:
     """The SHA-256 of each value's UTF-8 bytes: its key in every cache."""
     return [hashlib.sha256(v.encode("utf-8", "surrogatepass")).digest() for v in values]
-
-
-def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A list<float> column of one length as ``(N, D)`` float32."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    n = len(column)
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
-    return flat.reshape(n, -1) if n else flat.reshape(0, 0)
-
-
-@dataclass
-class Encoded:
-    """What one ``encode_texts`` call did: rows, rows the model encoded, and its seconds."""
-
-    rows: int = 0
-    encoded: int = 0
-    seconds: float = 0.0
-
-    @property
-    def rows_per_second(self) -> float | None:
-        return round(self.encoded / self.seconds, 1) if self.encoded and self.seconds else None
 
 
 def encode_texts(
@@ -439,18 +214,13 @@ def encode_texts(
             )
         texts = text_values(pa.array(values, pa.string()))
     keys = value_keys(texts)
-    unique = list(dict.fromkeys(keys))
-    found = cache.lookup(model.sha256, unique)
-    missing = [k for k in unique if k not in found]
-    stats = stats if stats is not None else Encoded()
-    stats.rows = len(texts)
-    if missing or not found:
-        started = time.perf_counter()
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        vectors = _run(model, [texts[first[k]] for k in missing], progress)
-        stats.encoded, stats.seconds = len(missing), time.perf_counter() - started
-        cache.add(model.sha256, missing, vectors)
-        found.update(zip(missing, vectors, strict=True))
+    found = through_cache(
+        keys,
+        model.sha256,
+        cache,
+        lambda rows: _run(model, [texts[i] for i in rows], progress),
+        stats if stats is not None else Encoded(),
+    )
     if not texts:
         return np.zeros((0, model.dim), np.float32)
     return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
@@ -459,78 +229,22 @@ def encode_texts(
 def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
     """The network's embeddings ``(N, D)`` of ``texts``, longest first in batches, so each
     batch pads to a similar length; rows come back in the order given."""
-    import torch
-
     network = model.network()
     out = np.zeros((len(texts), model.dim), np.float32)
     order = np.argsort(-np.array([len(t) for t in texts], np.int64), kind="stable")
-    batch = model.batch_size
-    task = progress.start("encode", "encoding text", total=len(texts))
-    start = 0
-    with _threads(), torch.inference_mode(), _autocast(model.device):
-        while start < len(order):
-            rows = order[start : start + batch]
-            try:
-                vectors = network.encode(
-                    [texts[i] for i in rows],
-                    batch_size=len(rows),
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-            except torch.cuda.OutOfMemoryError:
-                if batch == 1:
-                    raise
-                batch //= 2  # a long batch did not fit: halve it and go on
-                torch.cuda.empty_cache()
-                continue
-            out[rows] = np.asarray(vectors, np.float32)
-            start += len(rows)
-            progress.advance(task, len(rows))
-    progress.finish(task)
+
+    def embed(start: int, stop: int) -> None:
+        rows = order[start:stop]
+        vectors = network.encode(
+            [texts[i] for i in rows],
+            batch_size=len(rows),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        out[rows] = np.asarray(vectors, np.float32)
+
+    in_batches(len(texts), model.batch_size, model.device, embed, progress, "encoding text")
     return np.nan_to_num(out)
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No progress bar from transformers while the weights load: refine draws its own."""
-    from transformers.utils import logging as transformers_logging
-
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _autocast(device: str) -> Iterator[None]:
-    """Half precision on CUDA, where it runs the network at twice the speed; none on the CPU."""
-    if device != "cuda":
-        yield
-        return
-    import torch
-
-    with torch.autocast("cuda", dtype=torch.float16):
-        yield
-
-
-@contextlib.contextmanager
-def _threads() -> Iterator[None]:
-    """torch's intra-op threads, capped at the cores this process may run on: torch counts
-    the machine's, which in a container or under taskset oversubscribes the few it has."""
-    import torch
-
-    before = torch.get_num_threads()
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else before
-    if allowed < before:
-        torch.set_num_threads(allowed)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 # embeddings.parquet's columns before the one per encoded column.
@@ -538,28 +252,25 @@ EMBEDDING_COLUMNS = ("row_number", "text_model", "text_model_sha256")
 
 
 @dataclass
-class PretrainedTextEncoder:
-    """One free-text column as ``model``'s embeddings, centred, with one scale for the block:
-    one scale keeps the embedding's geometry (its cosine similarities) as the model made it."""
+class PretrainedTextEncoder(EmbeddingBlock):
+    """One free-text column as ``model``'s embeddings (an ``EmbeddingBlock``)."""
 
-    name: str
     model_name: str = ""
-    model_path: str = ""
-    model_sha256: str = ""
-    model_record: dict[str, Any] = field(default_factory=dict)
-    dim: int = 0
-    mean: np.ndarray | None = None
-    scale: float = 1.0
-    stats: Encoded = field(default_factory=Encoded)
     model: TextModel | None = None
-    cache: EmbeddingCache | None = None
-    progress: Progress = NULL_PROGRESS
 
     kind = "text-model"
+    column_kind = "text"
+    units = "values"
 
     @property
     def width(self) -> int:
         return self.dim
+
+    def model_label(self) -> str:
+        return self.model_name
+
+    def model_device(self) -> str:
+        return self._model().device
 
     def _model(self) -> TextModel:
         if self.model is None:  # loaded back from a run: the same files, or refused
@@ -571,10 +282,7 @@ class PretrainedTextEncoder:
         """The column's raw embeddings ``(N, dim)``, through the cache."""
         stats = Encoded()
         vectors = encode_texts(column, self._model(), self.cache or "off", self.progress, stats)
-        # What the notes and run.json tell: the last call that ran the model (fit's, not the
-        # transform that finds its rows in memory), else the first.
-        if stats.encoded or not self.stats.rows:
-            self.stats = stats
+        self._keep(stats)
         return vectors
 
     def fit(self, column: pa.ChunkedArray) -> PretrainedTextEncoder:
@@ -585,15 +293,11 @@ class PretrainedTextEncoder:
             model.sha256,
         )
         self.model_record = model.record()
-        vectors = self.vectors(column)
-        self.dim = vectors.shape[1]
-        self.mean = vectors.mean(0).astype(np.float32)
-        self.scale = float(np.sqrt(((vectors - self.mean) ** 2).mean())) or 1.0
+        self._centre(self.vectors(column))
         return self
 
     def transform(self, column: pa.ChunkedArray, out: np.ndarray) -> None:
-        assert self.mean is not None, "not fitted"
-        out[:] = (self.vectors(column) - self.mean) / self.scale
+        out[:] = self._scaled(self.vectors(column))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -601,36 +305,21 @@ class PretrainedTextEncoder:
             "kind": self.kind,
             "dim": self.dim,
             "text_model": self.model_record,
-            "rows_encoded": self.stats.encoded,
-            "rows_from_cache": self.stats.rows - self.stats.encoded,
-            "rows_per_second": self.stats.rows_per_second,
+            **self._described(),
         }
 
     def note(self) -> str:
-        s = self.stats
-        if not s.encoded:
-            return f"text column {self.name!r}: every embedding came from the cache"
-        return (
-            f"text column {self.name!r}: {s.encoded:,} values encoded with {self.model_name!r} "
-            f"in {s.seconds:.1f} s ({s.rows_per_second:,.0f} rows/s on {self._model().device})"
-            + (f"; {s.rows - s.encoded:,} rows from the cache" if s.rows > s.encoded else "")
-        )
+        return self.encoded_note()
 
     def state(self) -> dict[str, Any]:
         """Plain values and tensors: loads with ``torch.load(weights_only=True)``."""
-        import torch
-
-        assert self.mean is not None, "not fitted"
         return {
             "column": self.name,
             "kind": self.kind,
             "dim": self.dim,
             "text_model": self.model_record,
             "model_name": self.model_name,
-            "model_path": self.model_path,
-            "model_sha256": self.model_sha256,
-            "mean": torch.from_numpy(self.mean),
-            "scale": self.scale,
+            **self._state(),
         }
 
     @classmethod
@@ -640,13 +329,32 @@ class PretrainedTextEncoder:
         return cls(
             state["column"],
             model_name=str(state["model_name"]),
-            model_path=str(state["model_path"]),
-            model_sha256=str(state["model_sha256"]),
             model_record=dict(state["text_model"]),
-            dim=int(state["dim"]),
-            mean=state["mean"].numpy(),
-            scale=float(state["scale"]),
+            **cls._from_state(state),
         )
+
+
+def add_run(cache: EmbeddingCache, run_dir: Path, model: str) -> int:
+    """Give ``cache`` the embeddings of ``model`` that ``run_dir``'s ``embeddings.parquet``
+    holds, keyed by the values in its ``refined.parquet``; return how many rows it held."""
+    path = Path(run_dir) / "embeddings.parquet"
+    if not path.is_file():
+        return 0
+    embeddings = pq.read_table(path)
+    if "text_model_sha256" not in embeddings.column_names:
+        return 0
+    same = pc.equal(embeddings.column("text_model_sha256"), model)
+    if not pc.all(same).as_py():
+        return 0
+    columns = [c for c in embeddings.column_names if c not in EMBEDDING_COLUMNS]
+    refined = pq.read_table(Path(run_dir) / "refined.parquet", columns=columns)
+    for name in columns:
+        keys = value_keys(text_values(refined.column(name)))
+        vectors = as_matrix(embeddings.column(name))
+        held = cache.memory.setdefault(model, {})
+        for k, v in zip(keys, vectors, strict=True):
+            held.setdefault(k, v)
+    return embeddings.num_rows
 
 
 def embeddings_table(encoders: Sequence[PretrainedTextEncoder], table: pa.Table) -> pa.Table:

@@ -22,6 +22,7 @@ KINDS = {
     "one-hot": "categories (one-hot)",
     "text": "free text",
     "image": "images",
+    "image-model": "images (a pretrained model's embeddings)",
     "embedding": "embeddings (lists of numbers)",
 }
 LISTED = 40  # column names listed per line before "and N more"
