@@ -71,7 +71,7 @@ def votes_prior(proba: np.ndarray, verified: np.ndarray) -> np.ndarray:
 
 class VotesRound:
     """A round's stage with votes (``Rounds``' ``consensus``): the annotators re-estimated from
-    the votes ``(N, A)`` and the round's calibrated out-of-fold probabilities, and, where
+    the votes ``(N, A)`` and the round's probabilities of the true class, and, where
     held-out votes choose the model (``choose_prior``) over the majority vote, the posterior of
     the true class given the votes and the features as the round's labels and soft targets.
 
@@ -83,10 +83,15 @@ class VotesRound:
     ) -> None:
         self.votes, self.labels, self.verified, self.seed = votes, labels, verified, seed
 
-    def __call__(self, proba: np.ndarray, verdict: Verdict) -> tuple[Verdict, dict[str, Any]]:
+    def __call__(self, verdict: Verdict) -> tuple[Verdict, dict[str, Any]]:
         """The round's verdict, its labels replaced by the posterior's where the model was
-        chosen, and the round's record of the choice and the annotators' estimated accuracy."""
-        prior = votes_prior(proba, self.verified)
+        chosen, and the round's record of the choice and the annotators' estimated accuracy.
+
+        The prior is the judge's probabilities of the true class (``verdict.proba``), not the
+        round's probabilities calibrated to the majority vote: those are flatter than the
+        truth, and from the second round on let noisy votes overrule a right model
+        (reports/crowd-rounds.md)."""
+        prior = votes_prior(verdict.proba, self.verified)
         choice = choose_prior(self.votes, prior, self.seed)
         temper = 1.0 if choice.temper is None else choice.temper
         model = fit_annotators(self.votes, tempered(prior, temper))

@@ -521,7 +521,7 @@ def refine_rounds(rounds: Rounds) -> RoundsResult:
         proba = rounds.calibrate(raw)
         is_issue, quality = rounds.detect(proba, agreement, round_index)
         verdict = rounds.decide(proba, agreement, is_issue, quality, round_index)
-        verdict = rounds.weigh_votes(proba, verdict)
+        verdict = rounds.weigh_votes(verdict)
         rounds.record(round_index, verdict, agreement, started)
         progress.advance(task)
         if rounds.settled():

@@ -92,9 +92,9 @@ TIMED_STAGES = ("train", "predict", "calibrate", "detect", "refine")
 # After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
 Augment = Callable[[Decisions, np.ndarray, np.ndarray, np.ndarray], Extra]
 
-# With votes, after the judge: (calibrated probabilities, verdict) -> the verdict the votes'
-# annotator model leaves, and the round's record of it (crowd.VotesRound).
-Consensus = Callable[[np.ndarray, Verdict], tuple[Verdict, dict[str, Any]]]
+# With votes, after the judge: verdict -> the verdict the votes' annotator model leaves, and
+# the round's record of it (crowd.VotesRound).
+Consensus = Callable[[Verdict], tuple[Verdict, dict[str, Any]]]
 
 # Rows that may parent synthetic rows: given labels the run did not flag and rates at least
 # this likely to be right (calibrated probability of the given label).
@@ -341,12 +341,12 @@ class Rounds:
         self.timings["refine"] += time.perf_counter() - started
         return verdict
 
-    def weigh_votes(self, proba: np.ndarray, verdict: Verdict) -> Verdict:
+    def weigh_votes(self, verdict: Verdict) -> Verdict:
         """With votes, the verdict the annotator model leaves (re-estimated on this round's
-        calibrated probabilities ``(N, K)``); the round's synthetic rows for the next."""
+        probabilities of the true class); the round's synthetic rows for the next."""
         started = time.perf_counter()
         if self.consensus is not None:
-            verdict, self.annotators = self.consensus(proba, verdict)
+            verdict, self.annotators = self.consensus(verdict)
         self.metrics["trust"] = verdict.record
         if self.augment is not None:
             self.synthetic = self.augment(
