@@ -461,3 +461,22 @@ def test_a_voted_run_gives_the_same_bytes_twice(tmp_path):
             assert first.equals(second)
         else:
             assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+def test_verified_rows_keep_their_label_when_the_posterior_takes_the_others(tmp_path):
+    import refine
+
+    table, truth, votes = voted_table()
+    majority = majority_vote(votes, 3, 0)
+    # Five rows whose majority is wrong, verified with a class that is neither the truth nor
+    # the majority: only the verification can put it there.
+    rows = np.flatnonzero(majority != truth)[:5]
+    checked = np.full(len(truth), None, object)
+    checked[rows] = [int(({0, 1, 2} - {truth[r], majority[r]}).pop()) for r in rows]
+    table = table.append_column("checked", pa.array(list(checked), pa.int64()))
+    options = dict(votes="votes", ignore=("item",), rounds=2, folds=3, max_epochs=6, report=False)
+    result = refine.run(table, tmp_path / "run", seed=0, verified="checked", **options)
+    assert result.summary["annotators"]["consensus"]["given"] == "annotators"
+    refined = result.refined
+    assert refined.column("label_refined").take(rows).to_pylist() == checked[rows].tolist()
+    assert set(refined.column("label_source").take(rows).to_pylist()) == {"verified"}
