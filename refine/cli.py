@@ -141,9 +141,10 @@ def cli() -> None:
     "--votes",
     default=None,
     help="List column of votes per row (annotators or labelling functions; null or -1 = "
-    "abstain): refine starts from their majority vote, written as label_vote, or from the "
-    "annotator model's consensus (label_consensus) where held-out votes choose it, and writes "
-    "annotators.parquet. --label is then optional (it only gives the classes).",
+    "abstain): refine starts from their majority vote, written as label_vote; each round, "
+    "where held-out votes choose it, the annotator model's posterior (votes and features) "
+    "gives the labels. Writes annotators.parquet. --label is then optional (it only gives the "
+    "classes).",
 )
 @click.option(
     "--annotations",

@@ -82,8 +82,7 @@ class RunConfig:
     key: str | None = None
     # Votes instead of one label per row: a list column of votes (null or -1 = abstain), or a
     # long file (key, annotator, label) joined by the key. The majority vote becomes the given
-    # label, label_vote, or, where held-out votes choose it, the annotator model's consensus,
-    # label_consensus (refine.judge.annotators).
+    # label, label_vote; each round the annotator model weighs the votes (refine.crowd).
     votes: str | None = None
     annotations: str | None = None
     features: tuple[str, ...] | None = None

@@ -1,8 +1,10 @@
-"""Votes in a run: the majority vote that refine starts from, the annotator model's consensus
-where held-out votes choose it, and the annotators' estimates (``annotators.parquet``).
+"""Votes in a run: the majority vote that refine starts from, the annotator model each round
+weighs the votes with, and the annotators' estimates (``annotators.parquet``).
 
-``pipeline._run`` calls these around the rounds: ``with_votes`` before them, ``with_consensus``
-when ``choose_prior`` picks the model, ``annotators_table_of`` after the last.
+``pipeline._run`` calls ``with_votes`` before the rounds, hands a ``VotesRound`` to them (each
+round, after calibration, it re-estimates the annotators from the votes and the round's model
+and, where held-out votes choose that model, makes its posterior the round's targets), and
+``annotators_table_of`` after the last.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ import numpy as np
 import pyarrow as pa
 
 from refine.config import RunConfig
-from refine.io.read import LabelledTable, encode_labels
-from refine.io.verify import verified_labels
-from refine.io.votes import CONSENSUS_LABEL, VOTE_LABEL, Votes, read_votes
+from refine.io.decisions import CORRECTED, GIVEN, Decisions
+from refine.io.votes import VOTE_LABEL, Votes, read_votes
 from refine.judge.annotators import (
-    PriorChoice,
+    annotator_accuracy,
     annotators_table,
+    choose_prior,
     fit_annotators,
     majority_vote,
     tempered,
 )
+from refine.judge.trust import Verdict
 from refine.progress import Progress
 from refine.rounds import RoundsResult
+
+# The round's policy where the annotator model's posterior decided its labels.
+ANNOTATORS = "annotators"
 
 
 def with_votes(
@@ -53,62 +59,95 @@ def with_votes(
     return table, dataclasses.replace(config, label=VOTE_LABEL, ignore=ignore), votes
 
 
-def votes_prior(state: RoundsResult, verified: np.ndarray) -> np.ndarray:
-    """Each row's prior over the true class ``(N, K)`` before its votes: the last round's
-    calibrated out-of-fold probabilities; a verified row's label is certain."""
-    prior = state.proba.astype(np.float64, copy=True)
+def votes_prior(proba: np.ndarray, verified: np.ndarray) -> np.ndarray:
+    """Each row's prior over the true class ``(N, K)`` before its votes: a round's calibrated
+    out-of-fold probabilities; a verified row's label is certain."""
+    prior = proba.astype(np.float64, copy=True)
     rows = np.flatnonzero(verified >= 0)
     prior[rows] = 0.0
     prior[rows, verified[rows]] = 1.0
     return prior
 
 
-def with_consensus(
-    labelled_table: LabelledTable,
-    config: RunConfig,
-    votes: Votes,
-    state: RoundsResult,
-    verified: np.ndarray,
-    temper: float,
-    progress: Progress,
-) -> tuple[LabelledTable, RunConfig, np.ndarray]:
-    """The table with the annotator model's consensus appended as ``label_consensus`` (the
-    majority vote's model prior tempered to p^``temper``; rows without a vote unlabelled), and
-    the configuration and verified labels that refine it, ``label_vote`` kept as written."""
-    model = fit_annotators(votes.votes, tempered(votes_prior(state, verified), temper))
-    found = np.where((votes.votes >= 0).any(1), model.posterior.argmax(1), -1)
-    table = labelled_table.table.append_column(
-        CONSENSUS_LABEL, votes.classes.take(pa.array(found, mask=found < 0))
-    )
-    moved = int((found != majority_vote(votes.votes, len(votes.classes), config.seed)).sum())
-    progress.note(
-        f"held-out votes chose the annotator model (model prior ^{temper:g}) over the majority "
-        f"vote: refining {CONSENSUS_LABEL}, which differs from {VOTE_LABEL} on "
-        f"{moved:,} row{'s' if moved != 1 else ''}"
-    )
-    config = dataclasses.replace(
-        config, label=CONSENSUS_LABEL, ignore=config.ignore + (VOTE_LABEL,)
-    )
-    consensus = encode_labels(table, CONSENSUS_LABEL, config.folds)
-    verified = verified_labels(consensus, config.verified, config.verified_file, config.key)
-    return consensus, config, verified
+class VotesRound:
+    """A round's stage with votes (``Rounds``' ``consensus``): the annotators re-estimated from
+    the votes ``(N, A)`` and the round's probabilities of the true class, and, where
+    held-out votes choose the model (``choose_prior``) over the majority vote, the posterior of
+    the true class given the votes and the features as the round's labels and soft targets.
+
+    ``labels`` ``(N,)``: the majority vote the judge refines (-1 = no vote); ``verified``
+    ``(N,)``: verified classes (-1 = none), certain in the model and never changed."""
+
+    def __init__(
+        self, votes: np.ndarray, labels: np.ndarray, verified: np.ndarray, seed: int
+    ) -> None:
+        self.votes, self.labels, self.verified, self.seed = votes, labels, verified, seed
+
+    def __call__(self, verdict: Verdict) -> tuple[Verdict, dict[str, Any]]:
+        """The round's verdict, its labels replaced by the posterior's where the model was
+        chosen, and the round's record of the choice and the annotators' estimated accuracy.
+
+        The prior is the judge's probabilities of the true class (``verdict.proba``), not the
+        round's probabilities calibrated to the majority vote: those are flatter than the
+        truth, and from the second round on let noisy votes overrule a right model
+        (reports/crowd-rounds.md)."""
+        prior = votes_prior(verdict.proba, self.verified)
+        choice = choose_prior(self.votes, prior, self.seed)
+        temper = 1.0 if choice.temper is None else choice.temper
+        model = fit_annotators(self.votes, tempered(prior, temper))
+        _, accuracy, _, _ = annotator_accuracy(self.votes, model.posterior)
+        record = {
+            "given": VOTE_LABEL if choice.temper is None else ANNOTATORS,
+            "prior_temper": choice.temper,
+            "heldout_log_likelihood": {k: round(v, 4) for k, v in choice.scores.items()},
+            "accuracy": [None if np.isnan(a) else round(float(a), 4) for a in accuracy],
+        }
+        if choice.temper is None:
+            return verdict, record
+        return self._posterior_verdict(verdict, model.posterior, choice.temper), record
+
+    def _posterior_verdict(self, verdict: Verdict, posterior: np.ndarray, temper: float) -> Verdict:
+        """Every voted, unverified row takes the posterior's class and its soft target; its
+        given label (the majority) is flagged where the posterior disagrees."""
+        labels, old = self.labels, verdict.decisions
+        rows = np.flatnonzero((self.votes >= 0).any(1) & (self.verified < 0) & (labels >= 0))
+        found = posterior[rows].argmax(1)
+        refined, source = old.refined.copy(), old.source.copy()
+        weight, soft = old.weight.copy(), old.soft.copy()
+        refined[rows], weight[rows], soft[rows] = found, 1.0, posterior[rows]
+        source[rows] = np.where(found == labels[rows], GIVEN, CORRECTED)
+        is_issue, quality = verdict.is_issue.copy(), verdict.quality.copy()
+        is_issue[rows] = found != labels[rows]
+        quality[rows] = posterior[rows, labels[rows]]
+        moved = int(is_issue[rows].sum())
+        reason = (
+            f"held-out votes chose the annotator model (the model's probabilities ^{temper:g}) "
+            f"over the majority vote: its posterior moved {moved:,} "
+            f"label{'s' if moved != 1 else ''} off {VOTE_LABEL}"
+        )
+        return dataclasses.replace(
+            verdict,
+            decisions=Decisions(refined, source, weight, soft),
+            is_issue=is_issue,
+            quality=quality,
+            record={**verdict.record, "policy": ANNOTATORS, "reason": reason},
+        )
 
 
-def describe_choice(choice: PriorChoice | None) -> dict[str, Any]:
-    """run.json's record of the held-out choice between the majority vote and the model."""
-    assert choice is not None
-    return {
-        "given": VOTE_LABEL if choice.temper is None else CONSENSUS_LABEL,
-        "prior_temper": choice.temper,
-        "heldout_log_likelihood": {k: round(v, 4) for k, v in choice.scores.items()},
-    }
+def describe_choice(state: RoundsResult) -> dict[str, Any]:
+    """run.json's record of the last round's held-out choice between the majority vote and
+    the annotator model."""
+    record = state.rounds[-1]["annotators"]
+    return {k: record[k] for k in ("given", "prior_temper", "heldout_log_likelihood")}
 
 
 def annotators_table_of(votes: Votes, state: RoundsResult, verified: np.ndarray) -> pa.Table:
-    """``annotators.parquet``: the annotator model fitted with the last round's calibrated
-    out-of-fold probabilities as each row's prior (a verified row's label is certain), scored
-    against the refined labels."""
-    model = fit_annotators(votes.votes, votes_prior(state, verified))
+    """``annotators.parquet``: the last round's annotator model (its calibrated out-of-fold
+    probabilities as each row's prior, raised to the chosen power, or whole where the majority
+    was kept; a verified row's label is certain), scored against the refined labels."""
+    temper = state.rounds[-1]["annotators"]["prior_temper"]
+    prior = tempered(votes_prior(state.proba, verified), 1.0 if temper is None else temper)
+    model = fit_annotators(votes.votes, prior)
     return annotators_table(votes.annotators, votes.votes, model, state.decisions.refined)
 
 

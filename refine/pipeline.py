@@ -43,9 +43,6 @@ from refine.io.write import (
     write_json,
     write_parquet,
 )
-from refine.judge.annotators import (
-    choose_prior,
-)
 from refine.judge.detect import confident_joint
 from refine.learn.budget import Plan, parse_memory, parse_workers
 from refine.learn.budget import plan as budget_plan
@@ -220,18 +217,14 @@ def _run(
         runner.checkpoint = open_checkpoint(
             Path(out), resume, config, X, labelled_table, _versions(), progress, verified
         )
-    state = _rounds(labelled_table, X, encoder, config, progress, timings, runner, verified)
-    choice = None
-    if votes is not None:
-        choice = choose_prior(votes.votes, crowd.votes_prior(state, verified), config.seed)
-        if choice.temper is not None:
-            labelled_table, config, verified = crowd.with_consensus(
-                labelled_table, config, votes, state, verified, choice.temper, progress
-            )
-            encoder, X = _encode(labelled_table, config, progress, timings)
-            state = _rounds(
-                labelled_table, X, encoder, config, progress, timings, runner, verified, False
-            )
+    consensus = (
+        crowd.VotesRound(votes.votes, labelled_table.labels, verified, config.seed)
+        if votes is not None
+        else None
+    )
+    state = _rounds(
+        labelled_table, X, encoder, config, progress, timings, runner, verified, consensus
+    )
     kept = None
     if config.student_features is not None:
         from refine.learn.distill import distill
@@ -249,7 +242,7 @@ def _run(
     if votes is not None:
         annotators = crowd.annotators_table_of(votes, state, verified)
         summary["annotators"] = crowd.describe_annotators(annotators)
-        summary["annotators"]["consensus"] = crowd.describe_choice(choice)
+        summary["annotators"]["consensus"] = crowd.describe_choice(state)
         extra = {"annotators.parquet": annotators}
     result = finish_run(
         labelled_table,
@@ -316,31 +309,24 @@ def _rounds(
     timings: dict,
     runner: FoldRunner | None,
     verified: np.ndarray,
-    checkpointed: bool = True,
+    consensus: crowd.VotesRound | None,
 ) -> RoundsResult:
-    """The rounds on ``labelled_table``. Not ``checkpointed``: outside the runner's checkpoint,
-    which holds the majority vote's rounds (the consensus's rounds; a resume reruns these)."""
+    """The rounds on ``labelled_table``; with votes, ``consensus`` weighs them each round."""
     augment = augmenter(labelled_table, encoder, config) if config.augment else None
-    saved = runner.checkpoint if runner is not None else None
-    if runner is not None and not checkpointed:
-        runner.checkpoint = None
-    try:
-        return refine_rounds(
-            Rounds(
-                labelled_table,
-                X,
-                config,
-                progress,
-                timings,
-                augment=augment,
-                image_blocks=encoder.image_blocks,
-                runner=runner,
-                verified=verified,
-            )
+    return refine_rounds(
+        Rounds(
+            labelled_table,
+            X,
+            config,
+            progress,
+            timings,
+            augment=augment,
+            image_blocks=encoder.image_blocks,
+            runner=runner,
+            verified=verified,
+            consensus=consensus,
         )
-    finally:
-        if runner is not None:
-            runner.checkpoint = saved
+    )
 
 
 def _read(
@@ -408,18 +394,6 @@ def _encode_to_disk(encoder: FeatureEncoder, table: pa.Table, where: Path) -> np
         encoder.transform(table.slice(start, step)) for start in range(0, table.num_rows, step)
     )
     return save_features(where / "features.npy", slices, (table.num_rows, encoder.width))
-
-
-def _encode(
-    data: LabelledTable, config: RunConfig, progress: Progress, timings: dict
-) -> tuple[FeatureEncoder, np.ndarray]:
-    """The rounds' feature encoder, fitted, and the features ``(N, D)`` it makes."""
-    started = time.perf_counter()
-    encoder = _fit_encoder(data, config, progress)
-    X = encoder.transform(data.table)
-    _encoder_notes(encoder, progress)
-    timings["encode"] = time.perf_counter() - started
-    return encoder, X
 
 
 def _fit_encoder(data: LabelledTable, config: RunConfig, progress: Progress) -> FeatureEncoder:
@@ -547,6 +521,7 @@ def refine_rounds(rounds: Rounds) -> RoundsResult:
         proba = rounds.calibrate(raw)
         is_issue, quality = rounds.detect(proba, agreement, round_index)
         verdict = rounds.decide(proba, agreement, is_issue, quality, round_index)
+        verdict = rounds.weigh_votes(verdict)
         rounds.record(round_index, verdict, agreement, started)
         progress.advance(task)
         if rounds.settled():

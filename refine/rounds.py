@@ -92,6 +92,10 @@ TIMED_STAGES = ("train", "predict", "calibrate", "detect", "refine")
 # After a round's decisions: (decisions, is_issue, quality, folds) -> synthetic rows.
 Augment = Callable[[Decisions, np.ndarray, np.ndarray, np.ndarray], Extra]
 
+# With votes, after the judge: verdict -> the verdict the votes' annotator model leaves, and
+# the round's record of it (crowd.VotesRound).
+Consensus = Callable[[Verdict], tuple[Verdict, dict[str, Any]]]
+
 # Rows that may parent synthetic rows: given labels the run did not flag and rates at least
 # this likely to be right (calibrated probability of the given label).
 TRUSTED_QUALITY = 0.5
@@ -139,7 +143,8 @@ class Rounds:
     synthetic rows (from ``augment``). ``teacher`` stands in for round 1's cross-fit (refine
     update). ``runner`` trains the folds; its checkpoint, if any, records each finished round.
     ``verified`` ``(N,)``: each row's verified class (-1 = none); verified rows train with that
-    label from the first round on.
+    label from the first round on. ``consensus``, with votes: the annotator model that weighs
+    them with each round's probabilities.
     """
 
     def __init__(
@@ -155,9 +160,12 @@ class Rounds:
         image_blocks: tuple[tuple[int, int, int, int], ...] = (),
         runner: FoldRunner | None = None,
         verified: np.ndarray | None = None,
+        consensus: Consensus | None = None,
     ) -> None:
         self.data, self.X, self.config, self.progress = data, X, config, progress
         self.teacher, self.replay, self.augment = teacher, replay, augment
+        self.consensus = consensus
+        self.annotators: dict[str, Any] | None = None
         self.image_blocks, self.runner = image_blocks, runner
         self.timings = timings
         for stage in TIMED_STAGES:
@@ -320,7 +328,7 @@ class Rounds:
         quality: np.ndarray,
         round_index: int,
     ) -> Verdict:
-        """The trust judge's verdict on this round, and the synthetic rows for the next."""
+        """The trust judge's verdict on this round."""
         started = time.perf_counter()
         if len(np.unique(self.given)) >= 2 or self.teacher is None:
             reliable = teacher_is_reliable(self.given, proba[self.labelled])
@@ -330,8 +338,16 @@ class Rounds:
         verdict = self.judge(
             proba, agreement, is_issue, quality, reliable, self.is_teacher_round(round_index)
         )
+        self.timings["refine"] += time.perf_counter() - started
+        return verdict
+
+    def weigh_votes(self, verdict: Verdict) -> Verdict:
+        """With votes, the verdict the annotator model leaves (re-estimated on this round's
+        probabilities of the true class); the round's synthetic rows for the next."""
+        started = time.perf_counter()
+        if self.consensus is not None:
+            verdict, self.annotators = self.consensus(verdict)
         self.metrics["trust"] = verdict.record
-        self.changed = int((verdict.decisions.refined != self.previous).sum())
         if self.augment is not None:
             self.synthetic = self.augment(
                 verdict.decisions, verdict.is_issue, verdict.quality, self.folds
@@ -342,6 +358,7 @@ class Rounds:
     def record(self, round_index: int, verdict: Verdict, agreement: np.ndarray, started: float):
         """The round's row, its checkpoint, and the targets the next round trains on."""
         decisions = verdict.decisions
+        changed = int((decisions.refined != self.previous).sum())
         self.rounds.append(
             {
                 "round": round_index,
@@ -349,7 +366,7 @@ class Rounds:
                 "corrected": decisions.count(CORRECTED),
                 "excluded": decisions.count(EXCLUDED),
                 "pseudo_labelled": decisions.count(PSEUDO),
-                "changed": self.changed,
+                "changed": changed,
                 "oof_accuracy": self.oof_accuracy,
                 "ece_before": self.metrics["ece_before"],
                 "ece_after": self.metrics["ece_after"],
@@ -359,6 +376,13 @@ class Rounds:
                 "seconds": time.perf_counter() - started,
             }
         )
+        if self.annotators is not None:
+            accuracy = [a for a in self.annotators["accuracy"] if a is not None]
+            self.rounds[-1].update(
+                votes_temper=self.annotators["prior_temper"],
+                annotator_accuracy=round(float(np.mean(accuracy)), 4) if accuracy else None,
+                annotators=self.annotators,
+            )
         logger.info(self._line(self.rounds[-1], self.is_teacher_round(round_index)))
         self.decisions = decisions
         self.arrays = dict(

@@ -174,13 +174,14 @@ def voted_run(tmp_path_factory):
     table = table.set_column(table.schema.get_field_index("votes"), "votes", pa.array(lists))
     pq.write_table(table, tmp / "data.parquet")
     out = tmp / "run"
+    flags = [*FAST_FLAGS, "--rounds", "2"]
     result = invoke(
-        "run", tmp / "data.parquet", "--votes", "votes", "--key", "item", "--out", out, *FAST_FLAGS
+        "run", tmp / "data.parquet", "--votes", "votes", "--key", "item", "--out", out, *flags
     )
     return result, out, table, votes
 
 
-def test_a_crowd_run_refines_the_consensus_and_writes_annotators(voted_run):
+def test_a_crowd_run_refines_with_the_annotator_model_every_round(voted_run):
     result, out, table, votes = voted_run
     assert result.exit_code == 0, result.output
     assert "1 row has no vote: unlabelled" in result.output
@@ -189,23 +190,38 @@ def test_a_crowd_run_refines_the_consensus_and_writes_annotators(voted_run):
     assert summary["annotators"]["least_accurate"][0]["annotator"] == "vote_2"
     # Held-out votes are predicted better with the model than by the majority: a crowd.
     chosen = summary["annotators"]["consensus"]
-    assert chosen["given"] == "label_consensus" and chosen["prior_temper"] > 0
+    assert chosen["given"] == "annotators" and chosen["prior_temper"] > 0
     scores = chosen["heldout_log_likelihood"]
     assert scores[str(chosen["prior_temper"])] > scores["majority"]
-    assert summary["config"]["label"] == "label_consensus"
-    assert {"votes", "label_vote"} <= set(summary["config"]["ignore"])
-    assert "held-out votes chose the annotator model (model prior ^" in result.output
+    assert summary["config"]["label"] == "label_vote"
+    assert "votes" in summary["config"]["ignore"]
+    # Each round re-estimates the annotators on its own model and takes the posterior.
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    for row in summary["rounds"]:
+        assert row["policy"] == "annotators" and row["votes_temper"] > 0
+        assert len(row["annotators"]["accuracy"]) == 3
+        assert row["annotators"]["accuracy"][2] < min(row["annotators"]["accuracy"][:2])
+    rounds = pq.read_table(out / "rounds.parquet")
+    assert rounds.column("votes_temper").null_count == 0
+    assert rounds.column("annotator_accuracy").null_count == 0
+    assert "held-out votes chose the annotator model" in summary["trust"]["reason"]
     refined = pq.read_table(out / "refined.parquet")
     assert refined.column_names[: table.num_columns] == table.column_names
-    new = refined.column_names[table.num_columns : table.num_columns + 2]
-    assert new == ["label_vote", "label_consensus"]
+    assert refined.column_names[table.num_columns] == "label_vote"
+    assert "label_consensus" not in refined.column_names
     expected = majority_vote(np.where(np.arange(len(votes))[:, None] == 5, -1, votes), 3, 0)
     assert refined.column("label_vote").to_pylist() == [None if v < 0 else int(v) for v in expected]
-    consensus = refined.column("label_consensus").to_numpy(zero_copy_only=False)
-    assert np.isnan(consensus[5])  # no vote: unlabelled in the consensus too
+    found = refined.column("label_refined").to_numpy(zero_copy_only=False)
     _, truth, _ = voted_table()
     voted = np.arange(len(truth)) != 5
-    assert (consensus[voted] == truth[voted]).mean() > (expected[voted] == truth[voted]).mean()
+    assert (found[voted] == truth[voted]).mean() > (expected[voted] == truth[voted]).mean() + 0.05
+    # label_soft is the posterior: its class is the refined label, and it sums to 1.
+    soft = np.array(refined.column("label_soft").to_pylist())
+    assert (soft[voted].argmax(1) == found[voted]).all()
+    np.testing.assert_allclose(soft.sum(1), 1, atol=1e-5)
+    changed = found[voted] != expected[voted]
+    sources = np.array(refined.column("label_source").to_pylist())[voted]
+    assert set(sources[changed]) == {"corrected"} and set(sources[~changed]) == {"given"}
     assert refined.column("label_source")[5].as_py() in ("unlabelled", "pseudo")
     annotators = pq.read_table(out / "annotators.parquet")
     assert annotators.schema.equals(ANNOTATORS_SCHEMA)
@@ -241,7 +257,14 @@ def test_labelling_functions_and_a_blind_model_keep_the_majority_vote(tmp_path):
     chosen = summary["annotators"]["consensus"]
     assert chosen["given"] == "label_vote" and chosen["prior_temper"] is None
     assert summary["config"]["label"] == "label_vote"
-    assert "label_consensus" not in pq.read_table(out / "refined.parquet").column_names
+    # Every round kept the majority vote, and still estimated the functions' accuracies.
+    for row in summary["rounds"]:
+        assert row["votes_temper"] is None and row["policy"] != "annotators"
+        assert len(row["annotators"]["accuracy"]) == 3
+    refined = pq.read_table(out / "refined.parquet")
+    assert "label_consensus" not in refined.column_names
+    # The judge keeps the majority on labels the model cannot tell apart.
+    assert refined.column("label_refined").to_pylist() == refined.column("label_vote").to_pylist()
 
 
 def test_annotations_joined_by_key_give_the_same_majority(voted_run, tmp_path):
@@ -379,6 +402,7 @@ def test_the_report_lists_the_annotators_least_accurate_first(voted_run):
     chosen = json.loads((out / "run.json").read_text())["annotators"]["consensus"]
     temper = chosen["prior_temper"]
     assert f"raised to t = {temper:.2f}, which predicted held-out votes best" in section
+    assert "Each round refine took the annotator model" in section
     majority = chosen["heldout_log_likelihood"]["majority"]
     assert f"majority {majority:.3f}" in section
 
@@ -395,3 +419,64 @@ def test_the_report_says_when_the_majority_vote_was_kept():
     assert "Refine refined the majority vote (label_vote)" in text
     assert "majority -0.500, t = 0.0 -0.750, t = 1.0 -0.625" in text
     assert _consensus_note(None) == "" and _consensus_note({"given": "label_vote"}) == ""
+
+
+# --- the annotator model inside the rounds: resume and determinism --------------------------
+
+
+def test_a_voted_run_stopped_between_rounds_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    import refine
+    from tests.test_resume import interrupted_run, refined_bytes, stable_run_json
+
+    table, _, _ = voted_table()
+    data = tmp_path / "data.parquet"
+    pq.write_table(table, data)
+    options = dict(votes="votes", ignore=("item",), rounds=2, folds=3, max_epochs=6)
+    reference = tmp_path / "reference"
+    refine.run(data, reference, report=False, seed=0, **options)
+    out = tmp_path / "run"
+    interrupted_run(data, out, monkeypatch, "round:1", **options)
+    refine.run(data, out, report=False, seed=0, resume=True, **options)
+    assert refined_bytes(out) == refined_bytes(reference)
+    assert stable_run_json(out) == stable_run_json(reference)
+    for name in ("annotators.parquet",):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()
+    rounds = [pq.read_table(o / "rounds.parquet").drop(["seconds"]) for o in (out, reference)]
+    assert rounds[0].equals(rounds[1]) and rounds[0].num_rows == 2
+    summary = json.loads((out / "run.json").read_text())
+    assert all(r["policy"] == "annotators" for r in summary["rounds"])
+
+
+def test_a_voted_run_gives_the_same_bytes_twice(tmp_path):
+    import refine
+
+    table, _, _ = voted_table()
+    options = dict(votes="votes", ignore=("item",), rounds=2, folds=3, max_epochs=6, report=False)
+    outs = [tmp_path / name for name in ("a", "b")]
+    for out in outs:
+        refine.run(table, out, seed=0, **options)
+    for name in ("refined.parquet", "annotators.parquet", "rounds.parquet"):
+        if name == "rounds.parquet":  # its seconds differ
+            first, second = (pq.read_table(o / name).drop(["seconds"]) for o in outs)
+            assert first.equals(second)
+        else:
+            assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+def test_verified_rows_keep_their_label_when_the_posterior_takes_the_others(tmp_path):
+    import refine
+
+    table, truth, votes = voted_table()
+    majority = majority_vote(votes, 3, 0)
+    # Five rows whose majority is wrong, verified with a class that is neither the truth nor
+    # the majority: only the verification can put it there.
+    rows = np.flatnonzero(majority != truth)[:5]
+    checked = np.full(len(truth), None, object)
+    checked[rows] = [int(({0, 1, 2} - {truth[r], majority[r]}).pop()) for r in rows]
+    table = table.append_column("checked", pa.array(list(checked), pa.int64()))
+    options = dict(votes="votes", ignore=("item",), rounds=2, folds=3, max_epochs=6, report=False)
+    result = refine.run(table, tmp_path / "run", seed=0, verified="checked", **options)
+    assert result.summary["annotators"]["consensus"]["given"] == "annotators"
+    refined = result.refined
+    assert refined.column("label_refined").take(rows).to_pylist() == checked[rows].tolist()
+    assert set(refined.column("label_source").take(rows).to_pylist()) == {"verified"}

@@ -31,7 +31,7 @@ OUTPUT_COLUMNS = (
     "label_source",
     "sample_weight",
     "label_vote",  # with votes, before label_refined: the majority vote
-    "label_consensus",  # with a crowd's votes: the consensus refine starts from instead
+    "label_consensus",  # written by runs before the annotator model moved into the rounds
 )
 
 

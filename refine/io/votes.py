@@ -7,8 +7,8 @@ export them).
 
 Out: ``Votes``: the votes ``(N, A)`` as class indices (-1 = no vote), the annotators' names
 and the classes. The pipeline turns them into the given label (``label_vote``, the majority
-vote; after the rounds, ``label_consensus`` where held-out votes choose the annotator model)
-and into ``annotators.parquet``.
+vote, which each round's annotator model may overrule, refine.crowd) and into
+``annotators.parquet``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ from refine.io.verify import (
 
 # The column refine writes the majority vote to, and refines from.
 VOTE_LABEL = "label_vote"
-# The column refine writes the annotator model's consensus to, and refines from, where held-out
-# votes chose it over the majority vote (refine.judge.annotators.choose_prior).
-CONSENSUS_LABEL = "label_consensus"
 # The columns of an annotations file beside the key.
 ANNOTATOR, LABEL = "annotator", "label"
 

@@ -55,6 +55,10 @@ ROUNDS_SCHEMA = pa.schema(
         ("reliable", pa.bool_()),
         ("policy", pa.string()),
         ("seconds", pa.float64()),
+        # With votes: the model prior's power the held-out votes chose (null: the majority
+        # vote), and the annotators' mean estimated accuracy.
+        ("votes_temper", pa.float64()),
+        ("annotator_accuracy", pa.float64()),
     ]
 )
 

@@ -537,9 +537,9 @@ def _consensus_note(consensus: dict[str, Any] | None) -> str:
         )
     else:
         chosen = (
-            "refine refined the annotator model's consensus (label_consensus), the votes "
+            "each round refine took the annotator model's posterior as the labels, the votes "
             f"weighed with the model's probabilities raised to t = {_num(temper, 2)}, which "
-            "predicted held-out votes best"
+            "predicted held-out votes best (the last round's choice)"
         )
     return note(
         f"{chosen[0].upper()}{chosen[1:]} (mean held-out log-likelihood per vote: {scores})."
