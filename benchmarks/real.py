@@ -414,13 +414,19 @@ def measure_set(
 ) -> list[dict[str, Any]]:
     """Every mode of set ``name`` at ``seed``: one row each."""
     s = load_set(name, seed, args.data, args.embeddings)
-    inputs = {mode: mode_input(s, mode, seed) for mode in MODES}
+    inputs = {mode: mode_input(s, mode, seed) for mode in args.modes}
     before: dict[str, Outcome] = {}
     if args.before is not None:
         # A checkout that cannot read verified labels would get the none input again.
-        modes = MODES if before_verified else [m for m in MODES if m != "verified 5%"]
-        before = run_before(args.before, {m: inputs[m][0] for m in modes}, seed)
-        before.setdefault("verified 5%", before["none"])
+        modes = [m for m in inputs if before_verified or m != "verified 5%"]
+        if not before_verified and "verified 5%" in inputs and "none" not in modes:
+            modes.append("none")
+        plain = {m: mode_input(s, m, seed)[0] for m in modes if m not in inputs}
+        before = run_before(
+            args.before, {**{m: inputs[m][0] for m in modes if m in inputs}, **plain}, seed
+        )
+        if "verified 5%" in inputs:
+            before.setdefault("verified 5%", before["none"])
     shared = {
         "set": name,
         "seed": seed,
@@ -584,12 +590,13 @@ def render(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     ):
         cases = worse(rows, ours, theirs)
         lines += [f"### {title}", "", *case_lines(cases, title.lower())]
-    for mode in MODES:
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    for mode in modes:
         lines += [f"## Mode: {mode}", "", mode_note(mode, header), ""]
         lines += [*mode_table(rows, mode, before), ""]
     lines += ["## How each set's labels were made", "", "| set | seed | labels |", "|---|---|---|"]
     for r in rows:
-        if r["mode"] == MODES[0]:
+        if r["mode"] == modes[0]:
             lines.append(f"| {r['set']} | {r['seed']} | {r['note']} |")
     lines += [
         "",
@@ -660,6 +667,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "text")
     parser.add_argument("--embeddings", type=Path, help="benchmarks/embed_real.py's output")
     parser.add_argument("--before", type=Path, help="a checkout of refine to compare against")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "real.md")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -669,6 +679,9 @@ def main() -> None:
     if not Path(refine.__file__).resolve().is_relative_to(REPO):
         print(f"warning: refine is imported from {refine.__file__}, not {REPO}; set PYTHONPATH")
     names = args.sets.split(",") if args.sets else set_names(args.embeddings is not None)
+    args.modes = args.modes.split(",")
+    if unknown := sorted(set(args.modes) - set(MODES)):
+        parser.error(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.before is not None:
         args.before = args.before.resolve()

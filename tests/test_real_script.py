@@ -153,3 +153,38 @@ def test_summary_counts_the_cases_refine_did_worse():
 def test_policies_are_named_once_where_the_seeds_agree():
     assert real.policies([{"policy": "keep"}, {"policy": "keep"}]) == "keep"
     assert real.policies([{"policy": "keep"}, {"policy": None}]) == "keep, -"
+
+
+def test_modes_choose_which_inputs_run(tmp_path, monkeypatch):
+    # --modes "verified 5%" runs refine on that mode's input alone; the report's mode tables
+    # name only the modes run.
+    train = pa.table({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
+    s = real.RealSet(
+        name="tiny",
+        train=train,
+        truth=np.array([0, 1, 1, 1]),
+        valid=train,
+        X=np.array(["a", "b", "c", "d"], dtype=object),
+        X_test=np.array(["a", "b"], dtype=object),
+        y_test=np.array([0, 1]),
+        note="hand-made",
+    )
+    monkeypatch.setattr(real, "load_set", lambda *a: s)
+    ran = []
+
+    def run_here(table, seed):
+        ran.append(table.column_names)
+        labels = table.column("label").to_numpy(zero_copy_only=False)
+        return real.Outcome(labels, np.ones(len(labels)), None, 0.0)
+
+    monkeypatch.setattr(real, "run_here", run_here)
+    monkeypatch.setattr(real, "downstream", lambda *a, **k: 0.5)
+    args = type(
+        "Args", (), {"modes": ["verified 5%"], "before": None, "data": tmp_path, "embeddings": None}
+    )
+    rows = real.measure_set("tiny", 0, args, before_verified=False)
+    assert [r["mode"] for r in rows] == ["verified 5%"]
+    assert ran == [["text", "label", real.GOLD]]
+    args.seeds, args.before = "0", None
+    text = real.render(rows, real.make_header(args, None))
+    assert "## Mode: verified 5%" in text and "## Mode: none" not in text

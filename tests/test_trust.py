@@ -288,3 +288,31 @@ def test_rows_picked_for_doubt_do_not_calibrate_but_a_random_sample_does():
         calibration = verdict.record["calibration"]
         assert calibration["method"] == method
         assert calibration["verified_rows_representative"] is (method == "verified")
+
+
+def test_a_random_verified_sample_measures_noise_the_surest_rows_miss():
+    # Labels wrong only where the model is unsure (noise that follows the features): the
+    # surest rows show none, so the data alone distrusts the flags. A random sample of verified
+    # rows shows the 20% noise and the flags are trusted; a sample from clean labels is not.
+    from refine.config import RunConfig
+    from refine.judge.trust import Judge
+
+    rng = np.random.default_rng(8)
+    k, n = 2, 2000
+    truth = np.arange(n) % k
+    proba = _sharp_model(truth, k, seed=9, strength=2.0)
+    unsure = np.argsort(proba.max(1))[: int(0.3 * n)]
+    flip = unsure[rng.random(len(unsure)) < 2 / 3]  # 20% of all rows
+    labels = truth.copy()
+    labels[flip] = 1 - truth[flip]
+    assert not noise_evidence(labels, proba).trusted
+    sample = rng.choice(n, 200, replace=False)
+    for given, trusted in ((labels, True), (truth, False)):
+        verified = np.full(n, -1)
+        verified[sample] = truth[sample]
+        judge = Judge(given, verified, RunConfig(), [0, 1])
+        verdict = judge(proba, np.ones(n), proba.argmax(1) != given, proba[:, 0], True)
+        evidence = verdict.record["evidence"]
+        expected = (given[sample] != truth[sample]).mean()
+        assert evidence["verified_noise"] == pytest.approx(expected, abs=0.05)
+        assert evidence["trusted"] is trusted

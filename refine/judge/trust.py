@@ -170,15 +170,38 @@ class Evidence:
     flag_rate: float
     precision: float
     trusted: bool
+    verified_noise: float | None = None  # the noise rate the verified rows show, where used
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "anchor_noise": round(self.anchor_noise, 6),
+            "verified_noise": None
+            if self.verified_noise is None
+            else round(self.verified_noise, 6),
             "flag_rate": round(self.flag_rate, 6),
             "estimated_flag_precision": round(self.precision, 6),
             "min_flag_precision": MIN_FLAG_PRECISION,
             "trusted": self.trusted,
         }
+
+    @property
+    def rests_on_verified(self) -> bool:
+        """Whether the flags are trusted only because of the verified rows' noise rate: the
+        surest rows alone would not trust them."""
+        if self.verified_noise is None or not self.trusted:
+            return False
+        anchors = min(1.0, self.anchor_noise / self.flag_rate) if self.flag_rate > 0 else 1.0
+        return anchors < MIN_FLAG_PRECISION
+
+    def with_verified_noise(
+        self, noise: float, min_precision: float = MIN_FLAG_PRECISION
+    ) -> Evidence:
+        """The same evidence with the noise rate a random sample of verified rows shows in place
+        of the anchors' estimate: the anchors miss noise that follows the features."""
+        precision = min(1.0, noise / self.flag_rate) if self.flag_rate > 0 else 1.0
+        return Evidence(
+            self.anchor_noise, self.flag_rate, precision, precision >= min_precision, noise
+        )
 
 
 def noise_evidence(
@@ -224,6 +247,7 @@ def choose_policy(
     fallback: str,
     seed: int,
     representative: bool = True,
+    fallback_needs_gain: bool = False,
 ) -> Choice:
     """The policy the verified rows support, or ``fallback`` (what the data alone allows: a
     policy from ``noise_evidence``) where they show nothing either way.
@@ -234,6 +258,10 @@ def choose_policy(
     more of them than it fixes may still fix more of the rest (reports/trust.md, "The review
     loop").
 
+    ``fallback_needs_gain``: the fallback stands only where it fixes at least as many verified
+    labels as it breaks, as when the fallback rests on the verified rows' noise rate alone
+    (``Evidence.rests_on_verified``): those rows then judge the rules as well as the noise.
+
     ``rules`` ``(N,)``: the labels the ``rules`` policy would set (-1 = excluded). Rows both
     labelled and verified are the evidence; the cross-fitted labels of ``Choice.crossfit`` come
     from the whole choosing procedure run on the other verified rows (nested cross-fitting).
@@ -242,11 +270,18 @@ def choose_policy(
     truth = verified
     chosen, gains, harmful = _select(rows, labels, truth, proba, rules, seed)
 
-    def unshown(harmful: set[str]) -> str:
+    def unshown(harmful: set[str], gains: dict[str, int]) -> str:
+        if fallback_needs_gain and gains.get(fallback, 0) < 0:
+            return KEEP
         return fallback if fallback not in harmful or not representative else KEEP
 
-    policy = chosen or unshown(harmful)
+    policy = chosen or unshown(harmful, gains)
     reason = _reason(chosen, policy, gains, representative)
+    if chosen is None and policy == KEEP and fallback_needs_gain and gains.get(fallback, 0) < 0:
+        reason += (
+            f"; the verified rows' noise rate would allow the {fallback}, but they break more "
+            "verified labels than they fix"
+        )
     crossfit = np.zeros(len(rows), np.int64)
     calibrated = None
     parts = _parts(len(rows), seed)
@@ -255,9 +290,9 @@ def choose_policy(
     else:
         for part in parts:
             inner = rows[~part]
-            chosen, _, inner_harmful = _select(inner, labels, truth, proba, rules, seed)
+            chosen, inner_gains, inner_harmful = _select(inner, labels, truth, proba, rules, seed)
             if chosen is None:
-                chosen = unshown(inner_harmful)
+                chosen = unshown(inner_harmful, inner_gains)
             fitted = _fit(inner, labels, truth, proba, chosen)
             crossfit[part] = _apply(chosen, rows[part], labels, rules, fitted, proba)
         if len(rows) >= MIN_POSTERIOR_ROWS:
@@ -306,7 +341,11 @@ class Judge:
         """Take back the evidence of a round ``record`` (a checkpoint's), on resuming."""
         e = record["evidence"]
         self.evidence = Evidence(
-            e["anchor_noise"], e["flag_rate"], e["estimated_flag_precision"], e["trusted"]
+            e["anchor_noise"],
+            e["flag_rate"],
+            e["estimated_flag_precision"],
+            e["trusted"],
+            e.get("verified_noise"),
         )
 
     def __call__(
@@ -322,14 +361,20 @@ class Judge:
         ``quality`` ``(N,)`` as ``detect_issues`` read them from it."""
         labels, verified, c = self.labels, self.verified, self.config
         labelled = labels >= 0
-        if self.evidence is None:
-            self.evidence = noise_evidence(labels[labelled], proba[labelled])
-        fallback = RULES if reliable and (self.evidence.trusted or teacher_round) else KEEP
         # Weights that make the verified rows stand for the table (stratum_weights); None where
         # they cannot or are too few to calibrate (representative is None then).
         rows = np.flatnonzero(verified >= 0)
         weights = stratum_weights(proba, labels, rows) if len(rows) >= MIN_POSTERIOR_ROWS else None
         representative = None if len(rows) < MIN_POSTERIOR_ROWS else weights is not None
+        if self.evidence is None:
+            self.evidence = noise_evidence(labels[labelled], proba[labelled])
+            if weights is not None:
+                checked = labels[rows] >= 0
+                if checked.sum() >= MIN_POSTERIOR_ROWS:
+                    wrong = labels[rows][checked] != verified[rows][checked]
+                    noise = float(np.average(wrong, weights=weights[checked]))
+                    self.evidence = self.evidence.with_verified_noise(noise)
+        fallback = RULES if reliable and (self.evidence.trusted or teacher_round) else KEEP
         temperature, method = self._truth_temperature(proba, fallback == RULES, weights)
         true_proba = apply_temperature(proba, temperature) if method != "none" else proba
         rows = np.flatnonzero(labelled)
@@ -363,6 +408,13 @@ class Judge:
                 fallback,
                 c.seed,
                 representative=representative is not False,
+                fallback_needs_gain=self.evidence.rests_on_verified,
+            )
+        e = self.evidence
+        if choice.reason.endswith("supports the rules") and e.verified_noise is not None:
+            choice.reason += (
+                f": the verified rows show {e.verified_noise:.0%} of labels wrong, "
+                f"against {e.flag_rate:.0%} of rows flagged"
             )
         if choice.policy == RULES:
             decisions = rules

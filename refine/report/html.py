@@ -352,6 +352,16 @@ def _trust_section(run: _Run) -> str:
     rows = [
         ("model's flags / labelled rows", _float(evidence.get("flag_rate"), 3)),
         ("noise seen at the model's surest rows", _float(evidence.get("anchor_noise"), 3)),
+        *(
+            [
+                (
+                    "noise seen on the verified rows (used instead)",
+                    _float(evidence["verified_noise"], 3),
+                )
+            ]
+            if evidence.get("verified_noise") is not None
+            else []
+        ),
         (
             "estimated share of flags that are wrong labels (needed without verified rows)",
             f"{_float(evidence.get('estimated_flag_precision'), 3)} "
