@@ -419,14 +419,12 @@ def measure_set(
     if args.before is not None:
         # A checkout that cannot read verified labels would get the none input again.
         modes = [m for m in inputs if before_verified or m != "verified 5%"]
-        if not before_verified and "verified 5%" in inputs and "none" not in modes:
+        if "verified 5%" in inputs and not before_verified and "none" not in modes:
             modes.append("none")
-        plain = {m: mode_input(s, m, seed)[0] for m in modes if m not in inputs}
-        before = run_before(
-            args.before, {**{m: inputs[m][0] for m in modes if m in inputs}, **plain}, seed
-        )
-        if "verified 5%" in inputs:
-            before.setdefault("verified 5%", before["none"])
+        tables = {m: (inputs[m] if m in inputs else mode_input(s, m, seed))[0] for m in modes}
+        before = run_before(args.before, tables, seed)
+        if "verified 5%" in inputs and "verified 5%" not in before:
+            before["verified 5%"] = before["none"]
     shared = {
         "set": name,
         "seed": seed,

@@ -188,3 +188,29 @@ def test_modes_choose_which_inputs_run(tmp_path, monkeypatch):
     args.seeds, args.before = "0", None
     text = real.render(rows, real.make_header(args, None))
     assert "## Mode: verified 5%" in text and "## Mode: none" not in text
+
+
+@pytest.mark.parametrize("reads_verified", [True, False])
+def test_modes_with_a_checkout_before(tmp_path, monkeypatch, reads_verified):
+    # The checkout before runs the chosen modes; one that cannot read verified labels runs the
+    # none input in their place.
+    train = pa.table({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
+    s = real.RealSet("tiny", train, np.array([0, 1, 1, 1]), train, None, None, None, "hand-made")
+    monkeypatch.setattr(real, "load_set", lambda *a: s)
+    labels = np.array([0, 1, 0, 1])
+    outcome = real.Outcome(labels, np.ones(4), None, 0.0)
+    monkeypatch.setattr(real, "run_here", lambda table, seed: outcome)
+    monkeypatch.setattr(real, "downstream", lambda *a, **k: 0.5)
+    asked = []
+
+    def run_before(checkout, tables, seed):
+        asked.append(sorted(tables))
+        return {m: outcome for m in tables}
+
+    monkeypatch.setattr(real, "run_before", run_before)
+    args = type("Args", (), {"modes": ["verified 5%"], "before": tmp_path, "data": tmp_path})
+    args.embeddings = None
+    rows = real.measure_set("tiny", 0, args, before_verified=reads_verified)
+    assert asked == [["verified 5%"] if reads_verified else ["none"]]
+    assert [r["mode"] for r in rows] == ["verified 5%"]
+    assert rows[0]["before_accuracy"] == 0.75
