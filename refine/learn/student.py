@@ -12,8 +12,9 @@ indices; probabilities out are ``(N, K)`` and follow the run's class order.
 Calibration is on out-of-fold data: the student is cross-fitted on the given folds for that
 alone (K extra fits of a small network), its out-of-fold probabilities fix the temperature and
 the risk-coverage curve, and the deployed network is the one fitted on every row. The
-temperature speaks of the true class as the run's does: found the way the run's judgement found
-its own (``refine.judge.trust.student_temperature``), else against the refined labels.
+temperature speaks of the true class as the run's probabilities do: fitted against the run's
+belief of each row's true class (``refine.judge.trust.student_temperature``), else against the
+refined labels where the run found no true-class temperature.
 """
 
 from __future__ import annotations
