@@ -28,6 +28,8 @@ from refine.errors import ConfigError, InputError, OutputError
 from refine.io.conform import cast_safely, holds_values
 from refine.io.read import as_table
 from refine.io.write import atomic_file
+from refine.judge.relabel import true_class_of
+from refine.judge.trust import student_temperature
 from refine.learn.graph import FORMATS, export_graph
 from refine.learn.modeldir import (
     StudentModel,
@@ -102,6 +104,11 @@ def _distill(
     weight = table.column("sample_weight").to_numpy(zero_copy_only=False).astype(np.float32)
     X = previous.encoder.transform(table)
     teacher = sum(network_parameters(m) for m in previous.models)
+    given = _class_codes(table.column(config.label), previous.classes)
+    refined = _class_codes(table.column("label_refined"), previous.classes)
+    is_verified = pc.equal(table.column("label_source"), "verified")
+    verified = np.where(is_verified.to_numpy(zero_copy_only=False), refined, -1)
+    truth = true_class_of(soft, refined, config.soft_mix)
     progress.note(f"distilling {table.num_rows:,} rows of {run_dir} into one student")
     return train_student(
         X,
@@ -119,7 +126,14 @@ def _distill(
         {"run": str(Path(run_dir).resolve()), "folds": config.folds},
         _versions(),
         device,
+        student_temperature(previous.summary.get("trust"), given, verified, truth),
     )
+
+
+def _class_codes(column: pa.ChunkedArray, classes: pa.Array) -> np.ndarray:
+    """``(N,)`` the index in ``classes`` of each value of ``column``, -1 for null."""
+    codes = pc.index_in(column, value_set=classes)
+    return codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _check_soft_temperature(value: float) -> None:

@@ -44,6 +44,8 @@ from refine.io.write import (
     write_parquet,
 )
 from refine.judge.detect import confident_joint
+from refine.judge.relabel import true_class_of
+from refine.judge.trust import student_temperature
 from refine.learn.budget import Plan, parse_memory, parse_workers
 from refine.learn.budget import plan as budget_plan
 from refine.learn.calibrate import (
@@ -295,6 +297,12 @@ def student_model(
         teacher,
         source,
         _versions(),
+        true_class=student_temperature(
+            state.trust,
+            data.labels,
+            np.where(state.decisions.source == VERIFIED, state.decisions.refined, -1),
+            true_class_of(state.decisions.soft, state.decisions.refined, config.soft_mix),
+        ),
     )
     timings["student"] = round(time.perf_counter() - started, 4)
     return student

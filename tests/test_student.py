@@ -14,11 +14,14 @@ from click.testing import CliRunner
 import refine
 from refine import deploy
 from refine.cli import cli
+from refine.config import ModelConfig
 from refine.errors import ConfigError, InputError
+from refine.judge.relabel import true_class_of
+from refine.judge.trust import student_temperature
 from refine.learn.graph import split_inputs
 from refine.learn.modeldir import load_model_dir
-from refine.learn.student import count_parameters, parse_size, risk_coverage
-from tests.conftest import FAST, noisy_table
+from refine.learn.student import count_parameters, fit_student, parse_size, risk_coverage
+from tests.conftest import FAST, blobs, flip_symmetric, noisy_table
 
 
 def invoke(*args):
@@ -62,6 +65,46 @@ def test_risk_coverage_answers_the_most_confident_rows_first():
     assert curve[1.0]["accuracy"] == 0.75 and curve[1.0]["threshold"] == 0.55
 
 
+def test_the_students_confidence_speaks_of_the_true_class_not_the_given_labels():
+    """Labels 20% flipped and kept as given: calibrated against them the student is at most
+    about 80% sure; against the run's true-class probabilities, or through the label noise
+    where the soft labels hold none, as sure as it is right."""
+    X, truth = blobs(1200, 3, seed=3)
+    given = flip_symmetric(truth, 0.2, 3, seed=4)
+    train, test = np.arange(1200) < 900, np.arange(1200) >= 900
+    # The run's true-class probabilities on well-separated blobs, mixed into label_soft.
+    believed = np.full((900, 3), 0.01) + 0.97 * np.eye(3)[truth[train]]
+    soft = (0.8 * np.eye(3)[given[train]] + 0.2 * believed).astype(np.float32)
+    folds = np.random.default_rng(5).permutation(900) % 3  # blobs cycle through the classes
+    model = ModelConfig(hidden=(32,), max_epochs=30, device="cpu")
+
+    def confidence_and_accuracy(true_class):
+        fit = fit_student(X[train], soft, np.ones(900), folds, (32,), model, 0, 1.0, true_class)
+        proba = fit.net.predict_proba(X[test])
+        right = (proba.argmax(1) == truth[test]).mean()
+        return float(proba.max(1).mean()), float(right), fit.summary["calibration"]["target"]
+
+    none = np.full(900, -1)
+    found = {"policy": "keep", "calibration": {"method": "noise", "temperature": 0.5}}
+    sure, right, target = confidence_and_accuracy(None)
+    assert target == "refined" and right > 0.97 and sure < 0.85
+    recovered = true_class_of(soft, given[train], 0.2)
+    np.testing.assert_allclose(recovered, believed, atol=1e-5)
+    sure, right, target = confidence_and_accuracy(
+        student_temperature(found, given[train], none, recovered)
+    )
+    assert target == "ensemble" and right > 0.97 and sure == pytest.approx(right, abs=0.03)
+    # --soft-mix 0 leaves no true-class probabilities: through the noise the student estimates.
+    assert true_class_of(soft, given[train], 0.0) is None
+    sure, right, target = confidence_and_accuracy(
+        student_temperature(found, given[train], none, None)
+    )
+    assert target == "noise" and sure == pytest.approx(right, abs=0.05)
+    # A run that found no true-class temperature: the refined labels' one, as its ensemble's.
+    kept = {"policy": "keep", "calibration": {"method": "none", "temperature": 1.0}}
+    assert student_temperature(kept, given[train], none, recovered)(soft) is None
+
+
 def test_run_writes_a_student_whose_predictions_predict_reproduces(student_run):
     root, table, truth = student_run
     summary = json.loads((root / "run" / "run.json").read_text())["student_model"]
@@ -81,6 +124,10 @@ def test_run_writes_a_student_whose_predictions_predict_reproduces(student_run):
     assert out.column("label_predicted").to_pylist() == own.argmax(1).tolist()
     np.testing.assert_array_equal(out.column("confidence").to_numpy(), own.max(1))
     assert (own.argmax(1) == truth).mean() > 0.9
+    # The student's temperature is found as the run's judgement found its own.
+    run = json.loads((root / "run" / "run.json").read_text())
+    found = run["trust"]["calibration"]
+    assert found["method"] == "noise" and summary["calibration"]["target"] == "ensemble"
 
 
 def test_the_report_shows_the_students_risk_coverage(student_run):

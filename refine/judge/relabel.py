@@ -164,6 +164,20 @@ def with_verified(decisions: Decisions, verified: np.ndarray) -> Decisions:
     return Decisions(refined, source, weight, soft)
 
 
+def true_class_of(soft: np.ndarray, refined: np.ndarray, soft_mix: float) -> np.ndarray | None:
+    """The probabilities of the true class that ``soft`` ``(N, K)`` (``label_soft``) mixed with
+    the ``refined`` labels' one-hot (``_soft_targets``, undone); a verified row's is its verified
+    label. None where ``soft_mix`` is 0 and the soft targets hold none."""
+    if soft_mix <= 0:
+        return None
+    has_label = refined >= 0
+    proba = soft.astype(np.float64, copy=True)
+    proba[has_label, refined[has_label]] -= 1.0 - soft_mix
+    proba[has_label] /= soft_mix
+    proba = np.clip(proba, 0.0, 1.0)  # float32 rounding
+    return proba / proba.sum(1, keepdims=True)
+
+
 def _soft_targets(refined: np.ndarray, proba: np.ndarray, soft_mix: float) -> np.ndarray:
     """The refined label's one-hot mixed with the prediction: ``(1 - soft_mix) * onehot +
     soft_mix * proba``; rows without a label get ``proba``."""

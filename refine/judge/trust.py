@@ -23,6 +23,7 @@ show nothing either way, ``rules`` needs the evidence of ``noise_evidence``; els
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from refine.learn.calibrate import (
     expected_calibration_error,
     fit_temperature,
     fit_temperature_through_noise,
+    fit_temperature_to,
     noise_transitions,
 )
 
@@ -375,7 +377,7 @@ class Judge:
                     noise = float(np.average(wrong, weights=weights[checked]))
                     self.evidence = self.evidence.with_verified_noise(noise)
         fallback = RULES if reliable and (self.evidence.trusted or teacher_round) else KEEP
-        temperature, method = self._truth_temperature(proba, fallback == RULES, weights)
+        temperature, method = truth_temperature(proba, labels, verified, fallback == RULES, weights)
         true_proba = apply_temperature(proba, temperature) if method != "none" else proba
         rows = np.flatnonzero(labelled)
         quality = quality.astype(np.float32, copy=True)
@@ -438,24 +440,6 @@ class Judge:
         }
         return Verdict(with_verified(decisions, verified), is_issue, quality, true_proba, record)
 
-    def _truth_temperature(
-        self, proba: np.ndarray, trusted: bool, weights: np.ndarray | None
-    ) -> tuple[float, str]:
-        """A temperature that turns ``proba`` (calibrated against the given labels) into
-        probabilities of the true class, and how it was found: against the verified labels
-        weighted by ``weights`` where they stand for the table (``stratum_weights``); else
-        through the label noise the model estimates, where the data's evidence trusts the model;
-        else none (1.0, ``proba`` as it is)."""
-        if weights is not None:
-            rows = np.flatnonzero(self.verified >= 0)
-            return fit_temperature(proba[rows], self.verified[rows], weights), "verified"
-        labelled = np.flatnonzero(self.labels >= 0)
-        if trusted and len(np.unique(self.labels[labelled])) >= 2:
-            given = self.labels[labelled]
-            transitions = noise_transitions(given, proba[labelled])
-            return fit_temperature_through_noise(proba[labelled], given, transitions), "noise"
-        return 1.0, "none"
-
     def _verified_flags(
         self, is_issue: np.ndarray, quality: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -516,6 +500,82 @@ class Judge:
         if choice.posterior is not None:
             record["posterior"] = choice.posterior.to_dict()
         return record
+
+
+def truth_temperature(
+    proba: np.ndarray,
+    labels: np.ndarray,
+    verified: np.ndarray,
+    trusted: bool,
+    weights: np.ndarray | None,
+) -> tuple[float, str]:
+    """A temperature that turns ``proba`` ``(N, K)`` (calibrated against the given ``labels``)
+    into probabilities of the true class, and how it was found: against the ``verified`` labels
+    weighted by ``weights`` where they stand for the table (``stratum_weights``); else through
+    the label noise the model estimates, where the data's evidence ``trusted`` the model; else
+    none (1.0, ``proba`` as it is)."""
+    if weights is not None:
+        rows = np.flatnonzero(verified >= 0)
+        return fit_temperature(proba[rows], verified[rows], weights), "verified"
+    labelled = np.flatnonzero(labels >= 0)
+    if trusted and len(np.unique(labels[labelled])) >= 2:
+        given = labels[labelled]
+        transitions = noise_transitions(given, proba[labelled])
+        return fit_temperature_through_noise(proba[labelled], given, transitions), "noise"
+    return 1.0, "none"
+
+
+def student_temperature(
+    trust: dict[str, Any] | None,
+    labels: np.ndarray,
+    verified: np.ndarray,
+    truth: np.ndarray | None,
+) -> Callable[[np.ndarray], tuple[float, str] | None]:
+    """How a run's student finds its temperature from its out-of-fold probabilities ``(N, K)``
+    so that they speak of the true class as the run's do.
+
+    Where the run turned its probabilities to the true class (``trust``, run.json's, found a
+    temperature), the Brier score against the run's belief of each row's true class: its
+    true-class probabilities ``truth`` ``(N, K)`` (``relabel.true_class_of``) given the row's
+    given label too (``given_label_posterior``; the posterior policy's are already), the score
+    expected were the true class drawn from that belief ("ensemble"). Without ``truth``
+    (``--soft-mix 0``), the way the run found its own, on the given ``labels`` and ``verified``
+    labels ``(N,)`` (-1: none). None where the run found no temperature: ``fit_student`` then
+    calibrates against the refined labels, as the run's stay calibrated against the given ones.
+    """
+    method = ((trust or {}).get("calibration") or {}).get("method")
+    if truth is not None and (trust or {}).get("policy") != POSTERIOR:
+        truth = given_label_posterior(truth, labels)
+
+    def temperature(proba: np.ndarray) -> tuple[float, str] | None:
+        if method not in ("noise", "verified"):
+            return None
+        if truth is not None:
+            return fit_temperature_to(proba, truth), "ensemble"
+        rows = np.flatnonzero(verified >= 0)
+        weights = None
+        if method == "verified" and len(rows) >= MIN_POSTERIOR_ROWS:
+            weights = stratum_weights(proba, labels, rows)
+        found, how = truth_temperature(proba, labels, verified, True, weights)
+        return (found, how) if how != "none" else None
+
+    return temperature
+
+
+def given_label_posterior(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``proba`` ``(N, K)``, probabilities of the true class from the row alone, updated by each
+    row's given label (``labels`` ``(N,)``, -1: none) through the noise they estimate
+    (``noise_transitions``): P(true | row, given) ~ P(true | row) P(given | true). A row the
+    noise makes impossible keeps its ``proba``."""
+    labelled = np.flatnonzero(labels >= 0)
+    out = proba.astype(np.float64, copy=True)
+    if len(np.unique(labels[labelled])) < 2:
+        return out
+    transitions = noise_transitions(labels[labelled], proba[labelled])
+    joint = out[labelled] * transitions[:, labels[labelled]].T
+    mass = joint.sum(1, keepdims=True)
+    out[labelled] = np.where(mass > 0, joint / np.maximum(mass, 1e-12), out[labelled])
+    return out
 
 
 def stratum_weights(proba: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray | None:

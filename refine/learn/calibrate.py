@@ -37,6 +37,23 @@ def fit_temperature(
     return float(np.exp(result.x))
 
 
+def fit_temperature_to(proba: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T minimising the Brier score of ``softmax(log(proba) / T)`` against soft
+    ``targets`` ``(N, K)``, each row a distribution over the classes: the expected Brier score
+    were the true class drawn from them. Searched over T in [0.05, 20] on a log scale."""
+    logits = np.log(np.clip(proba, _EPS, 1.0)).astype(np.float64)
+    targets = np.asarray(targets, np.float64)
+
+    def brier(log_t: float) -> float:
+        q = softmax(logits / np.exp(log_t), axis=1)
+        return float(((q**2).sum(1) - 2.0 * (q * targets).sum(1)).mean())  # + a constant
+
+    result = minimize_scalar(
+        brier, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4}
+    )
+    return float(np.exp(result.x))
+
+
 def noise_transitions(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """The label noise ``C[true, given]`` ~ P(given | true) ``(K, K)``, from cleanlab's calibrated
     confident joint of ``labels`` ``(N,)`` and out-of-fold ``proba`` ``(N, K)``. A class no row

@@ -32,7 +32,7 @@ from refine.encode.features import FeatureEncoder
 from refine.errors import InputError, OutputError
 from refine.io.write import atomic_directory, write_json
 from refine.learn.crossfit import make_folds
-from refine.learn.student import StudentFit, StudentNet, fit_student, parse_size
+from refine.learn.student import StudentFit, StudentNet, TemperatureOf, fit_student, parse_size
 
 STUDENT_FORMAT = "refine.student/1"
 MANIFEST = "model.json"
@@ -244,14 +244,15 @@ def train_student(
     source: dict[str, Any],
     versions: dict[str, str],
     device: str = "auto",
+    true_class: TemperatureOf | None = None,
 ) -> StudentModel:
     """The student of encoded rows ``X`` ``(N, D)``, soft labels ``soft`` ``(N, K)`` and
     weights ``(N,)``; its calibration folds are the run's (``config.folds``, ``config.seed``)
-    over the soft labels' most likely class."""
+    over the soft labels' most likely class, its temperature ``true_class``'s (``fit_student``)."""
     hidden = parse_size(size, X.shape[1], soft.shape[1], config.model.hidden)
     folds = make_folds(soft.argmax(1), config.folds, config.seed)
     model = config.model if device == "auto" else dataclasses.replace(config.model, device=device)
-    fit = fit_student(X, soft, weight, folds, hidden, model, seed, soft_temperature)
+    fit = fit_student(X, soft, weight, folds, hidden, model, seed, soft_temperature, true_class)
     fit.summary["teacher_parameters"] = teacher_parameters
     fit.summary["parameter_share"] = round(fit.net.parameters / max(teacher_parameters, 1), 6)
     return make_student(fit, encoder, schema, label_field, classes, versions, source)

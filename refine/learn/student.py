@@ -11,13 +11,17 @@ indices; probabilities out are ``(N, K)`` and follow the run's class order.
 
 Calibration is on out-of-fold data: the student is cross-fitted on the given folds for that
 alone (K extra fits of a small network), its out-of-fold probabilities fix the temperature and
-the risk-coverage curve, and the deployed network is the one fitted on every row.
+the risk-coverage curve, and the deployed network is the one fitted on every row. The
+temperature speaks of the true class as the run's probabilities do: fitted against the run's
+belief of each row's true class (``refine.judge.trust.student_temperature``), else against the
+refined labels where the run found no true-class temperature.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +143,11 @@ class StudentNet:
         return _softmax(self.logits(X) / self.temperature)
 
 
+# The student's temperature from its out-of-fold probabilities (N, K), and how it was found;
+# None: none found, calibrate against the refined labels.
+TemperatureOf = Callable[[np.ndarray], tuple[float, str] | None]
+
+
 @dataclass
 class StudentFit:
     """What ``fit_student`` returns: the deployed ``net`` and its out-of-fold summary
@@ -158,12 +167,18 @@ def fit_student(
     model: ModelConfig,
     seed: int,
     soft_temperature: float = 1.0,
+    true_class: TemperatureOf | None = None,
 ) -> StudentFit:
     """Train the student on every row of ``X`` to ``soft`` (sharpened by ``soft_temperature``)
     weighted by ``weight``, and calibrate it on out-of-fold predictions over ``folds``.
 
-    The out-of-fold probabilities are scored against the targets' most likely class on rows
-    with a weight above 0: the refined labels, the only labels a run has for every row.
+    The temperature is ``true_class(oof)`` for the student's out-of-fold probabilities ``oof``
+    ``(N, K)``: a temperature and how it was found, as the run's judgement turned its ensemble
+    to the true class. Where that is None or gives None, the temperature is fitted against the
+    targets' most likely class on rows with a weight above 0 (the refined labels), which leaves
+    the student as sure as the refined labels agree with it: overconfident where they keep
+    noise it learned (reports/student-calibrated.md). The summary's accuracy, ECE and
+    risk-coverage curve are scored against the refined labels, the only labels every row has.
     """
     targets = sharpen(soft, soft_temperature)
     weight = np.asarray(weight, np.float32)
@@ -179,9 +194,14 @@ def fit_student(
     full = _classifier(config, n_classes, seed).fit(X, targets, weight)
     judged = (weight > 0) & (folds >= 0)
     refined = targets.argmax(1)
-    temperature = (
-        fit_temperature(oof[judged], refined[judged], weight[judged]) if judged.any() else 1.0
-    )
+    found = true_class(oof) if true_class is not None else None
+    if found is not None:
+        temperature, target = found
+    else:
+        target = "refined"
+        temperature = (
+            fit_temperature(oof[judged], refined[judged], weight[judged]) if judged.any() else 1.0
+        )
     calibrated = _softmax(np.log(np.clip(oof, 1e-7, 1.0)) / temperature)
     net = StudentNet(
         tuple(hidden),
@@ -198,6 +218,7 @@ def fit_student(
         "temperature": temperature,
         "epochs": full.epochs_,
         "calibration": {
+            "target": target,
             "rows": int(judged.sum()),
             "oof_accuracy": _accuracy(calibrated[judged], refined[judged]),
             "ece_before": _ece(oof[judged], refined[judged]),
