@@ -67,9 +67,9 @@ def test_every_recipe_loads_and_has_a_data_card_entry(path):
 
 def test_recipes_list_sorted_by_name_and_by_suite():
     assert [r.name for r in list_recipes()] == [p.stem for p in RECIPE_FILES]
-    assert len(RECIPE_FILES) == 23
+    assert len(RECIPE_FILES) == 24
     assert [r.name for r in list_recipes("quick")] == QUICK
-    assert len(list_recipes("full")) == 18
+    assert len(list_recipes("full")) == 19
     assert [r.name for r in list_recipes("text")] == [
         "text-sym20",
         "wrench-semeval",
