@@ -65,7 +65,15 @@ from refine.judge.annotators import (
     majority_vote,
 )
 
-SETS = ("youtube", "sms", "semeval", "digits-crowd", "wine-crowd", "breast_cancer-crowd")
+SETS = (
+    "youtube",
+    "sms",
+    "semeval",
+    "digits-crowd",
+    "wine-crowd",
+    "breast_cancer-crowd",
+    "music-like-crowd",
+)
 WRENCH = ("youtube", "sms", "semeval")
 # refine's options beyond its defaults (the tests shrink the model).
 RUN_OPTIONS: dict = {}
@@ -110,7 +118,7 @@ def recipe_crowd(name: str, seed: int) -> dict:
     features = [
         c for c in train.column_names if c not in ("label", "label_true", "is_noisy", "votes")
     ]
-    truth = np.array(crowd_truth(train)["accuracy"])
+    truth = np.array(crowd_truth(train)["accuracy"], dtype=float)  # None (no votes): nan
     test = (built.test.select(features), built.test.column("label").to_numpy())
     k = int(max(gold.max(), votes.max()) + 1)
     return dict(table=train.select(features), votes=votes, gold=gold, truth=truth, k=k, test=test)

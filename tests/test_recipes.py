@@ -17,7 +17,13 @@ import pytest
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from refine.bench.noise import crowd_annotators, crowd_votes, votes_long
+from refine.bench.noise import (
+    crowd_annotators,
+    crowd_votes,
+    crowd_workloads,
+    item_hardness,
+    votes_long,
+)
 from refine.bench.recipes import (
     METADATA_KEY,
     RECIPE_DIR,
@@ -61,9 +67,9 @@ def test_every_recipe_loads_and_has_a_data_card_entry(path):
 
 def test_recipes_list_sorted_by_name_and_by_suite():
     assert [r.name for r in list_recipes()] == [p.stem for p in RECIPE_FILES]
-    assert len(RECIPE_FILES) == 23
+    assert len(RECIPE_FILES) == 24
     assert [r.name for r in list_recipes("quick")] == QUICK
-    assert len(list_recipes("full")) == 18
+    assert len(list_recipes("full")) == 19
     assert [r.name for r in list_recipes("text")] == [
         "text-sym20",
         "wrench-semeval",
@@ -356,6 +362,84 @@ def test_crowds_are_reproducible_by_seed_and_come_as_a_long_table():
     assert cast.tolist() == [2, 0, 1]
     with pytest.raises(ValueError, match=r"votes per item must be a range within 1..5"):
         crowd_votes(labels, confusion, (2, 6), seed=0)
+
+
+def test_item_difficulty_raises_errors_on_hard_items_towards_confusable_classes():
+    labels = np.arange(20_000) % 4
+    # Half the items are hard (a clean model gives the true class 0.1) and confused with the
+    # next class; the other half easy (0.9).
+    proba = np.full((20_000, 4), 0.0)
+    hard = np.arange(20_000) < 10_000
+    proba[np.arange(20_000), labels] = np.where(hard, 0.1, 0.9)
+    proba[np.arange(20_000), (labels + 1) % 4] += 1.0 - proba[np.arange(20_000), labels]
+    hardness, confusable = item_hardness(proba, labels)
+    np.testing.assert_allclose(hardness, np.where(hard, 0.9, 0.1))
+    np.testing.assert_allclose(confusable.sum(1), 1.0)
+    assert (confusable[np.arange(20_000), labels] == 0).all()
+    confusion = crowd_annotators(4, 6, seed=1, accuracy=(0.8, 0.95), spammers=1 / 6)
+    assert np.allclose(confusion[5], 0.25)  # the spammer votes at random
+    kwargs = dict(hardness=hardness, confusable=confusable)
+    plain = crowd_votes(labels, confusion, (3, 3), seed=2, **kwargs)
+    hardened = crowd_votes(labels, confusion, (3, 3), seed=2, difficulty=0.8, **kwargs)
+    np.testing.assert_array_equal(
+        crowd_votes(labels, confusion, (3, 3), seed=2, difficulty=0.8, **kwargs), hardened
+    )
+    assert not np.array_equal(
+        crowd_votes(labels, confusion, (3, 3), seed=3, difficulty=0.8, **kwargs), hardened
+    )
+
+    def error(votes, rows, annotators=slice(0, 5)):
+        v = votes[rows][:, annotators]
+        seen = v >= 0
+        return (v != labels[rows][:, None])[seen].mean()
+
+    # Without difficulty, hard and easy items alike; with it, the hard ones are much worse.
+    assert abs(error(plain, hard) - error(plain, ~hard)) < 0.02
+    assert error(hardened, hard) > error(hardened, ~hard) + 0.5
+    # The extra errors go to the confusable class; the spammer is not fooled.
+    wrong = (hardened[hard, :5] >= 0) & (hardened[hard, :5] != labels[hard, None])
+    towards = hardened[hard, :5] == ((labels[hard] + 1) % 4)[:, None]
+    assert (towards & wrong).sum() / wrong.sum() > 0.8
+    assert abs(error(hardened, hard, [5]) - 0.75) < 0.03
+
+
+def test_crowds_with_spammers_one_class_annotators_and_skewed_workloads():
+    confusion = crowd_annotators(5, 20, seed=0, spammers=0.1, one_class=0.1)
+    np.testing.assert_allclose(confusion.sum(2), 1.0)
+    assert np.allclose(confusion[18:], 0.2)
+    for a in (16, 17):  # one class whatever the truth
+        assert (confusion[a] == confusion[a, 0]).all() and confusion[a, 0].max() == 1.0
+    # Without the new kinds, the same annotators as before.
+    np.testing.assert_array_equal(crowd_annotators(5, 20, seed=0)[:16], confusion[:16])
+    shares = crowd_workloads(20, 1.5, seed=3)
+    assert shares.sum() == pytest.approx(1.0) and (np.diff(shares) <= 0).all()
+    np.testing.assert_array_equal(crowd_workloads(20, 1.5, seed=3), shares)
+    np.testing.assert_allclose(crowd_workloads(20, 0.0, seed=3), 1 / 20)
+    labels = np.arange(20_000) % 5
+    votes = crowd_votes(labels, confusion, (2, 2), seed=1, workload=shares)
+    given = (votes >= 0).sum(0)
+    assert (given.argsort()[::-1][:3] == [0, 1, 2]).all() or given[0] == given.max()
+    assert given[0] > 5 * given[-1]
+    with pytest.raises(ValueError, match="spammers and one_class must be shares"):
+        crowd_annotators(5, 20, seed=0, spammers=0.6, one_class=0.6)
+
+
+def test_the_music_like_crowd_stands_in_for_a_weak_featured_crowd_with_hard_items():
+    from refine.judge.annotators import majority_vote
+
+    built = build_dataset("music-like-crowd", seed=10)
+    train = built.train
+    votes = np.array(train.column("votes").to_pylist())
+    truth = train.column("label_true").to_numpy()
+    assert votes.shape == (705, 44)
+    assert 3.8 < (votes >= 0).sum(1).mean() < 4.2
+    given = (votes >= 0).sum(0)
+    assert given.max() > 10 * np.median(given)  # a few annotators give most votes
+    accuracy = np.array(crowd_truth(train)["accuracy"], dtype=float)
+    assert np.nanmin(accuracy) < 0.15 and np.nanmax(accuracy) > 0.85
+    assert 0.6 < (majority_vote(votes, 10, 10) == truth).mean() < 0.8
+    again = build_dataset("music-like-crowd", seed=10)
+    assert again.train.equals(train)
 
 
 def test_a_crowd_recipe_has_votes_its_majority_and_the_crowds_truth():

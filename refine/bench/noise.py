@@ -225,6 +225,8 @@ def crowd_annotators(
     accuracy: tuple[float, float] = (0.35, 0.9),
     concentration: float = 0.5,
     one_direction: float = 0.0,
+    spammers: float = 0.0,
+    one_class: float = 0.0,
 ) -> np.ndarray:
     """Annotators with known confusion matrices ``(A, K, K)``: row ``[a, k]`` is
     ``P(annotator a votes l | true class k)``.
@@ -234,7 +236,9 @@ def crowd_annotators(
     ``Dirichlet(concentration)`` drawn per row (small ``concentration``: errors pile on a few
     classes), except for the first ``round(one_direction * A)`` annotators, who send every
     error on class ``k`` to one other class drawn once per row (class-dependent, one-way
-    confusion, as a labelling function's). Randomness only from ``default_rng(seed)``.
+    confusion, as a labelling function's). The last ``round(spammers * A)`` annotators then
+    vote uniformly at random whatever the class, and the ``round(one_class * A)`` before them
+    always vote one class, drawn per annotator. Randomness only from ``default_rng(seed)``.
     """
     low, high = accuracy
     if n_classes < 2 or annotators < 1:
@@ -243,6 +247,11 @@ def crowd_annotators(
         )
     if not 0 <= low <= high <= 1:
         raise ValueError(f"annotator accuracy must be a range within [0, 1], got {accuracy}")
+    if not 0 <= spammers <= 1 or not 0 <= one_class <= 1 - spammers:
+        raise ValueError(
+            f"spammers and one_class must be shares summing to at most 1, got {spammers} "
+            f"and {one_class}"
+        )
     if concentration <= 0 or not 0 <= one_direction <= 1:
         raise ValueError(
             "concentration must be above 0 and one_direction in [0, 1], got "
@@ -260,15 +269,61 @@ def crowd_annotators(
             else:
                 errors = rng.dirichlet(np.full(n_classes - 1, concentration))
             confusion[a, k] = np.insert(errors * (1 - right[a]), k, right[a])
+    # Drawn after the others, so a crowd without them keeps the same annotators.
+    spam = int(round(spammers * annotators))
+    single = int(round(one_class * annotators))
+    if spam:
+        confusion[annotators - spam :] = 1.0 / n_classes
+    for a in range(annotators - spam - single, annotators - spam):
+        confusion[a] = 0.0
+        confusion[a, :, rng.integers(n_classes)] = 1.0
     return confusion
 
 
+def crowd_workloads(annotators: int, skew: float, seed: int) -> np.ndarray:
+    """Each annotator's share of the votes ``(A,)``, summing to 1, largest first: lognormal
+    with sigma ``skew`` (0: equal shares; 1.5: a few annotators give most of the votes, as on
+    crowdsourcing platforms)."""
+    if annotators < 1 or skew < 0:
+        raise ValueError(f"workloads need annotators >= 1 and skew >= 0, got {annotators}, {skew}")
+    shares = np.sort(np.random.default_rng(seed).lognormal(0.0, skew, annotators))[::-1]
+    return shares / shares.sum()
+
+
+def item_hardness(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How hard each item is ``(N,)`` in [0, 1], and the classes it is confused with ``(N, K)``,
+    from a clean model's out-of-fold probabilities ``proba`` ``(N, K)``: hardness is one minus
+    the probability of the true class, and the confusable classes are the other classes in
+    proportion to their probabilities (rows sum to 1)."""
+    labels = _check_labels(labels, proba.shape[1])
+    rows = np.arange(len(labels))
+    hardness = 1.0 - proba[rows, labels]
+    others = proba.astype(np.float64, copy=True) + 1e-6
+    others[rows, labels] = 0.0
+    return np.clip(hardness, 0.0, 1.0), others / others.sum(1, keepdims=True)
+
+
 def crowd_votes(
-    labels: np.ndarray, confusion: np.ndarray, per_item: tuple[int, int], seed: int
+    labels: np.ndarray,
+    confusion: np.ndarray,
+    per_item: tuple[int, int],
+    seed: int,
+    *,
+    workload: np.ndarray | None = None,
+    hardness: np.ndarray | None = None,
+    confusable: np.ndarray | None = None,
+    difficulty: float = 0.0,
 ) -> np.ndarray:
     """Votes ``(N, A)``: each item gets ``m`` votes, ``m`` drawn uniformly in ``per_item``
-    (inclusive), from ``m`` distinct annotators drawn uniformly; annotator ``a`` votes class
-    ``l`` with probability ``confusion[a, labels[i], l]``. -1 where an annotator gave no vote.
+    (inclusive), from ``m`` distinct annotators drawn uniformly (or in proportion to
+    ``workload`` ``(A,)``); annotator ``a`` votes class ``l`` with probability
+    ``confusion[a, labels[i], l]``. -1 where an annotator gave no vote.
+
+    With ``difficulty`` > 0, ``hardness`` ``(N,)`` in [0, 1] and ``confusable`` ``(N, K)`` (as
+    from ``item_hardness``), an annotator whose vote depends on the class is fooled by item
+    ``i`` with probability ``difficulty * hardness[i]`` and then votes a class drawn from
+    ``confusable[i]`` (never the true one): annotators err most where a clean model is unsure,
+    towards the classes it confuses. Spammers and one-class annotators are not fooled.
 
     ``labels`` ``(N,)`` true class indices; ``confusion`` ``(A, K, K)`` as from
     ``crowd_annotators``. ``votes_long`` turns the result into a long table.
@@ -282,12 +337,29 @@ def crowd_votes(
             f"votes per item must be a range within 1..{n_annotators} (the annotators), "
             f"got {list(per_item)}"
         )
+    if difficulty and (hardness is None or confusable is None or not 0 <= difficulty <= 1):
+        raise ValueError(
+            f"difficulty must be in [0, 1] and needs hardness and confusable, got {difficulty}"
+        )
     rng = np.random.default_rng(seed)
     count = rng.integers(low, high + 1, size=len(labels))
-    # The first m of a random order of the annotators: m distinct ones per item.
-    order = rng.random((len(labels), n_annotators)).argsort(1)
+    if workload is None:
+        # The first m of a random order of the annotators: m distinct ones per item.
+        order = rng.random((len(labels), n_annotators)).argsort(1)
+    else:
+        # Gumbel keys: the first m are a draw without replacement in proportion to workload.
+        keys = np.log(np.asarray(workload, float)) - np.log(
+            -np.log(rng.random((len(labels), n_annotators)))
+        )
+        order = (-keys).argsort(1)
     chosen = np.argsort(order, 1) < count[:, None]
-    cumulative = confusion[:, labels, :].cumsum(2).transpose(1, 0, 2)  # (N, A, K)
+    per_item_confusion = confusion[:, labels, :].transpose(1, 0, 2)  # (N, A, K)
+    if difficulty:
+        assert hardness is not None and confusable is not None  # checked above
+        attentive = ~np.all(np.isclose(confusion, confusion[:, :1]), axis=(1, 2))  # (A,)
+        fooled = difficulty * np.asarray(hardness)[:, None, None] * attentive[None, :, None]
+        per_item_confusion = (1 - fooled) * per_item_confusion + fooled * confusable[:, None]
+    cumulative = per_item_confusion.cumsum(2)
     drawn = (rng.random((len(labels), n_annotators))[..., None] > cumulative).sum(2)
     return np.where(chosen, np.minimum(drawn, n_classes - 1), -1).astype(np.int64)
 

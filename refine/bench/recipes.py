@@ -27,11 +27,13 @@ from refine.bench.baselines import logistic_regression
 from refine.bench.noise import (
     crowd_annotators,
     crowd_votes,
+    crowd_workloads,
     flip_instance_dependent,
     flip_one_direction,
     flip_pair,
     flip_symmetric,
     hide_labels,
+    item_hardness,
 )
 from refine.errors import InputError, OutputError
 from refine.io.write import umask
@@ -63,7 +65,18 @@ NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pair": (("rate",), ("mapping",)),
     "instance": (("rate",), ()),
     "one_direction": (("rate", "source", "target"), ()),
-    "crowd": (("annotators", "votes"), ("accuracy", "concentration", "one_direction")),
+    "crowd": (
+        ("annotators", "votes"),
+        (
+            "accuracy",
+            "concentration",
+            "one_direction",
+            "spammers",
+            "one_class",
+            "workload",
+            "difficulty",
+        ),
+    ),
 }
 # A crowd recipe's train table: the votes as a list column, one entry per annotator (-1 = no
 # vote), and under this schema metadata key the crowd's truth, as JSON (``_crowd_metadata``).
@@ -291,7 +304,7 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
     crowd = None
     try:
         if recipe.noise["model"] == "crowd":
-            crowd = _crowd(recipe.noise, truth, int(y.max()) + 1, noise_seed)
+            crowd = _crowd(recipe.noise, X[train], truth, int(y.max()) + 1, noise_seed, model_seed)
             # ties drawn with the recipe's seed, as refine.run(votes=...) draws them with its own
             noisy = majority_vote(crowd[0], int(y.max()) + 1, recipe.seed)
         else:
@@ -472,15 +485,31 @@ def _check_crowd(noise: dict[str, Any], unlabelled: float, fail: Any) -> None:
         fail("crowd 'accuracy' must be [low, high] within [0, 1]")
     if not 0 < noise.get("concentration", 1) or not 0 <= noise.get("one_direction", 0) <= 1:
         fail("crowd 'concentration' must be above 0 and 'one_direction' a share in [0, 1]")
+    shares = [noise.get(k, 0) for k in ("spammers", "one_class", "difficulty")]
+    if not all(_is_number(v) and 0 <= v <= 1 for v in shares) or shares[0] + shares[1] > 1:
+        fail(
+            "crowd 'spammers' and 'one_class' must be shares summing to at most 1, and "
+            "'difficulty' a number in [0, 1]"
+        )
+    if not _is_number(noise.get("workload", 0)) or noise.get("workload", 0) < 0:
+        fail("crowd 'workload' must be a number >= 0 (the lognormal sigma of the workloads)")
     if unlabelled:
         fail("a crowd's items without a majority are its unlabelled rows: set 'unlabelled' to 0")
 
 
 def _crowd(
-    noise: dict[str, Any], truth: np.ndarray, n_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """A crowd noise model's votes ``(N, A)`` on the train rows and confusions ``(A, K, K)``;
-    annotators and votes draw from independent streams of ``seed``."""
+    noise: dict[str, Any],
+    X: np.ndarray,
+    truth: np.ndarray,
+    n_classes: int,
+    seed: int,
+    model_seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A crowd noise model's votes ``(N, A)`` on the train rows ``X``, confusions
+    ``(A, K, K)``, and with ``difficulty`` each annotator's expected accuracy on the items it
+    voted ``(A,)`` (item hardness from a clean model's out-of-fold probabilities, seeded by
+    ``model_seed``); annotators, workloads and votes draw from independent streams of
+    ``seed``."""
     annotator_seed, vote_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     confusion = crowd_annotators(
         n_classes,
@@ -489,16 +518,46 @@ def _crowd(
         accuracy=tuple(noise.get("accuracy", (0.35, 0.9))),
         concentration=noise.get("concentration", 0.5),
         one_direction=noise.get("one_direction", 0.0),
+        spammers=noise.get("spammers", 0.0),
+        one_class=noise.get("one_class", 0.0),
     )
-    return crowd_votes(truth, confusion, tuple(noise["votes"]), vote_seed), confusion
+    per_item = tuple(noise["votes"])
+    difficulty = noise.get("difficulty", 0.0)
+    if not difficulty and not noise.get("workload"):
+        return crowd_votes(truth, confusion, per_item, vote_seed), confusion, None
+    workload_seed = int(np.random.SeedSequence(seed).generate_state(3)[2])
+    workload = crowd_workloads(noise["annotators"], noise.get("workload", 0.0), workload_seed)
+    hardness, confusable = item_hardness(_clean_proba(X, truth, model_seed), truth)
+    votes = crowd_votes(
+        truth,
+        confusion,
+        per_item,
+        vote_seed,
+        workload=workload,
+        hardness=hardness,
+        confusable=confusable,
+        difficulty=difficulty,
+    )
+    # The share of right votes each annotator is expected to give on the items it voted.
+    right = confusion[:, truth, truth].T * (1 - difficulty * hardness[:, None])  # (N, A)
+    voted = votes >= 0
+    attentive = ~np.all(np.isclose(confusion, confusion[:, :1]), axis=(1, 2))
+    right = np.where(attentive[None], right, confusion[:, truth, truth].T)
+    accuracy = (right * voted).sum(0) / np.maximum(voted.sum(0), 1)
+    return votes, confusion, np.where(voted.any(0), accuracy, np.nan)
 
 
-def _with_crowd(train: pa.Table, votes: np.ndarray, confusion: np.ndarray) -> pa.Table:
+def _with_crowd(
+    train: pa.Table, votes: np.ndarray, confusion: np.ndarray, accuracy: np.ndarray | None
+) -> pa.Table:
     """``train`` with the ``votes`` column and the crowd's truth in its metadata: per
-    annotator (in the column's order) its true accuracy and confusion matrix."""
+    annotator (in the column's order) its true accuracy (``accuracy`` ``(A,)``, else its
+    confusion's mean diagonal) and confusion matrix (before item difficulty)."""
     column = pa.array(list(votes), type=pa.list_(pa.int64()))
+    if accuracy is None:
+        accuracy = np.array([np.diagonal(c).mean() for c in confusion])
     truth = {
-        "accuracy": [float(np.diagonal(c).mean()) for c in confusion],
+        "accuracy": [None if np.isnan(a) else float(a) for a in accuracy],
         "confusion": confusion.tolist(),
     }
     table = train.append_column(pa.field(VOTES_COLUMN, column.type), column)
