@@ -523,13 +523,12 @@ def finish_run(
         with atomic_directory(Path(out), overwrite) as tmp:
             if refined is not None:
                 write_parquet(refined, tmp / "refined.parquet")
-            else:
-                d = state.decisions
+            elif reread is not None:
                 write_refined_from(
                     tmp / "refined.parquet",
                     read_batches(reread),
                     data,
-                    d,
+                    state.decisions,
                     state.proba,
                     state.is_issue,
                     state.quality,
