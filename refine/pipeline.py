@@ -523,12 +523,13 @@ def finish_run(
         with atomic_directory(Path(out), overwrite) as tmp:
             if refined is not None:
                 write_parquet(refined, tmp / "refined.parquet")
-            elif reread is not None:
+            else:
+                d = state.decisions
                 write_refined_from(
                     tmp / "refined.parquet",
                     read_batches(reread),
                     data,
-                    state.decisions,
+                    d,
                     state.proba,
                     state.is_issue,
                     state.quality,
