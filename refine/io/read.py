@@ -247,18 +247,7 @@ def read_table(path: str | Path) -> pa.Table:
 def read_batches(path: str | Path) -> Iterator[pa.RecordBatch]:
     """The batches of ``read_table(path)``, in order and cut where its chunks are cut, read one
     at a time: for reading an input again without holding it."""
-    path = Path(path)
-    if path.is_dir():
-        yield from ds.dataset(path, format="parquet", partitioning="hive").to_batches()
-        return
-    # A file's pages streamed through a small buffer: the dataset reader would decode a whole
-    # row group at once, ~1 KB a row more at the run's peak (reports/scale.md).
-    parquet = pq.ParquetFile(path, buffer_size=1 << 20)
-    yield from parquet.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=False)
-
-
-# pyarrow.dataset's batch length, which read_batches keeps so that chunks are cut alike.
-READ_BATCH_ROWS = 1 << 17
+    yield from ds.dataset(Path(path), format="parquet", partitioning="hive").to_batches()
 
 
 def _check_unique_names(path: Path) -> None:
