@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,12 +241,6 @@ def read_table(path: str | Path) -> pa.Table:
             "Check that the file is a complete Parquet file (not truncated); a CSV or JSON Lines "
             "file is read by its suffix: name it .csv, .tsv or .jsonl"
         ) from None
-
-
-def read_batches(path: str | Path) -> Iterator[pa.RecordBatch]:
-    """The batches of ``read_table(path)``, in order and cut where its chunks are cut, read one
-    at a time: for reading an input again without holding it."""
-    yield from ds.dataset(Path(path), format="parquet", partitioning="hive").to_batches()
 
 
 def _check_unique_names(path: Path) -> None:
