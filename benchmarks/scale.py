@@ -11,6 +11,9 @@ of each stage, and flag quality against the known noise. The data is generated, 
 
     python benchmarks/scale.py [--rows 1000000,2000000] [--engines memory,streaming]
         [--dim 64] [--workers auto] [--workdir /tmp/refine-scale] [--json results.json]
+        [--max-epochs 1] [--timeline rss]
+
+``--max-epochs 1`` makes a memory measurement cheap: peak memory does not depend on the epochs.
 """
 
 from __future__ import annotations
@@ -76,17 +79,21 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_refine(command: list[str]) -> dict[str, float]:
+def run_refine(command: list[str], timeline: Path | None = None) -> dict[str, float]:
     """Run ``command``; its wall seconds, CPU seconds, and the peak resident bytes of its
-    largest process (wait4's rusage) and of its whole process tree (sampled)."""
+    largest process (wait4's rusage) and of its whole process tree (sampled). With
+    ``timeline``, every sample (seconds since the start, tree bytes) goes there as a line."""
     started = time.perf_counter()
     process = subprocess.Popen(command)
     peak = [0]
     done = threading.Event()
+    samples: list[str] = []
 
     def sample() -> None:
         while not done.wait(0.2):
-            peak[0] = max(peak[0], tree_rss(process.pid))
+            rss = tree_rss(process.pid)
+            peak[0] = max(peak[0], rss)
+            samples.append(f"{time.perf_counter() - started:.1f} {rss}")
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -94,6 +101,8 @@ def run_refine(command: list[str]) -> dict[str, float]:
     wall = time.perf_counter() - started
     done.set()
     sampler.join()
+    if timeline is not None:
+        timeline.write_text("\n".join(samples) + "\n")
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command)
@@ -141,8 +150,10 @@ def measure(
         "--no-report",
         "--quiet",
         *engine_flags(engine, len(truth), args.dim, args.classes, args.folds),
+        *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
     ]
-    cost = run_refine(command)
+    timeline = args.timeline.with_suffix(f".{len(truth)}-{engine}.txt") if args.timeline else None
+    cost = run_refine(command, timeline)
     summary = json.loads((out / "run.json").read_text())
     flagged = pq.read_table(out / "refined.parquet", columns=["is_label_issue", "label_refined"])
     is_issue = flagged.column("is_label_issue").to_numpy(zero_copy_only=False)
@@ -180,6 +191,12 @@ def main() -> None:
     parser.add_argument("--workers", default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refine-scale"))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--max-epochs", type=int, default=0, help="passed to refine (0: its default)"
+    )
+    parser.add_argument(
+        "--timeline", type=Path, default=None, help="write RSS samples to TIMELINE.ROWS-ENGINE.txt"
+    )
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = set(engines) - set(ENGINES)

@@ -501,7 +501,7 @@ def cli_in_process(commands, measured):
     refine's CLI in this process (a second interpreter costs more than the tiny run itself),
     each command is kept in ``commands``, and ``measured`` is what the script gets back."""
 
-    def run(command):
+    def run(command, timeline=None):  # scale.py passes its --timeline path
         assert command[:4] == [sys.executable, "-m", "refine", "run"]
         commands.append(command)
         result = CliRunner().invoke(cli, command[3:], catch_exceptions=False)

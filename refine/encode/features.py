@@ -116,6 +116,22 @@ class OneHotEncoder:
         }
 
 
+def _column_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``nanmean``, ``nanstd`` and "any finite value" of each column of ``values`` ``(N, D)``,
+    a few columns at a time: NumPy's temporaries are then a fraction of ``values``, and the
+    numbers are the same, as each column is summed row after row either way."""
+    step = 8
+    mean, std = np.empty(values.shape[1], values.dtype), np.empty(values.shape[1], values.dtype)
+    finite = np.empty(values.shape[1], bool)
+    for start in range(0, values.shape[1], step):
+        block = values[:, start : start + step]
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean[start : start + step] = np.nanmean(block, axis=0)
+            std[start : start + step] = np.nanstd(block, axis=0)
+        finite[start : start + step] = np.isfinite(block).any(axis=0)
+    return mean, std, finite
+
+
 @dataclass
 class EmbeddingEncoder:
     name: str
@@ -145,11 +161,9 @@ class EmbeddingEncoder:
             raise SkipColumn("every list is empty")
         values, valid = self._matrix(column)
         self.indicator = not valid.all()
-        present = values[valid]
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = np.nanmean(present, axis=0)
-            std = np.nanstd(present, axis=0)
-        overflow = np.isfinite(present).any(axis=0) & ~(np.isfinite(mean) & np.isfinite(std))
+        present = values[valid] if self.indicator else values
+        mean, std, finite = _column_stats(present)
+        overflow = finite & ~(np.isfinite(mean) & np.isfinite(std))
         if overflow.any():
             # Infinities, or squares past the float32 limit: infinities count as missing (as in
             # numeric columns), and the sums run in float64, in which float32 squares fit.
