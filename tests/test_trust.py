@@ -316,3 +316,15 @@ def test_a_random_verified_sample_measures_noise_the_surest_rows_miss():
         expected = (given[sample] != truth[sample]).mean()
         assert evidence["verified_noise"] == pytest.approx(expected, abs=0.05)
         assert evidence["trusted"] is trusted
+
+
+def test_a_verified_sample_adds_evidence_but_never_lowers_the_anchors():
+    from refine.judge.trust import Evidence
+
+    anchors = Evidence(anchor_noise=0.2, flag_rate=0.3, precision=2 / 3, trusted=True)
+    lower = anchors.with_verified_noise(0.1)  # the sample reads less noise than the anchors
+    assert (lower.precision, lower.trusted, lower.verified_noise) == (2 / 3, True, 0.1)
+    assert not lower.rests_on_verified
+    weak = Evidence(anchor_noise=0.03, flag_rate=0.3, precision=0.1, trusted=False)
+    higher = weak.with_verified_noise(0.24)
+    assert higher.precision == pytest.approx(0.8) and higher.trusted and higher.rests_on_verified
