@@ -666,7 +666,9 @@ def main() -> None:
     parser.add_argument("--embeddings", type=Path, help="benchmarks/embed_real.py's output")
     parser.add_argument("--before", type=Path, help="a checkout of refine to compare against")
     parser.add_argument(
-        "--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}"
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated, of: " + ", ".join(MODES).replace("%", "%%"),
     )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "real.md")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
