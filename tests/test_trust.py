@@ -328,3 +328,24 @@ def test_a_verified_sample_adds_evidence_but_never_lowers_the_anchors():
     weak = Evidence(anchor_noise=0.03, flag_rate=0.3, precision=0.1, trusted=False)
     higher = weak.with_verified_noise(0.24)
     assert higher.precision == pytest.approx(0.8) and higher.trusted and higher.rests_on_verified
+
+
+def test_rules_resting_on_the_verified_noise_rate_must_not_break_verified_labels():
+    # Two right labels broken among twelve verified rows: no evidence against rules the
+    # surest rows trust, but rules trusted only thanks to the verified rows' noise rate are
+    # judged by those rows too, and a net loss keeps the labels.
+    from refine.judge.trust import Evidence
+
+    truth, proba, verified = _clean_two_classes(40, 12)
+    rules = truth.copy()
+    rules[:2] = 1 - truth[:2]
+    anchors = Evidence(anchor_noise=0.2, flag_rate=0.3, precision=2 / 3, trusted=True)
+    assert choose_policy(truth, verified, proba, rules, RULES, 0, evidence=anchors).policy == RULES
+    sample = Evidence(anchor_noise=0.0, flag_rate=0.3, precision=0.0, trusted=False)
+    sample = sample.with_verified_noise(0.25)
+    choice = choose_policy(truth, verified, proba, rules, RULES, 0, evidence=sample)
+    assert choice.policy == KEEP
+    assert "would allow the rules, but they break more verified labels" in choice.reason
+    rules[:2] = truth[:2]  # nothing broken: the rules stand, and say what the sample showed
+    choice = choose_policy(truth, verified, proba, rules, RULES, 0, evidence=sample)
+    assert choice.policy == RULES and "the verified rows show 25% of labels wrong" in choice.reason

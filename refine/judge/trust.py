@@ -255,7 +255,7 @@ def choose_policy(
     fallback: str,
     seed: int,
     representative: bool = True,
-    fallback_needs_gain: bool = False,
+    evidence: Evidence | None = None,
 ) -> Choice:
     """The policy the verified rows support, or ``fallback`` (what the data alone allows: a
     policy from ``noise_evidence``) where they show nothing either way.
@@ -266,9 +266,9 @@ def choose_policy(
     more of them than it fixes may still fix more of the rest (reports/trust.md, "The review
     loop").
 
-    ``fallback_needs_gain``: the fallback stands only where it fixes at least as many verified
-    labels as it breaks, as when the fallback rests on the verified rows' noise rate alone
-    (``Evidence.rests_on_verified``): those rows then judge the rules as well as the noise.
+    ``evidence``: what the fallback rests on. Where it rests on the verified rows' noise rate
+    alone (``Evidence.rests_on_verified``), those rows judge the rules as well as the noise: the
+    fallback stands only where it fixes at least as many verified labels as it breaks.
 
     ``rules`` ``(N,)``: the labels the ``rules`` policy would set (-1 = excluded). Rows both
     labelled and verified are the evidence; the cross-fitted labels of ``Choice.crossfit`` come
@@ -278,18 +278,18 @@ def choose_policy(
     truth = verified
     chosen, gains, harmful = _select(rows, labels, truth, proba, rules, seed)
 
+    needs_gain = evidence is not None and evidence.rests_on_verified
+
+    def vetoed(gains: dict[str, int]) -> bool:
+        return needs_gain and gains.get(fallback, 0) < 0
+
     def unshown(harmful: set[str], gains: dict[str, int]) -> str:
-        if fallback_needs_gain and gains.get(fallback, 0) < 0:
+        if vetoed(gains):
             return KEEP
         return fallback if fallback not in harmful or not representative else KEEP
 
     policy = chosen or unshown(harmful, gains)
-    reason = _reason(chosen, policy, gains, representative)
-    if chosen is None and policy == KEEP and fallback_needs_gain and gains.get(fallback, 0) < 0:
-        reason += (
-            f"; the verified rows' noise rate would allow the {fallback}, but they break more "
-            "verified labels than they fix"
-        )
+    reason = _reason(chosen, policy, gains, representative, evidence, vetoed(gains))
     crossfit = np.zeros(len(rows), np.int64)
     calibrated = None
     parts = _parts(len(rows), seed)
@@ -416,13 +416,7 @@ class Judge:
                 fallback,
                 c.seed,
                 representative=representative is not False,
-                fallback_needs_gain=self.evidence.rests_on_verified,
-            )
-        e = self.evidence
-        if choice.reason.endswith("supports the rules") and e.verified_noise is not None:
-            choice.reason += (
-                f": the verified rows show {e.verified_noise:.0%} of labels wrong, "
-                f"against {e.flag_rate:.0%} of rows flagged"
+                evidence=self.evidence,
             )
         if choice.policy == RULES:
             decisions = rules
@@ -686,8 +680,21 @@ def _parts(n: int, seed: int) -> list[np.ndarray] | None:
     return [fold == f for f in range(folds)]
 
 
-def _reason(chosen: str | None, policy: str, gains: dict[str, int], representative: bool) -> str:
+def _reason(
+    chosen: str | None,
+    policy: str,
+    gains: dict[str, int],
+    representative: bool,
+    evidence: Evidence | None = None,
+    vetoed: bool = False,
+) -> str:
     shown = ", ".join(f"{p} {gains[p]:+d}" for p in POLICIES if p in gains)
+    measured = (
+        f": the verified rows show {evidence.verified_noise:.0%} of labels wrong, against "
+        f"{evidence.flag_rate:.0%} of rows flagged"
+        if evidence is not None and evidence.verified_noise is not None
+        else ""
+    )
     if chosen is not None:
         return (
             f"the {chosen} policy fixes the most verified labels, more than it breaks beyond "
@@ -697,10 +704,15 @@ def _reason(chosen: str | None, policy: str, gains: dict[str, int], representati
     if policy == RULES and not representative:
         return (
             f"{shown}; they are the doubtful rows, not a sample of the table, so the data's own "
-            "evidence decides, and it supports the rules"
+            f"evidence decides, and it supports the rules{measured}"
         )
     if policy == RULES:
-        return f"{shown}; the data's own evidence supports the rules"
+        return f"{shown}; the data's own evidence supports the rules{measured}"
+    if vetoed:
+        return (
+            f"labels kept: {shown}; the verified rows' noise rate would allow the rules, but "
+            "they break more verified labels than they fix"
+        )
     return f"labels kept: {shown}"
 
 
