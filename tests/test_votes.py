@@ -407,18 +407,39 @@ def test_the_report_lists_the_annotators_least_accurate_first(voted_run):
     assert f"majority {majority:.3f}" in section
 
 
+def test_the_report_round_table_shows_the_annotator_model_each_round(voted_run, tmp_path):
+    from refine.report.html import build_report
+
+    _, out, _, _ = voted_run
+    rounds = pq.read_table(out / "rounds.parquet").to_pylist()
+    page = build_report(out)
+    section = page[page.index('id="rounds"') : page.index('id="classes"')]
+    assert '<th class="num">votes t</th>' in section
+    for r in rounds:
+        assert f'<td class="num">{r["votes_temper"]:.2f}</td>' in section
+        assert f'<td class="num">{r["annotator_accuracy"]:.3f}</td>' in section
+    # A run without votes has the columns null, and the table leaves them out.
+    table, truth, _ = voted_table()
+    data = table.drop_columns(["votes"]).append_column("label", pa.array(truth))
+    pq.write_table(data, tmp_path / "plain.parquet")
+    result = invoke("run", tmp_path / "plain.parquet", "--out", tmp_path / "plain", *FAST_FLAGS)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "plain" / "rounds.parquet").column("votes_temper").null_count
+    assert "votes t" not in build_report(tmp_path / "plain")
+
+
 def test_the_report_says_when_the_majority_vote_was_kept():
-    from refine.report.html import _consensus_note
+    from refine.report.trust import consensus_note
 
     kept = {
         "given": "label_vote",
         "prior_temper": None,
         "heldout_log_likelihood": {"majority": -0.5, "0.0": -0.75, "1.0": -0.625},
     }
-    text = _consensus_note(kept)
+    text = consensus_note(kept)
     assert "Refine refined the majority vote (label_vote)" in text
     assert "majority -0.500, t = 0.0 -0.750, t = 1.0 -0.625" in text
-    assert _consensus_note(None) == "" and _consensus_note({"given": "label_vote"}) == ""
+    assert consensus_note(None) == "" and consensus_note({"given": "label_vote"}) == ""
 
 
 # --- the annotator model inside the rounds: resume and determinism --------------------------

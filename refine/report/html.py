@@ -5,8 +5,11 @@
 ``RUN_DIR/report.html``. ``refine run`` writes it inside the run's temporary directory, and
 ``refine report RUN_DIR`` rebuilds it later, byte for byte the same.
 
-This module reads the run and decides what each section says; ``refine.report.plots`` draws the
-figures (SVG ``data:`` URLs) and ``refine.report.page`` holds the HTML frame, stylesheet and escaping.
+This module reads the run and decides what each section says, but for the trust and annotator
+sections (``refine.report.trust``), the columns (``refine.report.columns``) and the student
+(``refine.report.student``); ``refine.report.cells`` writes values into cells,
+``refine.report.plots`` draws the figures (SVG ``data:`` URLs) and ``refine.report.page`` holds
+the HTML frame, stylesheet and escaping.
 The page fetches nothing, runs no script, and escapes every value from the data.
 
 The run stores ``refine.judge.detect.confident_joint`` in
@@ -16,7 +19,6 @@ The run stores ``refine.judge.detect.confident_joint`` in
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,13 +34,14 @@ from refine.config import check_summary
 from refine.errors import InputError, OutputError
 from refine.io.read import plain_values
 from refine.report import plots
+from refine.report.cells import NOT_RECORDED, cell, decimal, ece_pair, integer, number, plain, short
 from refine.report.columns import columns_section, run_key
 from refine.report.metrics import flag_scores, label_accuracy
 from refine.report.page import document, escape, figure, note, table
 from refine.report.student import student_section
+from refine.report.trust import annotators_section, consensus_note, trust_section
 
 REPORT_NAME = "report.html"
-NOT_RECORDED = "not recorded"
 TOP_ROWS = 50  # rows in the table of likely wrong labels
 KEY_COLUMNS = 3  # key columns shown per likely wrong row
 HEATMAP_CLASSES = 20  # above this many classes the noise matrix shows the noisiest ones
@@ -98,7 +101,7 @@ def build_report(run_dir: str | Path) -> str:
         sections = [
             ("summary", "Summary", _summary_section(run)),
             ("columns", "Columns", columns_section(run.summary, run.key, run.key_source)),
-            ("trust", "Trust", _trust_section(run)),
+            ("trust", "Trust", trust_section(run.summary)),
             ("noise", "Estimated label noise", _noise_section(run)),
             ("quality", "Label quality", _quality_section(run)),
             ("calibration", "Calibration", _calibration_section(run)),
@@ -108,7 +111,7 @@ def build_report(run_dir: str | Path) -> str:
         ]
         if run.annotators is not None:
             consensus = (run.summary.get("annotators") or {}).get("consensus")
-            section = _consensus_note(consensus) + _annotators_section(run.annotators)
+            section = consensus_note(consensus) + annotators_section(run.annotators)
             sections.insert(3, ("annotators", "Annotators", section))
         if run.summary.get("student_model"):
             sections.append(("student", "Student", student_section(run.summary["student_model"])))
@@ -283,16 +286,16 @@ def _summary_section(run: _Run) -> str:
     timings = s.get("timings")
     calibration = s.get("calibration") or {}
     rows = [
-        ("kept with doubt (weight < 1)", _int(s.get("down_weighted"))),
-        ("synthetic rows", _int(run.synthetic_rows if run.synthetic_rows is not None else 0)),
-        ("rounds run", _int(s.get("rounds_run", run.rounds.num_rows or None)) + _teacher(s)),
+        ("kept with doubt (weight < 1)", integer(s.get("down_weighted"))),
+        ("synthetic rows", integer(run.synthetic_rows if run.synthetic_rows is not None else 0)),
+        ("rounds run", integer(s.get("rounds_run", run.rounds.num_rows or None)) + _teacher(s)),
         ("time", f"{sum(timings.values()):.1f} s" if timings else NOT_RECORDED),
-        ("ECE before / after calibration", _ece_pair(calibration)),
-        ("temperature", _float(calibration.get("temperature"), 3)),
-        ("device", _text(s.get("device"))),
-        ("refine version", _text(s.get("refine_version"))),
-        ("seed", _text(s.get("seed"))),
-        ("input", _text(s.get("input"))),
+        ("ECE before / after calibration", ece_pair(calibration)),
+        ("temperature", decimal(calibration.get("temperature"), 3)),
+        ("device", plain(s.get("device"))),
+        ("refine version", plain(s.get("refine_version"))),
+        ("seed", plain(s.get("seed"))),
+        ("input", plain(s.get("input"))),
     ]
     details = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     if "command" not in s:  # a run from before refine recorded it
@@ -310,16 +313,16 @@ def _summary_section(run: _Run) -> str:
             "<tr><th>student columns (the model kept)</th>"
             f"<td>{escape(', '.join(str(c) for c in student.get('features') or []))}</td></tr>"
             "<tr><th>student out-of-fold accuracy, refined / given labels</th>"
-            f"<td>{escape(_float(student.get('oof_accuracy_vs_refined'), 3))} / "
-            f"{escape(_float(student.get('oof_accuracy_vs_given'), 3))}</td></tr>"
+            f"<td>{escape(decimal(student.get('oof_accuracy_vs_refined'), 3))} / "
+            f"{escape(decimal(student.get('oof_accuracy_vs_given'), 3))}</td></tr>"
             "<tr><th>student temperature</th>"
-            f"<td>{escape(_float(student.get('temperature'), 3))}</td></tr>"
+            f"<td>{escape(decimal(student.get('temperature'), 3))}</td></tr>"
         )
     parent = s.get("parent")
     if isinstance(parent, dict):
         details += (
             f"<tr><th>updated from</th><td><code>{escape(parent.get('run'))}</code> "
-            f"({escape(_int(s.get('replayed_rows')))} rows replayed)</td></tr>"
+            f"({escape(integer(s.get('replayed_rows')))} rows replayed)</td></tr>"
         )
     warning = ""
     if s.get("teacher_reliable") is False and "trust" not in s:  # the trust section says it now
@@ -328,114 +331,6 @@ def _summary_section(run: _Run) -> str:
             "kept. More data or better features would help.</p>"
         )
     return f'{warning}<div class="cards">{card_html}</div><table class="keyvalue">{details}</table>'
-
-
-def _trust_section(run: _Run) -> str:
-    """The policy refine followed (keep, rules or posterior) and why, the data's own evidence,
-    and what the verified rows show, scored out of fold."""
-    trust = run.summary.get("trust")
-    if not isinstance(trust, dict):
-        return note(f"Trust: {NOT_RECORDED} (a run from before refine chose a policy).")
-    reason = str(trust.get("reason", ""))
-    attribute = ' class="warn"' if trust.get("policy") == "keep" else ""
-    html = (
-        f"<p{attribute}><strong>{escape(trust.get('policy', ''))}</strong>: {escape(reason)}.</p>"
-    )
-    evidence = trust.get("evidence") or {}
-    calibration = trust.get("calibration") or {}
-    # Keyed by run.json's "method", which may be missing (None).
-    calibrated_how: dict[str | None, str] = {
-        "verified": "against the verified labels",
-        "noise": "through the estimated label noise",
-        "none": "not: they speak of the given labels",
-    }
-    rows = [
-        ("model's flags / labelled rows", _float(evidence.get("flag_rate"), 3)),
-        ("noise seen at the model's surest rows", _float(evidence.get("anchor_noise"), 3)),
-        *(
-            [
-                (
-                    "noise seen on the verified rows (used instead)",
-                    _float(evidence["verified_noise"], 3),
-                )
-            ]
-            if evidence.get("verified_noise") is not None
-            else []
-        ),
-        (
-            "estimated share of flags that are wrong labels (needed without verified rows)",
-            f"{_float(evidence.get('estimated_flag_precision'), 3)} "
-            f"({_float(evidence.get('min_flag_precision'), 2)})",
-        ),
-        (
-            "probabilities of the true class, calibrated",
-            calibrated_how.get(calibration.get("method"), NOT_RECORDED)
-            + (
-                f" (temperature {calibration['temperature']:.3f})"
-                if calibration.get("method") in ("verified", "noise")
-                else ""
-            )
-            + (
-                "; the verified rows were not used: they do not stand for the table (rows "
-                "picked for review are the doubtful ones)"
-                if calibration.get("verified_rows_representative") is False
-                else ""
-            ),
-        ),
-    ]
-    gains = trust.get("gains")
-    if gains:
-        rows.append(
-            (
-                "verified labels fixed minus broken, per policy (cross-fitted)",
-                ", ".join(f"{k} {v:+d}" for k, v in gains.items()),
-            )
-        )
-    html += table(["", ""], [[k, v] for k, v in rows])
-    measured = trust.get("measured")
-    if measured:
-        body = [
-            ["given labels", *_interval_cells(measured["given_accuracy"])],
-            ["refined labels", *_interval_cells(measured["refined_accuracy"])],
-            [
-                f"corrections ({measured['corrections']['rows']:,} rows): right",
-                *_interval_cells(measured["corrections"]["precision"]),
-            ],
-            [
-                f"exclusions ({measured['exclusions']['rows']:,} rows): label was wrong",
-                *_interval_cells(measured["exclusions"]["precision"]),
-            ],
-        ]
-        for c in measured.get("per_class", []):
-            body.append(
-                [f"class {_short(str(c['class']))}: given", *_interval_cells(c["given_accuracy"])]
-            )
-            body.append(
-                [
-                    f"class {_short(str(c['class']))}: refined",
-                    *_interval_cells(c["refined_accuracy"]),
-                ]
-            )
-        html += table(
-            ["on verified rows", "share", "95% interval", "rows"],
-            body,
-            numeric=(1, 2, 3),
-            caption=f"{measured['rows']:,} verified rows with a given label. Each row's refined "
-            "label is the one refine would have set had the row not been verified, chosen on "
-            "the other verified rows (cross-fitted). Rows picked by refine review are harder "
-            "than the rest: figures on them describe those rows, not the whole table.",
-        )
-    return html
-
-
-def _interval_cells(interval: dict[str, Any]) -> list[str]:
-    if interval.get("value") is None:
-        return ["–", "–", "0"]
-    return [
-        f"{interval['value']:.3f}",
-        f"{interval['low']:.3f}–{interval['high']:.3f}",
-        f"{interval['n']:,}",
-    ]
 
 
 def _noise_section(run: _Run) -> str:
@@ -468,7 +363,7 @@ def _noise_section(run: _Run) -> str:
         "scale belongs to the off-diagonal cells: the estimated label noise. Estimated noise: "
         f"{int(off.sum()):,} of {total:,} labelled rows ({off.sum() / total:.1%}).{said}"
     )
-    names = [_short(run.names[i], 24) for i in shown]
+    names = [short(run.names[i], 24) for i in shown]
     counts = table(
         ["given \\ estimated true", *names],
         [
@@ -504,14 +399,14 @@ def _calibration_section(run: _Run) -> str:
     before, after = calibration.get("ece_before"), calibration.get("ece_after")
     text = (
         f"Expected calibration error (15 equal-width confidence bins) before temperature "
-        f"scaling {_float(before, 3)}, after {_float(after, 3)}; temperature "
-        f"{_float(calibration.get('temperature'), 3)}."
+        f"scaling {decimal(before, 3)}, after {decimal(after, 3)}; temperature "
+        f"{decimal(calibration.get('temperature'), 3)}."
     )
     reliability = calibration.get("reliability")
     if not reliability:
         why = "no labelled rows to measure" if "reliability" in calibration else NOT_RECORDED
         return f"<p>{escape(text)}</p>" + note(f"Reliability diagram: {why}.")
-    titles = (f"before calibration: ECE {_float(before, 3)}", f"after: ECE {_float(after, 3)}")
+    titles = (f"before calibration: ECE {decimal(before, 3)}", f"after: ECE {decimal(after, 3)}")
     image = plots.reliability_diagram(reliability["before"], reliability["after"], titles)
     caption = (
         "The last round's out-of-fold probabilities of labelled rows, against their given "
@@ -521,65 +416,6 @@ def _calibration_section(run: _Run) -> str:
     )
     return f"<p>{escape(text)}</p>" + figure(
         image, "Reliability diagrams before and after calibration", caption
-    )
-
-
-# The report lists at most this many annotators, the least accurate first.
-ANNOTATOR_ROWS = 50
-
-
-def _consensus_note(consensus: dict[str, Any] | None) -> str:
-    """Which labels the rounds refined, the votes' majority or the annotator model's consensus,
-    and the held-out scores that chose (run.json's ``annotators.consensus``)."""
-    if not isinstance(consensus, dict) or not isinstance(
-        consensus.get("heldout_log_likelihood"), dict
-    ):
-        return ""
-    scores = ", ".join(
-        f"{'majority' if name == 'majority' else 't = ' + name} {_num(value, 3)}"
-        for name, value in consensus["heldout_log_likelihood"].items()
-    )
-    temper = consensus.get("prior_temper")
-    if temper is None:
-        chosen = (
-            "refine refined the majority vote (label_vote): no blend of the votes with the "
-            "model's probabilities predicted held-out votes better"
-        )
-    else:
-        chosen = (
-            "each round refine took the annotator model's posterior as the labels, the votes "
-            f"weighed with the model's probabilities raised to t = {_num(temper, 2)}, which "
-            "predicted held-out votes best (the last round's choice)"
-        )
-    return note(
-        f"{chosen[0].upper()}{chosen[1:]} (mean held-out log-likelihood per vote: {scores})."
-    )
-
-
-def _annotators_section(annotators: pa.Table) -> str:
-    """The annotators of a run with votes, the least accurate first (annotators.parquet)."""
-    rows = sorted(
-        annotators.to_pylist(),
-        key=lambda r: (r["accuracy"] is None, r["accuracy"] or 0.0, r["annotator"]),
-    )
-    body = [
-        [
-            _text(r["annotator"]),
-            _int(r["labels_given"]),
-            _num(r["accuracy"], 3),
-            "–".join(_num(r[k], 3) for k in ("accuracy_low", "accuracy_high")),
-            _num(r["agreement"], 3),
-        ]
-        for r in rows[:ANNOTATOR_ROWS]
-    ]
-    more = len(rows) - ANNOTATOR_ROWS
-    return note(
-        "Each annotator's estimated accuracy (the share of its votes that are the true class, "
-        "from the annotator model with the model's out-of-fold probabilities as prior), its 95% "
-        "interval, and the share of its votes equal to the refined label. The least accurate "
-        "come first" + (f"; {more} more are in annotators.parquet." if more > 0 else ".")
-    ) + table(
-        ["annotator", "votes", "accuracy", "95% interval", "agreement"], body, numeric=range(1, 5)
     )
 
 
@@ -597,13 +433,23 @@ def _rounds_section(run: _Run) -> str:
         ("pseudo_labelled", "pseudo", 0),
         ("changed", "changed", 0),
         ("policy", "policy", 0),
+        ("votes_temper", "votes t", 2),
+        ("annotator_accuracy", "annotator accuracy", 3),
         ("oof_accuracy", "OOF accuracy", 3),
         ("ece_before", "ECE before", 3),
         ("ece_after", "ECE after", 3),
         ("seconds", "seconds", 1),
     ]
-    heads = [h for h in heads if h[0] in columns]
-    body = [[_num(columns[key][i], digits) for key, _, digits in heads] for i in range(len(rounds))]
+    # The annotator model's columns are null in a run without votes: shown only where filled.
+    voted = ("votes_temper", "annotator_accuracy")
+    heads = [
+        h
+        for h in heads
+        if h[0] in columns and (h[0] not in voted or any(v is not None for v in columns[h[0]]))
+    ]
+    body = [
+        [number(columns[key][i], digits) for key, _, digits in heads] for i in range(len(rounds))
+    ]
     return figure(
         image,
         "Per-round curves: flagged and changed rows, out-of-fold accuracy, ECE",
@@ -637,11 +483,11 @@ def _classes_section(run: _Run) -> str:
     body = []
     for c in order:
         top = ", ".join(
-            f"→ {_short(run.names[p])} ({n:,})" for p, n in confusions.get(int(c), [])[:3]
+            f"→ {short(run.names[p])} ({n:,})" for p, n in confusions.get(int(c), [])[:3]
         )
         body.append(
             [
-                _short(run.names[c]),
+                short(run.names[c]),
                 f"{rows[c]:,}",
                 f"{flagged[c]:,}",
                 f"{flagged[c] / rows[c]:.1%}" if rows[c] else "–",
@@ -680,13 +526,13 @@ def _rows_section(run: _Run) -> str:
         body.append(
             [
                 str(row),
-                *("" if values[n][i] is None else _short(str(values[n][i])) for n in key),
+                *("" if values[n][i] is None else short(str(values[n][i])) for n in key),
                 _class_name(run, run.given[row]),
                 _class_name(run, run.predicted[row]),
                 _class_name(run, run.refined_codes[row]),
                 str(run.source[row]),
                 f"{run.quality[row]:.4f}",
-                *(_cell(values[n][i]) for n in run.features),
+                *(cell(values[n][i]) for n in run.features),
             ]
         )
     named = f"; {', '.join(key)}: the run's key" if key else ""
@@ -728,8 +574,8 @@ def _truth_section(run: _Run) -> str | None:
                 f"{int(labelled.sum()):,}",
                 f"{int(is_noisy[labelled].sum()):,}",
                 f"{int(run.is_issue[labelled].sum()):,}",
-                *(_float(scores.get(key), 3) for key in ("precision", "recall", "f1")),
-                *(_float(scores.get(key), 3) for key in ("auprc", "auroc")),
+                *(decimal(scores.get(key), 3) for key in ("precision", "recall", "f1")),
+                *(decimal(scores.get(key), 3) for key in ("auprc", "auroc")),
             ]
         ]
         parts.append(
@@ -779,9 +625,9 @@ def _page(run: _Run, sections: list[tuple[str, str, str]]) -> str:
     source = s.get("input")
     header = (
         "<h1>refine report</h1>"
-        f'<p class="meta">{escape(_text(source))} · {len(run.given):,} rows, '
+        f'<p class="meta">{escape(plain(source))} · {len(run.given):,} rows, '
         f"{len(run.classes):,} classes, label column <code>{escape(run.label)}</code> · "
-        f"refine {escape(_text(s.get('refine_version')))}</p>"
+        f"refine {escape(plain(s.get('refine_version')))}</p>"
     )
     versions = s.get("versions") or {}
     listed = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform")
@@ -793,25 +639,8 @@ def _page(run: _Run, sections: list[tuple[str, str, str]]) -> str:
     return document(title, header, sections, footer)
 
 
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _class_name(run: _Run, code: int) -> str:
-    return _short(run.names[code]) if code >= 0 else ""
-
-
-def _cell(value: Any) -> str:
-    """A feature value for a table cell: short, whatever its type."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, bytes):
-        return f"<{len(value):,} bytes>"
-    if isinstance(value, list):
-        return f"[{len(value)} values]"
-    return _short(str(value), 60)
+    return short(run.names[code]) if code >= 0 else ""
 
 
 def _is_numeric(data: pa.Table, column: str) -> bool:
@@ -826,34 +655,3 @@ def _teacher(s: dict[str, Any]) -> str:
         if s.get("teacher_round")
         else ""
     )
-
-
-def _int(value: Any) -> str:
-    return NOT_RECORDED if value is None else f"{int(value):,}"
-
-
-def _float(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return NOT_RECORDED
-    return f"{float(value):.{digits}f}"
-
-
-def _num(value: Any, digits: int) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool | str):
-        return str(value)
-    return f"{value:,}" if digits == 0 else f"{float(value):.{digits}f}"
-
-
-def _text(value: Any) -> str:
-    return NOT_RECORDED if value is None else str(value)
-
-
-def _ece_pair(calibration: dict[str, Any]) -> str:
-    if "ece_before" not in calibration:
-        return NOT_RECORDED
-    before, after = calibration.get("ece_before"), calibration.get("ece_after")
-    if before is None or after is None:
-        return "no labels to measure"
-    return f"{before:.3f} / {after:.3f}"
