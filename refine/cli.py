@@ -1047,6 +1047,14 @@ def distill_command(
 @click.option(
     "--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device."
 )
+@click.option(
+    "--embedding-cache",
+    default=_DEFAULTS.embedding_cache,
+    show_default=True,
+    metavar="auto|off|DIR",
+    help="Where a --text-model (or --image-model DIR) student finds embeddings already "
+    "computed and keeps new ones: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @_errors
 def predict_command(
@@ -1057,6 +1065,7 @@ def predict_command(
     coverage: float | None,
     batch_rows: int,
     device: str,
+    embedding_cache: str,
     overwrite: bool,
 ) -> None:
     """Predict the rows of DATA with the student in MODEL (a model directory, or a run
@@ -1082,6 +1091,7 @@ def predict_command(
         batch_rows=batch_rows,
         overwrite=overwrite,
         device=device,
+        embedding_cache=embedding_cache,
     )
     abstained = (
         f"; {_rows(result.abstained)} abstain (confidence below {result.threshold:.4g})"

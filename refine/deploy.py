@@ -102,6 +102,7 @@ def _distill(
     table = previous.refined
     soft = _soft_labels(table.column("label_soft"), len(previous.classes))
     weight = table.column("sample_weight").to_numpy(zero_copy_only=False).astype(np.float32)
+    previous.reuse_embeddings(progress=progress)  # the run's rows: encoded once, by the run
     X = previous.encoder.transform(table)
     teacher = sum(network_parameters(m) for m in previous.models)
     given = _class_codes(table.column(config.label), previous.classes)
@@ -172,6 +173,7 @@ def predict(
     batch_rows: int = BATCH_ROWS,
     overwrite: bool = False,
     device: str = "auto",
+    embedding_cache: str = "auto",
 ) -> Prediction:
     """Predict the rows of ``data`` with the student of ``model`` and write them to ``out``.
 
@@ -190,6 +192,10 @@ def predict(
     coverage : float, optional
         Instead of ``min_confidence``: the share of rows to answer; the threshold is the
         student's out-of-fold confidence quantile at ``1 - coverage``.
+    embedding_cache : str
+        Where a ``--text-model`` or ``--image-model DIR`` student finds and keeps embeddings
+        (``auto``, ``off`` or a directory, as ``refine run --embedding-cache``): values the run
+        or an earlier prediction encoded are not encoded again.
 
     Raises
     ------
@@ -199,7 +205,13 @@ def predict(
     """
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise ConfigError(f"batch_rows must be a whole number >= 1, got {batch_rows!r}")
+    if not isinstance(embedding_cache, str) or not embedding_cache.strip():
+        raise ConfigError(
+            f"--embedding-cache must be auto, off or a directory, got {embedding_cache!r}"
+        )
     student = model if isinstance(model, StudentModel) else load_model_dir(model, device)
+    if student.encoder.embedded:
+        student.encoder.use_cache(embedding_cache)
     threshold = _threshold(student, min_confidence, coverage)
     schema, batches = _batches(data, batch_rows)
     plan = _Plan(student, schema, threshold)

@@ -102,9 +102,23 @@ class PreviousRun:
         class as the last round's judgement did (``trust.calibration``). ``given=True`` stops at
         the first step: how likely each class is to be the label the data's labellers would
         write, noise included (what ``refine update`` judges a new batch's labels with)."""
+        if any(e.cache is None for e in self.encoder.embedded):
+            self.reuse_embeddings()
         members = self.member_proba(self.encoder.transform(as_table(table)))
         proba = apply_temperature(members.mean(0), self.temperature)
         return (proba if given else self.true_class(proba)), ensemble_agreement(members)
+
+    def reuse_embeddings(
+        self, cache_setting: str | None = None, progress: Progress = NULL_PROGRESS
+    ) -> None:
+        """Give the run's pretrained encoders (``--text-model``, ``--image-model DIR``) the cache
+        ``cache_setting`` names (None: the run's own ``--embedding-cache``), holding the run's
+        ``embeddings.parquet`` too: the rows the run encoded are not encoded again."""
+        setting = self.config.embedding_cache if cache_setting is None else cache_setting
+        self.encoder.use_cache(setting, progress)
+        for text in self.encoder.pretrained:
+            assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
+            add_run(text.cache, self.path, text.model_sha256)
 
     def true_class(self, proba: np.ndarray) -> np.ndarray:
         """``proba`` calibrated against the given labels, turned to the true class with the
@@ -288,10 +302,7 @@ def _update(
     started = time.perf_counter()
     # --text-model, --image-model DIR: the cache (and a text model's run embeddings) spare
     # the model rows it has seen.
-    previous.encoder.use_cache(config.embedding_cache, progress)
-    for text in previous.encoder.pretrained:
-        assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
-        add_run(text.cache, previous.path, text.model_sha256)
+    previous.reuse_embeddings(config.embedding_cache, progress)
     X = previous.encoder.transform(table)
     for encoder in previous.encoder.embedded:
         progress.note(encoder.encoded_note())

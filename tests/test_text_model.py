@@ -151,6 +151,46 @@ def test_update_reuses_the_runs_embeddings_and_refuses_a_changed_model(
         refine.update(tmp_path / "a", batch_path, tmp_path / "d", text_model=str(model))
 
 
+def test_distill_load_run_and_predict_reuse_the_runs_embeddings(
+    tiny_text_model, table_path, tmp_path, counted
+):
+    # The run keeps no cache: its embeddings.parquet is all that spares distill and load_run.
+    refine.run(
+        table_path, tmp_path / "a", text_model=str(tiny_text_model), embedding_cache="off", **SMALL
+    )
+    encoded = sum(counted)
+    student = refine.distill(tmp_path / "a", tmp_path / "student", size="8")
+    previous = refine.load_run(tmp_path / "a")
+    proba, _ = previous.predict(table_path)
+    assert sum(counted) == encoded  # the run's rows went through the network once, in the run
+    assert proba.shape == (80, 2)
+
+    # predict reads the cache it is given: cold, every distinct value once; then none.
+    cache = str(tmp_path / "cache")
+    distinct = len(set(pq.read_table(table_path)["text"].to_pylist()))
+    first = refine.predict(student, table_path, embedding_cache=cache).table
+    assert sum(counted) == encoded + distinct
+    again = refine.predict(tmp_path / "student", table_path, embedding_cache=cache).table
+    assert sum(counted) == encoded + distinct
+    assert again.column("label_predicted").equals(first.column("label_predicted"))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "student"),
+            str(table_path),
+            "--out",
+            str(tmp_path / "p.parquet"),
+            "--embedding-cache",
+            " ",
+        ],
+    )
+    assert result.exit_code == 2 and "--embedding-cache must be auto, off or a directory" in (
+        result.output
+    )
+    assert not (tmp_path / "p.parquet").exists()
+
+
 def test_a_missing_extra_is_exit_2_with_the_install_command(table_path, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails
     outcome = CliRunner().invoke(
