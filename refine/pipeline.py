@@ -482,7 +482,7 @@ def finish_run(
                 write_parquet(synthetic, tmp / "synthetic.parquet")
             for name, table in (extra_files or {}).items():
                 write_parquet(table, tmp / name)
-            embeddings = encoder.embeddings(data.table)  # --text-model's, from its cache
+            embeddings = encoder.embeddings(data.table)  # pretrained encoders', from the cache
             if embeddings is not None:
                 write_parquet(embeddings, tmp / "embeddings.parquet")
             fitted, model_encoder = kept or (state.crossfit, encoder)

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import torch
 
 from refine.config import RunConfig, check_summary
+from refine.encode.embedding import add_run
 from refine.encode.features import FeatureEncoder
-from refine.encode.pretrained import add_run
 from refine.errors import ConfigError, InputError
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
@@ -116,9 +116,7 @@ class PreviousRun:
         ``embeddings.parquet`` too: the rows the run encoded are not encoded again."""
         setting = self.config.embedding_cache if cache_setting is None else cache_setting
         self.encoder.use_cache(setting, progress)
-        for text in self.encoder.pretrained:
-            assert text.cache is not None, "use_cache gives every pretrained encoder a cache"
-            add_run(text.cache, self.path, text.model_sha256)
+        add_run(self.path, self.encoder.embedded)
 
     def true_class(self, proba: np.ndarray) -> np.ndarray:
         """``proba`` calibrated against the given labels, turned to the true class with the

@@ -21,6 +21,7 @@ from refine.encode import vision
 from refine.encode.embedding import EmbeddingCache
 from refine.encode.features import fit_features
 from refine.encode.vision import encode_images, load_vision_model
+from refine.io.query import query
 from refine.update import load_run
 from tests.conftest import count_calls
 
@@ -210,6 +211,78 @@ def test_update_uses_the_cache_and_refuses_a_changed_model(
         outcome.output
     )
     assert not (tmp_path / "c").exists()
+
+
+def test_a_run_keeps_the_image_embeddings_and_update_reads_them_with_no_cache(
+    tiny_vit, table_path, digits, tmp_path, counted
+):
+    refine.run(
+        table_path, tmp_path / "a", image_model=str(tiny_vit), embedding_cache="off", **SMALL
+    )
+    embeddings = pq.read_table(tmp_path / "a" / "embeddings.parquet")
+    assert embeddings.column_names == ["row_number", "image_model", "image_model_sha256", "image"]
+    assert embeddings["image_model_sha256"].to_pylist() == [load_vision_model(tiny_vit).sha256] * 80
+    vectors = embeddings["image"].to_pylist()
+    assert vectors[3] is None and vectors[7] is None  # not an image, null
+    direct = encode_images(pq.read_table(table_path)["image"], str(tiny_vit), cache="off")
+    usable = [i for i in range(80) if i not in (3, 7)]
+    np.testing.assert_array_equal(
+        np.array([vectors[i] for i in usable], np.float32), direct[usable]
+    )
+    joined = query(
+        tmp_path / "a",
+        "SELECT count(*) AS n FROM refined JOIN embeddings USING (row_number) "
+        "WHERE embeddings.image IS NOT NULL",
+    )
+    assert joined["n"].to_pylist() == [78]
+
+    # with no cache at all, the run's file spares the model the images the run saw
+    images, truth = digits
+    batch_path = tmp_path / "batch.parquet"
+    pq.write_table(
+        pa.table({"image": pa.array(list(images[70:110]), pa.binary()), "label": truth[70:110]}),
+        batch_path,
+    )
+    before = len(counted)
+    refine.update(tmp_path / "a", batch_path, tmp_path / "b", replay=0, embedding_cache="off")
+    assert counted[before:] == [30]
+
+
+def test_text_and_image_models_share_the_embeddings_file(
+    tiny_vit, tiny_text_model, digits, tmp_path
+):
+    images, truth = digits
+    words = ["free money now", "hello friend", "see you today", "click here"]
+    table = pa.table(
+        {
+            "image": pa.array(list(images[:60]), pa.binary()),
+            "note": [words[t % 4] for t in truth[:60]],
+            "label": truth[:60],
+        }
+    )
+    path = tmp_path / "both.parquet"
+    pq.write_table(table, path)
+    refine.run(
+        path,
+        tmp_path / "a",
+        image_model=str(tiny_vit),
+        text_model=str(tiny_text_model),
+        text=("note",),
+        embedding_cache="off",
+        **SMALL,
+    )
+    embeddings = pq.read_table(tmp_path / "a" / "embeddings.parquet")
+    assert embeddings.column_names == [
+        "row_number",
+        "text_model",
+        "text_model_sha256",
+        "note",
+        "image_model",
+        "image_model_sha256",
+        "image",
+    ]
+    assert embeddings.schema.field("note").type == pa.list_(pa.float32())
+    assert embeddings["image"].null_count == 0
 
 
 @pytest.mark.parametrize(

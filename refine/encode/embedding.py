@@ -382,6 +382,15 @@ class EmbeddingBlock:
     def model_device(self) -> str:
         raise NotImplementedError
 
+    def column_vectors(self, column: pa.ChunkedArray) -> np.ndarray:
+        """The column's raw embeddings ``(N, dim)`` through the cache, NaN where a row has no
+        usable value."""
+        raise NotImplementedError
+
+    def column_keys(self, column: pa.ChunkedArray) -> list[bytes | None]:
+        """Each row's key in the cache (None: no value the model reads)."""
+        raise NotImplementedError
+
     def _keep(self, stats: Encoded) -> None:
         # What the notes and run.json tell: the last call that ran the model (fit's, not the
         # transform that finds its rows in memory), else the first.
@@ -439,6 +448,71 @@ class EmbeddingBlock:
             "mean": state["mean"].numpy(),
             "scale": float(state["scale"]),
         }
+
+
+def embeddings_table(encoders: Sequence[EmbeddingBlock], table: pa.Table) -> pa.Table:
+    """``embeddings.parquet`` for ``table``'s rows: ``row_number``; then, for the text columns a
+    ``--text-model`` encoded, ``text_model`` and ``text_model_sha256`` (the model's name and
+    SHA-256) and one ``list<float32>`` column per column (its raw embeddings); then the same for
+    the image columns of an ``--image-model`` directory (``image_model``, ``image_model_sha256``;
+    null where a row has no usable image)."""
+    n = table.num_rows
+    columns: dict[str, pa.Array] = {"row_number": pa.array(np.arange(n, dtype=np.int64))}
+    for kind in ("text", "image"):
+        group = [e for e in encoders if e.column_kind == kind]
+        if not group:
+            continue
+        columns[f"{kind}_model"] = pa.array([group[0].model_label()] * n, pa.string())
+        columns[f"{kind}_model_sha256"] = pa.array([group[0].model_sha256] * n, pa.string())
+        for encoder in group:
+            vectors = encoder.column_vectors(table.column(encoder.name))
+            missing = np.isnan(vectors).any(1) if vectors.shape[1] else np.ones(n, bool)
+            offsets = pa.array(np.arange(0, n * encoder.dim + 1, encoder.dim, dtype=np.int32))
+            columns[encoder.name] = pa.ListArray.from_arrays(
+                offsets,
+                pa.array(np.nan_to_num(vectors).reshape(-1), pa.float32()),
+                mask=pa.array(missing) if missing.any() else None,
+            )
+    return pa.table(columns)
+
+
+def add_run(run_dir: Path, encoders: Sequence[EmbeddingBlock]) -> int:
+    """Give each of ``encoders`` (a loaded run's, their caches open) the embeddings its model
+    made of its column in ``run_dir``'s ``embeddings.parquet``, keyed by the column's values in
+    its ``refined.parquet``; return how many rows were added (0 where the file is missing or
+    holds another model's)."""
+    path = Path(run_dir) / "embeddings.parquet"
+    if not path.is_file():
+        return 0
+    names = set(pq.read_schema(path).names)
+    wanted = [
+        e
+        for e in encoders
+        if e.cache is not None and e.name in names and f"{e.column_kind}_model_sha256" in names
+    ]
+    if not wanted:
+        return 0
+    models = sorted({f"{e.column_kind}_model_sha256" for e in wanted})
+    embeddings = pq.read_table(path, columns=[*models, *(e.name for e in wanted)])
+    refined = pq.read_table(Path(run_dir) / "refined.parquet", columns=[e.name for e in wanted])
+    added = 0
+    for encoder in wanted:
+        model = embeddings.column(f"{encoder.column_kind}_model_sha256")
+        if not pc.all(pc.equal(model, encoder.model_sha256)).as_py():
+            continue
+        column = embeddings.column(encoder.name)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        keys = encoder.column_keys(refined.column(encoder.name))
+        vectors = as_matrix(column.filter(pa.array(valid)))
+        assert encoder.cache is not None, "filtered above"
+        held = encoder.cache.memory.setdefault(encoder.model_sha256, {})
+        for key, vector in zip(
+            [k for k, ok in zip(keys, valid, strict=True) if ok], vectors, strict=True
+        ):
+            if key is not None:
+                held.setdefault(key, vector)
+                added += 1
+    return added
 
 
 def in_batches(

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from refine.encode.embedding import open_cache
+from refine.encode.embedding import embeddings_table, open_cache
 from refine.encode.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
-from refine.encode.pretrained import PretrainedTextEncoder, embeddings_table, load_text_model
+from refine.encode.pretrained import PretrainedTextEncoder, load_text_model
 from refine.encode.skip import SkipColumn
 from refine.encode.text import TextEncoder, _NoVocabulary, looks_like_text
 from refine.encode.vision import PretrainedImageEncoder, VisionModel, load_vision_model
@@ -301,9 +301,10 @@ class FeatureEncoder:
             encoder.cache, encoder.progress = cache, progress
 
     def embeddings(self, table: pa.Table) -> pa.Table | None:
-        """``embeddings.parquet`` for ``table``'s rows, or None without a ``--text-model``."""
-        pretrained = self.pretrained
-        return embeddings_table(pretrained, table) if pretrained else None
+        """``embeddings.parquet`` for ``table``'s rows, or None without a ``--text-model`` or
+        an ``--image-model`` directory."""
+        embedded = self.embedded
+        return embeddings_table(embedded, table) if embedded else None
 
     @property
     def notes(self) -> list[str]:

@@ -7,7 +7,8 @@ tokenizer files, so a run saved with one model is never reused with another.
 
 Embeddings are kept by ``(SHA-256 of the value, SHA-256 of the model)`` in memory and in the
 cache directory of ``refine.encode.embedding``, and in a run directory's ``embeddings.parquet``,
-which ``refine update`` reads from its parent run (``add_run``).
+which ``refine update``, ``refine distill`` and ``load_run`` read from the run
+(``refine.encode.embedding.add_run``).
 
 ``encode_texts`` is the one entry point: values in, ``(N, D)`` float32 embeddings out, only the
 values no cache holds going through the model, sorted by length in batches sized to the device.
@@ -25,14 +26,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from refine.encode.embedding import (
     EmbeddingBlock,
     EmbeddingCache,
     Encoded,
     ModelFiles,
-    as_matrix,
     fingerprint,
     in_batches,
     model_files,
@@ -247,10 +246,6 @@ def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
     return np.nan_to_num(out)
 
 
-# embeddings.parquet's columns before the one per encoded column.
-EMBEDDING_COLUMNS = ("row_number", "text_model", "text_model_sha256")
-
-
 @dataclass
 class PretrainedTextEncoder(EmbeddingBlock):
     """One free-text column as ``model``'s embeddings (an ``EmbeddingBlock``)."""
@@ -284,6 +279,12 @@ class PretrainedTextEncoder(EmbeddingBlock):
         vectors = encode_texts(column, self._model(), self.cache or "off", self.progress, stats)
         self._keep(stats)
         return vectors
+
+    def column_vectors(self, column: pa.ChunkedArray) -> np.ndarray:
+        return self.vectors(column)
+
+    def column_keys(self, column: pa.ChunkedArray) -> list[bytes | None]:
+        return list(value_keys(text_values(column)))
 
     def fit(self, column: pa.ChunkedArray) -> PretrainedTextEncoder:
         model = self._model()
@@ -332,45 +333,3 @@ class PretrainedTextEncoder(EmbeddingBlock):
             model_record=dict(state["text_model"]),
             **cls._from_state(state),
         )
-
-
-def add_run(cache: EmbeddingCache, run_dir: Path, model: str) -> int:
-    """Give ``cache`` the embeddings of ``model`` that ``run_dir``'s ``embeddings.parquet``
-    holds, keyed by the values in its ``refined.parquet``; return how many rows it held."""
-    path = Path(run_dir) / "embeddings.parquet"
-    if not path.is_file():
-        return 0
-    embeddings = pq.read_table(path)
-    if "text_model_sha256" not in embeddings.column_names:
-        return 0
-    same = pc.equal(embeddings.column("text_model_sha256"), model)
-    if not pc.all(same).as_py():
-        return 0
-    columns = [c for c in embeddings.column_names if c not in EMBEDDING_COLUMNS]
-    refined = pq.read_table(Path(run_dir) / "refined.parquet", columns=columns)
-    for name in columns:
-        keys = value_keys(text_values(refined.column(name)))
-        vectors = as_matrix(embeddings.column(name))
-        held = cache.memory.setdefault(model, {})
-        for k, v in zip(keys, vectors, strict=True):
-            held.setdefault(k, v)
-    return embeddings.num_rows
-
-
-def embeddings_table(encoders: Sequence[PretrainedTextEncoder], table: pa.Table) -> pa.Table:
-    """``embeddings.parquet``: ``row_number``, the model's name and SHA-256, then one
-    ``list<float32>`` column per encoded column of ``table`` (its raw embeddings)."""
-    n = table.num_rows
-    first = encoders[0]
-    columns: dict[str, pa.Array] = {
-        "row_number": pa.array(np.arange(n, dtype=np.int64)),
-        "text_model": pa.array([first.model_name] * n, pa.string()),
-        "text_model_sha256": pa.array([first.model_sha256] * n, pa.string()),
-    }
-    for encoder in encoders:
-        vectors = encoder.vectors(table.column(encoder.name))
-        offsets = pa.array(np.arange(0, n * encoder.dim + 1, encoder.dim, dtype=np.int32))
-        columns[encoder.name] = pa.ListArray.from_arrays(
-            offsets, pa.array(vectors.reshape(-1), pa.float32())
-        )
-    return pa.table(columns)

@@ -360,6 +360,14 @@ class PretrainedImageEncoder(EmbeddingBlock):
         self._keep(stats)
         return vectors
 
+    def column_vectors(self, column: pa.ChunkedArray) -> np.ndarray:
+        return self.vectors(_values(column)[0])
+
+    def column_keys(self, column: pa.ChunkedArray) -> list[bytes | None]:
+        values = _values(column)[0]
+        keys = iter(image_keys([v for v in values if v is not None]))
+        return [None if v is None else next(keys) for v in values]
+
     def fit(self, column: pa.ChunkedArray) -> PretrainedImageEncoder:
         model = self._model()
         self.model_path, self.model_sha256 = str(model.path), model.sha256
