@@ -318,35 +318,47 @@ def test_a_directory_that_is_not_a_model_is_exit_2_naming_what_it_lacks(
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize(
-    ("files", "what"),
-    [
-        (
-            {"config.json": json.dumps({"architecture": "vit_small_patch16_224"})},
-            "a timm model directory (architecture 'vit_small_patch16_224')",
-        ),
-        ({"open_clip_config.json": "{}"}, "an open_clip model directory"),
-    ],
-)
-def test_a_timm_or_open_clip_directory_is_exit_2_saying_what_it_needs(
-    table_path, tmp_path, monkeypatch, files, what
-):
+def test_an_open_clip_directory_is_exit_2_saying_what_to_pass(table_path, tmp_path):
     folder = tmp_path / "other-model"
     folder.mkdir()
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    (folder / "model.safetensors").write_bytes(b"")
-    monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without a working timm
+    (folder / "open_clip_config.json").write_text("{}")
+    (folder / "open_clip_model.safetensors").write_bytes(b"")
     outcome = CliRunner().invoke(
         cli, ["run", str(table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")]
     )
     assert outcome.exit_code == 2
     assert outcome.output == (
-        f"Error: --image-model {str(folder)!r} is {what}: those need timm, which needs a torchvision built for your "
-        "torch (pip install timm torchvision). Save the network with "
-        "torch.jit.save(torch.jit.script(model), 'model.pt') where timm works and pass that "
-        "file, or pass a Hugging Face transformers model directory\n"
+        f"Error: --image-model {str(folder)!r} is an open_clip model directory: refine does not "
+        "read those. Save the network with torch.jit.save(torch.jit.script(model), 'model.pt') "
+        "and pass that file, or pass a timm or Hugging Face transformers model directory\n"
     )
+
+
+def test_a_timm_directory_without_timm_is_exit_2_naming_the_install(
+    table_path, tmp_path, monkeypatch
+):
+    """Runs without timm: tests/test_timm_model.py reads timm directories where it imports."""
+    folder = tmp_path / "timm-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224"}))
+    args = ["run", str(table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")]
+    unweighted = CliRunner().invoke(cli, args)
+    assert unweighted.exit_code == 2
+    assert unweighted.output == (
+        f"Error: --image-model {str(folder)!r} is a timm model directory that lacks weights "
+        "(model.safetensors or pytorch_model.bin): save the model with "
+        "timm.models.save_for_hf(model, DIR, safe_serialization=True)\n"
+    )
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without timm
+    outcome = CliRunner().invoke(cli, args)
+    assert outcome.exit_code == 2
+    assert outcome.output == (
+        f"Error: --image-model {str(folder)!r} is a timm model directory (architecture "
+        "'vit_small_patch16_224'): reading it needs timm, which is not installed: "
+        "pip install 'refine[timm]'\n"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 def test_image_size_and_a_missing_transformers_are_exit_2(

@@ -7,6 +7,11 @@ CNN of ``refine.encode.image``. Its own image processor prepares the pixels. The
 what the model offers as the image's: CLIP's image embedding, else the pooled output, else the
 first token of the last hidden state (ViT's CLS) or its mean over the spatial grid (a CNN).
 
+A timm model directory (the hub layout: ``config.json`` naming the ``architecture``, with its
+``pretrained_cfg``, and ``model.safetensors`` or ``pytorch_model.bin``) is read by timm instead
+(``TimmModel``): timm's eval transform prepares the pixels and the embedding is the pooled
+features before the classifier.
+
 The machinery is ``--text-model``'s (``refine.encode.embedding``): the model is identified by
 the SHA-256 of its files, recorded in run.json and refused by ``refine update`` once changed,
 and embeddings are kept in the same cache, keyed by the SHA-256 of the image bytes.
@@ -16,13 +21,12 @@ and embeddings are kept in the same cache, keyed by the SHA-256 of the image byt
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +49,7 @@ from refine.errors import ConfigError, InputError
 from refine.progress import NULL_PROGRESS, Progress
 
 INSTALL = "pip install 'refine[image]'"
+TIMM_INSTALL = "pip install 'refine[timm]'"
 # Images per batch on the CPU; images are all one size, so a batch pads nothing.
 CPU_BATCH = 32
 # Weights as save_pretrained writes them, whole or in shards (an index beside them).
@@ -55,6 +60,8 @@ WEIGHTS = (
     "pytorch_model.bin.index.json",
 )
 WEIGHTS_WORDS = "weights (model.safetensors or pytorch_model.bin)"
+# What timm's save_for_hf writes, in the order timm itself prefers them.
+TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # How many row numbers a note names.
 SHOWN_ROWS = 5
 
@@ -70,11 +77,8 @@ def _import_transformers() -> Any:
     return transformers
 
 
-def _check_directory(path: Path) -> None:
+def _check_directory(path: Path, config: dict[str, Any]) -> None:
     """Refuse, naming what is missing, a directory that is not a transformers vision model."""
-    config = _read_config(path / "config.json")
-    if "architecture" in config:  # timm's hub format: config.json names the architecture
-        _refuse_library(path, f"a timm model directory (architecture {config['architecture']!r})")
     if (path / "open_clip_config.json").is_file() and not config:
         _refuse_library(path, "an open_clip model directory")
     lacking = [n for n in ("config.json", "preprocessor_config.json") if not (path / n).is_file()]
@@ -90,21 +94,50 @@ def _check_directory(path: Path) -> None:
 
 
 def _refuse_library(path: Path, what: str) -> None:
-    """Stop at a timm or open_clip directory: both libraries import torchvision, which must be
-    built for the installed torch, so their loaders are not built (nor testable) here."""
-    try:
-        importlib.import_module("timm")
-        why = "refine does not read those yet"
-    except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
-        why = (
-            "those need timm, which needs a torchvision built for your torch "
-            "(pip install timm torchvision)"
-        )
+    """Stop at an open_clip directory: refine has no loader for it."""
     raise ConfigError(
-        f"--image-model {str(path)!r} is {what}: {why}. Save the network with "
-        "torch.jit.save(torch.jit.script(model), 'model.pt') where timm works and pass that "
-        "file, or pass a Hugging Face transformers model directory"
+        f"--image-model {str(path)!r} is {what}: refine does not read those. Save the network "
+        "with torch.jit.save(torch.jit.script(model), 'model.pt') and pass that file, or pass "
+        "a timm or Hugging Face transformers model directory"
     )
+
+
+def _import_timm(path: Path, architecture: str) -> Any:
+    """timm and its data transforms, or exit 2 naming what to install."""
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        why = f"which is not installed: {TIMM_INSTALL}"
+    except Exception as exc:  # a torchvision built for another torch: RuntimeError
+        import torch
+
+        why = (
+            f"which does not import here ({type(exc).__name__}: {exc}): timm needs a "
+            f"torchvision built for torch {torch.__version__}; install that one (from the index "
+            f"your torch came from), then {TIMM_INSTALL}"
+        )
+    else:
+        return timm
+    raise ConfigError(
+        f"--image-model {str(path)!r} is a timm model directory (architecture "
+        f"{architecture!r}): reading it needs timm, {why}"
+    )
+
+
+def _check_timm_directory(path: Path, config: dict[str, Any]) -> None:
+    """Refuse a timm directory without weights, or whose configuration timm cannot build."""
+    if not any((path / name).is_file() for name in TIMM_WEIGHTS):
+        raise InputError(
+            f"--image-model {str(path)!r} is a timm model directory that lacks {WEIGHTS_WORDS}: "
+            "save the model with timm.models.save_for_hf(model, DIR, safe_serialization=True)"
+        )
+    for key, kind in (("architecture", str), ("pretrained_cfg", dict), ("model_args", dict)):
+        if key in config and not isinstance(config[key], kind):
+            raise InputError(
+                f"--image-model {str(path / 'config.json')!r}: {key} is a "
+                f"{type(config[key]).__name__}, not the {kind.__name__} timm writes"
+            )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -125,7 +158,7 @@ class VisionModel(ModelFiles):
     _loaded: tuple[Any, Any, bool] | None = None  # network, processor, whether to pool
 
     cpu_batch = CPU_BATCH
-    libraries = ("transformers", "torch", "pillow")
+    libraries: ClassVar[tuple[str, ...]] = ("transformers", "torch", "pillow")
 
     def loaded(self) -> tuple[Any, Any, bool]:
         """The network (eval mode, on ``device``), its image processor, and whether its
@@ -162,8 +195,95 @@ class VisionModel(ModelFiles):
             self._loaded = (network.to(self.device).eval(), processor, pooled)
         return self._loaded
 
+    def embed(self, images: list[Any]) -> Any:
+        """Embeddings ``(N, D)`` (a tensor) of RGB Pillow ``images``, prepared by the model's
+        image processor."""
+        network, processor, pooled = self.loaded()
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        return _embed(network, pixels, pooled)
+
     def record(self) -> dict[str, Any]:
         return {**super().record(), "format": "transformers"}
+
+
+@dataclass
+class TimmModel(VisionModel):
+    """A timm model directory (hub layout) found on disk and fingerprinted; the network loads
+    on first use."""
+
+    config: dict[str, Any] = field(default_factory=dict)  # its config.json
+
+    libraries = ("timm", "torchvision", "torch", "pillow")
+
+    def loaded(self) -> tuple[Any, Any, bool]:
+        """The network (eval mode, on ``device``), timm's eval transform for it, and True: the
+        features before its classifier are trained weights."""
+        if self._loaded is None:
+            timm = _import_timm(self.path, self.config["architecture"])
+            network = self._network(timm)
+            data = timm.data.resolve_data_config({}, model=network)
+            transform = timm.data.create_transform(**data, is_training=False)
+            self._loaded = (network.to(self.device).eval(), transform, True)
+        return self._loaded
+
+    def _network(self, timm: Any) -> Any:
+        """The architecture timm builds from config.json, with the directory's weights: from
+        safetensors, or a torch file read with ``weights_only`` (never pickled code)."""
+        import torch
+
+        config = self.config
+        # model_args, where saved, decide (timm 1.0.31 records them all, with the head).
+        args = {k: config[k] for k in ("num_classes", "global_pool") if config.get(k) is not None}
+        try:
+            network = timm.create_model(
+                config["architecture"],
+                pretrained=False,
+                pretrained_cfg=dict(config.get("pretrained_cfg") or {}),
+                **{**args, **(config.get("model_args") or {})},
+            )
+        except Exception as exc:  # timm raises RuntimeError (unknown model), TypeError, ...
+            raise InputError(
+                f"--image-model {self.name!r} is not a model timm {timm.__version__} can build "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        file = next(self.path / n for n in TIMM_WEIGHTS if (self.path / n).is_file())
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(file, device="cpu")
+            else:
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except Exception as exc:  # a broken file, or keys and shapes the architecture lacks
+            raise InputError(
+                f"--image-model {self.name!r}: its weights ({file.name}) do not fit its "
+                f"configuration ({type(exc).__name__}: {str(exc).splitlines()[0]}); save the "
+                "model again with timm.models.save_for_hf"
+            ) from None
+        return network
+
+    def embed(self, images: list[Any]) -> Any:
+        """The pooled features before the classifier ``(N, D)`` of RGB Pillow ``images``,
+        each prepared by timm's eval transform (resize, centre crop, normalise)."""
+        import torch
+
+        network, transform, _ = self.loaded()
+        pixels = torch.stack([transform(image) for image in images]).to(self.device)
+        out = network.forward_head(network.forward_features(pixels), pre_logits=True)
+        if out.ndim != 2:
+            raise InputError(
+                f"--image-model {self.name!r} gives no pooled vector per image (its features "
+                f"are {tuple(out.shape[1:])}): save the model with a global_pool"
+            )
+        return out
+
+    def record(self) -> dict[str, Any]:
+        return {
+            **ModelFiles.record(self),
+            "format": "timm",
+            "architecture": self.config["architecture"],
+        }
 
 
 def _network_class(transformers: Any, config: Any) -> Any:
@@ -191,7 +311,8 @@ def load_vision_model(
     Parameters
     ----------
     path : str or Path
-        A directory holding a transformers vision model and its image processor.
+        A directory holding a transformers vision model and its image processor, or a timm
+        model in the hub layout (``config.json`` naming its ``architecture``, and weights).
     device : {"auto", "cpu", "cuda"}
     sha256 : str, optional
         The fingerprint a saved run recorded; a model whose files differ is refused.
@@ -199,14 +320,22 @@ def load_vision_model(
     Raises
     ------
     ConfigError
-        transformers is not installed, or the directory is one refine does not read (timm).
+        transformers (or, for a timm directory, timm) is not installed or does not import, or
+        the directory is one refine does not read (open_clip).
     InputError
         Not a model directory (the message names what is missing), or its files changed.
     """
     path = Path(path).expanduser().resolve()
-    _import_transformers()
-    _check_directory(path)
+    config = _read_config(path / "config.json")
+    if "architecture" in config:  # timm's hub layout: config.json names the architecture
+        _check_timm_directory(path, config)
+        _import_timm(path, config["architecture"])
+    else:
+        _import_transformers()
+        _check_directory(path, config)
     files, digest = fingerprint("--image-model", str(path), path, sha256)
+    if "architecture" in config:
+        return TimmModel(str(path), path, digest, files, resolve_device(device), config=config)
     return VisionModel(str(path), path, digest, files, resolve_device(device))
 
 
@@ -291,10 +420,8 @@ def _run(model: VisionModel, values: list[bytes | None], progress: Progress) -> 
 
 
 def _embed_images(model: VisionModel, images: list[Any]) -> np.ndarray:
-    """Embeddings ``(N, D)`` of RGB Pillow ``images``, prepared by the model's processor."""
-    network, processor, pooled = model.loaded()
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(model.device)
-    return _embed(network, pixels, pooled).float().cpu().numpy()
+    """Embeddings ``(N, D)`` of RGB Pillow ``images``, prepared as the model's library does."""
+    return model.embed(images).float().cpu().numpy()
 
 
 def _width(model: VisionModel) -> int:
