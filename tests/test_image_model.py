@@ -4,6 +4,7 @@ ViTs (and a CLIP and a ConvNeXt) built offline in a temporary directory."""
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import shutil
 import sys
@@ -359,6 +360,30 @@ def test_a_timm_directory_without_timm_is_exit_2_naming_the_install(
         "pip install 'refine[timm]'\n"
     )
     assert not (tmp_path / "r").exists()
+
+    # a torchvision built for another torch (PyPI's CUDA one beside a CPU torch) fails to import
+    import torch
+
+    class BuiltForAnotherTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name in ("timm", "torchvision"):
+                raise RuntimeError("operator torchvision::nms does not exist")
+
+    for name in ("timm", "torchvision"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BuiltForAnotherTorch(), *sys.meta_path])
+    broken = CliRunner().invoke(cli, args)
+    assert broken.exit_code == 2
+    assert broken.output.startswith(
+        f"Error: --image-model {str(folder)!r} is a timm model directory (architecture "
+        "'vit_small_patch16_224'): reading it needs timm, which needs torchvision, and "
+        "torchvision "
+    )
+    assert broken.output.endswith(
+        " does not import (RuntimeError: operator torchvision::nms does not exist): it is not "
+        f"the build made for torch {torch.__version__}; install the one that is, from the index "
+        "that torch came from; then pip install 'refine[timm]'\n"
+    )
 
 
 def test_image_size_and_a_missing_transformers_are_exit_2(

@@ -42,6 +42,7 @@ from refine.encode.embedding import (
     quiet_loading,
     resolve_device,
     through_cache,
+    versions,
 )
 from refine.encode.image import _open, _values, as_mode, missing_note, none_reason
 from refine.encode.skip import SkipColumn
@@ -110,12 +111,11 @@ def _import_timm(path: Path, architecture: str) -> Any:
     except ImportError:
         why = f"which is not installed: {TIMM_INSTALL}"
     except Exception as exc:  # a torchvision built for another torch: RuntimeError
-        import torch
-
+        broken = _broken_torchvision()
         why = (
-            f"which does not import here ({type(exc).__name__}: {exc}): timm needs a "
-            f"torchvision built for torch {torch.__version__}; install that one (from the index "
-            f"your torch came from), then {TIMM_INSTALL}"
+            f"which needs torchvision, and {broken}; then {TIMM_INSTALL}"
+            if broken
+            else f"which does not import here ({type(exc).__name__}: {exc})"
         )
     else:
         return timm
@@ -123,6 +123,23 @@ def _import_timm(path: Path, architecture: str) -> Any:
         f"--image-model {str(path)!r} is a timm model directory (architecture "
         f"{architecture!r}): reading it needs timm, {why}"
     )
+
+
+def _broken_torchvision() -> str:
+    """Why the installed torchvision does not import (built for another torch), or ""."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return ""
+    except Exception as exc:  # RuntimeError: operator torchvision::nms does not exist
+        import torch
+
+        return (
+            f"torchvision {versions(['torchvision']).get('torchvision', '')} does not import "
+            f"({type(exc).__name__}: {exc}): it is not the build made for torch "
+            f"{torch.__version__}; install the one that is, from the index that torch came from"
+        )
+    return ""
 
 
 def _check_timm_directory(path: Path, config: dict[str, Any]) -> None:
@@ -179,6 +196,11 @@ class VisionModel(ModelFiles):
                         self.path, local_files_only=True, **_pil_backend()
                     )
             except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
+                broken = _broken_torchvision()
+                if broken:  # transformers imports an installed torchvision, and fails with it
+                    raise ConfigError(
+                        f"--image-model {self.name!r}: {broken}, or uninstall it"
+                    ) from None
                 raise InputError(
                     f"--image-model {self.name!r} is not a model transformers can load "
                     f"({type(exc).__name__}: {exc}); pass a directory saved with "
