@@ -207,8 +207,9 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     default=None,
     help="A TorchScript file (torch.jit.save) turning images into features, or a Hugging Face "
-    "transformers vision model directory embedding them (pip install 'refine[image]'), in "
-    "place of the small CNN trained from scratch. TorchScript is code: name only a file you trust.",
+    "transformers vision model directory (pip install 'refine[image]') or timm one (pip install "
+    "'refine[timm]') embedding them, in place of the small CNN trained from scratch. TorchScript "
+    "is code: name only a file you trust.",
 )
 @click.option(
     "--text-model",

@@ -89,8 +89,8 @@ class RunConfig:
     ignore: tuple[str, ...] = ()
     text: tuple[str, ...] = ()  # string columns to read as free text
     image: tuple[str, ...] = ()  # binary columns to read as encoded images
-    # A TorchScript file or a transformers vision model directory: image features in place
-    # of the CNN.
+    # A TorchScript file, or a transformers or timm vision model directory: image features in
+    # place of the CNN.
     image_model: str | None = None
     image_size: int = 0  # side images are resized to; 0: their own, at most 28 (224 for a model)
     # A sentence-transformers model (directory or Hugging Face name) embedding each text

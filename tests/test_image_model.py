@@ -394,7 +394,8 @@ def test_image_size_and_a_missing_transformers_are_exit_2(
     assert sized.exit_code == 2
     assert sized.output == (
         "Error: --image-size 64 does not apply to a model directory: its image processor "
-        "(preprocessor_config.json) sizes the images; drop --image-size\n"
+        "(preprocessor_config.json, or a timm config's pretrained_cfg) sizes the images; drop "
+        "--image-size\n"
     )
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
     missing = CliRunner().invoke(cli, args)

@@ -450,7 +450,8 @@ def _image_model(
     if image_size:
         raise ConfigError(
             f"--image-size {image_size} does not apply to a model directory: its image "
-            "processor (preprocessor_config.json) sizes the images; drop --image-size"
+            "processor (preprocessor_config.json, or a timm config's pretrained_cfg) sizes the "
+            "images; drop --image-size"
         )
     return load_vision_model(image_model, device)
 
