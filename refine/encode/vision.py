@@ -42,15 +42,20 @@ from refine.encode.embedding import (
     quiet_loading,
     resolve_device,
     through_cache,
-    versions,
 )
 from refine.encode.image import _open, _values, as_mode, missing_note, none_reason
 from refine.encode.skip import SkipColumn
+from refine.encode.timm_vision import (
+    broken_torchvision,
+    build_network,
+    check_timm_directory,
+    import_timm,
+    pooled_features,
+)
 from refine.errors import ConfigError, InputError
 from refine.progress import NULL_PROGRESS, Progress
 
 INSTALL = "pip install 'refine[image]'"
-TIMM_INSTALL = "pip install 'refine[timm]'"
 # Images per batch on the CPU; images are all one size, so a batch pads nothing.
 CPU_BATCH = 32
 # Weights as save_pretrained writes them, whole or in shards (an index beside them).
@@ -61,8 +66,6 @@ WEIGHTS = (
     "pytorch_model.bin.index.json",
 )
 WEIGHTS_WORDS = "weights (model.safetensors or pytorch_model.bin)"
-# What timm's save_for_hf writes, in the order timm itself prefers them.
-TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # How many row numbers a note names.
 SHOWN_ROWS = 5
 
@@ -101,60 +104,6 @@ def _refuse_library(path: Path, what: str) -> None:
         "with torch.jit.save(torch.jit.script(model), 'model.pt') and pass that file, or pass "
         "a timm or Hugging Face transformers model directory"
     )
-
-
-def _import_timm(path: Path, architecture: str) -> Any:
-    """timm and its data transforms, or exit 2 naming what to install."""
-    try:
-        import timm
-        import timm.data
-    except ImportError:
-        why = f"which is not installed: {TIMM_INSTALL}"
-    except Exception as exc:  # a torchvision built for another torch: RuntimeError
-        broken = _broken_torchvision()
-        why = (
-            f"which needs torchvision, and {broken}; then {TIMM_INSTALL}"
-            if broken
-            else f"which does not import here ({type(exc).__name__}: {exc})"
-        )
-    else:
-        return timm
-    raise ConfigError(
-        f"--image-model {str(path)!r} is a timm model directory (architecture "
-        f"{architecture!r}): reading it needs timm, {why}"
-    )
-
-
-def _broken_torchvision() -> str:
-    """Why the installed torchvision does not import (built for another torch), or ""."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return ""
-    except Exception as exc:  # RuntimeError: operator torchvision::nms does not exist
-        import torch
-
-        return (
-            f"torchvision {versions(['torchvision']).get('torchvision', '')} does not import "
-            f"({type(exc).__name__}: {exc}): it is not the build made for torch "
-            f"{torch.__version__}; install the one that is, from the index that torch came from"
-        )
-    return ""
-
-
-def _check_timm_directory(path: Path, config: dict[str, Any]) -> None:
-    """Refuse a timm directory without weights, or whose configuration timm cannot build."""
-    if not any((path / name).is_file() for name in TIMM_WEIGHTS):
-        raise InputError(
-            f"--image-model {str(path)!r} is a timm model directory that lacks {WEIGHTS_WORDS}: "
-            "save the model with timm.models.save_for_hf(model, DIR, safe_serialization=True)"
-        )
-    for key, kind in (("architecture", str), ("pretrained_cfg", dict), ("model_args", dict)):
-        if key in config and not isinstance(config[key], kind):
-            raise InputError(
-                f"--image-model {str(path / 'config.json')!r}: {key} is a "
-                f"{type(config[key]).__name__}, not the {kind.__name__} timm writes"
-            )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -196,7 +145,7 @@ class VisionModel(ModelFiles):
                         self.path, local_files_only=True, **_pil_backend()
                     )
             except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
-                broken = _broken_torchvision()
+                broken = broken_torchvision()
                 if broken:  # transformers imports an installed torchvision, and fails with it
                     raise ConfigError(
                         f"--image-model {self.name!r}: {broken}, or uninstall it"
@@ -241,49 +190,12 @@ class TimmModel(VisionModel):
         """The network (eval mode, on ``device``), timm's eval transform for it, and True: the
         features before its classifier are trained weights."""
         if self._loaded is None:
-            timm = _import_timm(self.path, self.config["architecture"])
-            network = self._network(timm)
+            timm = import_timm(self.path, self.config["architecture"])
+            network = build_network(timm, self.name, self.path, self.config)
             data = timm.data.resolve_data_config({}, model=network)
             transform = timm.data.create_transform(**data, is_training=False)
             self._loaded = (network.to(self.device).eval(), transform, True)
         return self._loaded
-
-    def _network(self, timm: Any) -> Any:
-        """The architecture timm builds from config.json, with the directory's weights: from
-        safetensors, or a torch file read with ``weights_only`` (never pickled code)."""
-        import torch
-
-        config = self.config
-        # model_args, where saved, decide (timm 1.0.31 records them all, with the head).
-        args = {k: config[k] for k in ("num_classes", "global_pool") if config.get(k) is not None}
-        try:
-            network = timm.create_model(
-                config["architecture"],
-                pretrained=False,
-                pretrained_cfg=dict(config.get("pretrained_cfg") or {}),
-                **{**args, **(config.get("model_args") or {})},
-            )
-        except Exception as exc:  # timm raises RuntimeError (unknown model), TypeError, ...
-            raise InputError(
-                f"--image-model {self.name!r} is not a model timm {timm.__version__} can build "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        file = next(self.path / n for n in TIMM_WEIGHTS if (self.path / n).is_file())
-        try:
-            if file.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(file, device="cpu")
-            else:
-                state = torch.load(file, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-        except Exception as exc:  # a broken file, or keys and shapes the architecture lacks
-            raise InputError(
-                f"--image-model {self.name!r}: its weights ({file.name}) do not fit its "
-                f"configuration ({type(exc).__name__}: {str(exc).splitlines()[0]}); save the "
-                "model again with timm.models.save_for_hf"
-            ) from None
-        return network
 
     def embed(self, images: list[Any]) -> Any:
         """The pooled features before the classifier ``(N, D)`` of RGB Pillow ``images``,
@@ -292,13 +204,7 @@ class TimmModel(VisionModel):
 
         network, transform, _ = self.loaded()
         pixels = torch.stack([transform(image) for image in images]).to(self.device)
-        out = network.forward_head(network.forward_features(pixels), pre_logits=True)
-        if out.ndim != 2:
-            raise InputError(
-                f"--image-model {self.name!r} gives no pooled vector per image (its features "
-                f"are {tuple(out.shape[1:])}): save the model with a global_pool"
-            )
-        return out
+        return pooled_features(network, pixels, self.name)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -350,8 +256,8 @@ def load_vision_model(
     path = Path(path).expanduser().resolve()
     config = _read_config(path / "config.json")
     if "architecture" in config:  # timm's hub layout: config.json names the architecture
-        _check_timm_directory(path, config)
-        _import_timm(path, config["architecture"])
+        check_timm_directory(path, config)
+        import_timm(path, config["architecture"])
     else:
         _import_transformers()
         _check_directory(path, config)
