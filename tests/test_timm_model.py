@@ -208,3 +208,20 @@ def test_a_configuration_timm_cannot_build_or_fill_is_refused(tiny_timm, tmp_pat
     (model / "config.json").write_text(json.dumps({**config, "architecture": "no_such_net"}))
     with pytest.raises(refine.InputError, match="is not a model timm .* can build"):
         encode_images(list(digits[0][:1]), str(model), cache="off")
+
+
+def test_a_config_from_before_timm_0_9_reads_its_pixels_settings_from_the_top(
+    tiny_timm, tmp_path, digits
+):
+    """timm < 0.9 wrote pretrained_cfg's keys (input_size, crop_pct, mean, ...) beside the
+    architecture; without them the tiny ViT would get vit_tiny's 224-pixel default."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_timm[0], model)
+    config = json.loads((model / "config.json").read_text())
+    legacy = {**config.pop("pretrained_cfg"), **config}
+    (model / "config.json").write_text(json.dumps(legacy))
+    images = list(digits[0][:3])
+    np.testing.assert_array_equal(
+        encode_images(images, str(model), cache="off"),
+        encode_images(images, str(tiny_timm[0]), cache="off"),
+    )

@@ -9,6 +9,7 @@ directories too, since transformers imports an installed torchvision as well.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def build_network(timm: Any, name: str, path: Path, config: dict[str, Any]) -> A
         network = timm.create_model(
             config["architecture"],
             pretrained=False,
-            pretrained_cfg=dict(config.get("pretrained_cfg") or {}),
+            pretrained_cfg=pretrained_cfg(timm, config),
             **{**args, **(config.get("model_args") or {})},
         )
     except Exception as exc:  # timm raises RuntimeError (unknown model), TypeError, ...
@@ -110,6 +111,16 @@ def build_network(timm: Any, name: str, path: Path, config: dict[str, Any]) -> A
             "model again with timm.models.save_for_hf"
         ) from None
     return network
+
+
+def pretrained_cfg(timm: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's ``pretrained_cfg`` (input size, interpolation, crop, mean, std, ...). Files
+    saved by timm before 0.9 keep those at the top level, among the model's own keys: the ones
+    timm's ``PretrainedCfg`` knows are taken from there."""
+    if "pretrained_cfg" in config:
+        return dict(config["pretrained_cfg"] or {})
+    known = {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)} - {"architecture"}
+    return {k: v for k, v in config.items() if k in known}
 
 
 def pooled_features(network: Any, pixels: Any, name: str) -> Any:
