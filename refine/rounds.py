@@ -253,21 +253,22 @@ class Rounds:
         n = len(self.data.labels)
         extras = [e for e in (self.replay, self.synthetic) if e is not None and len(e.X)]
         extra_folds = [self.replay_folds if e is self.replay else e.folds for e in extras]
+
+        def joined(own: np.ndarray, theirs: list[Any]) -> np.ndarray:
+            return np.concatenate([own, *theirs]) if extras else own  # no copy without extras
+
         self.fitted = cross_fit(
-            np.concatenate([self.X, *(e.X for e in extras)]) if extras else self.X,
-            np.concatenate([self.targets, *(e.targets for e in extras)]),
-            np.concatenate([self.weights, *(e.weights for e in extras)]),
-            np.concatenate([self.folds, *extra_folds]),
+            joined(self.X, [e.X for e in extras]),
+            joined(self.targets, [e.targets for e in extras]),
+            joined(self.weights, [e.weights for e in extras]),
+            joined(self.folds, extra_folds),
             self.config.model,
             self.config.seeds,
             self.config.seed,
             self.progress,
             # Rows with neither a label nor a target train nothing; their folds pool.
-            pooled=np.concatenate(
-                [
-                    ~self.labelled & (self.weights == 0),
-                    *(np.zeros(len(e.X), bool) for e in extras),
-                ]
+            pooled=joined(
+                ~self.labelled & (self.weights == 0), [np.zeros(len(e.X), bool) for e in extras]
             ),
             image_blocks=self.image_blocks,
             runner=self.runner,
