@@ -524,18 +524,24 @@ def refine_rounds(rounds: Rounds) -> RoundsResult:
     first = rounds.resume()
     progress.advance(task, len(rounds.rounds))
     for round_index in range(first, rounds.total + 1):
-        started = time.perf_counter()
-        raw, agreement = rounds.train(round_index)
-        proba = rounds.calibrate(raw)
-        is_issue, quality = rounds.detect(proba, agreement, round_index)
-        verdict = rounds.decide(proba, agreement, is_issue, quality, round_index)
-        verdict = rounds.weigh_votes(verdict)
-        rounds.record(round_index, verdict, agreement, started)
+        _round(rounds, round_index)
         progress.advance(task)
         if rounds.settled():
             break
     progress.finish(task)
     return rounds.result()
+
+
+def _round(rounds: Rounds, round_index: int) -> None:
+    """One round: train, calibrate, detect, decide, record. A function of its own so that its
+    (N, K) arrays go when it returns, not while the next round trains."""
+    started = time.perf_counter()
+    raw, agreement = rounds.train(round_index)
+    proba = rounds.calibrate(raw)
+    is_issue, quality = rounds.detect(proba, agreement, round_index)
+    verdict = rounds.decide(proba, agreement, is_issue, quality, round_index)
+    verdict = rounds.weigh_votes(verdict)
+    rounds.record(round_index, verdict, agreement, started)
 
 
 def _synthetic_table(

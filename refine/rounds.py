@@ -174,6 +174,7 @@ class Rounds:
         n = len(labels)
         self.labelled = labels >= 0
         self.given = labels[self.labelled]
+        self.raw_is_ours = False  # whether the round's raw probabilities are its cross-fit's
         self.verified = np.full(n, -1, np.int64) if verified is None else verified
         self.judge = Judge(labels, self.verified, config, data.class_values())
         replay_labels = replay.labels if replay is not None else np.zeros(0, np.int64)
@@ -244,25 +245,30 @@ class Rounds:
         rows: a cross-fit on this round's targets, replay and synthetic rows, or the teacher's."""
         if self.is_teacher_round(round_index):
             assert self.teacher is not None
+            self.raw_is_ours = False
             return self.teacher.proba, self.teacher.agreement
+        # The last round's arrays and fold models are replaced at the end of this one: let
+        # them go now rather than hold two rounds' at once.
+        self.arrays, self.fitted, self.raw_is_ours = {}, None, True
         n = len(self.data.labels)
         extras = [e for e in (self.replay, self.synthetic) if e is not None and len(e.X)]
         extra_folds = [self.replay_folds if e is self.replay else e.folds for e in extras]
+
+        def joined(own: np.ndarray, theirs: list[Any]) -> np.ndarray:
+            return np.concatenate([own, *theirs]) if extras else own  # no copy without extras
+
         self.fitted = cross_fit(
-            np.concatenate([self.X, *(e.X for e in extras)]) if extras else self.X,
-            np.concatenate([self.targets, *(e.targets for e in extras)]),
-            np.concatenate([self.weights, *(e.weights for e in extras)]),
-            np.concatenate([self.folds, *extra_folds]),
+            joined(self.X, [e.X for e in extras]),
+            joined(self.targets, [e.targets for e in extras]),
+            joined(self.weights, [e.weights for e in extras]),
+            joined(self.folds, extra_folds),
             self.config.model,
             self.config.seeds,
             self.config.seed,
             self.progress,
             # Rows with neither a label nor a target train nothing; their folds pool.
-            pooled=np.concatenate(
-                [
-                    ~self.labelled & (self.weights == 0),
-                    *(np.zeros(len(e.X), bool) for e in extras),
-                ]
+            pooled=joined(
+                ~self.labelled & (self.weights == 0), [np.zeros(len(e.X), bool) for e in extras]
             ),
             image_blocks=self.image_blocks,
             runner=self.runner,
@@ -274,26 +280,34 @@ class Rounds:
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """``raw`` scaled by a temperature fitted against the given labels (a batch with none
-        keeps the earlier run's), with the round's calibration errors in ``metrics``."""
+        keeps the earlier run's), with the round's calibration errors in ``metrics``. Scaled in
+        place when this round's cross-fit made ``raw``: nothing reads it afterwards."""
         started = time.perf_counter()
         labelled, given, metrics = self.labelled, self.given, self.metrics
         metrics.update(ece_before=None, ece_after=None, reliability=None)
         self.oof_accuracy = None
+        before = None
         if labelled.any():
-            metrics["temperature"] = fit_temperature(raw[labelled], given)
-            metrics["ece_before"] = expected_calibration_error(raw[labelled], given)
+            seen = self._labelled(raw)
+            metrics["temperature"] = fit_temperature(seen, given)
+            metrics["ece_before"] = expected_calibration_error(seen, given)
+            before = reliability_bins(seen, given)
+            del seen
         else:
             metrics["temperature"] = self.teacher.temperature if self.teacher is not None else 1.0
-        proba = apply_temperature(raw, metrics["temperature"])
+        proba = apply_temperature(raw, metrics["temperature"], raw if self.raw_is_ours else None)
         if labelled.any():
-            metrics["ece_after"] = expected_calibration_error(proba[labelled], given)
-            self.oof_accuracy = float((proba[labelled].argmax(1) == given).mean())
-            metrics["reliability"] = {
-                "before": reliability_bins(raw[labelled], given),
-                "after": reliability_bins(proba[labelled], given),
-            }
+            seen = self._labelled(proba)
+            metrics["ece_after"] = expected_calibration_error(seen, given)
+            self.oof_accuracy = float((seen.argmax(1) == given).mean())
+            metrics["reliability"] = {"before": before, "after": reliability_bins(seen, given)}
         self.timings["calibrate"] += time.perf_counter() - started
         return proba
+
+    def _labelled(self, values: np.ndarray) -> np.ndarray:
+        """The labelled rows of ``values`` ``(N, ...)``: ``values`` itself when every row is
+        labelled, not a copy."""
+        return values if len(self.given) == len(self.labelled) else values[self.labelled]
 
     def detect(
         self, proba: np.ndarray, agreement: np.ndarray, round_index: int
@@ -302,7 +316,7 @@ class Rounds:
         started = time.perf_counter()
         config, labelled, given = self.config, self.labelled, self.given
         if config.one_way_noise and not self.is_teacher_round(round_index):
-            seen = noise_directions(given, proba[labelled])
+            seen = noise_directions(given, self._labelled(proba))
             self.directions = merge_directions(self.directions, self.first_directions, seen)
             if self.first_directions is None:
                 self.first_directions = self.directions
@@ -311,8 +325,8 @@ class Rounds:
         quality = np.ones(n, np.float32)
         is_issue[labelled], quality[labelled] = detect_issues(
             given,
-            proba[labelled],
-            agreement[labelled],
+            self._labelled(proba),
+            self._labelled(agreement),
             config.filter_by,
             config.relabel_threshold if config.flag_confident else None,
             self.directions if self.directions is not None else config.one_way_noise,
@@ -331,7 +345,7 @@ class Rounds:
         """The trust judge's verdict on this round."""
         started = time.perf_counter()
         if len(np.unique(self.given)) >= 2 or self.teacher is None:
-            reliable = teacher_is_reliable(self.given, proba[self.labelled])
+            reliable = teacher_is_reliable(self.given, self._labelled(proba))
         else:  # agreement beyond chance needs two classes; trust the earlier run's verdict
             reliable = self.teacher.reliable
         self.metrics["reliable"] = reliable

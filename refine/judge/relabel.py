@@ -17,6 +17,7 @@ from refine.io.decisions import (
     VERIFIED,
     Decisions,
 )
+from refine.learn.calibrate import row_chunks
 
 
 def teacher_is_reliable(labels: np.ndarray, proba: np.ndarray, min_kappa: float = 0.2) -> bool:
@@ -183,8 +184,10 @@ def _soft_targets(refined: np.ndarray, proba: np.ndarray, soft_mix: float) -> np
     soft_mix * proba``; rows without a label get ``proba``."""
     k = proba.shape[1]
     soft = proba.astype(np.float32, copy=True)
-    has_label = refined >= 0
-    onehot = np.zeros((int(has_label.sum()), k), np.float32)
-    onehot[np.arange(len(onehot)), refined[has_label]] = 1.0
-    soft[has_label] = (1.0 - soft_mix) * onehot + soft_mix * soft[has_label]
+    for part in row_chunks(len(soft)):  # (N, K) temporaries a chunk of rows at a time
+        block, labels = soft[part], refined[part]
+        has_label = labels >= 0
+        onehot = np.zeros((int(has_label.sum()), k), np.float32)
+        onehot[np.arange(len(onehot)), labels[has_label]] = 1.0
+        block[has_label] = (1.0 - soft_mix) * onehot + soft_mix * block[has_label]
     return soft

@@ -520,8 +520,9 @@ def truth_temperature(
     labelled = np.flatnonzero(labels >= 0)
     if trusted and len(np.unique(labels[labelled])) >= 2:
         given = labels[labelled]
-        transitions = noise_transitions(given, proba[labelled])
-        return fit_temperature_through_noise(proba[labelled], given, transitions), "noise"
+        seen = proba if len(labelled) == len(labels) else proba[labelled]  # no copy if all
+        transitions = noise_transitions(given, seen)
+        return fit_temperature_through_noise(seen, given, transitions), "noise"
     return 1.0, "none"
 
 

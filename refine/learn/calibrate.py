@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
 _EPS = 1e-7
+# Rows at a time for row-wise arithmetic on (N, K) arrays: a row's result does not depend on
+# the others, so the bytes are those of one pass without its (N, K) float64 temporaries.
+CHUNK_ROWS = 65536
+
+
+def row_chunks(n: int) -> Iterator[slice]:
+    """Slices of consecutive rows covering ``range(n)``: ``CHUNK_ROWS`` each, the last one
+    taking the remainder too. No piece is small, because a matrix product of a few rows can
+    round otherwise than the same rows of a large one (BLAS takes another path for them)."""
+    starts = range(0, max(n - CHUNK_ROWS, 0) + 1, CHUNK_ROWS)
+    return (slice(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True))
+
+
+def _logits(proba: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(proba, _EPS, 1.0)).astype(np.float64)
 
 
 def fit_temperature(
@@ -23,13 +40,13 @@ def fit_temperature(
     dominated by the mislabelled rows (probability near 0 for their given label), which drags
     T up and leaves the bulk of rows underconfident (reports/detection.md measures the switch).
     """
-    logits = np.log(np.clip(proba, _EPS, 1.0)).astype(np.float64)
-    rows = np.arange(len(labels))
+    scores = np.empty(len(labels))
 
     def brier(log_t: float) -> float:
-        q = softmax(logits / np.exp(log_t), axis=1)
-        # + 1, a constant
-        return float(np.average((q**2).sum(1) - 2.0 * q[rows, labels], weights=weights))
+        for part in row_chunks(len(labels)):
+            q = softmax(_logits(proba[part]) / np.exp(log_t), axis=1)
+            scores[part] = (q**2).sum(1) - 2.0 * q[np.arange(len(q)), labels[part]]
+        return float(np.average(scores, weights=weights))  # + 1, a constant
 
     result = minimize_scalar(
         brier, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4}
@@ -78,13 +95,14 @@ def fit_temperature_through_noise(
     The log loss, unlike ``fit_temperature``'s Brier score: the noise model already accounts
     for the mislabelled rows that make it unstable there. Searched over [0.05, 20].
     """
-    logits = np.log(np.clip(proba, _EPS, 1.0)).astype(np.float64)
-    rows = np.arange(len(labels))
     transitions = np.asarray(transitions, np.float64)
+    likelihood = np.empty(len(labels))
 
     def log_loss(log_t: float) -> float:
-        given = softmax(logits / np.exp(log_t), axis=1) @ transitions
-        return -float(np.log(np.clip(given[rows, labels], 1e-12, 1.0)).mean())
+        for part in row_chunks(len(labels)):
+            given = softmax(_logits(proba[part]) / np.exp(log_t), axis=1) @ transitions
+            likelihood[part] = given[np.arange(len(given)), labels[part]]
+        return -float(np.log(np.clip(likelihood, 1e-12, 1.0)).mean())
 
     result = minimize_scalar(
         log_loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4}
@@ -92,9 +110,16 @@ def fit_temperature_through_noise(
     return float(np.exp(result.x))
 
 
-def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
-    logits = np.log(np.clip(proba, _EPS, 1.0)) / temperature
-    return softmax(logits, axis=1).astype(np.float32)
+def apply_temperature(
+    proba: np.ndarray, temperature: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``softmax(log(proba) / temperature)`` ``(N, K)`` float32, into ``out`` when given (which
+    may be ``proba`` itself: the rows are scaled a chunk at a time)."""
+    if out is None:
+        out = np.empty(proba.shape, np.float32)
+    for part in row_chunks(len(proba)):
+        out[part] = softmax(np.log(np.clip(proba[part], _EPS, 1.0)) / temperature, axis=1)
+    return out
 
 
 def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

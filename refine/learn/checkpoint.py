@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -307,11 +306,13 @@ class Checkpoint:
     # --- files ------------------------------------------------------------------------------
 
     def _save(self, path: Path, record: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, **record}, buffer)
         try:
             path.parent.mkdir(exist_ok=True)
-            _write_bytes(path, buffer.getbuffer())
+            # Straight into the file: a buffer of the whole record would hold a copy of the
+            # round's arrays at the end of every round, where the run's memory peaks.
+            _write_atomically(
+                path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **record}, f)
+            )
         except OSError as exc:  # a full disk: say so, as for the run directory
             raise output_error(self.out, exc) from None
 
@@ -355,10 +356,16 @@ def _read_fingerprint(path: Path) -> dict[str, Any] | None:
 
 def _write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write ``path`` atomically: a kill leaves the old file or the new one, never half."""
+    _write_atomically(path, lambda f: f.write(data))
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` with ``write(file)``, atomically: a kill leaves the old file or the new
+    one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -368,8 +375,12 @@ def _write_bytes(path: Path, data: bytes | memoryview) -> None:
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Arrays as tensors for a checkpoint file (bool and int8 kept, copies made)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in arrays.items()}
+    """Arrays as tensors for a checkpoint file (bool and int8 kept), sharing their memory where
+    they are contiguous and writable: the file is written before the arrays change."""
+    return {
+        k: torch.from_numpy(v if v.flags.c_contiguous and v.flags.writeable else v.copy(order="C"))
+        for k, v in ((k, np.asarray(v)) for k, v in arrays.items())
+    }
 
 
 def round_record(

@@ -109,12 +109,17 @@ def cross_fit(
     options = _model_options(model, k, image_blocks)
     jobs = _fold_jobs(folds, weights, pooled, pool_rows, n_folds)
     task = progress.start("folds", "folds", total=n_folds * seeds)
+    proba = np.zeros((n, k), np.float32)
+    agreement = np.ones(n, np.float32)
     records = _saved_folds(jobs, checkpoint, stage, len(pool_rows), progress, task, seeds)
+    for record in records.values():
+        _take_held(record, jobs, proba, agreement)
 
     def finished(record: dict[str, Any]) -> None:
         records[record["fold"]] = record
         if checkpoint is not None:
             checkpoint.save_fold(stage, record["fold"], record)
+        _take_held(record, jobs, proba, agreement)
         progress.advance(task, seeds)
 
     pending = [job for job in jobs if job.fold not in records]
@@ -124,7 +129,7 @@ def cross_fit(
     else:
         runner.fit_folds(X, targets, weights, pending, options, seeds, seed, finished)
     progress.finish(task)
-    return _assemble(records, n, k, X.shape[1], options, jobs, pool_rows)
+    return _assemble(records, proba, agreement, X.shape[1], options, jobs, pool_rows)
 
 
 def _fold_jobs(
@@ -167,27 +172,35 @@ def _saved_folds(
     return records
 
 
+def _take_held(
+    record: dict[str, Any], jobs: list[FoldJob], proba: np.ndarray, agreement: np.ndarray
+) -> None:
+    """Put a fold's held-out mean and agreement into ``proba`` ``(N, K)`` and ``agreement``
+    ``(N,)``, and drop its snapshots' probabilities ``(S, H, K)`` from ``record``: kept to the
+    end of the round, every fold's would weigh S times the round's ``proba``."""
+    member_proba = record.pop("held").numpy()
+    held = jobs[record["fold"]].held
+    proba[held] = member_proba.mean(0)
+    agreement[held] = ensemble_agreement(member_proba)
+
+
 def _assemble(
     records: dict[int, dict[str, Any]],
-    n: int,
-    k: int,
+    proba: np.ndarray,
+    agreement: np.ndarray,
     n_features: int,
     options: dict[str, Any],
     jobs: list[FoldJob],
     pool_rows: np.ndarray,
 ) -> CrossFit:
-    """The round's ``CrossFit`` from its folds' records, in fold order (however they came)."""
-    proba = np.zeros((n, k), np.float32)
-    agreement = np.ones(n, np.float32)
+    """The round's ``CrossFit`` from its folds' records (their held-out rows already in
+    ``proba`` and ``agreement``, see ``_take_held``), in fold order (however they came)."""
     models: list[list[MLPClassifier]] = []
     epochs: list[int] = []
     pool_members: list[np.ndarray] = []
     train_seconds = predict_seconds = 0.0
     for job in jobs:
         record = records[job.fold]
-        member_proba = record["held"].numpy()
-        proba[job.held] = member_proba.mean(0)
-        agreement[job.held] = ensemble_agreement(member_proba)
         pool_members.append(record["pool"].numpy())
         models.append([_rebuild(m, n_features, options) for m in record["members"]])
         epochs += [int(m["epochs"]) for m in record["members"]]

@@ -217,8 +217,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             X = np.ascontiguousarray(X, dtype=np.float32)
         n_total = len(X)
         rows = np.arange(n_total) if rows is None else np.asarray(rows, np.int64)
-        targets = self._targets(np.asarray(y)[rows] if len(rows) != n_total else y)
-        n, k = targets.shape
+        y = np.asarray(y)
+        if y.ndim == 2 and y.dtype == np.float32 and y.flags.c_contiguous and y.flags.writeable:
+            # Soft targets of every row of X: training reads them by row index, and rows
+            # outside ``rows`` are never read, so they serve as they are, without two copies.
+            full_targets = np.ascontiguousarray(y, dtype=np.float32)
+            classes = full_targets.argmax(1)[rows]
+            n, k = len(rows), y.shape[1]
+        else:
+            targets = self._targets(y[rows] if len(rows) != n_total else y)
+            (n, k), classes = targets.shape, targets.argmax(1)
+            # The targets of every row of X, so that a row index means one row.
+            full_targets = np.zeros((n_total, k), np.float32)
+            full_targets[rows] = targets
+            del targets
         weight = (
             np.ones(n, np.float32)
             if sample_weight is None
@@ -231,7 +243,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         self.device_ = str(device)
         rng = np.random.default_rng(self.random_state)
-        local_train, local_val = self._holdout(targets, rng)
+        local_train, local_val = self._holdout(classes, rng)
         train_idx, val_idx = rows[local_train], rows[local_val]
         batch = self.batch_size or auto_batch_size(len(train_idx))
         epochs = max(
@@ -244,10 +256,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             net, optimiser, schedule = self._build(
                 X.shape[1], k, device, steps=epochs * math.ceil(len(train_idx) / batch)
             )
-            # The targets and weights of every row of X, so that a row index means one row.
-            full_targets = np.zeros((n_total, k), np.float32)
-            full_weight = np.zeros(n_total, np.float32)
-            full_targets[rows], full_weight[rows] = targets, weight
+            full_weight = np.zeros(n_total, np.float32)  # as full_targets
+            full_weight[rows] = weight
             data = _Rows(
                 source,
                 None if source is not None else _to(device, X),
@@ -268,16 +278,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _holdout(
-        self, targets: np.ndarray, rng: np.random.Generator
+        self, classes: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Training and validation row indices for ``targets`` ``(N, K)``, stratified by class."""
-        n = len(targets)
-        # Hold out a validation split, stratified by the target's most likely class.
-        val = (
-            _stratified_holdout(targets.argmax(1), self.val_fraction, rng)
-            if n >= 20
-            else np.zeros(n, bool)
-        )
+        """Training and validation row indices for rows whose targets' most likely classes are
+        ``classes`` ``(N,)``, stratified by class."""
+        n = len(classes)
+        val = _stratified_holdout(classes, self.val_fraction, rng) if n >= 20 else np.zeros(n, bool)
         return np.flatnonzero(~val), np.flatnonzero(val)
 
     def _build(
