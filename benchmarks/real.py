@@ -683,7 +683,7 @@ def review_lines(rows: list[dict[str, Any]]) -> list[str]:
             + " | ".join(cells)
             + f" | {policies(mine[REVIEW])}; {policies(mine[RANDOM])} |"
         )
-    return [*lines, "(Means over seeds.)", ""]
+    return [*lines, "", "Means over seeds.", ""]
 
 
 def summary_table(rows: list[dict[str, Any]], before: bool) -> list[str]:
