@@ -710,12 +710,7 @@ def update_command(
     help="value: the rows whose check would fix or steer the most labels; random: a uniform "
     "sample, to measure refine fairly.",
 )
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    help="Seed of the random draws (--strategy random, and the spread half of value).",
-)
+@click.option("--seed", default=0, show_default=True, help="Seed of --strategy random.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @_errors
 def review_command(

@@ -6,10 +6,7 @@ verified row trains the next run's model and steers its choices for rows like it
 counts for its own doubt plus the mean doubt of its nearest neighbours (in the run's encoded
 features), and once a row is picked its neighbours count for half: the queue spreads over the
 uncertain regions instead of piling up near-duplicates. The lowest ``label_quality`` is not the
-same thing: a label refine already corrected with confidence has little left to gain. Part of
-the budget is spread over the whole range of doubt instead, one row drawn from each of as many
-equal bins: the next run fits its trust in the labels to the verified rows, and rows picked for
-doubt alone tell it about the doubtful rows only.
+same thing: a label refine already corrected with confidence has little left to gain.
 
 The file holds a stable key (``--key COL``, else ``row``: the position in ``refined.parquet``),
 the run's key columns (``refine.io.keys``: the ids a person finds the row by), the given,
@@ -43,10 +40,6 @@ NEIGHBOURS = 10
 # Rows whose neighbourhoods are compared: the most doubtful, this many per row asked for.
 CANDIDATES_PER_PICK = 20
 MIN_CANDIDATES = 2_000
-# The share of the budget spread over the range of doubt. Rows picked for doubt alone can all be
-# of one true class; the posterior fitted on them took that class for a prior and broke 373 of
-# 1,506 labels (youtube-single seed 1, reports/trust/review-real.md).
-SPREAD_SHARE = 0.5
 STRATEGIES = ("value", "random")
 # Columns a person cannot read in a spreadsheet; the Parquet file keeps them.
 _CSV_SKIPPED = "binary, list and struct columns (image bytes, embeddings) are left out of CSV"
@@ -93,24 +86,6 @@ def pick(
     if strategy == "random":
         rng = np.random.default_rng([seed, 6])
         return np.sort(rng.permutation(eligible)[:budget])
-    spread = int(SPREAD_SHARE * budget)
-    valued = _most_valued(doubts, X, budget - spread, eligible)
-    left = np.setdiff1d(eligible, valued)
-    if not spread or not len(left):
-        return valued
-    order = left[np.argsort(-doubts[left], kind="stable")]
-    rng = np.random.default_rng([seed, 7])
-    drawn = [int(rng.choice(part)) for part in np.array_split(order, min(spread, len(order)))]
-    return np.concatenate([valued, np.asarray(drawn, np.int64)])
-
-
-def _most_valued(
-    doubts: np.ndarray, X: np.ndarray, budget: int, eligible: np.ndarray
-) -> np.ndarray:
-    """The ``budget`` ``eligible`` rows (indices) whose check adds most, in order (see the
-    module docstring)."""
-    if budget < 1:
-        return np.zeros(0, np.int64)
     from sklearn.neighbors import NearestNeighbors
 
     count = max(MIN_CANDIDATES, CANDIDATES_PER_PICK * budget)

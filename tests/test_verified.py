@@ -553,24 +553,6 @@ def test_pick_returns_the_budget_or_every_eligible_row():
     assert pick(doubts, X, 10)[0] == 0
 
 
-def test_pick_spreads_part_of_the_budget_over_the_range_of_doubt():
-    # Half the budget by value; the other half one row from each of five equal bins of the
-    # rest, ordered by doubt: the verified rows then speak for the sure rows too.
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(100, 3))
-    doubts = np.linspace(1.0, 0.0, 100)  # row i is the i-th most doubtful
-    picked = pick(doubts, X, 10, seed=3)
-    assert len(picked) == len(set(picked.tolist())) == 10
-    valued, spread = picked[:5], picked[5:]
-    assert valued.max() < 20  # from the doubtful end
-    rest = np.setdiff1d(np.arange(100), valued)
-    bins = [set(part.tolist()) for part in np.array_split(rest, 5)]
-    assert all(row in part for row, part in zip(spread.tolist(), bins, strict=True))
-    assert (pick(doubts, X, 10, seed=3) == picked).all()
-    # A budget of one is the most valued row, no draw.
-    assert pick(doubts, X, 1).tolist() == [picked[0]]
-
-
 def test_review_errors(tmp_path, first_run):
     _, run_dir, _ = first_run
 
