@@ -20,7 +20,11 @@ its defaults and ``seed=seed``, in three modes:
 * ``verified 5%``: the true label of 5% of the training rows (drawn with generator
   ``[seed, 2]``) in a ``gold`` column, passed as ``verified="gold"``;
 * ``valid``: the ``_valid`` split appended as rows with a null ``label`` and their gold label
-  in ``gold`` (a user's trusted validation split), ``verified="gold"``.
+  in ``gold`` (a user's trusted validation split), ``verified="gold"``;
+* ``review 2%``: a simulated reviewer after the ``none`` run. ``refine.review.review`` (what
+  ``refine review RUN --budget`` calls) picks 2% of the training rows from that run's outputs;
+  their true label goes in ``gold`` and refine runs again. Beside it, ``random 2%``: as many rows
+  drawn at random (generator ``[seed, 3]``), run the same way. Both are reported as modes.
 
 Everything is scored on the original training rows only. Labels: the accuracy against
 ``true_label`` of the given labels and of ``label_refined`` (a null counts as wrong), on every
@@ -32,7 +36,9 @@ on ``label_refined`` with ``sample_weight``, and on their true labels (the ceili
 With ``--before PATH`` the same inputs also go through the refine checked out at ``PATH`` (in a
 subprocess with ``PYTHONPATH=PATH``). A checkout that cannot read verified labels gets each mode's
 table without ``gold``: in ``verified 5%`` that is the ``none`` input again (its figures are
-reused), in ``valid`` the appended rows reach it unlabelled.
+reused), in ``valid`` the appended rows reach it unlabelled. ``review 2%`` is not run by the checkout
+before (its rows would need the checkout's own ``none`` run and ``refine review``): it has no
+``before`` figures.
 
     PYTHONPATH=. python benchmarks/real.py [--seeds 0,1] [--sets youtube,sms-single] \
         [--embeddings DIR] [--before PATH]
@@ -66,8 +72,12 @@ import refine
 REPO = Path(__file__).resolve().parents[1]
 BASES = ("youtube", "sms", "semeval")
 VARIANTS = ("", "single", "notop")
-MODES = ("none", "verified 5%", "valid")
+MODES = ("none", "verified 5%", "valid", "review 2%")
+REVIEW = "review 2%"
+RANDOM = "random 2%"  # the review mode reports this run beside its own
+REPORTED = (*MODES, RANDOM)
 VERIFIED_SHARE = 0.05
+REVIEW_SHARE = 0.02
 GOLD = "gold"  # the column of verified labels refine is given
 TEXT_INPUTS = {"semeval": ("text", "entity1", "entity2")}
 EMBEDDING = "embedding"
@@ -211,8 +221,45 @@ def reveal_truth(
     chosen[np.random.default_rng([seed, 2]).choice(n, max(1, round(share * n)), replace=False)] = (
         True
     )
+    return with_gold(table, truth, chosen), chosen
+
+
+def with_gold(table: pa.Table, truth: np.ndarray, chosen: np.ndarray) -> pa.Table:
+    """``table`` with a ``gold`` column: ``truth`` ``(N,)`` where ``chosen`` ``(N,)``, else null."""
     gold = pa.array(np.where(chosen, truth, 0), pa.int64(), mask=~chosen)
-    return table.append_column(GOLD, gold), chosen
+    return table.append_column(GOLD, gold)
+
+
+def review_budget(n: int) -> int:
+    """The rows the review mode reveals, of ``n`` training rows (at least one)."""
+    return max(1, round(REVIEW_SHARE * n))
+
+
+def reviewed_rows(run_dir: Path, budget: int) -> np.ndarray:
+    """The ``budget`` rows ``(budget,)`` that ``refine review RUN_DIR --budget BUDGET`` picks
+    from the run in ``run_dir``: positions in its ``refined.parquet``."""
+    from refine.io.verify import ROW_KEY
+    from refine.review import review
+
+    written = review(run_dir, budget, run_dir.parent / f"{run_dir.name}-review.parquet")
+    return np.asarray(written.table.column(ROW_KEY).to_pylist(), np.int64)
+
+
+def review_inputs(s: RealSet, run_dir: Path, seed: int) -> dict[str, tuple[pa.Table, np.ndarray]]:
+    """The review mode's two inputs and their verified rows ``(N,)``: the training table with the
+    true label of the rows ``refine review`` picks from the ``none`` run in ``run_dir``
+    (``review 2%``), and of as many rows drawn at random (``random 2%``)."""
+    n = s.train.num_rows
+    budget = review_budget(n)
+    inputs = {}
+    for mode, rows in (
+        (REVIEW, reviewed_rows(run_dir, budget)),
+        (RANDOM, np.random.default_rng([seed, 3]).choice(n, budget, replace=False)),
+    ):
+        chosen = np.zeros(n, bool)
+        chosen[rows] = True
+        inputs[mode] = (with_gold(s.train, s.truth, chosen), chosen)
+    return inputs
 
 
 def append_verified(table: pa.Table, valid: pa.Table) -> pa.Table:
@@ -226,7 +273,8 @@ def append_verified(table: pa.Table, valid: pa.Table) -> pa.Table:
 
 
 def mode_input(s: RealSet, mode: str, seed: int) -> tuple[pa.Table, np.ndarray]:
-    """What refine reads in ``mode``, and which original training rows are verified ``(N,)``."""
+    """What refine reads in ``mode``, and which original training rows are verified ``(N,)``;
+    the review mode's inputs come from the ``none`` run (``review_inputs``)."""
     if mode == "verified 5%":
         return reveal_truth(s.train, s.truth, VERIFIED_SHARE, seed)
     if mode == "valid":
@@ -247,10 +295,15 @@ class Outcome:
     seconds: float
 
 
-def run_refine(table: pa.Table, seed: int) -> tuple[pa.Table, dict[str, Any] | None, float]:
+def run_refine(
+    table: pa.Table, seed: int, out: Path | None = None
+) -> tuple[pa.Table, dict[str, Any] | None, float]:
     """refine with its defaults on ``table`` (``gold`` as verified labels where present and
-    readable): ``label_refined`` and ``sample_weight``, the trust record, wall seconds."""
+    readable): ``label_refined`` and ``sample_weight``, the trust record, wall seconds. With
+    ``out``, the run directory is written there too (without its HTML report)."""
     options: dict[str, Any] = {"seed": seed}
+    if out is not None:
+        options.update(out=out, report=False)
     if GOLD in table.column_names:
         if reads_verified():
             options["verified"] = GOLD
@@ -294,8 +347,8 @@ def outcome(refined: pa.Table, trust: dict[str, Any] | None, seconds: float) -> 
     return Outcome(_scoring().label_codes(refined), weight, trust, seconds)
 
 
-def run_here(table: pa.Table, seed: int) -> Outcome:
-    return outcome(*run_refine(table, seed))
+def run_here(table: pa.Table, seed: int, out: Path | None = None) -> Outcome:
+    return outcome(*run_refine(table, seed, out))
 
 
 def run_before(checkout: Path, tables: dict[str, pa.Table], seed: int) -> dict[str, Outcome]:
@@ -414,7 +467,7 @@ def measure_set(
 ) -> list[dict[str, Any]]:
     """Every mode of set ``name`` at ``seed``: one row each."""
     s = load_set(name, seed, args.data, args.embeddings)
-    inputs = {mode: mode_input(s, mode, seed) for mode in args.modes}
+    inputs = {mode: mode_input(s, mode, seed) for mode in args.modes if mode != REVIEW}
     before: dict[str, Outcome] = {}
     if args.before is not None:
         # A checkout that cannot read verified labels would get the none input again.
@@ -434,18 +487,35 @@ def measure_set(
         "clean_test": downstream(s, s.truth),
     }
     rows = []
-    for mode, (table, verified) in inputs.items():
-        row = {**shared, "mode": mode, "verified_rows": int(verified.sum())}
-        row.update(score_case(s, verified, run_here(table, seed), before.get(mode)))
-        if mode == "valid":
-            row["verified_rows"] = s.valid.num_rows
-        rows.append(row)
-        print(
-            f"{name} seed {seed} {mode}: labels {row['given_accuracy']:.3f} -> "
-            f"{row['refined_accuracy']:.3f} ({row['policy']}), test {row['given_test']:.3f} -> "
-            f"{row['refined_test']:.3f}, {row['seconds']:.0f} s",
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory(prefix="real-review-") as tmp:
+        # The review mode picks its rows from the none run's written outputs, as a user would.
+        run_dir = Path(tmp) / "none" if REVIEW in args.modes else None
+        if run_dir is not None:
+            inputs.setdefault("none", mode_input(s, "none", seed))
+        outcomes: dict[str, Outcome] = {}
+        if run_dir is not None:
+            outcomes["none"] = run_here(inputs["none"][0], seed, run_dir)
+            inputs.update(review_inputs(s, run_dir, seed))
+        for mode, (table, _) in inputs.items():
+            if mode not in outcomes:
+                outcomes[mode] = run_here(table, seed)
+        for mode in [m for m in REPORTED if m in inputs]:
+            if mode == "none" and mode not in args.modes:
+                continue  # run only for the review mode's rows
+            table, verified = inputs[mode]
+            row = {**shared, "mode": mode, "verified_rows": int(verified.sum())}
+            # verified rows whose given label was wrong: what the reviewer corrected
+            row["picked_wrong"] = int((s.given != s.truth)[verified].sum())
+            row.update(score_case(s, verified, outcomes[mode], before.get(mode)))
+            if mode == "valid":
+                row["verified_rows"] = s.valid.num_rows
+            rows.append(row)
+            print(
+                f"{name} seed {seed} {mode}: labels {row['given_accuracy']:.3f} -> "
+                f"{row['refined_accuracy']:.3f} ({row['policy']}), test "
+                f"{row['given_test']:.3f} -> {row['refined_test']:.3f}, {row['seconds']:.0f} s",
+                flush=True,
+            )
     return rows
 
 
@@ -478,7 +548,7 @@ def mode_table(rows: list[dict[str, Any]], mode: str, before: bool) -> list[str]
     columns.append(("refined_accuracy", "refined", 3))
     if before:
         columns.append(("before_accuracy", "before", 3))
-    if mode == "verified 5%":
+    if mode in ("verified 5%", REVIEW, RANDOM):
         columns += [
             ("unverified_given_accuracy", "unverified: given", 3),
             ("unverified_refined_accuracy", "unverified: refined", 3),
@@ -502,6 +572,121 @@ def mode_table(rows: list[dict[str, Any]], mode: str, before: bool) -> list[str]
     return lines
 
 
+def gap_recovered(row: dict[str, Any]) -> float | None:
+    """The share of the given->clean test-accuracy gap that the refined labels close; None where
+    the gap is under half a point (as ``refine bench`` has it: the ratio would be noise)."""
+    gap = row["clean_test"] - row["given_test"]
+    return (row["refined_test"] - row["given_test"]) / gap if gap > 0.005 else None
+
+
+def pooled_gap(rows: list[dict[str, Any]]) -> float | None:
+    """Test accuracy recovered over the given->clean gap, summed over ``rows`` before dividing."""
+    gap = sum(r["clean_test"] - r["given_test"] for r in rows)
+    return sum(r["refined_test"] - r["given_test"] for r in rows) / gap if gap > 0 else None
+
+
+def review_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``review 2%`` against ``random 2%`` over the cases (set and seed) that ran both: each
+    run's mean label accuracy (all rows, unverified rows), mean test accuracy, gap recovered
+    (mean of cases and pooled); and the cases where the reviewed rows did better."""
+    pairs = {}
+    for r in rows:
+        if r["mode"] in (REVIEW, RANDOM):
+            pairs.setdefault((r["set"], r["seed"]), {})[r["mode"]] = r
+    cases = [p for p in pairs.values() if len(p) == 2]
+    if not cases:
+        return None
+    runs = {}
+    for mode in (REVIEW, RANDOM):
+        mine = [c[mode] for c in cases]
+        gaps = [g for g in map(gap_recovered, mine) if g is not None]
+        runs[mode] = {
+            "label_accuracy": mean(mine, "refined_accuracy"),
+            "unverified_label_accuracy": mean(mine, "unverified_refined_accuracy"),
+            "test_accuracy": mean(mine, "refined_test"),
+            "mean_gap_recovered": float(np.mean(gaps)) if gaps else None,
+            "pooled_gap_recovered": pooled_gap(mine),
+        }
+
+    def beat(key: str) -> int:
+        return sum(c[REVIEW][key] > c[RANDOM][key] for c in cases)
+
+    def lost(key: str) -> int:
+        return sum(c[REVIEW][key] < c[RANDOM][key] for c in cases)
+
+    return {
+        "cases": len(cases),
+        "runs": runs,
+        "review_beat_random": {k: beat(k) for k in ("refined_correct", "refined_test")},
+        "review_lost_to_random": {k: lost(k) for k in ("refined_correct", "refined_test")},
+        "review_given_wrong": sum(int(c[REVIEW]["picked_wrong"]) for c in cases),
+        "random_given_wrong": sum(int(c[RANDOM]["picked_wrong"]) for c in cases),
+    }
+
+
+def review_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The review section: the summary of ``review_summary`` and a line per set."""
+    summary = review_summary(rows)
+    if summary is None:
+        return []
+
+    def pct(value: float | None) -> str:
+        return "" if value is None else f"{value:.0%}"
+
+    lines = [
+        "## Review loop: the rows `refine review` picks against rows drawn at random",
+        "",
+        f"{summary['cases']} cases (set and seed). After the `none` run, the true label of "
+        f"{REVIEW_SHARE:.0%} of the training rows is revealed and refine runs again with them "
+        "verified. `given wrong` counts the revealed rows whose given label was wrong (what a "
+        "reviewer would have corrected); gap recovered is the share of the given->clean test "
+        "accuracy gap closed (cases with a gap under half a point left out of the mean).",
+        "",
+        "| run | label acc | unverified label acc | test acc | gap recovered (mean) "
+        "| gap recovered (pooled) | given wrong |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, wrong in ((REVIEW, "review_given_wrong"), (RANDOM, "random_given_wrong")):
+        run = summary["runs"][mode]
+        lines.append(
+            f"| {mode} | {fmt(run['label_accuracy'], 4)} | "
+            f"{fmt(run['unverified_label_accuracy'], 4)} | {fmt(run['test_accuracy'], 4)} | "
+            f"{pct(run['mean_gap_recovered'])} | {pct(run['pooled_gap_recovered'])} | "
+            f"{summary[wrong]} |"
+        )
+    beat, lost = summary["review_beat_random"], summary["review_lost_to_random"]
+    lines += [
+        "",
+        f"Reviewed rows gave more right labels than random ones in {beat['refined_correct']} "
+        f"of {summary['cases']} cases (fewer in {lost['refined_correct']}), and a higher test "
+        f"accuracy in {beat['refined_test']} (lower in {lost['refined_test']}).",
+        "",
+        "| set | review: label acc | random: label acc | review: test | random: test "
+        "| review: given wrong | random: given wrong | policies (review; random) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["set"] for r in rows):
+        mine = {
+            m: [r for r in rows if r["set"] == name and r["mode"] == m] for m in (REVIEW, RANDOM)
+        }
+        if not all(mine.values()):
+            continue
+        cells = [
+            fmt(mean(mine[REVIEW], "refined_accuracy"), 4),
+            fmt(mean(mine[RANDOM], "refined_accuracy"), 4),
+            fmt(mean(mine[REVIEW], "refined_test"), 4),
+            fmt(mean(mine[RANDOM], "refined_test"), 4),
+            fmt(mean(mine[REVIEW], "picked_wrong"), 1),
+            fmt(mean(mine[RANDOM], "picked_wrong"), 1),
+        ]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {policies(mine[REVIEW])}; {policies(mine[RANDOM])} |"
+        )
+    return [*lines, "", "Means over seeds.", ""]
+
+
 def summary_table(rows: list[dict[str, Any]], before: bool) -> list[str]:
     header = "| mode | cases | labels: refined < given | unverified rows: refined < given | test: refined < given |"
     rule = "|---|---|---|---|---|"
@@ -509,7 +694,9 @@ def summary_table(rows: list[dict[str, Any]], before: bool) -> list[str]:
         header += " labels: before < given | test: before < given |"
         rule += "---|---|"
     lines = [header, rule]
-    for mode in [*MODES, "all"]:
+    ran = {r["mode"] for r in rows}
+    shown = [m for m in REPORTED if m in ran or m not in (REVIEW, RANDOM)]
+    for mode in [*shown, "all"]:
         mine = [r for r in rows if mode in (r["mode"], "all")]
         cells = [
             len(mine),
@@ -588,6 +775,7 @@ def render(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     ):
         cases = worse(rows, ours, theirs)
         lines += [f"### {title}", "", *case_lines(cases, title.lower())]
+    lines += review_lines(rows)
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     for mode in modes:
         lines += [f"## Mode: {mode}", "", mode_note(mode, header), ""]
@@ -619,8 +807,15 @@ def mode_note(mode: str, header: dict[str, Any]) -> str:
         "the verified rows, its refined labels cross-fitted.",
         "valid": "The gold `_valid` split appended as verified rows without a given label; "
         "scored on the training rows, none of which is verified.",
+        REVIEW: f"The true label of the {REVIEW_SHARE:.0%} of the training rows that `refine "
+        "review` picks from the `none` run, given as verified labels; `unverified` columns "
+        "score the other rows.",
+        RANDOM: f"The true label of {REVIEW_SHARE:.0%} of the training rows drawn at random, "
+        "given as verified labels: the yardstick for `review 2%`.",
     }[mode]
-    if header["before"] is not None and not header["before"]["reads_verified"] and mode != "none":
+    if header["before"] is not None and mode in (REVIEW, RANDOM):
+        note += " The checkout before does not run this mode."
+    elif header["before"] is not None and not header["before"]["reads_verified"] and mode != "none":
         note += " The checkout before cannot read verified labels: " + (
             "its figures are those of mode none."
             if mode == "verified 5%"
@@ -697,7 +892,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(rows, header))
     args.out.with_suffix(".json").write_text(
-        json.dumps({"header": header, "rows": rows}, indent=1, default=str) + "\n"
+        json.dumps(
+            {"header": header, "review": review_summary(rows), "rows": rows}, indent=1, default=str
+        )
+        + "\n"
     )
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
 

@@ -214,3 +214,61 @@ def test_modes_with_a_checkout_before(tmp_path, monkeypatch, reads_verified):
     assert asked == [["verified 5%"] if reads_verified else ["none"]]
     assert [r["mode"] for r in rows] == ["verified 5%"]
     assert rows[0]["before_accuracy"] == 0.75
+
+
+def test_review_mode_reveals_the_picked_rows_and_as_many_random_ones(tmp_path, monkeypatch):
+    # The review mode runs none with a run directory, asks refine review for 2% of the rows
+    # (here one of 20), reruns with their true label as gold, and beside it the same number
+    # of random rows; both are reported, and so is none only when asked for.
+    n = 20
+    train = pa.table({"text": [f"t{i}" for i in range(n)], "label": [0] * n})
+    truth = np.array([0] * 10 + [1] * 10)
+    s = real.RealSet("tiny", train, truth, train, None, None, None, "hand-made")
+    monkeypatch.setattr(real, "load_set", lambda *a: s)
+    runs = []
+
+    def run_here(table, seed, out=None):
+        runs.append((table.column_names, out))
+        labels = table.column("label").to_numpy(zero_copy_only=False)
+        if real.GOLD in table.column_names:
+            gold = table.column(real.GOLD)
+            labels = np.where(
+                gold.is_valid().to_numpy(zero_copy_only=False), gold.fill_null(0), labels
+            )
+        return real.Outcome(labels, np.ones(n), {"policy": "keep"}, 0.0)
+
+    asked = []
+
+    def reviewed_rows(run_dir, budget):
+        asked.append((run_dir, budget))
+        return np.array([15])
+
+    monkeypatch.setattr(real, "run_here", run_here)
+    monkeypatch.setattr(real, "reviewed_rows", reviewed_rows)
+    monkeypatch.setattr(real, "downstream", lambda s, labels, weight=None: (labels == truth).mean())
+    args = type("Args", (), {"modes": [real.REVIEW], "before": None, "data": tmp_path})
+    args.embeddings = None
+    rows = real.measure_set("tiny", 0, args, before_verified=False)
+    assert [r["mode"] for r in rows] == [real.REVIEW, real.RANDOM]
+    assert runs[0] == (["text", "label"], asked[0][0]) and asked[0][1] == 1
+    assert [r[0] for r in runs[1:]] == [["text", "label", real.GOLD]] * 2
+    review, random = rows
+    assert review["verified_rows"] == random["verified_rows"] == 1
+    assert review["picked_wrong"] == 1 and review["refined_correct"] == 11
+    drawn = np.random.default_rng([0, 3]).choice(n, 1, replace=False)
+    assert random["picked_wrong"] == int(truth[drawn][0] != 0)
+    summary = real.review_summary(rows)
+    assert summary["cases"] == 1
+    assert summary["review_given_wrong"] == 1
+    text = "\n".join(real.review_lines(rows))
+    assert "| tiny | 0.5500 |" in text
+    args.seeds = "0"
+    report = real.render(rows, real.make_header(args, None))
+    assert "## Mode: review 2%" in report and "## Mode: random 2%" in report
+    assert "## Mode: none" not in report
+    table = real.summary_table(rows, before=False)
+    assert table[-3:] == [
+        "| review 2% | 1 | 0 | 0 | 0 |",
+        "| random 2% | 1 | 0 | 0 | 0 |",
+        "| all | 2 | 0 | 0 | 0 |",
+    ]

@@ -167,6 +167,28 @@ def test_verified_rows_picked_for_doubt_cannot_overrule_the_data_but_a_sample_ca
     assert choose_policy(truth, verified, proba, rules, RULES, seed=0).policy == RULES
 
 
+def test_a_posterior_is_not_fitted_to_verified_rows_that_do_not_stand_for_the_table():
+    # Thirty reviewed rows, all of class 1, half labelled 0 by a labeller who calls the hard
+    # ones 0, with a model that cannot tell them apart: a posterior fitted on them learns "say
+    # 1" and fixes every one, which is what it would do to the whole table. As a random sample
+    # they would stand for the table and the posterior may be chosen; picked for doubt, not.
+    rng = np.random.default_rng(3)
+    n = 400
+    truth = np.arange(n) % 2
+    labels = truth.copy()
+    proba = np.full((n, 2), 0.5)
+    proba[:, 1] += rng.normal(0, 0.02, n)
+    proba[:, 0] = 1 - proba[:, 1]
+    reviewed = np.flatnonzero(truth == 1)[:30]
+    labels[reviewed[:15]] = 0
+    verified = np.full(n, -1)
+    verified[reviewed] = 1
+    sample = choose_policy(labels, verified, proba, labels, KEEP, seed=0)
+    assert sample.policy == POSTERIOR and sample.gains[POSTERIOR] > 10
+    doubtful = choose_policy(labels, verified, proba, labels, KEEP, seed=0, representative=False)
+    assert doubtful.policy == KEEP and POSTERIOR not in doubtful.gains
+
+
 def test_measure_matches_a_hand_count():
     labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
     truth = np.array([0, 1, 1, 0, 2, 0, 0, 1])

@@ -264,7 +264,9 @@ def choose_policy(
     doubt, see ``stratum_weights``) can show a policy that helps, but not overrule the
     fallback: they are the rows where any correction is least sure, and a fallback that breaks
     more of them than it fixes may still fix more of the rest (reports/trust.md, "The review
-    loop").
+    loop"). Nor is the posterior a candidate then: fitted to them, its class biases learn their
+    mix, not the table's (30 reviewed rows all of one class turned youtube-single's labels
+    from 0.824 to 0.576 right, reports/trust/review-real.md).
 
     ``evidence``: what the fallback rests on. Where it rests on the verified rows' noise rate
     alone (``Evidence.rests_on_verified``), those rows judge the rules as well as the noise: the
@@ -276,7 +278,7 @@ def choose_policy(
     """
     rows = np.flatnonzero((verified >= 0) & (labels >= 0))
     truth = verified
-    chosen, gains, harmful = _select(rows, labels, truth, proba, rules, seed)
+    chosen, gains, harmful = _select(rows, labels, truth, proba, rules, seed, representative)
 
     needs_gain = evidence is not None and evidence.rests_on_verified
 
@@ -298,7 +300,9 @@ def choose_policy(
     else:
         for part in parts:
             inner = rows[~part]
-            chosen, inner_gains, inner_harmful = _select(inner, labels, truth, proba, rules, seed)
+            chosen, inner_gains, inner_harmful = _select(
+                inner, labels, truth, proba, rules, seed, representative
+            )
             if chosen is None:
                 chosen = unshown(inner_harmful, inner_gains)
             fitted = _fit(inner, labels, truth, proba, chosen)
@@ -616,13 +620,15 @@ def _select(
     proba: np.ndarray,
     rules: np.ndarray,
     seed: int,
+    representative: bool = True,
 ) -> tuple[str | None, dict[str, int], set[str]]:
     """The policy that fixes the most of ``rows``' labels, net, or None when none fixes more
-    than it breaks beyond chance; each policy's net gain (cross-fitted for the posterior); and
-    the policies that break more than they fix beyond chance (the same sign test, turned)."""
+    than it breaks beyond chance; each policy's net gain (cross-fitted for the posterior, which
+    is a candidate only where the rows are ``representative``); and the policies that break
+    more than they fix beyond chance (the same sign test, turned)."""
     refined = {KEEP: labels[rows], RULES: rules[rows]}
     parts = _parts(len(rows), seed)
-    if len(rows) >= MIN_POSTERIOR_ROWS and parts is not None:
+    if representative and len(rows) >= MIN_POSTERIOR_ROWS and parts is not None:
         refined[POSTERIOR] = np.zeros(len(rows), np.int64)
         for part in parts:
             inner = rows[~part]
