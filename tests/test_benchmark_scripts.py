@@ -844,3 +844,14 @@ def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, f
     assert cost["rows_per_second"] > 0 and cost["warm_seconds"] >= 0
     assert "| batch size | 4 | 32 |" in text
     assert "--verified 0.1" in text
+    # --cache DIR: the first run fills it and measures the cold cost, a rerun reads it warm,
+    # leaves the cost out and scores the same.
+    cached = [*argv[:-4], "--model", str(model), "--cache", str(tmp_path / "cache")]
+    firsts = []
+    for run in ("first", "again"):
+        monkeypatch.setattr(sys, "argv", [*cached, "--out", str(tmp_path / f"{run}.md")])
+        encoders.main()
+        firsts.append(json.loads((tmp_path / f"{run}.json").read_text()))
+    assert set(firsts[0]["costs"]) == {"sms"} and firsts[1]["costs"] == {}
+    assert [r.get("f1") for r in firsts[0]["rows"]] == [r.get("f1") for r in firsts[1]["rows"]]
+    assert "--cache DIR" in (tmp_path / "again.md").read_text()

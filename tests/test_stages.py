@@ -14,6 +14,7 @@ from refine.errors import InputError
 from refine.io.decisions import CORRECTED, EXCLUDED, GIVEN, PSEUDO, UNLABELLED
 from refine.judge.detect import (
     anchor_transitions,
+    class_calibrated_quality,
     detect_issues,
     merge_directions,
     noise_directions,
@@ -164,7 +165,29 @@ def test_detection_flags_only_disagreements():
     proba = np.array([[0.9, 0.1], [0.95, 0.05], [0.1, 0.9], [0.2, 0.8], [0.05, 0.95], [0.97, 0.03]])
     is_issue, quality = detect_issues(labels, proba, np.ones(6))
     np.testing.assert_array_equal(is_issue, [False, False, False, False, True, True])
-    np.testing.assert_allclose(quality, [0.9, 0.95, 0.9, 0.8, 0.05, 0.03], rtol=1e-6)
+    # Within each given class, the order of the given label's probability.
+    assert quality[1] > quality[0] > quality[4] and quality[2] > quality[3] > quality[5]
+
+
+def test_class_calibrated_quality_weighs_each_class_by_its_noise():
+    # An easy class: 40 rows at 0.95 and 4 doubtful ones at 0.6; a hard class: 40 rows at 0.55
+    # (right, but the model is never sure of them) and none below.
+    labels, proba = _rows([(40, 0, (0.95, 0.05)), (4, 0, (0.6, 0.4)), (40, 1, (0.45, 0.55))])
+    quality = class_calibrated_quality(labels, proba)
+    # The plain probability ranks the hard class's right rows first; per class they do not.
+    assert quality[-1] > quality[40] and proba[-1, 1] < proba[40, 0]
+    # Each class's mean is the share of its labels the confident joint estimates right.
+    from cleanlab.count import estimate_joint
+
+    joint = estimate_joint(labels, proba)
+    for given in (0, 1):
+        members = labels == given
+        right = joint[given, given] / joint[given].sum()
+        right = np.clip(right, 0.5 / members.sum(), 1 - 0.5 / members.sum())
+        assert quality[members].mean() == pytest.approx(right, abs=1e-5)
+    assert ((quality >= 0) & (quality <= 1)).all() and quality.dtype == np.float32
+    # One class: nothing to weigh, the probability as it is.
+    np.testing.assert_allclose(class_calibrated_quality(labels[:40], proba[:40]), 0.95)
 
 
 def _rows(spec: list[tuple[int, int, tuple[float, ...]]]) -> tuple[np.ndarray, np.ndarray]:

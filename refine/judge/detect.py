@@ -7,6 +7,8 @@ Shapes: ``labels`` ``(N,)`` class indices of labelled rows, ``proba`` ``(N, K)``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from cleanlab.filter import find_label_issues
 
@@ -20,6 +22,8 @@ ANCHOR_SHARE = 0.1
 MIN_ANCHORS = 3
 # The smallest noise rate from a class that the anchor estimate calls a direction of noise.
 ONE_WAY_FLOOR = 0.1
+# The widest shift of a class's logits ``class_calibrated_quality`` searches.
+LOGIT_SPAN = 30.0
 
 
 def detect_issues(
@@ -45,7 +49,9 @@ def detect_issues(
     least ``confident_threshold`` and at least 0.5 above the given label's, are flagged whatever
     ``filter_by`` says: with ``prune_by_noise_rate`` this recovers rows that one-directional
     noise hides from the per-class thresholds (reports/code-notes.md). None turns the rule
-    off. Quality is cleanlab's self-confidence: the calibrated probability of the given label.
+    off. Quality is the calibrated probability of the given label, shifted for each given class
+    so that its mean is the share of that class's labels confident learning estimates right
+    (``class_calibrated_quality``).
 
     ``one_way``: leave alone rows flagged against the direction the noise runs in (see
     ``noise_directions``). True estimates the directions from ``proba``; a ``(K, K)`` mask
@@ -69,9 +75,47 @@ def detect_issues(
         one_way = noise_directions(labels, proba)
     if one_way is not False and len(labels):
         is_issue &= ~np.asarray(one_way, bool)[labels, predicted]
-    # cleanlab's self-confidence score: the calibrated probability of the given label
-    quality = np.clip(proba[rows, labels], 0.0, 1.0).astype(np.float32)
-    return is_issue, quality
+    return is_issue, class_calibrated_quality(labels, proba)
+
+
+def class_calibrated_quality(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """The probability ``(N,)`` that each row's given label is right: the calibrated
+    probability of the given label, shifted on the logit scale by one constant per given class
+    so that the class's mean is the share of its labels that cleanlab's confident joint
+    estimates right.
+
+    ``labels`` ``(N,)`` class indices, ``proba`` ``(N, K)`` calibrated out-of-fold. A model
+    fitted to noisy labels is as unsure of a hard class's right labels as of an easy class's
+    wrong ones, so the plain probability ranks rows of hard and rare classes first; the given
+    label is evidence too, as strong as that class's labels are clean (P(given | true)). Within
+    a class the order is the probability's (reports/encoders.md).
+    """
+    from cleanlab.count import estimate_joint
+    from scipy.optimize import brentq
+    from scipy.special import expit, logit
+
+    rows = np.arange(len(labels))
+    quality = np.clip(proba[rows, labels], 0.0, 1.0).astype(np.float64)
+    if len(np.unique(labels)) < 2:
+        return quality.astype(np.float32)
+    joint = estimate_joint(labels, proba)  # given x true
+    z = logit(np.clip(quality, 1e-6, 1 - 1e-6))
+    for given in np.unique(labels):
+        members = labels == given
+        # Half a row either way: a class with no estimated noise keeps an order among its rows.
+        half = 0.5 / members.sum()
+        right = np.clip(joint[given, given] / max(joint[given].sum(), 1e-12), half, 1 - half)
+
+        def excess(shift: float, z: np.ndarray = z[members], right: float = right) -> float:
+            return float(expit(z + shift).mean() - right)
+
+        shift = brentq(excess, -LOGIT_SPAN, LOGIT_SPAN) if _bracketed(excess) else 0.0
+        quality[members] = expit(z[members] + shift)
+    return quality.astype(np.float32)
+
+
+def _bracketed(excess: Any) -> bool:
+    return excess(-LOGIT_SPAN) < 0 < excess(LOGIT_SPAN)
 
 
 def confident_joint(labels: np.ndarray, proba: np.ndarray) -> list[list[int]] | None:

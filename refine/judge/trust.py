@@ -34,7 +34,7 @@ from scipy.stats import binom
 
 from refine.config import RunConfig
 from refine.io.decisions import Decisions
-from refine.judge.detect import anchor_rows
+from refine.judge.detect import anchor_rows, class_calibrated_quality
 from refine.judge.relabel import decide, decide_by_posterior, keep_given, with_verified
 from refine.learn.calibrate import (
     apply_temperature,
@@ -391,7 +391,7 @@ class Judge:
         true_proba = apply_temperature(proba, temperature) if method != "none" else proba
         rows = np.flatnonzero(labelled)
         quality = quality.astype(np.float32, copy=True)
-        quality[rows] = true_proba[rows, labels[rows]]
+        quality[rows] = class_calibrated_quality(labels[rows], true_proba[rows])
         pseudo = c.pseudo_threshold if c.pseudo_label else None
         # The teacher's round (refine update) flags and pseudo-labels, but leaves given labels
         # and weights to the retrained out-of-fold rounds: a model that never saw the batch's
