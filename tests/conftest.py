@@ -137,3 +137,25 @@ def tiny_text_model(tmp_path_factory):
     """The tiny sentence encoder's directory, built once for the session."""
     pytest.importorskip("sentence_transformers")
     return build_tiny_text_model(tmp_path_factory.mktemp("tiny-text-model"))
+
+
+@pytest.fixture(scope="module")
+def png_digits():
+    """The digits as 16-pixel PNG bytes and their labels, for the image-model tests."""
+    from refine.bench.recipes import png_images
+
+    return png_images("digits", side=16)
+
+
+@pytest.fixture()
+def image_table_path(tmp_path, png_digits):
+    """80 digit images with six wrong labels, one value that is not an image and one null."""
+    images, truth = png_digits
+    values = list(images[:80])
+    values[3] = b"not an image"
+    values[7] = None
+    labels = truth[:80].copy()
+    labels[:6] = (labels[:6] + 1) % 10  # six wrong labels
+    path = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"image": pa.array(values, pa.binary()), "label": labels}), path)
+    return path

@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 
 import refine
-from refine.bench.recipes import png_images
 from refine.cli import cli
 from refine.encode import vision
 from refine.encode.embedding import EmbeddingCache
@@ -63,32 +62,14 @@ def tiny_vit(tmp_path_factory):
     return build_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return png_images("digits", side=16)
-
-
 @pytest.fixture()
 def counted(monkeypatch):
     """How many values went through the network, call by call."""
     return count_calls(monkeypatch, vision)
 
 
-@pytest.fixture()
-def table_path(tmp_path, digits):
-    images, truth = digits
-    values = list(images[:80])
-    values[3] = b"not an image"
-    values[7] = None
-    labels = truth[:80].copy()
-    labels[:6] = (labels[:6] + 1) % 10  # six wrong labels
-    path = tmp_path / "images.parquet"
-    pq.write_table(pa.table({"image": pa.array(values, pa.binary()), "label": labels}), path)
-    return path
-
-
-def test_images_embed_deterministically_and_missing_ones_are_nan(tiny_vit, digits, counted):
-    images = list(digits[0][:4])
+def test_images_embed_deterministically_and_missing_ones_are_nan(tiny_vit, png_digits, counted):
+    images = list(png_digits[0][:4])
     values = [images[0], images[1], None, b"\x89PNG\r\n\x1a\n broken", images[0], images[2]]
     first = encode_images(values, str(tiny_vit), cache="off")
     second = encode_images(values, load_vision_model(tiny_vit), cache="off")
@@ -116,26 +97,26 @@ def test_images_embed_deterministically_and_missing_ones_are_nan(tiny_vit, digit
 
 
 def test_the_cache_directory_spares_the_model_images_it_has_seen(
-    tiny_vit, digits, tmp_path, counted
+    tiny_vit, png_digits, tmp_path, counted
 ):
     model = load_vision_model(tiny_vit)
-    values = list(digits[0][:3])
+    values = list(png_digits[0][:3])
     first = encode_images(values, model, EmbeddingCache(tmp_path / "cache", strict=True))
     # a fresh cache object on the same directory: nothing in memory, everything on disk
     again = encode_images(values[::-1], model, EmbeddingCache(tmp_path / "cache", strict=True))
     np.testing.assert_array_equal(again, first[::-1])
-    more = encode_images([*values, digits[0][3]], model, EmbeddingCache(tmp_path / "cache"))
+    more = encode_images([*values, png_digits[0][3]], model, EmbeddingCache(tmp_path / "cache"))
     np.testing.assert_array_equal(more[:3], first)
     assert counted == [3, 1]
     assert len(list((tmp_path / "cache" / model.sha256).glob("*.parquet"))) == 2
 
 
 def test_a_run_records_the_model_and_a_rerun_encodes_nothing(
-    tiny_vit, table_path, tmp_path, counted
+    tiny_vit, image_table_path, tmp_path, counted
 ):
     cache = str(tmp_path / "cache")
     options = dict(image_model=str(tiny_vit), embedding_cache=cache, seed=0, **SMALL)
-    result = refine.run(table_path, tmp_path / "a", **options)
+    result = refine.run(image_table_path, tmp_path / "a", **options)
     column = result.summary["features"]["columns"][0]
     assert column["kind"] == "image-model" and column["dim"] == 16 and column["indicator"]
     assert (column["undecodable_values"], column["null_values"]) == (1, 1)
@@ -165,7 +146,7 @@ def test_a_run_records_the_model_and_a_rerun_encodes_nothing(
 
     # the saved run encodes new rows as the run's (the embeddings from memory or the cache)
     previous = load_run(tmp_path / "a")
-    table = pq.read_table(table_path)
+    table = pq.read_table(image_table_path)
     np.testing.assert_array_equal(
         previous.encoder.transform(table), result_features(options, table)
     )
@@ -184,13 +165,15 @@ def result_features(options, table):
 
 
 def test_update_uses_the_cache_and_refuses_a_changed_model(
-    tiny_vit, table_path, digits, tmp_path, counted
+    tiny_vit, image_table_path, png_digits, tmp_path, counted
 ):
     model = tmp_path / "model"
     shutil.copytree(tiny_vit, model)
     cache = str(tmp_path / "cache")
-    refine.run(table_path, tmp_path / "a", image_model=str(model), embedding_cache=cache, **SMALL)
-    images, truth = digits
+    refine.run(
+        image_table_path, tmp_path / "a", image_model=str(model), embedding_cache=cache, **SMALL
+    )
+    images, truth = png_digits
     batch_path = tmp_path / "batch.parquet"
     batch = list(images[70:110])  # ten images the run has seen, thirty new
     pq.write_table(
@@ -215,17 +198,17 @@ def test_update_uses_the_cache_and_refuses_a_changed_model(
 
 
 def test_a_run_keeps_the_image_embeddings_and_update_reads_them_with_no_cache(
-    tiny_vit, table_path, digits, tmp_path, counted
+    tiny_vit, image_table_path, png_digits, tmp_path, counted
 ):
     refine.run(
-        table_path, tmp_path / "a", image_model=str(tiny_vit), embedding_cache="off", **SMALL
+        image_table_path, tmp_path / "a", image_model=str(tiny_vit), embedding_cache="off", **SMALL
     )
     embeddings = pq.read_table(tmp_path / "a" / "embeddings.parquet")
     assert embeddings.column_names == ["row_number", "image_model", "image_model_sha256", "image"]
     assert embeddings["image_model_sha256"].to_pylist() == [load_vision_model(tiny_vit).sha256] * 80
     vectors = embeddings["image"].to_pylist()
     assert vectors[3] is None and vectors[7] is None  # not an image, null
-    direct = encode_images(pq.read_table(table_path)["image"], str(tiny_vit), cache="off")
+    direct = encode_images(pq.read_table(image_table_path)["image"], str(tiny_vit), cache="off")
     usable = [i for i in range(80) if i not in (3, 7)]
     np.testing.assert_array_equal(
         np.array([vectors[i] for i in usable], np.float32), direct[usable]
@@ -238,7 +221,7 @@ def test_a_run_keeps_the_image_embeddings_and_update_reads_them_with_no_cache(
     assert joined["n"].to_pylist() == [78]
 
     # with no cache at all, the run's file spares the model the images the run saw
-    images, truth = digits
+    images, truth = png_digits
     batch_path = tmp_path / "batch.parquet"
     pq.write_table(
         pa.table({"image": pa.array(list(images[70:110]), pa.binary()), "label": truth[70:110]}),
@@ -250,9 +233,9 @@ def test_a_run_keeps_the_image_embeddings_and_update_reads_them_with_no_cache(
 
 
 def test_text_and_image_models_share_the_embeddings_file(
-    tiny_vit, tiny_text_model, digits, tmp_path
+    tiny_vit, tiny_text_model, png_digits, tmp_path
 ):
-    images, truth = digits
+    images, truth = png_digits
     words = ["free money now", "hello friend", "see you today", "click here"]
     table = pa.table(
         {
@@ -300,14 +283,15 @@ def test_text_and_image_models_share_the_embeddings_file(
     ],
 )
 def test_a_directory_that_is_not_a_model_is_exit_2_naming_what_it_lacks(
-    table_path, tmp_path, files, lacking
+    image_table_path, tmp_path, files, lacking
 ):
     folder = tmp_path / "not-a-model"
     folder.mkdir()
     for name, text in files.items():
         (folder / name).write_text(text)
     outcome = CliRunner().invoke(
-        cli, ["run", str(table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")]
+        cli,
+        ["run", str(image_table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")],
     )
     assert outcome.exit_code == 2
     assert outcome.output == (
@@ -319,13 +303,14 @@ def test_a_directory_that_is_not_a_model_is_exit_2_naming_what_it_lacks(
     assert not (tmp_path / "r").exists()
 
 
-def test_an_open_clip_directory_is_exit_2_saying_what_to_pass(table_path, tmp_path):
+def test_an_open_clip_directory_is_exit_2_saying_what_to_pass(image_table_path, tmp_path):
     folder = tmp_path / "other-model"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text("{}")
     (folder / "open_clip_model.safetensors").write_bytes(b"")
     outcome = CliRunner().invoke(
-        cli, ["run", str(table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")]
+        cli,
+        ["run", str(image_table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")],
     )
     assert outcome.exit_code == 2
     assert outcome.output == (
@@ -336,13 +321,20 @@ def test_an_open_clip_directory_is_exit_2_saying_what_to_pass(table_path, tmp_pa
 
 
 def test_a_timm_directory_without_timm_is_exit_2_naming_the_install(
-    table_path, tmp_path, monkeypatch
+    image_table_path, tmp_path, monkeypatch
 ):
     """Runs without timm: tests/test_timm_model.py reads timm directories where it imports."""
     folder = tmp_path / "timm-model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224"}))
-    args = ["run", str(table_path), "--image-model", str(folder), "--out", str(tmp_path / "r")]
+    args = [
+        "run",
+        str(image_table_path),
+        "--image-model",
+        str(folder),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     unweighted = CliRunner().invoke(cli, args)
     assert unweighted.exit_code == 2
     assert unweighted.output == (
@@ -387,9 +379,16 @@ def test_a_timm_directory_without_timm_is_exit_2_naming_the_install(
 
 
 def test_image_size_and_a_missing_transformers_are_exit_2(
-    tiny_vit, table_path, tmp_path, monkeypatch
+    tiny_vit, image_table_path, tmp_path, monkeypatch
 ):
-    args = ["run", str(table_path), "--image-model", str(tiny_vit), "--out", str(tmp_path / "r")]
+    args = [
+        "run",
+        str(image_table_path),
+        "--image-model",
+        str(tiny_vit),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     sized = CliRunner().invoke(cli, [*args, "--image-size", "64"])
     assert sized.exit_code == 2
     assert sized.output == (
@@ -407,7 +406,7 @@ def test_image_size_and_a_missing_transformers_are_exit_2(
     assert not (tmp_path / "r").exists()
 
 
-def test_each_kind_of_output_gives_the_images_vector(tmp_path, digits):
+def test_each_kind_of_output_gives_the_images_vector(tmp_path, png_digits):
     """CLIP with a projection: its image embedding; a ViT saved without a pooler: the CLS
     token, not a randomly initialised pooler; ConvNeXt: its pooled output."""
     import torch
@@ -429,7 +428,7 @@ def test_each_kind_of_output_gives_the_images_vector(tmp_path, digits):
     ).save_pretrained(convnext)
     _processor(convnext, "ConvNextImageProcessor", size={"shortest_edge": 32})
     bare = build_tiny_vit(tmp_path / "bare", pooler=False)
-    values = list(digits[0][:3])
+    values = list(png_digits[0][:3])
     widths = {
         p.name: encode_images(values, str(p), cache="off").shape[1] for p in (clip, convnext, bare)
     }
@@ -439,9 +438,9 @@ def test_each_kind_of_output_gives_the_images_vector(tmp_path, digits):
     assert not load_vision_model(bare).loaded()[2]
 
 
-def test_weights_that_do_not_fit_the_configuration_are_refused(tmp_path, digits):
+def test_weights_that_do_not_fit_the_configuration_are_refused(tmp_path, png_digits):
     model = build_tiny_vit(tmp_path / "vit")
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
     with pytest.raises(refine.InputError, match=r"its weights do not fit its configuration \(16 "):
-        encode_images(list(digits[0][:2]), str(model), cache="off")
+        encode_images(list(png_digits[0][:2]), str(model), cache="off")

@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 
 import refine
-from refine.bench.recipes import png_images
 from refine.cli import cli
 from refine.encode import vision
 from refine.encode.vision import TimmModel, encode_images, load_vision_model
@@ -87,33 +86,15 @@ def tiny_timm(tmp_path_factory):
     return path, build_tiny_timm(path)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return png_images("digits", side=16)
-
-
 @pytest.fixture()
 def counted(monkeypatch):
     """How many values went through the network, call by call."""
     return count_calls(monkeypatch, vision)
 
 
-@pytest.fixture()
-def table_path(tmp_path, digits):
-    images, truth = digits
-    values = list(images[:80])
-    values[3] = b"not an image"
-    values[7] = None
-    labels = truth[:80].copy()
-    labels[:6] = (labels[:6] + 1) % 10  # six wrong labels
-    path = tmp_path / "images.parquet"
-    pq.write_table(pa.table({"image": pa.array(values, pa.binary()), "label": labels}), path)
-    return path
-
-
-def test_the_embeddings_are_timms_pooled_features(tiny_timm, digits, counted):
+def test_the_embeddings_are_timms_pooled_features(tiny_timm, png_digits, counted):
     path, network = tiny_timm
-    images = list(digits[0][:3])
+    images = list(png_digits[0][:3])
     values = [images[0], None, b"\x89PNG\r\n\x1a\n broken", images[1], images[2], images[0]]
     first = encode_images(values, str(path), cache="off")
     second = encode_images(values, load_vision_model(path), cache="off")
@@ -126,7 +107,7 @@ def test_the_embeddings_are_timms_pooled_features(tiny_timm, digits, counted):
     assert not np.allclose(first[0], first[3])
 
 
-def test_a_cnn_saved_as_a_torch_file_reads_with_weights_only(tmp_path, digits):
+def test_a_cnn_saved_as_a_torch_file_reads_with_weights_only(tmp_path, png_digits):
     network = build_tiny_timm(
         tmp_path / "cnn", architecture="test_efficientnet", model_args={}, safe=False
     )
@@ -134,18 +115,18 @@ def test_a_cnn_saved_as_a_torch_file_reads_with_weights_only(tmp_path, digits):
         "config.json",
         "pytorch_model.bin",
     ]
-    images = list(digits[0][:3])
+    images = list(png_digits[0][:3])
     out = encode_images(images, str(tmp_path / "cnn"), cache="off")
     assert out.shape == (3, network.num_features)
     np.testing.assert_allclose(out, timm_features(network, images), rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_records_the_timm_model_and_a_rerun_encodes_nothing(
-    tiny_timm, table_path, tmp_path, counted
+    tiny_timm, image_table_path, tmp_path, counted
 ):
     path = tiny_timm[0]
     options = dict(image_model=str(path), embedding_cache=str(tmp_path / "cache"), seed=0, **SMALL)
-    result = refine.run(table_path, tmp_path / "a", **options)
+    result = refine.run(image_table_path, tmp_path / "a", **options)
     column = result.summary["features"]["columns"][0]
     assert column["kind"] == "image-model" and column["dim"] == 16 and column["indicator"]
     assert column["rows_encoded"] == 78 and column["rows_from_cache"] == 0
@@ -158,7 +139,7 @@ def test_a_run_records_the_timm_model_and_a_rerun_encodes_nothing(
     assert record["versions"]["timm"] == timm.__version__
     assert counted == [79]  # 78 images and the undecodable value, once
 
-    again = refine.run(table_path, tmp_path / "b", **options)
+    again = refine.run(image_table_path, tmp_path / "b", **options)
     assert again.summary["features"]["columns"][0]["rows_from_cache"] == 78
     assert counted[1:] == [1]  # only the undecodable value is read again (it is never cached)
     assert (tmp_path / "a" / "refined.parquet").read_bytes() == (
@@ -167,12 +148,14 @@ def test_a_run_records_the_timm_model_and_a_rerun_encodes_nothing(
 
 
 def test_update_reads_new_images_and_refuses_changed_weights(
-    tiny_timm, table_path, digits, tmp_path, counted
+    tiny_timm, image_table_path, png_digits, tmp_path, counted
 ):
     model = tmp_path / "model"
     shutil.copytree(tiny_timm[0], model)
-    refine.run(table_path, tmp_path / "a", image_model=str(model), embedding_cache="off", **SMALL)
-    images, truth = digits
+    refine.run(
+        image_table_path, tmp_path / "a", image_model=str(model), embedding_cache="off", **SMALL
+    )
+    images, truth = png_digits
     batch_path = tmp_path / "batch.parquet"
     pq.write_table(
         pa.table({"image": pa.array(list(images[70:110]), pa.binary()), "label": truth[70:110]}),
@@ -195,7 +178,7 @@ def test_update_reads_new_images_and_refuses_changed_weights(
     assert not (tmp_path / "c").exists()
 
 
-def test_a_configuration_timm_cannot_build_or_fill_is_refused(tiny_timm, tmp_path, digits):
+def test_a_configuration_timm_cannot_build_or_fill_is_refused(tiny_timm, tmp_path, png_digits):
     model = tmp_path / "model"
     shutil.copytree(tiny_timm[0], model)
     config = json.loads((model / "config.json").read_text())
@@ -207,11 +190,11 @@ def test_a_configuration_timm_cannot_build_or_fill_is_refused(tiny_timm, tmp_pat
         loaded.loaded()
     (model / "config.json").write_text(json.dumps({**config, "architecture": "no_such_net"}))
     with pytest.raises(refine.InputError, match="is not a model timm .* can build"):
-        encode_images(list(digits[0][:1]), str(model), cache="off")
+        encode_images(list(png_digits[0][:1]), str(model), cache="off")
 
 
 def test_a_config_from_before_timm_0_9_reads_its_pixels_settings_from_the_top(
-    tiny_timm, tmp_path, digits
+    tiny_timm, tmp_path, png_digits
 ):
     """timm < 0.9 wrote pretrained_cfg's keys (input_size, crop_pct, mean, ...) beside the
     architecture; without them the tiny ViT would get vit_tiny's 224-pixel default."""
@@ -220,7 +203,7 @@ def test_a_config_from_before_timm_0_9_reads_its_pixels_settings_from_the_top(
     config = json.loads((model / "config.json").read_text())
     legacy = {**config.pop("pretrained_cfg"), **config}
     (model / "config.json").write_text(json.dumps(legacy))
-    images = list(digits[0][:3])
+    images = list(png_digits[0][:3])
     np.testing.assert_array_equal(
         encode_images(images, str(model), cache="off"),
         encode_images(images, str(tiny_timm[0]), cache="off"),
