@@ -337,19 +337,61 @@ def test_a_random_verified_sample_measures_noise_the_surest_rows_miss():
         evidence = verdict.record["evidence"]
         expected = (given[sample] != truth[sample]).mean()
         assert evidence["verified_noise"] == pytest.approx(expected, abs=0.05)
+        flagged = sample[proba[sample].argmax(1) != given[sample]]
+        precision = (given[flagged] != truth[flagged]).mean()  # by hand, unweighted
+        assert evidence["verified_flag_precision"] == pytest.approx(precision, abs=0.05)
         assert evidence["trusted"] is trusted
+
+
+def test_flags_on_right_labels_are_not_trusted_however_noisy_the_verified_rows():
+    # The model learnt a labelling rule's error: 20% of labels are wrong, but the model agrees
+    # with them, and it flags 25% of rows whose labels are right. The verified rows show the
+    # noise, so the noise rate over the flag rate (0.8) would trust the flags; read directly,
+    # none of the flagged verified rows is wrong, and the labels stay.
+    from refine.config import RunConfig
+    from refine.judge.trust import Judge
+
+    rng = np.random.default_rng(3)
+    k, n = 2, 2000
+    truth = np.arange(n) % k
+    labels = truth.copy()
+    order = rng.permutation(n)
+    wrong, doubted = order[:400], order[400:900]
+    labels[wrong] = 1 - truth[wrong]
+    believed = labels.copy()  # what the model predicts: the wrong labels, and 500 flips
+    believed[doubted] = 1 - labels[doubted]
+    proba = _sharp_model(believed, k, seed=4, strength=4.0)
+    proba[doubted] = _sharp_model(believed[doubted], k, seed=5, strength=1.5)  # less sure there
+    assert not noise_evidence(labels, proba).trusted
+    verified = np.full(n, -1)
+    sample = rng.choice(n, 200, replace=False)
+    verified[sample] = truth[sample]
+    judge = Judge(labels, verified, RunConfig(), [0, 1])
+    issue = proba.argmax(1) != labels
+    verdict = judge(proba, np.ones(n), issue, proba[np.arange(n), labels], True)
+    evidence = verdict.record["evidence"]
+    assert evidence["verified_noise"] == pytest.approx(0.2, abs=0.07)
+    assert evidence["verified_noise"] / evidence["flag_rate"] > 0.5  # the old reading trusted
+    assert evidence["verified_flag_precision"] < 0.1
+    assert evidence["trusted"] is False
+    assert verdict.record["policy"] == KEEP
+    unverified = verified < 0
+    assert (verdict.decisions.refined[unverified] == labels[unverified]).all()
 
 
 def test_a_verified_sample_adds_evidence_but_never_lowers_the_anchors():
     from refine.judge.trust import Evidence
 
     anchors = Evidence(anchor_noise=0.2, flag_rate=0.3, precision=2 / 3, trusted=True)
-    lower = anchors.with_verified_noise(0.1)  # the sample reads less noise than the anchors
-    assert (lower.precision, lower.trusted, lower.verified_noise) == (2 / 3, True, 0.1)
+    lower = anchors.with_verified(0.1, 0.3)  # the sample reads less than the anchors
+    assert (lower.precision, lower.trusted, lower.verified_precision) == (2 / 3, True, 0.3)
     assert not lower.rests_on_verified
     weak = Evidence(anchor_noise=0.03, flag_rate=0.3, precision=0.1, trusted=False)
-    higher = weak.with_verified_noise(0.24)
+    higher = weak.with_verified(0.24, 0.8)
     assert higher.precision == pytest.approx(0.8) and higher.trusted and higher.rests_on_verified
+    # Plenty of noise but no flagged verified row: the sample says nothing about the flags.
+    unflagged = weak.with_verified(0.24, None)
+    assert (unflagged.precision, unflagged.trusted, unflagged.verified_noise) == (0.1, False, 0.24)
 
 
 def test_rules_resting_on_the_verified_noise_rate_must_not_break_verified_labels():
@@ -364,10 +406,13 @@ def test_rules_resting_on_the_verified_noise_rate_must_not_break_verified_labels
     anchors = Evidence(anchor_noise=0.2, flag_rate=0.3, precision=2 / 3, trusted=True)
     assert choose_policy(truth, verified, proba, rules, RULES, 0, evidence=anchors).policy == RULES
     sample = Evidence(anchor_noise=0.0, flag_rate=0.3, precision=0.0, trusted=False)
-    sample = sample.with_verified_noise(0.25)
+    sample = sample.with_verified(0.25, 0.6)
     choice = choose_policy(truth, verified, proba, rules, RULES, 0, evidence=sample)
     assert choice.policy == KEEP
     assert "would allow the rules, but they break more verified labels" in choice.reason
     rules[:2] = truth[:2]  # nothing broken: the rules stand, and say what the sample showed
     choice = choose_policy(truth, verified, proba, rules, RULES, 0, evidence=sample)
-    assert choice.policy == RULES and "the verified rows show 25% of labels wrong" in choice.reason
+    assert (
+        choice.policy == RULES
+        and "60% of the verified rows the model flags have a wrong label" in choice.reason
+    )

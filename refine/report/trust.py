@@ -35,13 +35,18 @@ def trust_section(summary: dict[str, Any]) -> str:
         ("model's flags / labelled rows", decimal(evidence.get("flag_rate"), 3)),
         ("noise seen at the model's surest rows", decimal(evidence.get("anchor_noise"), 3)),
         *(
+            [("noise seen on the verified rows", decimal(evidence["verified_noise"], 3))]
+            if evidence.get("verified_noise") is not None
+            else []
+        ),
+        *(
             [
                 (
-                    "noise seen on the verified rows (used instead)",
-                    decimal(evidence["verified_noise"], 3),
+                    "share of the flagged verified rows that are wrong labels (measured)",
+                    decimal(evidence["verified_flag_precision"], 3),
                 )
             ]
-            if evidence.get("verified_noise") is not None
+            if evidence.get("verified_flag_precision") is not None
             else []
         ),
         (
