@@ -538,8 +538,8 @@ def _round(rounds: Rounds, round_index: int) -> None:
     started = time.perf_counter()
     raw, agreement = rounds.train(round_index)
     proba = rounds.calibrate(raw)
-    is_issue, quality = rounds.detect(proba, agreement, round_index)
-    verdict = rounds.decide(proba, agreement, is_issue, quality, round_index)
+    is_issue = rounds.detect(proba, agreement, round_index)
+    verdict = rounds.decide(proba, agreement, is_issue, round_index)
     verdict = rounds.weigh_votes(verdict)
     rounds.record(round_index, verdict, agreement, started)
 

@@ -20,7 +20,7 @@ from refine.config import RunConfig
 from refine.encode.features import FeatureEncoder
 from refine.io.decisions import CORRECTED, EXCLUDED, GIVEN, PSEUDO, Decisions
 from refine.io.read import LabelledTable
-from refine.judge.detect import detect_issues, merge_directions, noise_directions
+from refine.judge.detect import flag_issues, merge_directions, noise_directions
 from refine.judge.relabel import teacher_is_reliable
 from refine.judge.trust import KEEP, Judge, Verdict
 from refine.learn.calibrate import (
@@ -309,10 +309,9 @@ class Rounds:
         labelled, not a copy."""
         return values if len(self.given) == len(self.labelled) else values[self.labelled]
 
-    def detect(
-        self, proba: np.ndarray, agreement: np.ndarray, round_index: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``is_issue`` and ``quality`` ``(N,)``; unlabelled rows are never flagged."""
+    def detect(self, proba: np.ndarray, agreement: np.ndarray, round_index: int) -> np.ndarray:
+        """``is_issue`` ``(N,)``; unlabelled rows are never flagged. The judge scores label
+        quality, on the probabilities it calibrates to the true class."""
         started = time.perf_counter()
         config, labelled, given = self.config, self.labelled, self.given
         if config.one_way_noise and not self.is_teacher_round(round_index):
@@ -322,8 +321,7 @@ class Rounds:
                 self.first_directions = self.directions
         n = len(self.data.labels)
         is_issue = np.zeros(n, bool)
-        quality = np.ones(n, np.float32)
-        is_issue[labelled], quality[labelled] = detect_issues(
+        is_issue[labelled] = flag_issues(
             given,
             self._labelled(proba),
             self._labelled(agreement),
@@ -332,14 +330,13 @@ class Rounds:
             self.directions if self.directions is not None else config.one_way_noise,
         )
         self.timings["detect"] += time.perf_counter() - started
-        return is_issue, quality
+        return is_issue
 
     def decide(
         self,
         proba: np.ndarray,
         agreement: np.ndarray,
         is_issue: np.ndarray,
-        quality: np.ndarray,
         round_index: int,
     ) -> Verdict:
         """The trust judge's verdict on this round."""
@@ -350,7 +347,7 @@ class Rounds:
             reliable = self.teacher.reliable
         self.metrics["reliable"] = reliable
         verdict = self.judge(
-            proba, agreement, is_issue, quality, reliable, self.is_teacher_round(round_index)
+            proba, agreement, is_issue, reliable, self.is_teacher_round(round_index)
         )
         self.timings["refine"] += time.perf_counter() - started
         return verdict

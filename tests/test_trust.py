@@ -252,7 +252,7 @@ def test_verified_rows_without_a_given_label_are_named_but_show_nothing_about_co
     wrong = np.arange(n) % 3 == 0
     proba[wrong] = np.where(truth[wrong, None] == np.arange(k), 0.45, 0.55)
     judge = Judge(labels, verified, RunConfig(), [0, 1])
-    verdict = judge(proba, np.ones(n), proba.argmax(1) != np.maximum(labels, 0), proba[:, 0], True)
+    verdict = judge(proba, np.ones(n), proba.argmax(1) != np.maximum(labels, 0), True)
     reason = verdict.record["reason"]
     assert reason.startswith("labels kept: none of the 30 verified rows has a given label")
     assert verdict.decisions.source[:30].tolist() == [6] * 30  # VERIFIED
@@ -306,7 +306,7 @@ def test_rows_picked_for_doubt_do_not_calibrate_but_a_random_sample_does():
         verified[rows] = truth[rows]
         judge = Judge(labels, verified, RunConfig(), [0, 1, 2])
         issue = proba.argmax(1) != labels
-        verdict = judge(proba, np.ones(n), issue, proba[np.arange(n), labels], True)
+        verdict = judge(proba, np.ones(n), issue, True)
         calibration = verdict.record["calibration"]
         assert calibration["method"] == method
         assert calibration["verified_rows_representative"] is (method == "verified")
@@ -333,7 +333,7 @@ def test_a_random_verified_sample_measures_noise_the_surest_rows_miss():
         verified = np.full(n, -1)
         verified[sample] = truth[sample]
         judge = Judge(given, verified, RunConfig(), [0, 1])
-        verdict = judge(proba, np.ones(n), proba.argmax(1) != given, proba[:, 0], True)
+        verdict = judge(proba, np.ones(n), proba.argmax(1) != given, True)
         evidence = verdict.record["evidence"]
         expected = (given[sample] != truth[sample]).mean()
         assert evidence["verified_noise"] == pytest.approx(expected, abs=0.05)
@@ -368,7 +368,7 @@ def test_flags_on_right_labels_are_not_trusted_however_noisy_the_verified_rows()
     verified[sample] = truth[sample]
     judge = Judge(labels, verified, RunConfig(), [0, 1])
     issue = proba.argmax(1) != labels
-    verdict = judge(proba, np.ones(n), issue, proba[np.arange(n), labels], True)
+    verdict = judge(proba, np.ones(n), issue, True)
     evidence = verdict.record["evidence"]
     assert evidence["verified_noise"] == pytest.approx(0.2, abs=0.07)
     assert evidence["verified_noise"] / evidence["flag_rate"] > 0.5  # the old reading trusted

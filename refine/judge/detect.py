@@ -34,7 +34,21 @@ def detect_issues(
     confident_threshold: float | None = 0.5,
     one_way: bool | np.ndarray = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flag rows whose given label is likely wrong, and score every row's label quality.
+    """``flag_issues``'s flags ``(N,)`` and every row's label quality ``(N,)``,
+    ``class_calibrated_quality`` of ``proba``."""
+    flags = flag_issues(labels, proba, agreement, filter_by, confident_threshold, one_way)
+    return flags, class_calibrated_quality(labels, proba)
+
+
+def flag_issues(
+    labels: np.ndarray,
+    proba: np.ndarray,
+    agreement: np.ndarray,
+    filter_by: str = "predicted_neq_given",
+    confident_threshold: float | None = 0.5,
+    one_way: bool | np.ndarray = True,
+) -> np.ndarray:
+    """Flag rows ``(N,)`` whose given label is likely wrong.
 
     A row is flagged when cleanlab's ``find_label_issues`` (method ``filter_by``) flags it and
     the ensemble's most likely class is not the given one. The default, ``predicted_neq_given``,
@@ -49,9 +63,7 @@ def detect_issues(
     least ``confident_threshold`` and at least 0.5 above the given label's, are flagged whatever
     ``filter_by`` says: with ``prune_by_noise_rate`` this recovers rows that one-directional
     noise hides from the per-class thresholds (reports/code-notes.md). None turns the rule
-    off. Quality is the calibrated probability of the given label, shifted for each given class
-    so that its mean is the share of that class's labels confident learning estimates right
-    (``class_calibrated_quality``).
+    off.
 
     ``one_way``: leave alone rows flagged against the direction the noise runs in (see
     ``noise_directions``). True estimates the directions from ``proba``; a ``(K, K)`` mask
@@ -75,7 +87,7 @@ def detect_issues(
         one_way = noise_directions(labels, proba)
     if one_way is not False and len(labels):
         is_issue &= ~np.asarray(one_way, bool)[labels, predicted]
-    return is_issue, class_calibrated_quality(labels, proba)
+    return is_issue
 
 
 def class_calibrated_quality(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:

@@ -402,12 +402,11 @@ class Judge:
         proba: np.ndarray,
         agreement: np.ndarray,
         is_issue: np.ndarray,
-        quality: np.ndarray,
         reliable: bool,
         teacher_round: bool = False,
     ) -> Verdict:
-        """``proba`` ``(N, K)`` calibrated against the given labels; ``is_issue`` and
-        ``quality`` ``(N,)`` as ``detect_issues`` read them from it."""
+        """``proba`` ``(N, K)`` calibrated against the given labels; ``is_issue`` ``(N,)`` as
+        ``flag_issues`` reads it from them."""
         labels, verified, c = self.labels, self.verified, self.config
         labelled = labels >= 0
         # Weights that make the verified rows stand for the table (stratum_weights); None where
@@ -432,7 +431,7 @@ class Judge:
         temperature, method = truth_temperature(proba, labels, verified, fallback == RULES, weights)
         true_proba = apply_temperature(proba, temperature) if method != "none" else proba
         rows = np.flatnonzero(labelled)
-        quality = quality.astype(np.float32, copy=True)
+        quality = np.ones(len(labels), np.float32)  # unlabelled rows have no label to doubt
         quality[rows] = class_calibrated_quality(labels[rows], true_proba[rows])
         pseudo = c.pseudo_threshold if c.pseudo_label else None
         # The teacher's round (refine update) flags and pseudo-labels, but leaves given labels
