@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from refine import crowd
@@ -31,7 +32,14 @@ from refine.io.decisions import (
     Decisions,
 )
 from refine.io.keys import RowKey, check_key, row_key
-from refine.io.read import Input, LabelledTable, check_no_clashes, encode_labels, read_input
+from refine.io.read import (
+    Input,
+    LabelledTable,
+    check_no_clashes,
+    encode_labels,
+    read_batches,
+    read_input,
+)
 from refine.io.verify import verified_labels
 from refine.io.votes import Votes
 from refine.io.write import (
@@ -42,6 +50,7 @@ from refine.io.write import (
     refined_table,
     write_json,
     write_parquet,
+    write_refined_from,
 )
 from refine.judge.detect import confident_joint
 from refine.judge.relabel import true_class_of
@@ -80,7 +89,7 @@ class RunResult:
     last round's calibrated probabilities ``proba`` ``(N, K)`` (out-of-fold for labelled rows)
     and ensemble ``agreement`` ``(N,)``."""
 
-    refined: pa.Table
+    held: pa.Table | None  # None: a streaming run wrote refined.parquet without holding it
     rounds: pa.Table
     summary: dict[str, Any]
     proba: np.ndarray
@@ -89,6 +98,15 @@ class RunResult:
     skipped: dict[str, str] = field(default_factory=dict)
     synthetic: pa.Table | None = None  # synthetic.parquet, with --augment
     annotators: pa.Table | None = None  # annotators.parquet, with votes
+
+    @property
+    def refined(self) -> pa.Table:
+        """refined.parquet's table; read from ``out`` when the run did not hold it."""
+        if self.held is None and self.out is not None:
+            self.held = pq.read_table(self.out / "refined.parquet")
+        if self.held is None:  # only a run with --out lets its table go
+            raise RefineError("the run's refined table is neither held nor written")
+        return self.held
 
     @property
     def flagged(self) -> pa.Table:
@@ -213,7 +231,18 @@ def _run(
             if runner is not None
             else encoder.transform(table)
         )
+        del table
         timings["encode"] += time.perf_counter() - started
+    key, reread = None, None
+    if (
+        plan.streaming
+        and out is not None
+        and _can_read_again(source, config, votes is not None, encoder)
+    ):
+        # The rounds need the labels only; refined.parquet reads the input again as it writes.
+        key = row_key(labelled_table.table, config.label, config.key, config.ignore)
+        labelled_table, source, reread = _schema_only(labelled_table), _schema_only(source), source
+        pa.default_memory_pool().release_unused()
     _encoder_notes(encoder, progress)
     if runner is not None and out is not None:
         runner.checkpoint = open_checkpoint(
@@ -234,7 +263,7 @@ def _run(
         student = distill(labelled_table, state.decisions, config, progress, timings, runner)
         kept = (student.crossfit, student.encoder)
     deployable = student_model(labelled_table, X, encoder, config, state, timings, out)
-    summary = summarise_run(labelled_table, encoder, config, state, timings, source, command)
+    summary = summarise_run(labelled_table, encoder, config, state, timings, source, command, key)
     summary["execution"] = plan.describe()
     if kept is not None:
         summary["student"] = student.summary
@@ -257,6 +286,7 @@ def _run(
         extra,
         kept=kept,
         student=deployable,
+        reread=reread.path if reread is not None else None,
     )
     result.annotators = extra["annotators.parquet"] if extra else None
     return result
@@ -372,6 +402,27 @@ def note_reader(source: Input, progress: Progress) -> None:
         )
 
 
+def _can_read_again(source: Input, config: RunConfig, votes: bool, encoder: FeatureEncoder) -> bool:
+    """Whether a streaming run may let the input table go once its features are on disk and
+    read it again to write refined.parquet: it came from Parquet, and nothing after the
+    encoding (votes, augmentation, a distilled student, a pretrained model's embeddings.parquet)
+    reads it."""
+    return (
+        source.path is not None
+        and source.reader.startswith("Parquet")
+        and not votes
+        and not config.augment
+        and config.student_features is None
+        and not encoder.embedded
+    )
+
+
+def _schema_only(holder: Any) -> Any:
+    """``holder`` (a ``LabelledTable`` or ``Input``) with its table cut to none of its rows, its
+    schema kept."""
+    return dataclasses.replace(holder, table=holder.table.slice(0, 0))
+
+
 def _encode_planned(
     data: LabelledTable,
     config: RunConfig,
@@ -450,22 +501,29 @@ def finish_run(
     extra_files: dict[str, pa.Table] | None = None,
     kept: tuple[CrossFit, FeatureEncoder] | None = None,
     student: StudentModel | None = None,
+    reread: Path | None = None,
 ) -> RunResult:
     """Build the output tables from the last round and write the run directory atomically,
     with ``extra_files`` (name -> table) beside them, and ``report.html`` (built from the
     written files) when ``config.report``. ``model.pt`` holds the last round's fold models
-    and ``encoder``, or ``kept`` (fold models, encoder) instead: a distilled student."""
+    and ``encoder``, or ``kept`` (fold models, encoder) instead: a distilled student. With
+    ``reread`` (the input's path; ``data`` then holds its schema only), refined.parquet is
+    written from the input read again, a row group at a time, and read back when asked for."""
     metadata = {
         "refine.classes": data.class_values(),
         "refine.run": {"version": VERSION, "config": config.to_dict(), "seed": config.seed},
     }
-    refined = refined_table(
-        data, state.decisions, state.proba, state.is_issue, state.quality, metadata
+    refined = (
+        None
+        if reread is not None
+        else refined_table(
+            data, state.decisions, state.proba, state.is_issue, state.quality, metadata
+        )
     )
     rounds = pa.Table.from_pylist(state.rounds, schema=ROUNDS_SCHEMA)
     synthetic = _synthetic_table(data, state, metadata) if state.synthetic is not None else None
     result = RunResult(
-        refined=refined,
+        held=refined,
         rounds=rounds,
         summary=summary,
         proba=state.proba,
@@ -476,7 +534,19 @@ def finish_run(
     if out is not None:
         started = time.perf_counter()
         with atomic_directory(Path(out), overwrite) as tmp:
-            write_parquet(refined, tmp / "refined.parquet")
+            if reread is not None:
+                write_refined_from(
+                    tmp / "refined.parquet",
+                    read_batches(reread),
+                    data,
+                    state.decisions,
+                    state.proba,
+                    state.is_issue,
+                    state.quality,
+                    metadata,
+                )
+            elif refined is not None:
+                write_parquet(refined, tmp / "refined.parquet")
             write_parquet(rounds, tmp / "rounds.parquet")
             if synthetic is not None:
                 write_parquet(synthetic, tmp / "synthetic.parquet")
@@ -596,7 +666,7 @@ def summarise_run(
     """run.json's summary of a finished run on ``source``; ``key`` names its rows (default: the
     key that ``config`` gives ``data``, ``refine.io.keys.row_key``)."""
     labels = data.labels
-    key = key or row_key(data.table, config.label, config.key, config.ignore)
+    key = key if key is not None else row_key(data.table, config.label, config.key, config.ignore)
     classes = data.class_values()
     d = state.decisions
     predicted = state.proba.argmax(1)

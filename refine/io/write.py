@@ -110,6 +110,64 @@ def refined_table(
     return table.replace_schema_metadata(existing)
 
 
+def write_refined_from(
+    path: Path,
+    batches: Iterator[pa.RecordBatch],
+    data: LabelledTable,
+    decisions: Decisions,
+    proba: np.ndarray,
+    is_issue: np.ndarray,
+    quality: np.ndarray,
+    metadata: dict[str, Any],
+) -> None:
+    """Write ``refined_table``'s file to ``path`` from ``batches``, the input read again (its
+    rows in order), a row group at a time; ``data`` may hold only the input's schema. The bytes
+    are those of ``write_parquet(refined_table(...))``: the same row groups of
+    ``ROW_GROUP_ROWS`` rows, the same chunks within them."""
+    start, writer = 0, None
+    try:
+        for batch in _row_groups(batches, data.table.schema):
+            n = batch.num_rows
+            rows = slice(start, start + n)
+            piece = LabelledTable(batch, data.label, data.labels[rows], data.classes)
+            part = Decisions(*(getattr(decisions, f)[rows] for f in _DECISION_FIELDS))
+            table = refined_table(piece, part, proba[rows], is_issue[rows], quality[rows], metadata)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            writer.write_table(table)
+            start += n
+    finally:
+        if writer is not None:
+            writer.close()
+    if start != len(data.labels):
+        raise OutputError(
+            f"the input has {start:,} rows now but had {len(data.labels):,} when read; "
+            "leave the input unchanged while refine runs"
+        )
+
+
+# pyarrow.parquet.write_table's default row group length, which write_refined_from follows.
+ROW_GROUP_ROWS = 1 << 20
+_DECISION_FIELDS = ("refined", "source", "weight", "soft")
+
+
+def _row_groups(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.Table]:
+    """``batches`` regrouped into tables of ``ROW_GROUP_ROWS`` rows (the last one shorter),
+    each keeping the batches' own boundaries inside it."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        while count + batch.num_rows >= ROW_GROUP_ROWS:
+            take = ROW_GROUP_ROWS - count
+            yield pa.Table.from_batches([*held, batch.slice(0, take)], schema=schema)
+            held, count, batch = [], 0, batch.slice(take)
+        if batch.num_rows:
+            held.append(batch)
+            count += batch.num_rows
+    if held:
+        yield pa.Table.from_batches(held, schema=schema)
+
+
 def _class_column(data: LabelledTable, index: np.ndarray, label_type: pa.DataType) -> pa.Array:
     """Class values for class indices ``(N,)``; -1 gives null. Keeps the label's Arrow type."""
     column = data.classes.take(pa.array(index, mask=index < 0))
