@@ -259,3 +259,17 @@ def test_the_cache_setting_names_a_directory_and_values_must_be_text(
     assert embedding.cache_directory(str(tmp_path / "c")) == tmp_path / "c"
     with pytest.raises(refine.InputError, match="value 1 is a int: 3"):
         encode_texts(["a", 3], str(tiny_text_model), cache="off")
+
+
+def test_a_streaming_run_keeps_its_table_for_the_embeddings(tiny_text_model, table_path, tmp_path):
+    # A streaming run lets its input go only when nothing after the encoding reads it; the
+    # embeddings.parquet of a pretrained model does, so the table stays and the bytes agree.
+    options = dict(text_model=str(tiny_text_model), embedding_cache="off", seed=0, **SMALL)
+    memory = refine.run(table_path, tmp_path / "memory", workers=1, **options)
+    streamed = refine.run(table_path, tmp_path / "streamed", workers=1, memory="1KB", **options)
+    assert streamed.summary["execution"]["features"] == "streaming"
+    assert memory.held is not None and streamed.held is not None
+    for name in ("refined.parquet", "embeddings.parquet"):
+        assert (tmp_path / "memory" / name).read_bytes() == (
+            tmp_path / "streamed" / name
+        ).read_bytes()
