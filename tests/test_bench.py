@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -321,3 +322,14 @@ def test_review_summary_from_hand_made_rows():
     assert s["cases"] == 2
     assert s["by_dataset"]["d"]["first"]["policies"] == ["keep", "keep"]
     assert s["by_dataset"]["d"]["review"]["label_accuracy_mean"] == pytest.approx(0.825)
+
+
+def test_the_report_header_names_the_recipes_run(monkeypatch):
+    from refine.bench.suite import _header
+
+    monkeypatch.setattr(sys, "argv", ["/x/refine/__main__.py", "bench"])  # python -m refine
+    header = _header("quick", 2, 0.05, 0.0, ("iris-sym20", "wine-sym20"))
+    assert header["command"] == (
+        "refine bench --dataset iris-sym20 --dataset wine-sym20 --seeds 2 --verified 0.05"
+    )
+    assert _header("full", 1, 0.0, 0.0)["command"] == "refine bench --suite full --seeds 1"

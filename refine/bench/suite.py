@@ -92,7 +92,7 @@ def run_bench(
     return BenchReport(
         rows=rows,
         summary=summarise(rows),
-        header=_header(suite, seeds, verified, review),
+        header=_header(suite, seeds, verified, review, recipes),
         review_loop={"summary": summarise_review(review_rows, review), "rows": review_rows}
         if review
         else None,
@@ -563,7 +563,13 @@ def measure(function: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, seconds, max(peak, rss()) - start_rss
 
 
-def _header(suite: str, seeds: int, verified: float, review: float) -> dict[str, Any]:
+def _header(
+    suite: str,
+    seeds: int,
+    verified: float,
+    review: float,
+    recipes: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     import torch
 
     from refine.pipeline import _versions
@@ -573,10 +579,11 @@ def _header(suite: str, seeds: int, verified: float, review: float) -> dict[str,
         for name, share in (("verified", verified), ("review", review))
         if share
     )
+    chosen = "".join(f" --dataset {r}" for r in recipes) if recipes else f" --suite {suite}"
     return {
         "command": " ".join(["refine", *sys.argv[1:]])
         if sys.argv[0].endswith("refine")
-        else f"refine bench --suite {suite} --seeds {seeds}{options}",
+        else f"refine bench{chosen} --seeds {seeds}{options}",
         "suite": suite,
         "seeds": seeds,
         "verified": verified,
