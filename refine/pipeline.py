@@ -241,7 +241,9 @@ def _run(
     ):
         # The rounds need the labels only; refined.parquet reads the input again as it writes.
         key = row_key(labelled_table.table, config.label, config.key, config.ignore)
-        labelled_table, source, reread = _schema_only(labelled_table), _schema_only(source), source
+        # Keep the path, not the Input: the Input holds the table.
+        reread = source.path
+        labelled_table, source = _schema_only(labelled_table), _schema_only(source)
         pa.default_memory_pool().release_unused()
     _encoder_notes(encoder, progress)
     if runner is not None and out is not None:
@@ -286,7 +288,7 @@ def _run(
         extra,
         kept=kept,
         student=deployable,
-        reread=reread.path if reread is not None else None,
+        reread=reread,
     )
     result.annotators = extra["annotators.parquet"] if extra else None
     return result
@@ -418,9 +420,9 @@ def _can_read_again(source: Input, config: RunConfig, votes: bool, encoder: Feat
 
 
 def _schema_only(holder: Any) -> Any:
-    """``holder`` (a ``LabelledTable`` or ``Input``) with its table cut to none of its rows, its
-    schema kept."""
-    return dataclasses.replace(holder, table=holder.table.slice(0, 0))
+    """``holder`` (a ``LabelledTable`` or ``Input``) with an empty table of its table's schema.
+    Not a slice of no rows: a slice keeps the whole table's buffers alive."""
+    return dataclasses.replace(holder, table=holder.table.schema.empty_table())
 
 
 def _encode_planned(
