@@ -144,10 +144,11 @@ def test_summary_counts_the_cases_refine_did_worse():
         _case("valid", 90, 95, 0.8, 0.79),
     ]
     table = real.summary_table(rows, before=False)
-    assert table[2] == "| none | 2 | 1 | 1 | 0 |"
-    assert table[3] == "| verified 5% | 0 | 0 | 0 | 0 |"
-    assert table[4] == "| valid | 1 | 0 | 0 | 1 |"
-    assert table[5] == "| all | 3 | 1 | 1 | 1 |"
+    assert table[2:] == [  # verified 5% did not run: no row of zeros for it
+        "| none | 2 | 1 | 1 | 0 |",
+        "| valid | 1 | 0 | 0 | 1 |",
+        "| all | 3 | 1 | 1 | 1 |",
+    ]
 
 
 def test_policies_are_named_once_where_the_seeds_agree():
