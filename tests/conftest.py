@@ -159,3 +159,27 @@ def image_table_path(tmp_path, png_digits):
     path = tmp_path / "images.parquet"
     pq.write_table(pa.table({"image": pa.array(values, pa.binary()), "label": labels}), path)
     return path
+
+
+def image_batch(png_digits, path):
+    """``path``, written with digit images 70-109 and their labels: ten that
+    ``image_table_path``'s run has seen, thirty new, as a batch for ``refine update``."""
+    images, truth = png_digits
+    batch = pa.table({"image": pa.array(list(images[70:110]), pa.binary()), "label": truth[70:110]})
+    pq.write_table(batch, path)
+    return path
+
+
+def assert_update_refuses_the_changed_model(run_dir, batch_path, model, option, out):
+    """``refine update RUN_DIR BATCH --out OUT`` after the ``--OPTION`` directory ``model`` got
+    other weights: exit 2 naming the model, and nothing written."""
+    from click.testing import CliRunner
+
+    from refine.cli import cli
+
+    outcome = CliRunner().invoke(cli, ["update", str(run_dir), str(batch_path), "--out", str(out)])
+    assert outcome.exit_code == 2, outcome.output
+    assert f"--{option} {str(model.resolve())!r} has changed since the run used it" in (
+        outcome.output
+    )
+    assert not out.exists()

@@ -23,7 +23,7 @@ from refine.encode.features import fit_features
 from refine.encode.vision import encode_images, load_vision_model
 from refine.io.query import query
 from refine.update import load_run
-from tests.conftest import count_calls
+from tests.conftest import assert_update_refuses_the_changed_model, count_calls, image_batch
 
 transformers = pytest.importorskip("transformers")
 
@@ -173,12 +173,7 @@ def test_update_uses_the_cache_and_refuses_a_changed_model(
     refine.run(
         image_table_path, tmp_path / "a", image_model=str(model), embedding_cache=cache, **SMALL
     )
-    images, truth = png_digits
-    batch_path = tmp_path / "batch.parquet"
-    batch = list(images[70:110])  # ten images the run has seen, thirty new
-    pq.write_table(
-        pa.table({"image": pa.array(batch, pa.binary()), "label": truth[70:110]}), batch_path
-    )
+    batch_path = image_batch(png_digits, tmp_path / "batch.parquet")
     before = len(counted)
     result = refine.update(tmp_path / "a", batch_path, tmp_path / "b", replay=0)
     assert counted[before:] == [30]
@@ -187,14 +182,9 @@ def test_update_uses_the_cache_and_refuses_a_changed_model(
     # the same directory, other weights: refused before anything is written
     shutil.rmtree(model)
     build_tiny_vit(model, seed=1)
-    outcome = CliRunner().invoke(
-        cli, ["update", str(tmp_path / "a"), str(batch_path), "--out", str(tmp_path / "c")]
+    assert_update_refuses_the_changed_model(
+        tmp_path / "a", batch_path, model, "image-model", tmp_path / "c"
     )
-    assert outcome.exit_code == 2, outcome.output
-    assert f"--image-model {str(model.resolve())!r} has changed since the run used it" in (
-        outcome.output
-    )
-    assert not (tmp_path / "c").exists()
 
 
 def test_a_run_keeps_the_image_embeddings_and_update_reads_them_with_no_cache(
@@ -221,12 +211,7 @@ def test_a_run_keeps_the_image_embeddings_and_update_reads_them_with_no_cache(
     assert joined["n"].to_pylist() == [78]
 
     # with no cache at all, the run's file spares the model the images the run saw
-    images, truth = png_digits
-    batch_path = tmp_path / "batch.parquet"
-    pq.write_table(
-        pa.table({"image": pa.array(list(images[70:110]), pa.binary()), "label": truth[70:110]}),
-        batch_path,
-    )
+    batch_path = image_batch(png_digits, tmp_path / "batch.parquet")
     before = len(counted)
     refine.update(tmp_path / "a", batch_path, tmp_path / "b", replay=0, embedding_cache="off")
     assert counted[before:] == [30]

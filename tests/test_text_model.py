@@ -20,7 +20,12 @@ from refine.encode.embedding import EmbeddingCache
 from refine.encode.features import fit_features
 from refine.encode.pretrained import encode_texts, load_text_model
 from refine.io.query import query
-from tests.conftest import TINY_WORDS, build_tiny_text_model, count_calls
+from tests.conftest import (
+    TINY_WORDS,
+    assert_update_refuses_the_changed_model,
+    build_tiny_text_model,
+    count_calls,
+)
 
 pytest.importorskip("sentence_transformers")
 
@@ -139,14 +144,9 @@ def test_update_reuses_the_runs_embeddings_and_refuses_a_changed_model(
     # the same directory, other weights: refused before anything is written
     shutil.rmtree(model)
     build_tiny_text_model(tmp_path / "other", seed=1).rename(model)
-    outcome = CliRunner().invoke(
-        cli, ["update", str(tmp_path / "a"), str(batch_path), "--out", str(tmp_path / "c")]
+    assert_update_refuses_the_changed_model(
+        tmp_path / "a", batch_path, model, "text-model", tmp_path / "c"
     )
-    assert outcome.exit_code == 2, outcome.output
-    assert f"--text-model {str(model.resolve())!r} has changed since the run used it" in (
-        outcome.output
-    )
-    assert not (tmp_path / "c").exists()
     with pytest.raises(refine.ConfigError, match="refine update keeps the run's text_model"):
         refine.update(tmp_path / "a", batch_path, tmp_path / "d", text_model=str(model))
 

@@ -15,16 +15,12 @@ import os
 import shutil
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
 import refine
-from refine.cli import cli
 from refine.encode import vision
 from refine.encode.vision import TimmModel, encode_images, load_vision_model
-from tests.conftest import count_calls
+from tests.conftest import assert_update_refuses_the_changed_model, count_calls, image_batch
 
 try:
     import timm
@@ -155,12 +151,7 @@ def test_update_reads_new_images_and_refuses_changed_weights(
     refine.run(
         image_table_path, tmp_path / "a", image_model=str(model), embedding_cache="off", **SMALL
     )
-    images, truth = png_digits
-    batch_path = tmp_path / "batch.parquet"
-    pq.write_table(
-        pa.table({"image": pa.array(list(images[70:110]), pa.binary()), "label": truth[70:110]}),
-        batch_path,
-    )
+    batch_path = image_batch(png_digits, tmp_path / "batch.parquet")
     before = len(counted)
     refine.update(tmp_path / "a", batch_path, tmp_path / "b", replay=0, embedding_cache="off")
     assert counted[before:] == [30]  # the run's embeddings.parquet holds the ten it saw
@@ -168,14 +159,9 @@ def test_update_reads_new_images_and_refuses_changed_weights(
     # the same directory, other weights: refused before anything is written
     shutil.rmtree(model)
     build_tiny_timm(model, seed=1)
-    outcome = CliRunner().invoke(
-        cli, ["update", str(tmp_path / "a"), str(batch_path), "--out", str(tmp_path / "c")]
+    assert_update_refuses_the_changed_model(
+        tmp_path / "a", batch_path, model, "image-model", tmp_path / "c"
     )
-    assert outcome.exit_code == 2, outcome.output
-    assert f"--image-model {str(model.resolve())!r} has changed since the run used it" in (
-        outcome.output
-    )
-    assert not (tmp_path / "c").exists()
 
 
 def test_a_configuration_timm_cannot_build_or_fill_is_refused(tiny_timm, tmp_path, png_digits):
