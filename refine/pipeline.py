@@ -223,27 +223,11 @@ def _run(
         plan = dataclasses.replace(plan, workers=runner.workers)
     elif runner is not None:
         runner.workers = plan.workers
-    if X is None:  # streaming: the features go to a file in the run's working directory
-        started = time.perf_counter()
-        table = labelled_table.table
-        X = (
-            _encode_to_disk(encoder, table, runner.scratch(where))
-            if runner is not None
-            else encoder.transform(table)
-        )
-        del table
-        timings["encode"] += time.perf_counter() - started
-    key, reread = None, None
-    if (
-        plan.streaming
-        and out is not None
-        and _can_read_again(source, config, votes is not None, encoder)
-    ):
-        # The rounds need the labels only; refined.parquet reads the input again as it writes.
-        key = row_key(labelled_table.table, config.label, config.key, config.ignore)
-        # Keep the path, not the Input: the Input holds the table.
-        reread = source.path
-        labelled_table, source = _schema_only(labelled_table), _schema_only(source)
+    X = _streamed_features(encoder, labelled_table, X, runner, where, timings)
+    labelled_table, source, key, reread = _let_input_go(
+        labelled_table, source, config, votes is not None, encoder, plan, out
+    )
+    if reread is not None:  # the table's buffers are free now that nothing holds them
         pa.default_memory_pool().release_unused()
     _encoder_notes(encoder, progress)
     if runner is not None and out is not None:
@@ -271,12 +255,7 @@ def _run(
         summary["student"] = student.summary
     if deployable is not None:
         summary["student_model"] = describe_student(deployable)
-    extra = None
-    if votes is not None:
-        annotators = crowd.annotators_table_of(votes, state, verified)
-        summary["annotators"] = crowd.describe_annotators(annotators)
-        summary["annotators"]["consensus"] = crowd.describe_choice(state)
-        extra = {"annotators.parquet": annotators}
+    extra = _annotators(votes, state, verified, summary) if votes is not None else None
     result = finish_run(
         labelled_table,
         encoder,
@@ -402,6 +381,56 @@ def note_reader(source: Input, progress: Progress) -> None:
             f"read {str(source.path)!r} as {source.reader}: {_count(table.num_rows, 'row')}, "
             f"{_count(table.num_columns, 'column')}"
         )
+
+
+def _streamed_features(
+    encoder: FeatureEncoder,
+    data: LabelledTable,
+    X: np.ndarray | None,
+    runner: FoldRunner | None,
+    where: Path | None,
+    timings: dict[str, float],
+) -> np.ndarray:
+    """``X``; where it is None (streaming), ``data``'s features written to a file in the run's
+    working directory (``where``) and mapped, or encoded in memory without a runner."""
+    if X is not None:
+        return X
+    started = time.perf_counter()
+    if runner is not None:
+        X = _encode_to_disk(encoder, data.table, runner.scratch(where))
+    else:
+        X = encoder.transform(data.table)
+    timings["encode"] += time.perf_counter() - started
+    return X
+
+
+def _let_input_go(
+    data: LabelledTable,
+    source: Input,
+    config: RunConfig,
+    votes: bool,
+    encoder: FeatureEncoder,
+    plan: Plan,
+    out: str | Path | None,
+) -> tuple[LabelledTable, Input, RowKey | None, Path | None]:
+    """``data`` and ``source``, and where a streaming run may read its input again
+    (``_can_read_again``), the same with empty tables of their schemas, the rows' key taken
+    first, and the input's path to read again: the rounds need the labels only."""
+    if not (plan.streaming and out is not None and _can_read_again(source, config, votes, encoder)):
+        return data, source, None, None
+    key = row_key(data.table, config.label, config.key, config.ignore)
+    # The path, not the Input: the Input holds the table.
+    return _schema_only(data), _schema_only(source), key, source.path
+
+
+def _annotators(
+    votes: Votes, state: RoundsResult, verified: np.ndarray, summary: dict[str, Any]
+) -> dict[str, pa.Table]:
+    """``annotators.parquet``'s table, under its name, described in ``summary``."""
+    annotators = crowd.annotators_table_of(votes, state, verified)
+    summary["annotators"] = crowd.describe_annotators(annotators)
+    summary["annotators"]["consensus"] = crowd.describe_choice(state)
+    return {"annotators.parquet": annotators}
 
 
 def _can_read_again(source: Input, config: RunConfig, votes: bool, encoder: FeatureEncoder) -> bool:
