@@ -338,6 +338,12 @@ def cli() -> None:
 )
 @click.option("--max-epochs", default=_MODEL.max_epochs, show_default=True)
 @click.option(
+    "--max-rows-seen",
+    default=_MODEL.max_rows_seen,
+    show_default=True,
+    help="Rows a model trains on at most (epochs x rows), which bounds a fit on large data.",
+)
+@click.option(
     "--batch-size",
     default=_MODEL.batch_size,
     show_default=True,
@@ -391,6 +397,7 @@ def run_command(
     verified_file: Path | None,
     annotations: Path | None,
     max_epochs: int,
+    max_rows_seen: int,
     batch_size: int,
     device: str,
     mixup: float,
@@ -418,7 +425,13 @@ def run_command(
     """
     from refine.pipeline import run
 
-    model = ModelConfig(max_epochs=max_epochs, batch_size=batch_size, device=device, mixup=mixup)
+    model = ModelConfig(
+        max_epochs=max_epochs,
+        max_rows_seen=max_rows_seen,
+        batch_size=batch_size,
+        device=device,
+        mixup=mixup,
+    )
     config = RunConfig(
         label=label,
         features=_columns(features) or None,

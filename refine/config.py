@@ -59,6 +59,8 @@ class ModelConfig:
             raise ConfigError(f"--batch-size must be >= 0 (0 = automatic), got {self.batch_size}")
         if self.max_epochs < 1:
             raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if self.max_rows_seen < 1:
+            raise ConfigError(f"--max-rows-seen must be >= 1, got {self.max_rows_seen}")
         if not 0 < self.val_fraction < 0.5:
             raise ConfigError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.snapshots < 1:

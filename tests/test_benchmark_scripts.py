@@ -532,6 +532,46 @@ def test_ray_engine_main_runs_every_engine_and_compares_their_output(tmp_path, m
     assert "Same refined.parquet from every engine and run: yes." in text
 
 
+# rows_seen.py -------------------------------------------------------------------------------
+
+
+def test_rows_seen_posterior_is_the_mixtures_bayes_rule():
+    rows_seen = script("rows_seen")
+    centres = rows_seen.mixture(seed=1)
+    x, truth = rows_seen.draw(300, centres, spread=2.0, seed=2)
+    proba = rows_seen.posterior(x, centres, spread=2.0)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    # By hand for one row: each class's density is the mean of its centres' Gaussians.
+    row = x[7].astype(np.float64)
+    density = np.exp(-((row - centres) ** 2).sum(1) / (2 * 2.0**2)).reshape(10, 3).sum(1)
+    np.testing.assert_allclose(proba[7], density / density.sum(), rtol=1e-6)
+    # The Bayes rule is right on most rows and beats chance by far.
+    assert (proba.argmax(1) == truth).mean() > 0.8
+
+
+def test_rows_seen_main_runs_each_setting_on_one_table(tmp_path, monkeypatch, capsys):
+    rows_seen = script("rows_seen")
+    out = tmp_path / "table.md"
+    argv = ["rows_seen.py", "--cases", "400:sym20,400:pair30", "--caps", "2000,500:64"]
+    argv += ["--folds", "3", "--rounds", "1", "--test-rows", "200", "--workers", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--workdir", str(tmp_path), "--out", str(out)])
+    rows_seen.main()
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line[:1] == "{"]
+    assert [(r["noise"], r["cap"], r["batch"]) for r in results] == [
+        ("sym20", 2000, 0),
+        ("sym20", 500, 64),
+        ("pair30", 2000, 0),
+        ("pair30", 500, 64),
+    ]
+    assert [r["given_acc"] for r in results] == [0.8, 0.8, 0.7, 0.7]  # exactly 20% and 30% flipped
+    # 240 training rows a fold: 500 rows seen allow 3 epochs, 2000 allow 9.
+    assert all(max(r["epochs"]) <= (3 if r["cap"] == 500 else 9) for r in results)
+    for r in results:
+        for key in ("refined_acc", "flag_f1", "test_acc", "bayes_test_acc"):
+            assert 0 <= r[key] <= 1, key
+    assert len([line for line in out.read_text().splitlines() if line.startswith("| 400 |")]) == 4
+
+
 # scale.py -----------------------------------------------------------------------------------
 
 

@@ -38,6 +38,20 @@ def run_fails(tmp_path, data, message, *extra):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+def test_max_rows_seen_bounds_each_fit_and_must_be_positive(tmp_path, noisy_parquet):
+    out = tmp_path / "run"
+    flags = ["--ignore", "id", *FAST_FLAGS, "--no-report", "--max-rows-seen", "100"]
+    result = invoke("run", str(noisy_parquet), "--out", str(out), *flags)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["config"]["model"]["max_rows_seen"] == 100
+    # Each fold trains on more than 100 rows, so one epoch is all the cap allows.
+    assert recorded["epochs_per_fit"] and set(recorded["epochs_per_fit"]) == {1}
+    run_fails(
+        tmp_path, noisy_parquet, "--max-rows-seen must be >= 1, got 0", "--max-rows-seen", "0"
+    )
+
+
 def test_run_writes_a_run_and_prints_a_summary(tmp_path, noisy_parquet):
     out = tmp_path / "run"
     result = invoke("run", str(noisy_parquet), "--out", str(out), "--ignore", "id", *FAST_FLAGS)
