@@ -110,13 +110,15 @@ def test_noise_from_a_known_matrix_is_found():
     assert (refined == truth).mean() > (noisy == truth).mean() + 0.1
 
 
-@pytest.mark.parametrize("seed", [11, 13])
-def test_one_directional_noise_on_small_data_leaves_labels_better_than_given(seed):
+@pytest.mark.parametrize(("seed", "policy"), [(11, "rules"), (13, "keep")])
+def test_one_directional_noise_on_small_data_never_leaves_labels_worse(seed, policy):
     # Iris with 40% of versicolor filed as virginica, 112 rows: the mislabelled rows pull correct
     # versicolor rows near the border over to virginica. Without the one-way check these seeds
     # end at 0.812 and 0.750, with it read off each round's counts alone at 0.812 and 0.848:
-    # below the given labels' 0.866. refine must leave the labels better than it found them
-    # (now 0.902 and 0.884: at least one row of 112 better).
+    # below the given labels' 0.866. refine must never leave the labels worse, and where it
+    # corrects, better (at least one row of 112). Seed 11 corrects (0.902); seed 13's evidence
+    # sits near the gate (43% against 50%), so it keeps: 16 of seeds 10-29 correct, 4 keep,
+    # none is worse (reports/scale.md, "Dropout on CPU").
     from refine.bench.recipes import build_dataset
 
     train = build_dataset("iris-onedir", seed=seed).train
@@ -124,7 +126,11 @@ def test_one_directional_noise_on_small_data_leaves_labels_better_than_given(see
     given = train.column("label").to_numpy()
     result = refine.run(train, ignore=("label_true", "is_noisy"), seed=seed, report=False)
     refined = result.refined.column("label_refined").to_numpy(zero_copy_only=False)
-    assert (refined == truth).mean() > (given == truth).mean() + 0.008
+    assert result.summary["trust"]["policy"] == policy
+    if policy == "keep":
+        np.testing.assert_array_equal(refined, given)
+    else:
+        assert (refined == truth).mean() > (given == truth).mean() + 0.008
 
 
 def test_relabel_odds_reaches_the_relabel_rule(monkeypatch):

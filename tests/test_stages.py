@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from sklearn.base import clone
 
 from refine.bench.noise import flip_symmetric, flip_with_matrix
@@ -25,7 +26,7 @@ from refine.judge.relabel import (
 )
 from refine.learn.calibrate import apply_temperature, expected_calibration_error, fit_temperature
 from refine.learn.crossfit import cross_fit, make_folds
-from refine.learn.model import MLPClassifier, _stratified_holdout
+from refine.learn.model import Dropout, MLPClassifier, _stratified_holdout
 from tests.conftest import blobs
 
 
@@ -86,6 +87,29 @@ def test_model_contract_probabilities_predict_and_clone():
     assert model.predict_member_proba(X).shape == (len(model.states_), 300, 3)
     twin = clone(model).fit(X, y)
     np.testing.assert_array_equal(twin.predict_proba(X), proba)  # same seed, same weights
+
+
+def test_cpu_dropout_keeps_its_share_scaled_and_repeats_by_seed():
+    layer = Dropout(0.2)
+    x = torch.ones(400, 250)
+    layer.rng = np.random.default_rng(7)
+    out = layer(x)
+    kept = out != 0
+    # 100,000 units: the kept share's standard error is 0.0013.
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    np.testing.assert_allclose(out[kept].numpy(), 1.25)  # scaled by 1 / (1 - p)
+    x.requires_grad_(True)
+    layer.rng = np.random.default_rng(7)
+    layer(x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), out.numpy())  # the mask is the gradient
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    layer.train()
+    layer.rng = None  # no generator: PyTorch's own dropout
+    torch.manual_seed(0)
+    first = layer(x)
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), first)
 
 
 def test_model_trains_on_soft_targets_and_ignores_zero_weights():
