@@ -108,6 +108,7 @@ def test_cpu_dropout_keeps_its_share_scaled_and_repeats_by_seed():
     layer.rng = None  # no generator: PyTorch's own dropout
     torch.manual_seed(0)
     first = layer(x)
+    assert not torch.equal(first, x)  # it drops
     torch.manual_seed(0)
     assert torch.equal(layer(x), first)
 

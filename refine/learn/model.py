@@ -152,7 +152,7 @@ class ImageNetwork(nn.Module):
 def _adamw(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused into one kernel where this PyTorch has it for the device (CPU: 2.4 on).
 
-    On CPU the unfused step took 15% of a fit and the fused one 4% (reports/scale.md,
+    On CPU the unfused step took 15% of a fit and the fused one 6% (reports/scale.md,
     "Dropout on CPU").
     """
     try:
