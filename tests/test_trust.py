@@ -1,4 +1,5 @@
-"""refine.judge.trust and the truth calibration: known answers on hand-made arrays."""
+"""refine.judge.trust, evidence and posterior, and the truth calibration: known answers on
+hand-made arrays."""
 
 from __future__ import annotations
 
@@ -6,18 +7,9 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from refine.judge.trust import (
-    KEEP,
-    POSTERIOR,
-    RULES,
-    Posterior,
-    _interval,
-    choose_policy,
-    fit_posterior,
-    measure,
-    noise_evidence,
-    stratum_weights,
-)
+from refine.judge.evidence import _interval, measure, noise_evidence, stratum_weights
+from refine.judge.posterior import Posterior, fit_posterior
+from refine.judge.trust import KEEP, POSTERIOR, RULES, choose_policy
 from refine.learn.calibrate import (
     apply_temperature,
     expected_calibration_error,
@@ -263,19 +255,19 @@ def test_stratum_weights_by_hand():
     # whether the model agrees with the given label: low-disagree 2 rows, low-agree 3,
     # high-agree 5. Verified: one low-disagree row and two high-agree rows (they cover the
     # strata holding 7 of 10 rows); a 0.7 coverage floor lets them stand for the table.
-    import refine.judge.trust as trust
+    import refine.judge.evidence as evidence
 
     top = np.array([0.55, 0.56, 0.6, 0.61, 0.62, 0.9, 0.91, 0.92, 0.93, 0.94])
     proba = np.stack([top, 1 - top], axis=1)
     labels = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
     rows = np.array([0, 5, 6])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trust, "CONFIDENCE_BINS", 2)
-        patch.setattr(trust, "MIN_COVERED", 0.7)
+        patch.setattr(evidence, "CONFIDENCE_BINS", 2)
+        patch.setattr(evidence, "MIN_COVERED", 0.7)
         weights = stratum_weights(proba, labels, rows)
         # table shares 0.2 and 0.5 over sample shares 1/3 and 2/3: 0.6, 0.75, 0.75, then / mean
         assert weights == pytest.approx(np.array([0.6, 0.75, 0.75]) / 0.7)
-        patch.setattr(trust, "MIN_COVERED", 0.8)
+        patch.setattr(evidence, "MIN_COVERED", 0.8)
         assert stratum_weights(proba, labels, rows) is None
 
 
@@ -380,7 +372,7 @@ def test_flags_on_right_labels_are_not_trusted_however_noisy_the_verified_rows()
 
 
 def test_a_verified_sample_adds_evidence_but_never_lowers_the_anchors():
-    from refine.judge.trust import Evidence
+    from refine.judge.evidence import Evidence
 
     anchors = Evidence(anchor_noise=0.2, flag_rate=0.3, precision=2 / 3, trusted=True)
     lower = anchors.with_verified(0.1, 0.3)  # the sample reads less than the anchors
@@ -398,7 +390,7 @@ def test_rules_resting_on_the_verified_noise_rate_must_not_break_verified_labels
     # Two right labels broken among twelve verified rows: no evidence against rules the
     # surest rows trust, but rules trusted only thanks to the verified rows' noise rate are
     # judged by those rows too, and a net loss keeps the labels.
-    from refine.judge.trust import Evidence
+    from refine.judge.evidence import Evidence
 
     truth, proba, verified = _clean_two_classes(40, 12)
     rules = truth.copy()

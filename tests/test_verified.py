@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import refine
 from refine.bench.noise import flip_symmetric
 from refine.cli import cli
-from refine.judge import trust
+from refine.judge import evidence
 from refine.review import pick
 from tests.conftest import FAST, noisy_table
 
@@ -99,11 +99,11 @@ def test_verified_flags_are_given_against_verified(verified_run):
 
 
 def test_measure_on_a_hand_made_case(monkeypatch):
-    monkeypatch.setattr(trust, "MIN_CLASS_ROWS", 3)
+    monkeypatch.setattr(evidence, "MIN_CLASS_ROWS", 3)
     given = np.array([0, 0, 1, 1, 2, 2, 0, 1, 2, 0])
     truth = np.array([0, 1, 1, 0, 2, 2, 0, 1, 1, 0])
     refined = np.array([0, 1, 1, -1, 2, -1, 2, 1, 1, -1])
-    m = trust.measure(given, truth, refined, ["cat", "dog", "eel"])
+    m = evidence.measure(given, truth, refined, ["cat", "dog", "eel"])
     value = lambda interval: (interval["value"], interval["n"])  # noqa: E731
     assert m["rows"] == 10
     assert value(m["given_accuracy"]) == (0.7, 10)  # wrong at rows 1, 3, 8
@@ -124,18 +124,18 @@ def test_measure_on_a_hand_made_case(monkeypatch):
 def test_wilson_interval_worked_by_hand():
     # 8 of 10, z = 1.959964, z^2 = 3.841459: centre (0.8 + 0.192073) / 1.384146 = 0.716740,
     # half-width 1.959964 * sqrt(0.016 + 0.009604) / 1.384146 = 0.226578.
-    assert trust._interval(8, 10) == {
+    assert evidence._interval(8, 10) == {
         "value": 0.8,
         "low": pytest.approx(0.490162, abs=1e-6),
         "high": pytest.approx(0.943318, abs=1e-6),
         "n": 10,
     }
     # All right: the low end is n / (n + z^2) = 10 / 13.841459; none right: z^2 / (n + z^2).
-    assert trust._interval(10, 10)["low"] == pytest.approx(0.722467, abs=1e-6)
-    assert trust._interval(10, 10)["high"] == 1.0
-    assert trust._interval(0, 10)["low"] == 0.0
-    assert trust._interval(0, 10)["high"] == pytest.approx(0.277533, abs=1e-6)
-    assert trust._interval(0, 0) == {"value": None, "low": None, "high": None, "n": 0}
+    assert evidence._interval(10, 10)["low"] == pytest.approx(0.722467, abs=1e-6)
+    assert evidence._interval(10, 10)["high"] == 1.0
+    assert evidence._interval(0, 10)["low"] == 0.0
+    assert evidence._interval(0, 10)["high"] == pytest.approx(0.277533, abs=1e-6)
+    assert evidence._interval(0, 0) == {"value": None, "low": None, "high": None, "n": 0}
 
 
 # --- do no harm without verified rows ------------------------------------------------------

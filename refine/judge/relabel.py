@@ -125,7 +125,7 @@ def decide_by_posterior(
     pseudo_threshold: float | None = None,
 ) -> Decisions:
     """Decide from ``posterior`` ``(N, K)``: for labelled rows the probability of each true class
-    given the row and its given label (``trust.Posterior``), for unlabelled rows given the row
+    given the row and its given label (``posterior.Posterior``), for unlabelled rows given the row
     alone. Both are calibrated against verified labels, so the rules need no thresholds of
     their own:
 

@@ -1,5 +1,7 @@
-"""How far to trust the model's judgement of the labels: verified rows, the posterior of the
-true class, the evidence gate for runs without verified rows, and what a run reports.
+"""How far to trust the model's judgement of the labels: each round's policy, chosen on verified
+rows or, without them, on the data's own evidence (``refine.judge.evidence``), and the labels,
+flags and record it gives. The probabilities of the true class it works with are
+``refine.judge.posterior``'s.
 
 Shapes: ``labels`` ``(N,)`` given class indices (-1 = unlabelled), ``verified`` ``(N,)``
 verified class indices (-1 = not verified), ``proba`` ``(N, K)`` calibrated out-of-fold
@@ -28,227 +30,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import log_softmax, softmax
 from scipy.stats import binom
 
 from refine.config import RunConfig
 from refine.io.decisions import Decisions
-from refine.judge.detect import anchor_rows, class_calibrated_quality
-from refine.judge.relabel import decide, decide_by_posterior, keep_given, with_verified
-from refine.learn.calibrate import (
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    fit_temperature_through_noise,
-    fit_temperature_to,
-    noise_transitions,
+from refine.judge.detect import class_calibrated_quality
+from refine.judge.evidence import (
+    MIN_FLAG_PRECISION,
+    Evidence,
+    measure,
+    noise_evidence,
+    stratum_weights,
+    truth_ece,
+    verified_flag_reading,
 )
+from refine.judge.posterior import (
+    Posterior,
+    fit_posterior,
+    given_label_posterior,
+    truth_temperature,
+)
+from refine.judge.relabel import decide, decide_by_posterior, keep_given, with_verified
+from refine.learn.calibrate import apply_temperature, fit_temperature_to
 
 KEEP, RULES, POSTERIOR = "keep", "rules", "posterior"
 # Among policies that fix as many verified labels, the first listed wins: change least.
 POLICIES = (KEEP, POSTERIOR, RULES)
-# Without verified rows, the model's corrections are trusted when the noise seen at its surest
-# rows accounts for at least this share of the rows it disagrees with (reports/trust.md).
-MIN_FLAG_PRECISION = 0.5
 # Verified rows with a given label that the posterior is fitted on, at the least.
 MIN_POSTERIOR_ROWS = 20
-GIVEN_WEIGHT_SD = 5.0
 # A policy is chosen on verified rows only when the labels it fixes outnumber those it breaks
 # beyond chance: a one-sided sign test at this level. Fewer fixes than that show nothing, and a
 # policy chosen on them can go on to break the other rows (reports/trust.md).
 SIGNIFICANCE = 0.05
 VERIFIED_FOLDS = 5
-# Verified rows of a class needed to report that class's accuracies.
-MIN_CLASS_ROWS = 10
-# The verified rows calibrate the probabilities only when the strata they fall in (below) hold
-# at least this share of the table: refine review picks doubtful rows, and a temperature fitted
-# on them alone flattened every probability, so no correction passed (reports/trust.md).
-MIN_COVERED = 0.8
-CONFIDENCE_BINS = 5
-_EPS = 1e-7
-
-
-@dataclass(frozen=True)
-class Posterior:
-    """The probability of each true class given a row's out-of-fold probabilities ``p`` and its
-    given label: ``softmax(scale * log p + given_weight * onehot(given) + bias)``.
-
-    ``scale`` sharpens or flattens the model (it was calibrated against noisy labels);
-    ``given_weight`` is the log-odds the given label adds for its own class, which is large
-    where labels are rarely wrong and small or negative where the model knows better;
-    ``bias`` ``(K,)`` moves each class's prior. Rows without a given label get no bonus.
-    """
-
-    scale: float
-    given_weight: float
-    bias: np.ndarray
-
-    def proba(self, proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """``(N, K)`` true-class probabilities for ``proba`` ``(N, K)`` and ``labels`` ``(N,)``."""
-        return softmax(self._logits(proba, labels), axis=1).astype(np.float32)
-
-    def _logits(self, proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        z = self.scale * _log(proba) + self.bias
-        rows = np.flatnonzero(labels >= 0)
-        z[rows, labels[rows]] += self.given_weight
-        return z
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scale": round(self.scale, 6),
-            "given_weight": round(self.given_weight, 6),
-            "bias": [round(float(b), 6) for b in self.bias],
-        }
-
-
-def fit_posterior(
-    proba: np.ndarray, labels: np.ndarray, truth: np.ndarray, use_given: bool = True
-) -> Posterior:
-    """Fit a ``Posterior`` to verified rows by maximum likelihood of their true class.
-
-    ``proba`` ``(M, K)`` out-of-fold probabilities, ``labels`` ``(M,)`` given labels (-1 where
-    none), ``truth`` ``(M,)`` verified labels. ``use_given`` False fits ``given_weight = 0``:
-    the calibration of the model alone, for rows without a given label. Weak priors keep a
-    few verified rows from driving the fit to extremes where the model separates them
-    perfectly: ``log(scale)`` and each class bias unit Gaussians, ``given_weight`` a Gaussian
-    of sd ``GIVEN_WEIGHT_SD``; so a class with few verified rows keeps about the model's prior.
-    """
-    m, k = proba.shape
-    log_p = _log(proba)
-    given = np.zeros((m, k))
-    rows = np.flatnonzero(labels >= 0)
-    given[rows, labels[rows]] = 1.0
-    onehot = np.zeros((m, k))
-    onehot[np.arange(m), truth] = 1.0
-
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        scale, weight, bias = theta[0], theta[1] if use_given else 0.0, theta[2:]
-        z = scale * log_p + weight * given + bias
-        log_q = log_softmax(z, axis=1)
-        residual = np.exp(log_q) - onehot  # d(-log-likelihood)/dz
-        prior = math.log(scale) ** 2 / 2 + weight**2 / (2 * GIVEN_WEIGHT_SD**2)
-        loss = -float((log_q * onehot).sum()) + prior + float(bias @ bias) / 2
-        gradient = np.concatenate(
-            [
-                [
-                    (residual * log_p).sum() + math.log(scale) / scale,
-                    (residual * given).sum() + weight / GIVEN_WEIGHT_SD**2 if use_given else 0.0,
-                ],
-                residual.sum(0) + bias,
-            ]
-        )
-        return loss, gradient
-
-    # The given label never counts against its own class: without that bound a few verified
-    # rows that the model alone gets right drive the weight far below 0, and the run then
-    # overturns right labels (reports/code-notes.md).
-    bounds = [(0.05, 50.0), (0.0, 20.0) if use_given else (0.0, 0.0)] + [(-10.0, 10.0)] * k
-    result = minimize(
-        objective,
-        np.concatenate([[1.0, 0.0], np.zeros(k)]),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-    )
-    theta = result.x
-    return Posterior(float(theta[0]), float(theta[1]), theta[2:].astype(np.float64))
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the data alone says about the model's flags, under label noise that does not follow
-    the features: the share of the model's surest rows (anchors) whose given label is another
-    class (``anchor_noise``) estimates the noise rate, so ``anchor_noise / flag_rate`` estimates
-    the share of flagged rows whose label is wrong (``precision``, at most 1).
-
-    Noise that follows the features (crowds, labelling rules) leaves the anchors cleaner than
-    the rest, so ``precision`` comes out low there and the evidence errs towards keeping labels.
-    A model weaker than the labels disagrees with many right labels: a high ``flag_rate`` and
-    low ``precision`` too.
-    """
-
-    anchor_noise: float
-    flag_rate: float
-    precision: float
-    trusted: bool
-    verified_noise: float | None = None  # the noise rate the verified rows show, where read
-    # The share of the flagged verified rows whose label is wrong, where the verified rows
-    # hold a flagged one: the precision measured, not estimated.
-    verified_precision: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "anchor_noise": round(self.anchor_noise, 6),
-            "verified_noise": _rounded(self.verified_noise),
-            "verified_flag_precision": _rounded(self.verified_precision),
-            "flag_rate": round(self.flag_rate, 6),
-            "estimated_flag_precision": round(self.precision, 6),
-            "min_flag_precision": MIN_FLAG_PRECISION,
-            "trusted": self.trusted,
-        }
-
-    @property
-    def rests_on_verified(self) -> bool:
-        """Whether the flags are trusted only because of what the verified rows show: the
-        surest rows alone would not trust them."""
-        if self.verified_noise is None or not self.trusted:
-            return False
-        anchors = min(1.0, self.anchor_noise / self.flag_rate) if self.flag_rate > 0 else 1.0
-        return anchors < MIN_FLAG_PRECISION
-
-    def with_verified(
-        self, noise: float, precision: float | None, min_precision: float = MIN_FLAG_PRECISION
-    ) -> Evidence:
-        """The same evidence, also read through a random sample of verified rows: ``noise``,
-        the share of them with a wrong label, and ``precision``, the share of the flagged ones
-        with a wrong label (None: none flagged), both weighted to the table's mix.
-
-        The anchors miss noise that follows the features, so the higher of the anchors' and
-        the measured precision stands. Not the noise rate over the flag rate: that assumes
-        every wrong label is flagged, and where the model has learnt the labelling rule's
-        errors it is not. On semeval-single 35 random verified rows read 49% noise against
-        24% flags and let through rules that broke 7 labels; in simulated draws of 2% of the
-        rows of the real sets, reading the flags directly trusts semeval's harmful rules a
-        third as often and youtube's helpful ones about as often (reports/trust/
-        flag-precision.md). A sample reading a lower precision than the anchors does not lower
-        it: rules that break verified labels beyond chance are vetoed anyway, and a sample of a
-        hundred rows misreads often enough to stop corrections that help
-        (make_classification-sym20, reports/trust/verified-evidence.md)."""
-        if precision is None or precision <= self.precision:
-            return Evidence(
-                self.anchor_noise, self.flag_rate, self.precision, self.trusted, noise, precision
-            )
-        return Evidence(
-            self.anchor_noise,
-            self.flag_rate,
-            precision,
-            precision >= min_precision,
-            noise,
-            precision,
-        )
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
-
-
-def noise_evidence(
-    labels: np.ndarray, proba: np.ndarray, min_precision: float = MIN_FLAG_PRECISION
-) -> Evidence:
-    """``Evidence`` from labelled rows: ``labels`` ``(N,)`` given classes (no -1), ``proba``
-    ``(N, K)`` out-of-fold probabilities of a model trained on those labels."""
-    if not len(labels):
-        return Evidence(0.0, 0.0, 1.0, True)
-    predicted = proba.argmax(1)
-    flag_rate = float((predicted != labels).mean())
-    anchors = anchor_rows(proba)
-    counted = sum(len(a) for a in anchors)
-    disagree = sum(int((labels[a] != c).sum()) for c, a in enumerate(anchors))
-    anchor_noise = disagree / counted if counted else 0.0
-    # A model that disagrees with no label has nothing to correct: nothing to distrust.
-    precision = min(1.0, anchor_noise / flag_rate) if flag_rate > 0 else 1.0
-    return Evidence(anchor_noise, flag_rate, precision, precision >= min_precision)
 
 
 @dataclass
@@ -266,21 +80,6 @@ class Choice:
     crossfit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     posterior: Posterior | None = None
     crossfit_calibrated: np.ndarray | None = None  # (V, K) P(true class | row), cross-fitted
-
-
-def verified_flag_reading(
-    labels: np.ndarray, truth: np.ndarray, proba: np.ndarray, weights: np.ndarray
-) -> tuple[float, float | None]:
-    """What verified rows show of the noise and the flags, weighted to the table's mix
-    (``weights`` ``(V,)``, from ``stratum_weights``): the share of ``labels`` ``(V,)`` that
-    differ from ``truth`` ``(V,)``, and the share of the rows ``proba`` ``(V, K)`` flags (its
-    likeliest class is not the label) whose label is wrong, None where it flags none."""
-    wrong = labels != truth
-    flagged = proba.argmax(1) != labels
-    noise = float(np.average(wrong, weights=weights))
-    if not flagged.any():
-        return noise, None
-    return noise, float(np.average(wrong[flagged], weights=weights[flagged]))
 
 
 def choose_policy(
@@ -547,30 +346,6 @@ class Judge:
         return record
 
 
-def truth_temperature(
-    proba: np.ndarray,
-    labels: np.ndarray,
-    verified: np.ndarray,
-    trusted: bool,
-    weights: np.ndarray | None,
-) -> tuple[float, str]:
-    """A temperature that turns ``proba`` ``(N, K)`` (calibrated against the given ``labels``)
-    into probabilities of the true class, and how it was found: against the ``verified`` labels
-    weighted by ``weights`` where they stand for the table (``stratum_weights``); else through
-    the label noise the model estimates, where the data's evidence ``trusted`` the model; else
-    none (1.0, ``proba`` as it is)."""
-    if weights is not None:
-        rows = np.flatnonzero(verified >= 0)
-        return fit_temperature(proba[rows], verified[rows], weights), "verified"
-    labelled = np.flatnonzero(labels >= 0)
-    if trusted and len(np.unique(labels[labelled])) >= 2:
-        given = labels[labelled]
-        seen = proba if len(labelled) == len(labels) else proba[labelled]  # no copy if all
-        transitions = noise_transitions(given, seen)
-        return fit_temperature_through_noise(seen, given, transitions), "noise"
-    return 1.0, "none"
-
-
 def student_temperature(
     trust: dict[str, Any] | None,
     labels: np.ndarray,
@@ -606,52 +381,6 @@ def student_temperature(
         return (found, how) if how != "none" else None
 
     return temperature
-
-
-def given_label_posterior(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``proba`` ``(N, K)``, probabilities of the true class from the row alone, updated by each
-    row's given label (``labels`` ``(N,)``, -1: none) through the noise they estimate
-    (``noise_transitions``): P(true | row, given) ~ P(true | row) P(given | true). A row the
-    noise makes impossible keeps its ``proba``."""
-    labelled = np.flatnonzero(labels >= 0)
-    out = proba.astype(np.float64, copy=True)
-    if len(np.unique(labels[labelled])) < 2:
-        return out
-    transitions = noise_transitions(labels[labelled], proba[labelled])
-    joint = out[labelled] * transitions[:, labels[labelled]].T
-    mass = joint.sum(1, keepdims=True)
-    out[labelled] = np.where(mass > 0, joint / np.maximum(mass, 1e-12), out[labelled])
-    return out
-
-
-def stratum_weights(proba: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-    """Weights ``(len(rows),)`` that make the verified ``rows`` stand for the whole table, or
-    None where they cannot.
-
-    Rows are put in strata by the model's confidence (``CONFIDENCE_BINS`` quantile bins of the
-    top probability over all ``proba`` ``(N, K)``) and, where every verified row has a given
-    label (``labels`` -1: none), by whether the predicted class is the given label. A random
-    sample gets weights near 1; rows a person picked for doubt are reweighted to the table's
-    mix. Calibration holds within a stratum whatever picked the rows in it, so this undoes a
-    selection made on confidence and agreement; strata with no verified row cannot be stood
-    for, and when they hold more than ``1 - MIN_COVERED`` of the table, None. Verified rows
-    without a given label (a gold validation split appended to the data) are judged on
-    confidence alone: they cannot agree or disagree with a label they do not have.
-    """
-    confidence = proba.max(1)
-    edges = np.quantile(confidence, np.linspace(0, 1, CONFIDENCE_BINS + 1)[1:-1])
-    if (labels[rows] >= 0).all():
-        status = np.where(labels < 0, 2, (proba.argmax(1) == labels).astype(np.int64))
-    else:
-        status = np.zeros(len(labels), np.int64)
-    stratum = np.searchsorted(edges, confidence, side="right") * 3 + status
-    cells = CONFIDENCE_BINS * 3
-    table = np.bincount(stratum, minlength=cells) / len(stratum)
-    sample = np.bincount(stratum[rows], minlength=cells) / len(rows)
-    if table[sample > 0].sum() < MIN_COVERED:
-        return None
-    weights = table[stratum[rows]] / sample[stratum[rows]]
-    return weights / weights.mean()
 
 
 def _select(
@@ -762,74 +491,3 @@ def _reason(
             "they break more verified labels than they fix"
         )
     return f"labels kept: {shown}"
-
-
-def measure(
-    labels: np.ndarray, truth: np.ndarray, refined: np.ndarray, classes: list[Any]
-) -> dict[str, Any]:
-    """Accuracies on verified rows with 95% Wilson intervals: ``labels`` ``(V,)`` given,
-    ``truth`` ``(V,)`` verified, ``refined`` ``(V,)`` the labels refine would have set (cross-
-    fitted; -1 = excluded, counted wrong). Also the precision of corrections (a changed label
-    that is right) and of exclusions (an excluded label that was wrong), and per class (by
-    verified class) where a class has ``MIN_CLASS_ROWS`` rows."""
-    corrected = (refined >= 0) & (refined != labels)
-    excluded = refined < 0
-    result: dict[str, Any] = {
-        "rows": int(len(labels)),
-        "given_accuracy": _interval(int((labels == truth).sum()), len(labels)),
-        "refined_accuracy": _interval(int((refined == truth).sum()), len(labels)),
-        "corrections": {
-            "rows": int(corrected.sum()),
-            "precision": _interval(
-                int((refined[corrected] == truth[corrected]).sum()), int(corrected.sum())
-            ),
-        },
-        "exclusions": {
-            "rows": int(excluded.sum()),
-            "precision": _interval(
-                int((labels[excluded] != truth[excluded]).sum()), int(excluded.sum())
-            ),
-        },
-        "per_class": [],
-    }
-    for index, value in enumerate(classes):
-        mine = truth == index
-        if mine.sum() >= MIN_CLASS_ROWS:
-            result["per_class"].append(
-                {
-                    "class": value,
-                    "rows": int(mine.sum()),
-                    "given_accuracy": _interval(
-                        int((labels[mine] == index).sum()), int(mine.sum())
-                    ),
-                    "refined_accuracy": _interval(
-                        int((refined[mine] == index).sum()), int(mine.sum())
-                    ),
-                }
-            )
-    return result
-
-
-def _interval(successes: int, n: int) -> dict[str, float | int | None]:
-    """A share with its 95% Wilson score interval (sound for small ``n`` and shares near 0 or 1)."""
-    if n == 0:
-        return {"value": None, "low": None, "high": None, "n": 0}
-    z = 1.959963984540054
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {
-        "value": round(p, 6),
-        "low": round(max(0.0, centre - half), 6),
-        "high": round(min(1.0, centre + half), 6),
-        "n": n,
-    }
-
-
-def truth_ece(proba: np.ndarray, truth: np.ndarray) -> float | None:
-    """Expected calibration error of ``proba`` ``(V, K)`` against verified labels ``(V,)``."""
-    return expected_calibration_error(proba, truth) if len(truth) else None
-
-
-def _log(proba: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(proba, np.float64), _EPS, 1.0))
