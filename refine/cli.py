@@ -477,7 +477,7 @@ def _from_config_file(
 ) -> tuple[RunConfig, Path]:
     """The configuration of ``refine run --config``: the file's, with each option the user typed
     on the command line in place of the file's value, and DATA defaulting to the run's input."""
-    from refine.pipeline import _versions
+    from refine.finish import versions
 
     recorded_config, recorded = load_config(path)
     ctx = click.get_current_context()
@@ -492,7 +492,7 @@ def _from_config_file(
     config = dataclasses.replace(
         recorded_config, model=model, **{name: getattr(flags, name) for name in typed & run_fields}
     )
-    differences = version_differences(recorded.get("versions") or {}, _versions())
+    differences = version_differences(recorded.get("versions") or {}, versions())
     if differences and not quiet:
         click.echo(
             f"Warning: the run was recorded with other versions, so its results may not be "

@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 from refine.config import VERSION
 from refine.encode.features import OneHotEncoder
 from refine.errors import ConfigError, InputError, OutputError
+from refine.finish import versions
 from refine.io.conform import cast_safely, holds_values
 from refine.io.read import as_table
 from refine.io.write import atomic_file
@@ -41,7 +42,6 @@ from refine.learn.modeldir import (
     write_model_dir,
 )
 from refine.learn.student import coverage_threshold, network_parameters
-from refine.pipeline import _versions
 from refine.progress import NULL_PROGRESS, Progress
 from refine.update import load_run
 
@@ -125,7 +125,7 @@ def _distill(
         config.seed if seed is None else seed,
         teacher,
         {"run": str(Path(run_dir).resolve()), "folds": config.folds},
-        _versions(),
+        versions(),
         device,
         student_temperature(previous.summary.get("trust"), given, verified, truth),
     )

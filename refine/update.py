@@ -27,6 +27,7 @@ from refine.config import RunConfig, check_summary
 from refine.encode.embedding import add_run
 from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError, InputError
+from refine.finish import MODEL_FORMAT, RunResult, finish_run, summarise_run
 from refine.io.conform import conform
 from refine.io.keys import FROM_KEY, RowKey, row_key
 from refine.io.read import (
@@ -46,17 +47,8 @@ from refine.learn.calibrate import apply_temperature
 from refine.learn.crossfit import FoldRunner, ensemble_agreement
 from refine.learn.model import MLPClassifier
 from refine.learn.modeldir import describe_student
-from refine.pipeline import (
-    MODEL_FORMAT,
-    RunResult,
-    check_input_outside,
-    finish_run,
-    note_reader,
-    refine_rounds,
-    student_model,
-    summarise_run,
-    with_options,
-)
+from refine.pipeline import refine_rounds, student_model, with_options
+from refine.prepare import check_input_outside, note_reader
 from refine.progress import NULL_PROGRESS, Progress
 from refine.rounds import Extra, Rounds, Teacher, augmenter
 

@@ -21,6 +21,8 @@ LAYERS = (
     "report",
     "rounds",
     "crowd",
+    "prepare",
+    "finish",
     "pipeline",
     "update",
     "deploy",

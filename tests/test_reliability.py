@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 import refine
 from refine.cli import cli
+from refine.finish import MODEL_FORMAT
 from refine.io.write import output_lock, umask
-from refine.pipeline import MODEL_FORMAT
 from tests.conftest import noisy_table
 
 ROOT = Path(__file__).resolve().parent.parent

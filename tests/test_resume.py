@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 import refine
-from refine import pipeline, rounds
+from refine import finish, pipeline, rounds
 from refine.cli import cli
 from refine.config import ModelConfig
 from refine.errors import ConfigError
@@ -154,6 +154,7 @@ def interrupted_run(data, out, monkeypatch, at: str, **options) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint_module, "kill_point", stop)
         patch.setattr(pipeline, "kill_point", stop)
+        patch.setattr(finish, "kill_point", stop)
         with pytest.raises(Interrupted):
             refine.run(data, out, **{**SMALL, **options})
     assert not out.exists() and checkpoint_path(out).is_dir()

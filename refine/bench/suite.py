@@ -572,7 +572,7 @@ def _header(
 ) -> dict[str, Any]:
     import torch
 
-    from refine.pipeline import _versions
+    from refine.finish import versions
 
     options = "".join(
         f" --{name} {share:g}"
@@ -592,5 +592,5 @@ def _header(
         # Threads speed refine and the baselines unequally, so the time ratios depend on them.
         "machine": f"{platform.machine()}, {os.cpu_count()} cores "
         f"(threads: {torch.get_num_threads()}), {platform.platform()}",
-        "versions": _versions(),
+        "versions": versions(),
     }
