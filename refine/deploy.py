@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from refine.config import VERSION
-from refine.encode.features import OneHotEncoder
+from refine.encode.columns import OneHotEncoder
 from refine.errors import ConfigError, InputError, OutputError
 from refine.finish import versions
 from refine.io.conform import cast_safely, holds_values

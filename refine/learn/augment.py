@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 from sklearn.neighbors import NearestNeighbors
 
 from refine.config import AUGMENT_METHODS
-from refine.encode.features import EmbeddingEncoder, FeatureEncoder, NumericEncoder
+from refine.encode.columns import EmbeddingEncoder, NumericEncoder
+from refine.encode.features import FeatureEncoder
 from refine.errors import ConfigError
 
 __all__ = ["AUGMENT_METHODS", "Synthetic", "synthesize"]

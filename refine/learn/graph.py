@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from refine.config import VERSION
-from refine.encode.features import FEATURE_LIMIT, NumericEncoder
+from refine.encode.columns import FEATURE_LIMIT, NumericEncoder
 from refine.errors import ConfigError
 from refine.io.write import atomic_file, write_json
 from refine.learn.modeldir import StudentModel
