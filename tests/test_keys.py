@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 import refine
-from refine.cli import _look_at_flagged, cli
+from refine.cli import cli
+from refine.cli.summary import look_at_flagged
 from refine.errors import InputError
 from refine.io.keys import RowKey, looks_like_id, row_key
 from refine.io.query import flagged_query
@@ -236,7 +237,7 @@ def test_the_suggestion_quotes_names_for_duckdb_and_the_shell(tmp_path):
         "FROM flagged ORDER BY label_quality LIMIT 10"
     )
     summary = {"config": {"label": "class"}, "key": {"columns": ["Wine ID"]}}
-    line = _look_at_flagged(tmp_path / "my runs" / "a", summary)
+    line = look_at_flagged(tmp_path / "my runs" / "a", summary)
     words = shlex.split(line.split(": ", 1)[1])
     assert words == [
         "refine",
