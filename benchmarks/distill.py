@@ -1,7 +1,7 @@
 """Does cross-modal distillation help? A text student taught by an embedding teacher, against
 the same text student trained on the noisy labels, side by side in one process.
 
-Data: ``refine.bench.recipes.generated_text`` texts of 4 classes and, for the same rows, an
+Data: ``refine.bench.sources.generated_text`` texts of 4 classes and, for the same rows, an
 embedding column (class centres plus Gaussian noise, well separated, so the teacher is
 strong); 30% symmetric label noise on the training rows; a clean test split. For each seed:
 
@@ -30,7 +30,7 @@ import pyarrow as pa
 
 import refine
 from refine.bench.noise import flip_symmetric
-from refine.bench.recipes import generated_text
+from refine.bench.sources import generated_text
 from refine.config import ModelConfig
 from refine.learn.crossfit import cross_fit, make_folds
 

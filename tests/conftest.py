@@ -142,7 +142,7 @@ def tiny_text_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def png_digits():
     """The digits as 16-pixel PNG bytes and their labels, for the image-model tests."""
-    from refine.bench.recipes import png_images
+    from refine.bench.sources import png_images
 
     return png_images("digits", side=16)
 

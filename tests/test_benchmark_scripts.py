@@ -807,7 +807,7 @@ def test_crowd_main_scores_every_method_on_wrench_files(tmp_path, monkeypatch):
 
 
 def test_student_main_compares_student_ensemble_and_given(tmp_path, monkeypatch, fast_refine):
-    from refine.bench.recipes import generated_text
+    from refine.bench.sources import generated_text
 
     student = script("student")
     monkeypatch.setattr(student, "TIMED_ROWS", 2_000)

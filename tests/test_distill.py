@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import refine
 from refine.bench.noise import flip_symmetric
-from refine.bench.recipes import generated_text
+from refine.bench.sources import generated_text
 from refine.cli import cli
 from refine.config import ModelConfig
 from refine.learn.crossfit import cross_fit, make_folds

@@ -16,7 +16,8 @@ from PIL import Image
 from sklearn.base import clone
 
 import refine
-from refine.bench.recipes import build_dataset, png_images
+from refine.bench.recipes import build_dataset
+from refine.bench.sources import png_images
 from refine.cli import cli
 from refine.encode.features import FeatureEncoder, fit_features
 from refine.encode.image import ImageEncoder, looks_like_image

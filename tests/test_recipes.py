@@ -29,14 +29,13 @@ from refine.bench.recipes import (
     RECIPE_DIR,
     BuiltDataset,
     Recipe,
-    _gaussian_embeddings,
-    _load_source,
     build_dataset,
     crowd_truth,
     list_recipes,
     load_recipe,
     write_dataset,
 )
+from refine.bench.sources import gaussian_embeddings, load_source
 from refine.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +156,7 @@ def test_a_built_recipe_has_its_columns_and_types(quick, name):
     assert train.schema.field("label_true").type == pa.int64()
     assert train.schema.field("is_noisy").type == pa.bool_()
     assert test.schema.field("label").type == pa.int64()
-    assert train.num_rows + test.num_rows == len(_load_source(built.recipe.source)[1])
+    assert train.num_rows + test.num_rows == len(load_source(built.recipe.source)[1])
     assert test.num_rows == int(
         np.ceil(built.recipe.test_fraction * (train.num_rows + test.num_rows))
     )
@@ -194,7 +193,7 @@ def test_each_noise_model_flips_where_it_should(quick):
 @pytest.mark.parametrize("name", QUICK)
 def test_the_test_split_holds_the_true_labels(quick, name):
     built = quick[name]
-    X, y, _ = _load_source(built.recipe.source)
+    X, y, _ = load_source(built.recipe.source)
     truth_of = {}
     for row, label in zip(X, y, strict=True):
         truth_of.setdefault(row.tobytes(), set()).add(int(label))
@@ -272,23 +271,21 @@ def test_written_datasets_honour_the_umask(quick, tmp_path):
 
 
 def test_the_embeddings_generator_is_balanced_and_reproducible():
-    X, y = _gaussian_embeddings(rows=400, dim=8, classes=5, random_state=1)
+    X, y = gaussian_embeddings(rows=400, dim=8, classes=5, random_state=1)
     assert X.shape == (400, 8) and X.dtype == np.float32 and y.dtype == np.int64
     np.testing.assert_array_equal(np.bincount(y), [80] * 5)
     np.testing.assert_array_equal(
-        X, _gaussian_embeddings(rows=400, dim=8, classes=5, random_state=1)[0]
+        X, gaussian_embeddings(rows=400, dim=8, classes=5, random_state=1)[0]
     )
-    assert not np.array_equal(
-        X, _gaussian_embeddings(rows=400, dim=8, classes=5, random_state=2)[0]
-    )
+    assert not np.array_equal(X, gaussian_embeddings(rows=400, dim=8, classes=5, random_state=2)[0])
     # Clusters overlap a little at the default separation, and not at all when far apart.
     knn = KNeighborsClassifier(n_neighbors=5)
-    X, y = _gaussian_embeddings(rows=600, dim=32, classes=5)
+    X, y = gaussian_embeddings(rows=600, dim=32, classes=5)
     assert 0.8 < cross_val_score(knn, X, y, cv=3).mean() < 0.99
-    X, y = _gaussian_embeddings(rows=600, dim=32, classes=5, separation=3.0)
+    X, y = gaussian_embeddings(rows=600, dim=32, classes=5, separation=3.0)
     assert cross_val_score(knn, X, y, cv=3).mean() > 0.99
     with pytest.raises(ValueError, match="rows >= classes >= 2"):
-        _gaussian_embeddings(rows=400, dim=8, classes=1)
+        gaussian_embeddings(rows=400, dim=8, classes=1)
 
 
 def test_an_embeddings_recipe_builds_one_fixed_size_list_column():

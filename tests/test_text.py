@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 import refine
 from refine.bench.noise import flip_symmetric
-from refine.bench.recipes import build_dataset, generated_text, list_recipes
+from refine.bench.recipes import build_dataset, list_recipes
+from refine.bench.sources import generated_text
 from refine.cli import cli
 from refine.encode.features import FeatureEncoder, fit_features
 from refine.encode.text import MAX_CHARS, TextEncoder

@@ -37,8 +37,8 @@ from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
 VOTES_COLUMN = "votes"  # a crowd recipe's votes (refine.bench.recipes.VOTES_COLUMN)
-TEXT_COLUMN = "text"  # the text column of text recipes (refine.bench.recipes.TEXT_COLUMN)
-IMAGE_COLUMN = "image"  # the image column of image recipes (refine.bench.recipes.IMAGE_COLUMN)
+TEXT_COLUMN = "text"  # the text column of text recipes (refine.bench.sources.TEXT_COLUMN)
+IMAGE_COLUMN = "image"  # the image column of image recipes (refine.bench.sources.IMAGE_COLUMN)
 # The column refine reads revealed true labels from (``--verified``): null where not revealed.
 VERIFIED_COLUMN = "label_verified"
 # The review loop's reruns, each with the strategy of refine.review.pick that chose its rows.
