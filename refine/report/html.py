@@ -5,11 +5,11 @@
 ``RUN_DIR/report.html``. ``refine run`` writes it inside the run's temporary directory, and
 ``refine report RUN_DIR`` rebuilds it later, byte for byte the same.
 
-This module reads the run and decides what each section says, but for the trust and annotator
-sections (``refine.report.trust``), the columns (``refine.report.columns``) and the student
-(``refine.report.student``); ``refine.report.cells`` writes values into cells,
-``refine.report.plots`` draws the figures (SVG ``data:`` URLs) and ``refine.report.page`` holds
-the HTML frame, stylesheet and escaping.
+This module decides what each section says from the run as ``refine.report.reading`` loads it,
+but for the trust and annotator sections (``refine.report.trust``), the columns
+(``refine.report.columns``) and the student (``refine.report.student``);
+``refine.report.cells`` writes values into cells, ``refine.report.plots`` draws the figures (SVG
+``data:`` URLs) and ``refine.report.page`` holds the HTML frame, stylesheet and escaping.
 The page fetches nothing, runs no script, and escapes every value from the data.
 
 The run stores ``refine.judge.detect.confident_joint`` in
@@ -18,26 +18,20 @@ The run stores ``refine.judge.detect.confident_joint`` in
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from refine.config import check_summary
-from refine.errors import InputError, OutputError
-from refine.io.read import plain_values
+from refine.errors import OutputError
 from refine.report import plots
 from refine.report.cells import NOT_RECORDED, cell, decimal, ece_pair, integer, number, plain, short
-from refine.report.columns import columns_section, run_key
+from refine.report.columns import columns_section
 from refine.report.metrics import flag_scores, label_accuracy
 from refine.report.page import document, escape, figure, note, table
+from refine.report.reading import TRUTH_COLUMNS, ReportRun, class_codes, load_run_dir
 from refine.report.student import student_section
 from refine.report.trust import annotators_section, consensus_note, trust_section
 
@@ -46,15 +40,6 @@ TOP_ROWS = 50  # rows in the table of likely wrong labels
 KEY_COLUMNS = 3  # key columns shown per likely wrong row
 HEATMAP_CLASSES = 20  # above this many classes the noise matrix shows the noisiest ones
 TABLE_CLASSES = 30  # rows of the per-class table above which it shows the most flagged ones
-FEATURE_COLUMNS = 4  # feature values shown per likely wrong row
-TRUTH_COLUMNS = ("label_true", "is_noisy")  # written by `refine datasets build`
-_REFINED_COLUMNS = (
-    "label_refined",
-    "label_quality",
-    "is_label_issue",
-    "label_predicted",
-    "label_source",
-)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -96,7 +81,7 @@ def build_report(run_dir: str | Path) -> str:
     ``is_noisy``, as ``refine datasets build`` writes them), scores against it. A field an
     older run did not record shows as "not recorded".
     """
-    run = _load(Path(run_dir))
+    run = load_run_dir(Path(run_dir))
     with plots.style():
         sections = [
             ("summary", "Summary", _summary_section(run)),
@@ -121,149 +106,10 @@ def build_report(run_dir: str | Path) -> str:
     return _page(run, sections)
 
 
-# --- reading the run ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What the report reads: ``run.json``, ``rounds.parquet`` and columns of ``refined.parquet``
-    with the labels as class indices ``(N,)`` (-1: none)."""
-
-    summary: dict[str, Any]
-    rounds: pa.Table
-    refined: pa.Table  # the columns the report shows
-    classes: list[Any]
-    label: str
-    given: np.ndarray
-    refined_codes: np.ndarray
-    predicted: np.ndarray
-    quality: np.ndarray  # NaN for unlabelled rows
-    is_issue: np.ndarray
-    source: np.ndarray
-    features: list[str]  # input columns shown beside the likely wrong rows
-    key: tuple[str, ...]  # the columns that name the rows (refine.io.keys)
-    key_source: str | None
-    synthetic_rows: int | None
-    annotators: pa.Table | None = None  # annotators.parquet, in a run with votes
-
-    @property
-    def names(self) -> list[str]:
-        return [str(c) for c in self.classes]
-
-    @property
-    def labelled(self) -> np.ndarray:
-        return self.given >= 0
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """The summary's counts, from refined.parquet itself (run.json holds the same numbers,
-        but an older or hand-made run may lack some)."""
-        labelled = int(self.labelled.sum())
-        return {
-            "rows": len(self.given),
-            "labelled": labelled,
-            "unlabelled": len(self.given) - labelled,
-            "flagged": int(self.is_issue.sum()),
-            "corrected": int((self.source == "corrected").sum()),
-            "excluded": int((self.source == "excluded").sum()),
-            "pseudo_labelled": int((self.source == "pseudo").sum()),
-            "verified": int((self.source == "verified").sum()),
-        }
-
-
-def _load(path: Path) -> _Run:
-    if not path.is_dir():
-        raise InputError(
-            f"run directory {str(path)!r} does not exist; pass the --out of a refine run"
-        )
-    for name in ("run.json", "refined.parquet", "rounds.parquet"):
-        if not (path / name).is_file():
-            raise InputError(
-                f"{str(path)!r} is not a refine run: it has no {name}. "
-                "Pass a directory written by refine run or refine update"
-            )
-    try:
-        summary = json.loads((path / "run.json").read_text(encoding="utf-8"))
-        schema = pq.read_schema(path / "refined.parquet")
-        rounds = pq.read_table(path / "rounds.parquet")
-    except (ValueError, OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read the run {str(path)!r}: {exc}") from None
-    if not isinstance(summary, dict):
-        raise InputError(f"{str(path / 'run.json')!r} does not hold a refine run summary")
-    metadata = schema.metadata or {}
-    recorded = json.loads(metadata[b"refine.classes"]) if b"refine.classes" in metadata else None
-    check_summary(summary, path / "run.json", recorded)
-    config = summary.get("config") or {}
-    label = config.get("label") or json.loads(metadata.get(b"refine.run", b"{}")).get(
-        "config", {}
-    ).get("label", "label")
-    classes = summary.get("classes")
-    if classes is None and b"refine.classes" in metadata:
-        classes = json.loads(metadata[b"refine.classes"])
-    missing = [c for c in (label, *_REFINED_COLUMNS) if c not in schema.names]
-    if missing or classes is None:
-        raise InputError(
-            f"{str(path / 'refined.parquet')!r} is not a refine output: "
-            + (f"it has no column {missing[0]!r}" if missing else "its classes are not recorded")
-            + ". Rerun refine run to rewrite the run"
-        )
-    outputs = {label, *_REFINED_COLUMNS, "label_soft", "sample_weight", *TRUTH_COLUMNS}
-    used = [c["column"] for c in (summary.get("features") or {}).get("columns", [])]
-    inputs = [n for n in schema.names if n not in outputs]
-    key, key_source = run_key(path, summary, label, [n for n in schema.names if n != label])
-    shown = [n for n in inputs if n not in key]
-    features = ([n for n in used if n in shown] or shown)[:FEATURE_COLUMNS]
-    truth = [c for c in TRUTH_COLUMNS if c in schema.names]
-    extra = [c for c in key if c not in truth]
-    try:
-        refined = pq.read_table(
-            path / "refined.parquet",
-            columns=[label, *_REFINED_COLUMNS, *truth, *extra, *features],
-        )
-        synthetic = path / "synthetic.parquet"
-        synthetic_rows = pq.read_metadata(synthetic).num_rows if synthetic.is_file() else None
-        voters = path / "annotators.parquet"
-        annotators = pq.read_table(voters) if voters.is_file() else None
-    except (ValueError, OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read the run {str(path)!r}: {exc}") from None
-    quality = refined.column("label_quality").to_numpy(zero_copy_only=False)
-    return _Run(
-        summary=summary,
-        rounds=rounds,
-        refined=refined,
-        classes=classes,
-        label=label,
-        given=_codes(refined.column(label), classes),
-        refined_codes=_codes(refined.column("label_refined"), classes),
-        predicted=_codes(refined.column("label_predicted"), classes),
-        quality=np.asarray(quality, dtype=np.float64),
-        is_issue=refined.column("is_label_issue").fill_null(False).to_numpy(zero_copy_only=False),
-        source=np.asarray(refined.column("label_source").to_pylist(), dtype=object),
-        features=features,
-        key=key,
-        key_source=key_source,
-        synthetic_rows=synthetic_rows,
-        annotators=annotators,
-    )
-
-
-def _codes(column: pa.ChunkedArray, classes: Sequence[Any]) -> np.ndarray:
-    """Class indices ``(N,)`` of a column of class values; -1 for null or an unknown value."""
-    column = plain_values(column)  # no dictionary, no string_view: index_in takes it
-    try:
-        values = pa.array(list(classes), type=column.type)
-        found = pc.index_in(column, value_set=values).fill_null(-1)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-        # A type index_in has no kernel for, or classes that do not fit it: look up in Python.
-        lookup = {value: code for code, value in enumerate(classes)}
-        return np.array([lookup.get(v, -1) for v in column.to_pylist()], dtype=np.int64)
-    return found.to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 # --- sections ----------------------------------------------------------------------------------
 
 
-def _summary_section(run: _Run) -> str:
+def _summary_section(run: ReportRun) -> str:
     s = run.summary
     counts = run.counts
     labelled, flagged = counts["labelled"], counts["flagged"]
@@ -333,7 +179,7 @@ def _summary_section(run: _Run) -> str:
     return f'{warning}<div class="cards">{card_html}</div><table class="keyvalue">{details}</table>'
 
 
-def _noise_section(run: _Run) -> str:
+def _noise_section(run: ReportRun) -> str:
     joint = (run.summary.get("noise_matrix") or {}).get("confident_joint")
     if joint is None:
         if "noise_matrix" in run.summary:
@@ -379,7 +225,7 @@ def _noise_section(run: _Run) -> str:
     return figure(image, title, caption) + counts
 
 
-def _quality_section(run: _Run) -> str:
+def _quality_section(run: ReportRun) -> str:
     labelled = run.labelled & ~np.isnan(run.quality)
     if not labelled.any():
         return note("No labelled rows, so no label quality to show.")
@@ -394,7 +240,7 @@ def _quality_section(run: _Run) -> str:
     return figure(image, "Histogram of label quality, flagged rows highlighted", caption)
 
 
-def _calibration_section(run: _Run) -> str:
+def _calibration_section(run: ReportRun) -> str:
     calibration = run.summary.get("calibration") or {}
     before, after = calibration.get("ece_before"), calibration.get("ece_after")
     text = (
@@ -419,7 +265,7 @@ def _calibration_section(run: _Run) -> str:
     )
 
 
-def _rounds_section(run: _Run) -> str:
+def _rounds_section(run: ReportRun) -> str:
     rounds = run.rounds
     if rounds.num_rows == 0:
         return note("No rounds recorded.")
@@ -459,7 +305,7 @@ def _rounds_section(run: _Run) -> str:
     ) + table([h[1] for h in heads], body, numeric=range(len(heads)))
 
 
-def _classes_section(run: _Run) -> str:
+def _classes_section(run: ReportRun) -> str:
     k = len(run.classes)
     labelled = run.labelled
     given = run.given[labelled]
@@ -505,7 +351,7 @@ def _classes_section(run: _Run) -> str:
     )
 
 
-def _rows_section(run: _Run) -> str:
+def _rows_section(run: ReportRun) -> str:
     labelled = run.labelled & ~np.isnan(run.quality)
     pool = run.is_issue & labelled
     intro = f"The {TOP_ROWS} flagged rows with the lowest label quality"
@@ -554,12 +400,16 @@ def _rows_section(run: _Run) -> str:
     )
 
 
-def _truth_section(run: _Run) -> str | None:
+def _truth_section(run: ReportRun) -> str | None:
     names = run.refined.column_names
     if not any(c in names for c in TRUTH_COLUMNS):
         return None
     labelled = run.labelled
-    truth = _codes(run.refined.column("label_true"), run.classes) if "label_true" in names else None
+    truth = (
+        class_codes(run.refined.column("label_true"), run.classes)
+        if "label_true" in names
+        else None
+    )
     if "is_noisy" in names:
         is_noisy = run.refined.column("is_noisy").fill_null(False).to_numpy(zero_copy_only=False)
     else:
@@ -620,7 +470,7 @@ def _truth_section(run: _Run) -> str | None:
 # --- the page ----------------------------------------------------------------------------------
 
 
-def _page(run: _Run, sections: list[tuple[str, str, str]]) -> str:
+def _page(run: ReportRun, sections: list[tuple[str, str, str]]) -> str:
     s = run.summary
     source = s.get("input")
     header = (
@@ -639,7 +489,7 @@ def _page(run: _Run, sections: list[tuple[str, str, str]]) -> str:
     return document(title, header, sections, footer)
 
 
-def _class_name(run: _Run, code: int) -> str:
+def _class_name(run: ReportRun, code: int) -> str:
     return short(run.names[code]) if code >= 0 else ""
 
 
