@@ -3,15 +3,16 @@
 once per engine.
 
 Engines: ``memory`` (the default plan: --workers auto, --memory unset), ``streaming`` (a
---memory budget of 90% of the in-memory estimate, so the features stream from disk), and
-``ray`` (``--engine ray``, where the installed refine has it). For each run it prints wall
+--memory budget of 90% of the in-memory estimate, or ``--memory SIZE``, so the features stream
+from disk), and ``ray`` (``--engine ray``, where the installed refine has it). For each run it
+prints wall
 time, peak resident memory (the largest single process, and the sum over the process tree
 sampled every 0.2 s), seconds per million rows, the plan refine chose (from run.json), the time
 of each stage, and flag quality against the known noise. The data is generated, not downloaded.
 
     python benchmarks/scale.py [--rows 1000000,2000000] [--engines memory,streaming]
-        [--dim 64] [--workers auto] [--workdir /tmp/refine-scale] [--json results.json]
-        [--max-epochs 1] [--timeline rss]
+        [--dim 64] [--workers auto] [--memory SIZE] [--workdir /tmp/refine-scale]
+        [--json results.json] [--max-epochs 1] [--timeline rss]
 
 ``--max-epochs 1`` makes a memory measurement cheap: peak memory does not depend on the epochs.
 """
@@ -114,9 +115,14 @@ def run_refine(command: list[str], timeline: Path | None = None) -> dict[str, fl
     }
 
 
-def engine_flags(engine: str, rows: int, dim: int, classes: int, folds: int) -> list[str]:
-    """The flags that select ``engine``."""
+def engine_flags(
+    engine: str, rows: int, dim: int, classes: int, folds: int, memory: str | None = None
+) -> list[str]:
+    """The flags that select ``engine``; ``memory``, the streaming engine's budget (default:
+    90% of the in-memory estimate)."""
     if engine == "streaming":
+        if memory is not None:
+            return ["--memory", memory]
         from refine.learn import budget  # here, so that a checkout without it runs `memory`
 
         estimate = budget.plan(rows, dim, classes, folds, memory=1 << 50).in_memory_bytes
@@ -149,7 +155,7 @@ def measure(
         args.workers,
         "--no-report",
         "--quiet",
-        *engine_flags(engine, len(truth), args.dim, args.classes, args.folds),
+        *engine_flags(engine, len(truth), args.dim, args.classes, args.folds, args.memory),
         *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
     ]
     timeline = args.timeline.with_suffix(f".{len(truth)}-{engine}.txt") if args.timeline else None
@@ -189,6 +195,13 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--workers", default="auto")
+    parser.add_argument(
+        "--memory",
+        default=None,
+        metavar="SIZE",
+        help="the streaming engine's --memory, such as 6GB (default: 90%% of the in-memory "
+        "estimate)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refine-scale"))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(

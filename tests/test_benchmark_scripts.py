@@ -620,6 +620,14 @@ def test_scale_main_runs_the_cli_and_reports_the_run(tmp_path, monkeypatch, caps
     assert memory.equals(streaming)
 
 
+def test_scale_streaming_takes_a_memory_budget_as_given():
+    scale = script("scale")
+    assert scale.engine_flags("streaming", 1000, 4, 3, 3, "6GB") == ["--memory", "6GB"]
+    estimated = scale.engine_flags("streaming", 1000, 4, 3, 3)
+    assert estimated[0] == "--memory" and int(estimated[1]) > 0
+    assert scale.engine_flags("memory", 1000, 4, 3, 3, "6GB") == []
+
+
 def test_scale_measures_the_whole_process_tree():
     scale = script("scale")
     command = [sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(1)"]
