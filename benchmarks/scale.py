@@ -5,10 +5,10 @@ once per engine.
 Engines: ``memory`` (the default plan: --workers auto, --memory unset), ``streaming`` (a
 --memory budget of 90% of the in-memory estimate, or ``--memory SIZE``, so the features stream
 from disk), and ``ray`` (``--engine ray``, where the installed refine has it). For each run it
-prints wall
-time, peak resident memory (the largest single process, and the sum over the process tree
-sampled every 0.2 s), seconds per million rows, the plan refine chose (from run.json), the time
-of each stage, and flag quality against the known noise. The data is generated, not downloaded.
+prints wall time, peak resident memory (the largest single process, and the sum over the
+process tree sampled every 0.2 s), seconds per million rows, the plan refine chose (from
+run.json), the time of each stage, and flag quality against the known noise. The data is
+generated, not downloaded.
 
     python benchmarks/scale.py [--rows 1000000,2000000] [--engines memory,streaming]
         [--dim 64] [--workers auto] [--memory SIZE] [--workdir /tmp/refine-scale]
