@@ -32,7 +32,8 @@ show ``-``), for measuring another checkout's votes path alone.
 
 Downstream: a LogisticRegression trained on each consensus (rows without one left out;
 standardised features, or TF-IDF word 1-2-grams of the text), scored on the gold test split,
-with one on the gold training labels as the ceiling.
+with one on the gold training labels as the ceiling; refine's two runs also with their
+``sample_weight`` (rows of weight 0 left out), as DESIGN.md says its labels are trained on.
 
 For the generated crowds it also reports the mean absolute error of the estimated annotator
 accuracies against the true ones: refine's (``annotators.parquet`` of the votes run) and
@@ -89,6 +90,8 @@ METHODS = (
 )
 # The consensuses a downstream model is trained on.
 DOWNSTREAM = ("majority", "ck-ds", "ck-glad", "refine(majority)", "refine(votes)")
+# refine's runs again, trained as its output is meant to be used: with ``sample_weight``.
+WEIGHTED = ("refine(majority)", "refine(votes)")
 
 
 def wrench(name: str, data: Path) -> dict:
@@ -145,15 +148,22 @@ def crowd_kit(votes: np.ndarray) -> dict[str, np.ndarray]:
     return found
 
 
-def downstream(table: pa.Table, labels: np.ndarray, test: tuple, seed: int) -> float:
-    """Test accuracy of a LogisticRegression trained on ``labels`` (-1 rows left out)."""
+def downstream(
+    table: pa.Table,
+    labels: np.ndarray,
+    test: tuple,
+    seed: int,
+    weight: np.ndarray | None = None,
+) -> float:
+    """Test accuracy of a LogisticRegression trained on ``labels`` (-1 rows left out), with
+    ``weight`` ``(N,)`` as sample weights where given (rows of weight 0 left out too)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     test_table, test_gold = test
-    keep = labels >= 0
+    keep = (labels >= 0) & (weight > 0 if weight is not None else True)
     if pa.types.is_string(table.schema[0].type) or pa.types.is_large_string(table.schema[0].type):
 
         def text(t: pa.Table) -> list[str]:
@@ -173,8 +183,13 @@ def downstream(table: pa.Table, labels: np.ndarray, test: tuple, seed: int) -> f
         )
     if len(np.unique(labels[keep])) < 2:
         return float("nan")
-    model.fit(X[keep], labels[keep])
+    fit = {} if weight is None else {"logisticregression__sample_weight": weight[keep]}
+    model.fit(X[keep], labels[keep], **fit)
     return float((model.predict(X_test) == test_gold).mean())
+
+
+def _weights(result: refine.RunResult) -> np.ndarray:
+    return result.refined.column("sample_weight").to_numpy(zero_copy_only=False).astype(float)
 
 
 def _label_column(result: refine.RunResult) -> np.ndarray:
@@ -194,6 +209,7 @@ def run_set(
     text = tuple(table.column_names) if name in WRENCH else ()
     options = {"report": False, **RUN_OPTIONS}
     mv = majority_vote(votes, k, seed)
+    weights: dict[str, np.ndarray] = {}
     found: dict[str, np.ndarray] = {
         "majority": mv,
         "dawid-skene": dawid_skene(votes, k).posterior.argmax(1),
@@ -210,6 +226,7 @@ def run_set(
         result = refine.run(labelled, label="label_mv", text=text, seed=seed, **options)
         row["seconds_majority"] = time.perf_counter() - started
         found["refine(majority)"] = _label_column(result)
+        weights["refine(majority)"] = _weights(result)
         found["held-out"], choice = consensus(votes, result.proba, seed)
         row["held_out_choice"] = "majority" if choice.temper is None else f"t={choice.temper:g}"
     lists = pa.array(votes.tolist(), pa.list_(pa.int64()))  # position = annotator, -1 = none
@@ -223,6 +240,7 @@ def run_set(
     row["seconds_votes"] = float(np.median(seconds))
     row["seconds_votes_all"] = seconds
     found["refine(votes)"] = _label_column(voted)
+    weights["refine(votes)"] = _weights(voted)
     chosen = voted.summary["annotators"]["consensus"]
     row["chosen"] = (
         "majority" if chosen["prior_temper"] is None else f"t={chosen['prior_temper']:g}"
@@ -235,6 +253,11 @@ def run_set(
             m: downstream(table, found[m], s["test"], seed) for m in DOWNSTREAM if m in found
         }
         row["downstream"]["gold"] = downstream(table, gold, s["test"], seed)
+        row["downstream_weighted"] = {
+            m: downstream(table, found[m], s["test"], seed, weights[m])
+            for m in WEIGHTED
+            if m in weights
+        }
     if truth is not None:
         estimated = voted.annotators.column("accuracy").to_numpy(zero_copy_only=False)
         row["accuracy_error"] = float(np.nanmean(np.abs(estimated - truth)))
@@ -281,17 +304,20 @@ def main() -> None:
     lines.append(f"\nrefine(votes)'s held-out choice (last round): {chosen}.")
     lines += [
         "",
-        "Downstream: test accuracy of a LogisticRegression trained on each consensus.",
+        "Downstream: test accuracy of a LogisticRegression trained on each consensus; for "
+        "refine's runs also with their `sample_weight`, as refine's output is meant to be "
+        "trained on (weighted).",
         "",
-        "| set | " + " | ".join((*DOWNSTREAM, "gold")) + " |",
-        "|---|" + "---|" * (len(DOWNSTREAM) + 1),
+        "| set | "
+        + " | ".join((*DOWNSTREAM, *(f"{m}, weighted" for m in WEIGHTED), "gold"))
+        + " |",
+        "|---|" + "---|" * (len(DOWNSTREAM) + len(WEIGHTED) + 1),
     ]
     for name, r in rows.items():
         if "downstream" in r:
-            d = r["downstream"]
-            lines.append(
-                f"| {name} | " + " | ".join(_cell(d.get(m)) for m in (*DOWNSTREAM, "gold")) + " |"
-            )
+            d, w = r["downstream"], r["downstream_weighted"]
+            cells = [*(d.get(m) for m in DOWNSTREAM), *(w.get(m) for m in WEIGHTED), d["gold"]]
+            lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
     lines += [
         "",
         "| set | refine(majority) seconds | refine(votes) seconds | rounds |",

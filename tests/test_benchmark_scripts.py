@@ -814,6 +814,27 @@ def test_crowd_main_scores_every_method_on_wrench_files(tmp_path, monkeypatch):
     assert "downstream" not in figures and figures["seconds_votes"] > 0
 
 
+def test_crowd_downstream_trains_with_the_weights_it_is_given():
+    crowd = script("crowd")
+    rng = np.random.default_rng(0)
+    truth = np.arange(200) % 2
+    x = truth * 2.0 + rng.normal(0.0, 0.6, 200)
+    table = pa.table({"x": x, "y": rng.normal(0.0, 1.0, 200)})
+    test_truth = np.arange(100) % 2
+    test = (pa.table({"x": test_truth * 2.0, "y": np.zeros(100)}), test_truth)
+    # Every class-1 row but the surest labelled 0: unweighted, the model learns it; with the
+    # flipped rows weighted 0 it trains on the right labels alone, as if they were dropped.
+    labels = truth.copy()
+    flipped = (truth == 1) & (x < 2.5)
+    labels[flipped] = 0
+    weight = np.where(flipped, 0.0, 1.0)
+    dropped = np.where(flipped, -1, labels)
+    plain = crowd.downstream(table, labels, test, seed=0)
+    weighted = crowd.downstream(table, labels, test, seed=0, weight=weight)
+    assert weighted == crowd.downstream(table, dropped, test, seed=0) == 1.0
+    assert plain < 0.9
+
+
 def test_student_main_compares_student_ensemble_and_given(tmp_path, monkeypatch, fast_refine):
     from refine.bench.sources import generated_text
 
