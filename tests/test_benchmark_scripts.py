@@ -638,6 +638,15 @@ def test_scale_measures_the_whole_process_tree():
         scale.run_refine([sys.executable, "-c", "raise SystemExit(3)"])
 
 
+def test_scale_does_not_count_its_own_peak_as_the_run_s():
+    # Linux carries the parent's high-water mark into a forked child past exec, so wait4's
+    # ru_maxrss would report the 300 MB this test holds as the small child's peak.
+    scale = script("scale")
+    held = np.ones(300 << 17)  # 300 MiB of float64, resident
+    cost = scale.run_refine([sys.executable, "-c", "import time; time.sleep(1)"])
+    assert held.sum() > 0 and cost["process_rss"] < 150 << 20
+
+
 # stream.py ----------------------------------------------------------------------------------
 
 
