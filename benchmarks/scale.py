@@ -6,9 +6,9 @@ Engines: ``memory`` (the default plan: --workers auto, --memory unset), ``stream
 --memory budget of 90% of the in-memory estimate, or ``--memory SIZE``, so the features stream
 from disk), and ``ray`` (``--engine ray``, where the installed refine has it). For each run it
 prints wall time, peak resident memory (the largest single process, and the sum over the
-process tree sampled every 0.2 s), seconds per million rows, the plan refine chose (from
-run.json), the time of each stage, and flag quality against the known noise. The data is
-generated, not downloaded.
+process tree sampled every 0.2 s, as VmRSS and, once a second, as PSS), seconds per million
+rows, the plan refine chose (from run.json), the time of each stage, and flag quality against
+the known noise. The data is generated, not downloaded.
 
     python benchmarks/scale.py [--rows 1000000,2000000] [--engines memory,streaming]
         [--dim 64] [--workers auto] [--memory SIZE] [--workdir /tmp/refine-scale]
@@ -65,10 +65,12 @@ def write_data(path: Path, rows: int, dim: int, classes: int) -> tuple[np.ndarra
     return truth, noisy
 
 
-def tree_memory(pid: int) -> tuple[int, int]:
-    """Bytes resident in process ``pid`` and all its descendants now, and the largest
-    high-water mark (VmHWM) among them (Linux /proc)."""
-    total, highest, todo = 0, 0, [pid]
+def tree_memory(pid: int, pss: bool = False) -> tuple[int, int, int]:
+    """Bytes resident in process ``pid`` and all its descendants now, the largest high-water
+    mark (VmHWM) among them, and with ``pss`` their proportional set size (shared pages split
+    among the processes that map them, so memory-mapped features and Ray's object store count
+    once; 0 without ``pss``) (Linux /proc)."""
+    total, highest, proportional, todo = 0, 0, 0, [pid]
     while todo:
         current = todo.pop()
         try:
@@ -76,17 +78,23 @@ def tree_memory(pid: int) -> tuple[int, int]:
                 fields = dict(line.split(":", 1) for line in f if line.startswith("Vm"))
             total += int(fields["VmRSS"].split()[0]) * 1024
             highest = max(highest, int(fields["VmHWM"].split()[0]) * 1024)
+            if pss:
+                with open(f"/proc/{current}/smaps_rollup") as f:
+                    proportional += next(
+                        int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")
+                    )
             with open(f"/proc/{current}/task/{current}/children") as f:
                 todo += [int(child) for child in f.read().split()]
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, StopIteration):
             continue  # the process ended between two reads
-    return total, highest
+    return total, highest, proportional
 
 
 def run_refine(command: list[str], timeline: Path | None = None) -> dict[str, float]:
     """Run ``command``; its wall seconds, CPU seconds, and the peak resident bytes of its
-    largest process and of its whole process tree, both sampled. With ``timeline``, every
-    sample (seconds since the start, tree bytes) goes there as a line.
+    largest process and of its whole process tree (VmRSS summed, which counts shared pages in
+    every process that maps them, and PSS, which does not), all sampled. With ``timeline``,
+    every sample (seconds since the start, tree bytes) goes there as a line.
 
     The largest process is read from each process's own high-water mark, not wait4's
     ``ru_maxrss``: Linux carries a process's high-water mark into the children it forks, past
@@ -94,14 +102,17 @@ def run_refine(command: list[str], timeline: Path | None = None) -> dict[str, fl
     as refine's. A run too short to be sampled falls back to ``ru_maxrss``."""
     started = time.perf_counter()
     process = subprocess.Popen(command)
-    peak = [0, 0]
+    peak = [0, 0, 0]
     done = threading.Event()
     samples: list[str] = []
 
     def sample() -> None:
+        count = 0
         while not done.wait(0.2):
-            rss, highest = tree_memory(process.pid)
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], highest)
+            # PSS walks every page table of the tree: once a second keeps its cost small.
+            rss, highest, pss = tree_memory(process.pid, pss=count % 5 == 0)
+            peak[0], peak[1], peak[2] = max(peak[0], rss), max(peak[1], highest), max(peak[2], pss)
+            count += 1
             samples.append(f"{time.perf_counter() - started:.1f} {rss}")
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -120,6 +131,7 @@ def run_refine(command: list[str], timeline: Path | None = None) -> dict[str, fl
         "cpu": usage.ru_utime + usage.ru_stime,  # the process and the workers it waited for
         "process_rss": peak[1] or usage.ru_maxrss * 1024,
         "tree_rss": peak[0],
+        "tree_pss": peak[2],
     }
 
 
@@ -185,6 +197,7 @@ def measure(
         "cpu_seconds": round(cost.get("cpu", float("nan")), 1),
         "peak_process_rss_gb": round(cost["process_rss"] / 2**30, 2),
         "peak_tree_rss_gb": round(cost["tree_rss"] / 2**30, 2),
+        "peak_tree_pss_gb": round(cost.get("tree_pss", 0) / 2**30, 2),
         "stage_seconds": timings,
         "stage_share": {k: round(v / cost["wall"], 3) for k, v in timings.items()},
         "epochs_per_fit": summary["epochs_per_fit"],

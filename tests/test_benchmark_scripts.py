@@ -630,10 +630,11 @@ def test_scale_streaming_takes_a_memory_budget_as_given():
 
 def test_scale_measures_the_whole_process_tree():
     scale = script("scale")
-    command = [sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(1)"]
+    command = [sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(2)"]
     cost = scale.run_refine(command)
     assert cost["wall"] >= 1 and cost["cpu"] > 0
     assert cost["process_rss"] >= 200 << 20 and cost["tree_rss"] >= 200 << 20
+    assert 200 << 20 <= cost["tree_pss"] <= cost["tree_rss"]
     with pytest.raises(subprocess.CalledProcessError):
         scale.run_refine([sys.executable, "-c", "raise SystemExit(3)"])
 
