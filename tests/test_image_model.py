@@ -93,7 +93,9 @@ def test_images_embed_deterministically_and_missing_ones_are_nan(tiny_vit, png_d
     with torch.inference_mode():
         direct = network(**processor(images=rgb, return_tensors="pt")).pooler_output
     assert pooled
-    np.testing.assert_allclose(first[1], direct[0].numpy(), rtol=1e-6)
+    # A batch of four and a batch of one sum in another order: float32 rounding apart (1e-6
+    # relative on some CPUs), far below any difference in how the pixels were made.
+    np.testing.assert_allclose(first[1], direct[0].numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_the_cache_directory_spares_the_model_images_it_has_seen(
