@@ -18,11 +18,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
-from refine.learn.calibrate import (
-    fit_temperature,
-    fit_temperature_through_noise,
-    noise_transitions,
-)
+from refine.learn.calibrate import fit_temperature, fit_temperature_through_noise, noise_transitions
 
 GIVEN_WEIGHT_SD = 5.0
 _EPS = 1e-7
@@ -35,8 +31,9 @@ class Posterior:
 
     ``scale`` sharpens or flattens the model (it was calibrated against noisy labels);
     ``given_weight`` is the log-odds the given label adds for its own class, which is large
-    where labels are rarely wrong and small or negative where the model knows better;
-    ``bias`` ``(K,)`` moves each class's prior. Rows without a given label get no bonus.
+    where labels are rarely wrong and small (never below 0: ``fit_posterior``) where the model
+    knows better; ``bias`` ``(K,)`` moves each class's prior. Rows without a given label get no
+    bonus.
     """
 
     scale: float
