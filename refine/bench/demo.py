@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from refine.bench.baselines import cleanlab_baseline
 from refine.bench.noise import flip_symmetric
-from refine.pipeline import RunResult, run
+from refine.finish import RunResult
+from refine.pipeline import run
 from refine.progress import NULL_PROGRESS, Progress
 from refine.report.metrics import flag_scores, label_accuracy, label_codes
 
