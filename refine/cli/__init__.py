@@ -54,7 +54,3 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; no output was written", err=True)
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from refine.cli.common import (
     CLIError,
-    _command_line,
-    _errors,
+    command_line,
+    handle_refine_errors,
 )
 from refine.cli.summary import look_at_flagged
 from refine.progress import RichProgress
@@ -28,7 +28,7 @@ from refine.progress import RichProgress
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the results.")
-@_errors
+@handle_refine_errors
 def demo_command(out: Path, seed: int, quiet: bool) -> None:
     """Run refine on scikit-learn's digits with 20% of labels flipped, next to cleanlab.
 
@@ -47,7 +47,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
         )
     errors = Console(stderr=True, quiet=quiet)
     with RichProgress(errors, bars=errors.is_terminal and not quiet) as p:
-        report = run_demo(out, seed=seed, progress=p, command=_command_line())
+        report = run_demo(out, seed=seed, progress=p, command=command_line())
     table = Table(title="finding the flipped labels", title_justify="left")
     table.add_column("method")
     for column in ("precision", "recall", "F1", "AUPRC", "label accuracy", "seconds"):
@@ -112,7 +112,7 @@ def demo_command(out: Path, seed: int, quiet: bool) -> None:
     help="Folder for benchmarks.md and benchmarks.json.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only where the report went.")
-@_errors
+@handle_refine_errors
 def bench_command(
     suite: str,
     seeds: int,
@@ -178,7 +178,7 @@ def datasets_group() -> None:
     default=None,
     help="Only the recipes of this suite.",
 )
-@_errors
+@handle_refine_errors
 def datasets_list(suite: str | None) -> None:
     """List the dataset recipes with a one-line description each.
 
@@ -217,7 +217,7 @@ def datasets_list(suite: str | None) -> None:
     default=None,
     help="Seed for the split and the noise (default: the recipe's).",
 )
-@_errors
+@handle_refine_errors
 def datasets_build(name: str, out: Path, seed: int | None) -> None:
     """Build the dataset of recipe NAME into --out (noisy label, truth beside it) and a test file.
 

@@ -11,21 +11,18 @@ from typing import Any
 
 import click
 
-from refine.config import (
-    ModelConfig,
-    RunConfig,
-)
+from refine.config import ModelConfig, RunConfig
 from refine.errors import RefineError
 
-_DEFAULTS = RunConfig()
-_MODEL = ModelConfig()
+DEFAULTS = RunConfig()
+MODEL_DEFAULTS = ModelConfig()
 
 
 class CLIError(click.ClickException):
     exit_code = 2
 
 
-def _errors(function):
+def handle_refine_errors(function):
     """Turn a ``RefineError`` into ``Error: <message>`` and exit code 2."""
 
     @functools.wraps(function)
@@ -38,17 +35,17 @@ def _errors(function):
     return wrapper
 
 
-def _command_line() -> str:
+def command_line() -> str:
     """The command as the user typed it, for run.json: ``refine`` and its arguments."""
     return shlex.join(["refine", *sys.argv[1:]])
 
 
-def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
+def split_columns(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--features a,b --features c`` -> ``("a", "b", "c")``."""
     return tuple(c.strip() for v in values for c in v.split(",") if c.strip())
 
 
-def _execution_options(function):
+def execution_options(function):
     """--workers and --memory: how a run uses the machine, which never changes its output."""
     function = click.option(
         "--memory",
@@ -67,16 +64,16 @@ def _execution_options(function):
     )(function)
 
 
-def _rows(n: int) -> str:
+def count_rows(n: int) -> str:
     return f"{n:,} row{'' if n == 1 else 's'}"
 
 
-def _listed(words: list[str]) -> str:
+def listed(words: list[str]) -> str:
     """``["a", "b", "c"]`` -> ``"a, b and c"``."""
     return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from refine.cli.common import (
-    _DEFAULTS,
-    _errors,
-    _rows,
+    DEFAULTS,
+    count_rows,
+    handle_refine_errors,
 )
 from refine.config import (
     DEVICES,
@@ -28,7 +28,7 @@ from refine.config import (
 @click.option(
     "--student-size",
     "size",
-    default=_DEFAULTS.student_size,
+    default=DEFAULTS.student_size,
     show_default=True,
     help="Hidden widths (64, 128,64), a parameter budget (params:20000), or auto: the "
     "teacher's widths, one network in place of the ensemble.",
@@ -36,7 +36,7 @@ from refine.config import (
 @click.option(
     "--student-temperature",
     "soft_temperature",
-    default=_DEFAULTS.student_temperature,
+    default=DEFAULTS.student_temperature,
     show_default=True,
     help="Softens (above 1) or sharpens (below 1) the soft labels the student learns.",
 )
@@ -47,7 +47,7 @@ from refine.config import (
     "--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
-@_errors
+@handle_refine_errors
 def distill_command(
     run_dir: Path,
     out: Path,
@@ -123,14 +123,14 @@ def distill_command(
 )
 @click.option(
     "--embedding-cache",
-    default=_DEFAULTS.embedding_cache,
+    default=DEFAULTS.embedding_cache,
     show_default=True,
     metavar="auto|off|DIR",
     help="Where a --text-model (or --image-model DIR) student finds embeddings already "
     "computed and keeps new ones: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@_errors
+@handle_refine_errors
 def predict_command(
     model: Path,
     data: Path,
@@ -168,8 +168,8 @@ def predict_command(
         embedding_cache=embedding_cache,
     )
     abstained = (
-        f"; {_rows(result.abstained)} abstain (confidence below {result.threshold:.4g})"
+        f"; {count_rows(result.abstained)} abstain (confidence below {result.threshold:.4g})"
         if result.threshold is not None
         else ""
     )
-    click.echo(f"wrote {_rows(result.rows)} to {result.out}{abstained}")
+    click.echo(f"wrote {count_rows(result.rows)} to {result.out}{abstained}")

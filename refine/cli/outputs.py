@@ -14,10 +14,10 @@ from rich.table import Table
 
 from refine.cli.common import (
     CLIError,
-    _cell,
-    _errors,
-    _listed,
-    _rows,
+    cell_text,
+    count_rows,
+    handle_refine_errors,
+    listed,
 )
 
 
@@ -48,7 +48,7 @@ from refine.cli.common import (
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of --strategy random.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@_errors
+@handle_refine_errors
 def review_command(
     run_dir: Path,
     budget: int,
@@ -104,7 +104,7 @@ def review_command(
     help="The .parquet file --format parquet writes; refused if it exists, unless --overwrite.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@_errors
+@handle_refine_errors
 def query_command(run_dir: Path, sql: str, fmt: str, out: Path | None, overwrite: bool) -> None:
     """Run SQL (DuckDB) over a run: views refined, flagged, rounds (and synthetic when present).
 
@@ -121,7 +121,7 @@ def query_command(run_dir: Path, sql: str, fmt: str, out: Path | None, overwrite
         if out is None:
             raise CLIError("--format parquet writes a file: name it with --out FILE.parquet")
         written = write_query(run_dir, sql, out, overwrite=overwrite)
-        click.echo(f"wrote {_rows(written.num_rows)} to {out}")
+        click.echo(f"wrote {count_rows(written.num_rows)} to {out}")
         return
     if out is not None:
         raise CLIError(
@@ -136,7 +136,7 @@ def query_command(run_dir: Path, sql: str, fmt: str, out: Path | None, overwrite
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(result.column_names)
-        writer.writerows([[_cell(row[c]) for c in result.column_names] for row in rows])
+        writer.writerows([[cell_text(row[c]) for c in result.column_names] for row in rows])
         click.echo(buffer.getvalue(), nl=False)
     else:
         table = Table()
@@ -144,7 +144,7 @@ def query_command(run_dir: Path, sql: str, fmt: str, out: Path | None, overwrite
             numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
             table.add_column(field.name, overflow="fold", justify="right" if numeric else "left")
         for row in rows:
-            table.add_row(*(_cell(row[c]) for c in result.column_names))
+            table.add_row(*(cell_text(row[c]) for c in result.column_names))
         Console(width=max(Console().width, 120)).print(table)
 
 
@@ -190,7 +190,7 @@ def query_command(run_dir: Path, sql: str, fmt: str, out: Path | None, overwrite
     "oldest first, each row once.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@_errors
+@handle_refine_errors
 def export_command(
     run_dir: Path,
     out: Path,
@@ -226,7 +226,7 @@ def export_command(
         given = [name for name, on in {**flags, "--chain": chain}.items() if on]
         if given:
             raise CLIError(
-                f"{_listed(given)} apply to the data export only; a model export takes --out, --format and --overwrite"
+                f"{listed(given)} apply to the data export only; a model export takes --out, --format and --overwrite"
             )
 
         graph, spec = export_model(run_dir, out, fmt, overwrite=overwrite)
@@ -247,15 +247,15 @@ def export_command(
     inputs = len(result.columns) - len(added)
     label = f" with the refined label in {result.label!r}" if as_label else ""
     click.echo(
-        f"wrote {_rows(result.rows)} to {result.out}: the input's {inputs} "
-        f"column{'' if inputs == 1 else 's'}{label}, then {_listed(added)}"
+        f"wrote {count_rows(result.rows)} to {result.out}: the input's {inputs} "
+        f"column{'' if inputs == 1 else 's'}{label}, then {listed(added)}"
     )
     if drop_excluded:
-        click.echo(f"left out {_rows(result.dropped)}: excluded, or without a refined label")
+        click.echo(f"left out {count_rows(result.dropped)}: excluded, or without a refined label")
     if chain:
         click.echo(
             f"from {len(result.runs)} run{'' if len(result.runs) == 1 else 's'}, oldest first: "
-            + ", ".join(f"{path} ({_rows(n)})" for path, n in result.runs)
+            + ", ".join(f"{path} ({count_rows(n)})" for path, n in result.runs)
         )
 
 
@@ -268,7 +268,7 @@ def export_command(
     default=None,
     help="HTML file to write.  [default: RUN_DIR/report.html]",
 )
-@_errors
+@handle_refine_errors
 def report_command(run_dir: Path, out: Path | None) -> None:
     """Build the HTML report of the run in RUN_DIR from its files, and write it.
 

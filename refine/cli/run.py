@@ -11,12 +11,12 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from refine.cli.common import (
-    _DEFAULTS,
-    _MODEL,
-    _columns,
-    _command_line,
-    _errors,
-    _execution_options,
+    DEFAULTS,
+    MODEL_DEFAULTS,
+    command_line,
+    execution_options,
+    handle_refine_errors,
+    split_columns,
 )
 from refine.cli.summary import print_summary
 from refine.config import (
@@ -48,7 +48,7 @@ from refine.progress import RichProgress
     type=click.Path(path_type=Path),
     help="Run directory to write; must not exist unless --overwrite.",
 )
-@click.option("--label", "-l", default=_DEFAULTS.label, show_default=True, help="Label column.")
+@click.option("--label", "-l", default=DEFAULTS.label, show_default=True, help="Label column.")
 @click.option(
     "--verified",
     default=None,
@@ -112,14 +112,14 @@ from refine.progress import RichProgress
 )
 @click.option(
     "--student-size",
-    default=_DEFAULTS.student_size,
+    default=DEFAULTS.student_size,
     show_default=True,
     help="The student's hidden widths (64, 128,64), a parameter budget (params:20000), or auto: "
     "the teacher's widths, one network in place of the ensemble.",
 )
 @click.option(
     "--student-temperature",
-    default=_DEFAULTS.student_temperature,
+    default=DEFAULTS.student_temperature,
     show_default=True,
     help="Softens (above 1) or sharpens (below 1) the soft labels the student learns.",
 )
@@ -153,7 +153,7 @@ from refine.progress import RichProgress
 )
 @click.option(
     "--embedding-cache",
-    default=_DEFAULTS.embedding_cache,
+    default=DEFAULTS.embedding_cache,
     show_default=True,
     metavar="auto|off|DIR",
     help="Where --text-model's and an --image-model directory's embeddings are kept, so reruns "
@@ -161,59 +161,59 @@ from refine.progress import RichProgress
 )
 @click.option(
     "--image-size",
-    default=_DEFAULTS.image_size,
+    default=DEFAULTS.image_size,
     show_default=True,
     help="Side in pixels images are resized to; 0: their own size up to 28 (224 with a "
     "TorchScript --image-model; a model directory's processor sizes its own).",
 )
-@click.option("--folds", default=_DEFAULTS.folds, show_default=True, help="Cross-fitting folds.")
+@click.option("--folds", default=DEFAULTS.folds, show_default=True, help="Cross-fitting folds.")
 @click.option(
     "--rounds",
-    default=_DEFAULTS.rounds,
+    default=DEFAULTS.rounds,
     show_default=True,
     help="Most rounds of refine-and-retrain.",
 )
 @click.option(
     "--min-changes",
-    default=_DEFAULTS.min_changes,
+    default=DEFAULTS.min_changes,
     show_default=True,
     help="Stop when a round changes fewer labels than this.",
 )
 @click.option(
     "--seeds",
-    default=_DEFAULTS.seeds,
+    default=DEFAULTS.seeds,
     show_default=True,
     help="Models per fold, each with its own seed.",
 )
 @click.option(
     "--filter-by",
     type=click.Choice(FILTER_METHODS),
-    default=_DEFAULTS.filter_by,
+    default=DEFAULTS.filter_by,
     show_default=True,
     help="cleanlab's method for find_label_issues (which to choose: docs/options.md).",
 )
 @click.option(
     "--flag-confident/--no-flag-confident",
-    default=_DEFAULTS.flag_confident,
+    default=DEFAULTS.flag_confident,
     show_default=True,
     help="Also flag rows every ensemble member confidently gives another class.",
 )
 @click.option(
     "--one-way-noise/--no-one-way-noise",
-    default=_DEFAULTS.one_way_noise,
+    default=DEFAULTS.one_way_noise,
     show_default=True,
     help="Between two classes whose noise runs one way, never flag a row against that direction "
     "(how the direction is read: docs/options.md).",
 )
 @click.option(
     "--relabel-threshold",
-    default=_DEFAULTS.relabel_threshold,
+    default=DEFAULTS.relabel_threshold,
     show_default=True,
     help="Probability that the predicted class is the true one, needed to correct a flagged label.",
 )
 @click.option(
     "--relabel-odds",
-    default=_DEFAULTS.relabel_odds,
+    default=DEFAULTS.relabel_odds,
     show_default=True,
     help="Also correct a flagged label below the threshold when the predicted class is this "
     "many times as likely as the given one (0 = off). For strong models on many classes, not "
@@ -221,26 +221,26 @@ from refine.progress import RichProgress
 )
 @click.option(
     "--exclude-threshold",
-    default=_DEFAULTS.exclude_threshold,
+    default=DEFAULTS.exclude_threshold,
     show_default=True,
     help="Flagged rows with label quality below this and no confident fix are excluded.",
 )
 @click.option(
     "--soft-mix",
-    default=_DEFAULTS.soft_mix,
+    default=DEFAULTS.soft_mix,
     show_default=True,
     help="Weight of the prediction in label_soft (0 = one-hot label, 1 = prediction).",
 )
 @click.option(
     "--pseudo/--no-pseudo",
     "pseudo_label",
-    default=_DEFAULTS.pseudo_label,
+    default=DEFAULTS.pseudo_label,
     show_default=True,
     help="Pseudo-label unlabelled rows the ensemble is confident and unanimous about.",
 )
 @click.option(
     "--pseudo-threshold",
-    default=_DEFAULTS.pseudo_threshold,
+    default=DEFAULTS.pseudo_threshold,
     show_default=True,
     help="Probability of the true class needed to pseudo-label an unlabelled row.",
 )
@@ -253,44 +253,46 @@ from refine.progress import RichProgress
 )
 @click.option(
     "--augment-ratio",
-    default=_DEFAULTS.augment_ratio,
+    default=DEFAULTS.augment_ratio,
     show_default=True,
     help="Synthetic rows per trusted row, with --augment.",
 )
 @click.option(
     "--max-categories",
-    default=_DEFAULTS.max_categories,
+    default=DEFAULTS.max_categories,
     show_default=True,
     help="Most distinct values for a string column to be one-hot encoded.",
 )
 @click.option(
     "--report/--no-report",
-    default=_DEFAULTS.report,
+    default=DEFAULTS.report,
     show_default=True,
     help="Write report.html, a self-contained page of plots and tables, into the run.",
 )
-@click.option("--max-epochs", default=_MODEL.max_epochs, show_default=True)
+@click.option("--max-epochs", default=MODEL_DEFAULTS.max_epochs, show_default=True)
 @click.option(
     "--max-rows-seen",
-    default=_MODEL.max_rows_seen,
+    default=MODEL_DEFAULTS.max_rows_seen,
     show_default=True,
     help="Rows a model trains on at most (epochs x rows), which bounds a fit on large data.",
 )
 @click.option(
     "--batch-size",
-    default=_MODEL.batch_size,
+    default=MODEL_DEFAULTS.batch_size,
     show_default=True,
     help="Rows per training step; 0 chooses from the data size.",
 )
-@click.option("--device", type=click.Choice(DEVICES), default=_MODEL.device, show_default=True)
+@click.option(
+    "--device", type=click.Choice(DEVICES), default=MODEL_DEFAULTS.device, show_default=True
+)
 @click.option(
     "--mixup",
-    default=_MODEL.mixup,
+    default=MODEL_DEFAULTS.mixup,
     show_default=True,
     help="Train every model on mixup blends of its batches, mixing weights from "
     "Beta(MIXUP, MIXUP); 0 = off. It can hurt small, low-dimensional tables (docs/options.md).",
 )
-@click.option("--seed", default=_DEFAULTS.seed, show_default=True)
+@click.option("--seed", default=DEFAULTS.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option(
     "--resume",
@@ -298,7 +300,7 @@ from refine.progress import RichProgress
     help="Go on from the checkpoint an interrupted run to --out left (.OUT.partial beside it); "
     "same result as an uninterrupted run.",
 )
-@_execution_options
+@execution_options
 @click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
@@ -314,7 +316,7 @@ from refine.progress import RichProgress
     "without it a local Ray instance is started for the run.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-@_errors
+@handle_refine_errors
 def run_command(
     data: Path | None,
     config_file: Path | None,
@@ -367,15 +369,15 @@ def run_command(
     )
     config = RunConfig(
         label=label,
-        features=_columns(features) or None,
-        ignore=_columns(ignore),
-        text=_columns(text),
-        image=_columns(image),
+        features=split_columns(features) or None,
+        ignore=split_columns(ignore),
+        text=split_columns(text),
+        image=split_columns(image),
         image_model=str(image_model) if image_model is not None else None,
         verified_file=str(verified_file) if verified_file is not None else None,
         annotations=str(annotations) if annotations is not None else None,
-        teacher_features=_columns(teacher_features) if teacher_features else None,
-        student_features=_columns(student_features) if student_features else None,
+        teacher_features=split_columns(teacher_features) if teacher_features else None,
+        student_features=split_columns(student_features) if student_features else None,
         model=model,
         **options,
     )
@@ -394,7 +396,7 @@ def run_command(
             config=config,
             overwrite=overwrite,
             progress=progress,
-            command=_command_line(),
+            command=command_line(),
             resume=resume,
             workers=workers,
             memory=memory,
@@ -478,9 +480,9 @@ def _from_config_file(
     "Default: the run's.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-@_execution_options
+@execution_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-@_errors
+@handle_refine_errors
 def update_command(
     run_dir: Path,
     data: Path,
@@ -530,7 +532,7 @@ def update_command(
             replay=replay,
             overwrite=overwrite,
             progress=progress,
-            command=_command_line(),
+            command=command_line(),
             workers=workers,
             memory=memory,
             **options,
