@@ -114,7 +114,9 @@ class VotesRound:
         found = posterior[rows].argmax(1)
         refined, source = old.refined.copy(), old.source.copy()
         weight, soft = old.weight.copy(), old.soft.copy()
-        refined[rows], weight[rows], soft[rows] = found, 1.0, posterior[rows]
+        # The weight is the chance the label is right, as for a correction (docs/output.md).
+        refined[rows], soft[rows] = found, posterior[rows]
+        weight[rows] = posterior[rows, found]
         source[rows] = np.where(found == labels[rows], GIVEN, CORRECTED)
         is_issue, quality = verdict.is_issue.copy(), verdict.quality.copy()
         is_issue[rows] = found != labels[rows]

@@ -219,6 +219,10 @@ def test_a_crowd_run_refines_with_the_annotator_model_every_round(voted_run):
     soft = np.array(refined.column("label_soft").to_pylist())
     assert (soft[voted].argmax(1) == found[voted]).all()
     np.testing.assert_allclose(soft.sum(1), 1, atol=1e-5)
+    # sample_weight is the chance the refined label is right: the posterior's top probability.
+    weight = refined.column("sample_weight").to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(weight[voted], soft[voted].max(1), rtol=1e-5)
+    assert (weight[voted] < 0.99).any()
     changed = found[voted] != expected[voted]
     sources = np.array(refined.column("label_source").to_pylist())[voted]
     assert set(sources[changed]) == {"corrected"} and set(sources[~changed]) == {"given"}
