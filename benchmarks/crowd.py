@@ -163,7 +163,9 @@ def downstream(
     from sklearn.preprocessing import StandardScaler
 
     test_table, test_gold = test
-    keep = (labels >= 0) & (weight > 0 if weight is not None else True)
+    keep = labels >= 0
+    if weight is not None:
+        keep &= weight > 0
     if pa.types.is_string(table.schema[0].type) or pa.types.is_large_string(table.schema[0].type):
 
         def text(t: pa.Table) -> list[str]:
