@@ -148,7 +148,7 @@ def _run(
         data, out, config, timings, progress
     )
     where = Path(out).absolute().parent if out is not None else None
-    encoder, X, plan = encode_planned(labelled_table, config, progress, timings, execution)
+    encoder, X, plan = encode_planned(labelled_table, config, progress, timings, execution, runner)
     if isinstance(runner, RayFoldRunner):  # Ray schedules the folds on its own cluster
         plan = dataclasses.replace(plan, workers=runner.workers)
     elif runner is not None:

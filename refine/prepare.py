@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from refine import crowd
 from refine.config import RunConfig
+from refine.encode.embedding import Inference
 from refine.encode.features import FeatureEncoder, check_named_columns, fit_features
 from refine.errors import InputError
 from refine.io.keys import RowKey, check_key, row_key
@@ -131,12 +132,15 @@ def encode_planned(
     progress: Progress,
     timings: dict,
     execution: tuple[int | None, int | None],
+    runner: FoldRunner | None = None,
 ) -> tuple[FeatureEncoder, np.ndarray | None, Plan]:
     """The rounds' feature encoder and the run's plan (workers, in memory or streaming, from
     ``execution``: the workers asked for, None for auto, and the memory budget); and the
-    features ``(N, D)`` in memory, or None when they are to stream from disk."""
+    features ``(N, D)`` in memory, or None when they are to stream from disk. Pretrained
+    models run where ``runner`` says (``--engine ray``: on Ray actors)."""
     started = time.perf_counter()
-    encoder = _fit_encoder(data, config, progress)
+    inference = runner.inference(config.model.device) if runner is not None else None
+    encoder = _fit_encoder(data, config, progress, inference)
     n, width = data.table.num_rows, encoder.width
     plan = budget_plan(n, width, data.n_classes, config.folds, *execution, model=config.model)
     if plan.streaming:  # worth a line as it happens; every run's plan is in run.json
@@ -157,8 +161,11 @@ def _encode_to_disk(encoder: FeatureEncoder, table: pa.Table, where: Path) -> np
     return save_features(where / "features.npy", slices, (table.num_rows, encoder.width))
 
 
-def _fit_encoder(data: LabelledTable, config: RunConfig, progress: Progress) -> FeatureEncoder:
-    """The rounds' feature encoder, fitted on ``data``."""
+def _fit_encoder(
+    data: LabelledTable, config: RunConfig, progress: Progress, inference: Inference | None
+) -> FeatureEncoder:
+    """The rounds' feature encoder, fitted on ``data``, its pretrained models run by
+    ``inference`` (None: here)."""
     features, text, image = config.features, config.text, config.image
     if config.teacher_features is not None:  # the rounds' model is the teacher
         features = config.teacher_features
@@ -181,6 +188,7 @@ def _fit_encoder(data: LabelledTable, config: RunConfig, progress: Progress) -> 
         embedding_cache=config.embedding_cache,
         device=config.model.device,
         progress=progress,
+        inference=inference,
     )
     return encoder
 

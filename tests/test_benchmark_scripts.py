@@ -496,6 +496,27 @@ def test_ray_engine_tree_rss_counts_this_process():
     assert ray_engine.tree_rss(-1) == 0
 
 
+# ray_inference.py ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ray_inference_main_times_both_paths_and_finds_the_same_embeddings(
+    tmp_path, monkeypatch, capsys, tiny_text_model
+):
+    pytest.importorskip("ray")
+    texts = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": ["free money now", "hello friend", "see you today"]}), texts)
+    argv = ["ray_inference.py", "--rows", "40", "--runs", "1", "--cpus", "1"]
+    argv += ["--texts", str(texts), "--model", str(tiny_text_model)]
+    monkeypatch.setattr(sys, "argv", argv)
+    script("ray_inference").main()
+    out = capsys.readouterr().out
+    assert out.startswith(f"40 texts, {tiny_text_model}, 1 CPUs")
+    assert [row[0] for row in _table_rows(out, "this process")] == ["this process"]
+    assert len(_table_rows(out, "1 Ray actors")) == 1
+    assert "same embeddings: True (largest difference 0.00e+00)" in out
+
+
 def cli_in_process(commands, measured):
     """A stand-in for a script's `python -m refine run` subprocess: the same arguments go to
     refine's CLI in this process (a second interpreter costs more than the tiny run itself),

@@ -26,6 +26,7 @@ from refine.learn import ray_engine
 from refine.learn.checkpoint import Checkpoint, checkpoint_path
 from refine.learn.crossfit import cross_fit, make_folds
 from refine.learn.ray_engine import KILL_FOLD, RayFoldRunner
+from refine.progress import NULL_PROGRESS
 from tests.conftest import blobs, noisy_table
 
 SMALL = dict(ignore=("id",), rounds=2, folds=3, max_epochs=4, report=False, seed=0)
@@ -177,3 +178,71 @@ def test_an_address_needs_the_ray_engine(reference, tmp_path):
         "add --engine ray, or drop --address\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def text_table(path: Path, rows: int = 120) -> Path:
+    """Short texts of two topics (test_text_model's), eight labels flipped, at ``path``."""
+    import pyarrow as pa
+
+    from tests.test_text_model import texts
+
+    values, labels = texts(rows)
+    labels[:8] = 1 - labels[:8]
+    pq.write_table(pa.table({"text": values, "label": labels}), path)
+    return path
+
+
+def test_a_text_model_runs_on_ray_actors_and_embeds_as_here(
+    local_ray, tiny_text_model, tmp_path, monkeypatch
+):
+    from refine.encode import pretrained
+    from refine.learn import ray_inference
+    from tests.conftest import count_calls
+
+    data = text_table(tmp_path / "texts.parquet")
+    options = dict(
+        text_model=str(tiny_text_model), embedding_cache="off", rounds=1, folds=2, seed=0
+    )
+    options.update(max_epochs=4, report=False)
+    refine.run(data, tmp_path / "local", **options)
+    # blocks of two CPU batches: several blocks, over both actors
+    monkeypatch.setattr(ray_inference, "ROWS_PER_BLOCK", 32)
+    here = count_calls(monkeypatch, pretrained)
+    refine.run(data, tmp_path / "ray", engine="ray", **options)
+    assert here == []  # the network never ran in this process
+    for name in ("refined.parquet", "embeddings.parquet"):  # model.pt records the speed
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    column = json.loads((tmp_path / "ray" / "run.json").read_text())["features"]["columns"][0]
+    distinct = len(set(pq.read_table(data)["text"].to_pylist()))
+    assert column["kind"] == "text-model" and column["rows_encoded"] == distinct
+
+
+def test_an_actor_that_cannot_load_the_model_is_the_same_clean_error(local_ray, tiny_text_model):
+    import dataclasses
+
+    from refine.encode.pretrained import load_text_model
+    from refine.errors import InputError
+    from refine.learn.ray_inference import RayInference
+
+    model = dataclasses.replace(load_text_model(str(tiny_text_model)), sha256="0" * 64)
+    with pytest.raises(InputError, match=r"has changed since the run used it \(SHA-256 \w+"):
+        RayInference(local_ray, cpus=2, gpus=0)(model, ["free money", "hello"], NULL_PROGRESS)
+
+
+def test_images_embed_on_ray_actors_as_here(local_ray, png_digits, tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from refine.encode.vision import encode_images, load_vision_model
+    from refine.learn import ray_inference
+    from refine.learn.ray_inference import RayInference
+    from tests.test_image_model import build_tiny_vit
+
+    model = load_vision_model(build_tiny_vit(tmp_path / "vit"))
+    images = list(png_digits[0][:70])
+    values = [*images, None, b"\x89PNG\r\n\x1a\n broken", images[0]]
+    monkeypatch.setattr(ray_inference, "ROWS_PER_BLOCK", 32)  # blocks of one CPU batch
+    here = encode_images(values, model, cache="off")
+    on_actors = encode_images(
+        values, model, cache="off", inference=RayInference(local_ray, cpus=2, gpus=0)
+    )
+    np.testing.assert_array_equal(on_actors, here)  # NaN where a value is not an image
+    assert np.isnan(here[70:72]).all() and not np.isnan(here[:70]).any()

@@ -12,6 +12,8 @@ images (``--image-model DIR``, ``refine.encode.vision``) share.
 * The network runs in batches sized to the device, in float16 autocast on CUDA, with torch's
   threads capped at the cores the process may use.
 * A column's block is its embeddings centred, with one scale (``EmbeddingBlock``).
+* Where the network runs is the block's ``inference``: here (None), or on a pool of Ray actors
+  (``refine.learn.ray_inference``, ``--engine ray``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ UNHASHED_FOLDERS = ("onnx", "openvino")
 # On CUDA, rows per batch per GiB of the device's memory, between the two bounds below.
 CUDA_ROWS_PER_GIB = 16
 CUDA_BATCH = (64, 1024)
+# How a model's embeddings of the values no cache holds are computed: ``(model, values,
+# progress) -> (N, D)`` float32, the module's own ``_run`` by default.
+Inference = Callable[[Any, list[Any], Progress], np.ndarray]
 
 
 def versions(names: Sequence[str]) -> dict[str, str]:
@@ -372,6 +377,7 @@ class EmbeddingBlock:
     stats: Encoded = field(default_factory=Encoded)
     cache: EmbeddingCache | None = None
     progress: Progress = NULL_PROGRESS
+    inference: Inference | None = None  # where the network runs: here, or on Ray actors
 
     column_kind = ""  # "text", "image": how notes name the column
     units = ""  # what notes say the model encoded: "values", "images"

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine.encode.columns import EmbeddingEncoder, NumericEncoder, OneHotEncoder
-from refine.encode.embedding import embeddings_table, open_cache
+from refine.encode.embedding import Inference, embeddings_table, open_cache
 from refine.encode.image import ImageEncoder, is_binary_type, is_image_column, is_image_struct
 from refine.encode.pretrained import PretrainedTextEncoder, load_text_model
 from refine.encode.skip import SkipColumn
@@ -180,6 +180,7 @@ def fit_features(
     embedding_cache: str = "auto",
     device: str = "auto",
     progress: Progress = NULL_PROGRESS,
+    inference: Inference | None = None,
 ) -> FeatureEncoder:
     """Choose and fit an encoder for each feature column.
 
@@ -197,18 +198,19 @@ def fit_features(
     labels: class indices ``labels`` ``(N,)`` (-1 = none) where given, else the label column.
     With ``text_model`` (``--text-model``), every text column is that sentence encoder's
     embeddings instead, on ``device``, through the cache ``embedding_cache`` names
-    (``refine.encode.pretrained``); ``progress`` shows the encoding.
+    (``refine.encode.pretrained``); ``progress`` shows the encoding. ``inference``, where
+    given, runs the pretrained models instead of this process (``--engine ray``'s actors).
     """
     check_named_columns(table, features, ignore)
     check_text_columns(table, label, text, ignore)
     check_image_columns(table, label, image, ignore)
     found = _image_model(image_model, image_size, device)
     model = (
-        _pretrained_image(found, embedding_cache, progress)
+        _pretrained_image(found, embedding_cache, progress, inference)
         if isinstance(found, VisionModel)
         else found
     )
-    pretrained = _pretrained(text_model, embedding_cache, device, progress)
+    pretrained = _pretrained(text_model, embedding_cache, device, progress, inference)
     explicit = features is not None
     candidates = _candidates(table, label, features, ignore, text, image)
     if labels is None:
@@ -264,21 +266,29 @@ def _image_model(
 
 
 def _pretrained_image(
-    model: VisionModel, cache_setting: str, progress: Progress
+    model: VisionModel, cache_setting: str, progress: Progress, inference: Inference | None
 ) -> PretrainedImage:
     """What makes each image column's encoder with the vision ``model``."""
     cache = open_cache(cache_setting)
-    return lambda name: PretrainedImageEncoder(name, model=model, cache=cache, progress=progress)
+    return lambda name: PretrainedImageEncoder(
+        name, model=model, cache=cache, progress=progress, inference=inference
+    )
 
 
 def _pretrained(
-    text_model: str | None, cache_setting: str, device: str, progress: Progress
+    text_model: str | None,
+    cache_setting: str,
+    device: str,
+    progress: Progress,
+    inference: Inference | None,
 ) -> Pretrained | None:
     """What makes each text column's encoder with ``text_model``, or None when not given."""
     if text_model is None:
         return None
     model, cache = load_text_model(text_model, device), open_cache(cache_setting)
-    return lambda name: PretrainedTextEncoder(name, model=model, cache=cache, progress=progress)
+    return lambda name: PretrainedTextEncoder(
+        name, model=model, cache=cache, progress=progress, inference=inference
+    )
 
 
 def _candidates(

@@ -31,6 +31,7 @@ from refine.encode.embedding import (
     EmbeddingBlock,
     EmbeddingCache,
     Encoded,
+    Inference,
     ModelFiles,
     fingerprint,
     in_batches,
@@ -179,6 +180,7 @@ def encode_texts(
     cache: EmbeddingCache | str | None = "auto",
     progress: Progress = NULL_PROGRESS,
     stats: Encoded | None = None,
+    inference: Inference | None = None,
 ) -> np.ndarray:
     """Embed each value with ``model``: ``(N, D)`` float32, row ``i`` for ``values[i]``.
 
@@ -196,7 +198,11 @@ def encode_texts(
         Receives an ``encode`` bar (rows) while the model runs.
     stats : Encoded, optional
         Filled in with the rows, the rows encoded (not cached) and the seconds taken.
+    inference : callable, optional
+        Runs the model on the values no cache holds, as ``_run`` does here (the default):
+        ``refine.learn.ray_inference.RayInference`` runs it on Ray actors.
     """
+    run = inference or _run
     if isinstance(model, str):
         model = load_text_model(model)
     if not isinstance(cache, EmbeddingCache):
@@ -217,7 +223,7 @@ def encode_texts(
         keys,
         model.sha256,
         cache,
-        lambda rows: _run(model, [texts[i] for i in rows], progress),
+        lambda rows: run(model, [texts[i] for i in rows], progress),
         stats if stats is not None else Encoded(),
     )
     if not texts:
@@ -225,12 +231,18 @@ def encode_texts(
     return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
 
 
+def batch_order(texts: Sequence[str]) -> np.ndarray:
+    """The order ``_run`` embeds ``texts`` in: longest first, so each batch pads to a similar
+    length (stable, so an ordered run keeps its order)."""
+    return np.argsort(-np.array([len(t) for t in texts], np.int64), kind="stable")
+
+
 def _run(model: TextModel, texts: list[str], progress: Progress) -> np.ndarray:
-    """The network's embeddings ``(N, D)`` of ``texts``, longest first in batches, so each
-    batch pads to a similar length; rows come back in the order given."""
+    """The network's embeddings ``(N, D)`` of ``texts``, in ``batch_order``'s batches; rows
+    come back in the order given."""
     network = model.network()
     out = np.zeros((len(texts), model.dim), np.float32)
-    order = np.argsort(-np.array([len(t) for t in texts], np.int64), kind="stable")
+    order = batch_order(texts)
 
     def embed(start: int, stop: int) -> None:
         rows = order[start:stop]
@@ -276,7 +288,9 @@ class PretrainedTextEncoder(EmbeddingBlock):
     def vectors(self, column: pa.ChunkedArray) -> np.ndarray:
         """The column's raw embeddings ``(N, dim)``, through the cache."""
         stats = Encoded()
-        vectors = encode_texts(column, self._model(), self.cache or "off", self.progress, stats)
+        vectors = encode_texts(
+            column, self._model(), self.cache or "off", self.progress, stats, self.inference
+        )
         self._keep(stats)
         return vectors
 

@@ -35,6 +35,7 @@ from refine.encode.embedding import (
     EmbeddingBlock,
     EmbeddingCache,
     Encoded,
+    Inference,
     ModelFiles,
     fingerprint,
     in_batches,
@@ -278,6 +279,7 @@ def encode_images(
     cache: EmbeddingCache | str | None = "auto",
     progress: Progress = NULL_PROGRESS,
     stats: Encoded | None = None,
+    inference: Inference | None = None,
 ) -> np.ndarray:
     """Embed each image with ``model``: ``(N, D)`` float32, row ``i`` for ``values[i]``, NaN
     where a value is null or not an image Pillow can decode.
@@ -296,7 +298,10 @@ def encode_images(
         Receives an ``encode`` bar (rows) while the model runs.
     stats : Encoded, optional
         Filled in with the rows, the rows encoded (not cached) and the seconds taken.
+    inference : callable, optional
+        As for ``encode_texts``: runs the model on the images no cache holds (``_run`` here).
     """
+    run = inference or _run
     if isinstance(model, str):
         model = load_vision_model(model)
     if not isinstance(cache, EmbeddingCache):
@@ -316,7 +321,7 @@ def encode_images(
         keys,
         model.sha256,
         cache,
-        lambda first: _run(model, [data[rows[i]] for i in first], progress),
+        lambda first: run(model, [data[rows[i]] for i in first], progress),
         stats if stats is not None else Encoded(),
     )
     dim = len(next(iter(found.values()))) if found else _run(model, [], progress).shape[1]
@@ -411,7 +416,9 @@ class PretrainedImageEncoder(EmbeddingBlock):
         """The raw embeddings ``(N, dim)`` of a column's ``values``, NaN where missing,
         through the cache."""
         stats = Encoded()
-        vectors = encode_images(values, self._model(), self.cache or "off", self.progress, stats)
+        vectors = encode_images(
+            values, self._model(), self.cache or "off", self.progress, stats, self.inference
+        )
         self._keep(stats)
         return vectors
 

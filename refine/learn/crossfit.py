@@ -33,6 +33,7 @@ from refine.learn.stream import FeatureFile
 from refine.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:
+    from refine.encode.embedding import Inference
     from refine.learn.checkpoint import Checkpoint
 
 # Rows per piece when predicting from features on disk: a multiple of every batch size
@@ -395,6 +396,11 @@ class FoldRunner:
         if self._arrays is not None:
             self._arrays.cleanup()
             self._arrays, self._saved = None, {}
+
+    def inference(self, device: str) -> Inference | None:
+        """Where pretrained encoders run their models for a run on ``device``: None, in this
+        process (``RayFoldRunner`` runs them on Ray actors)."""
+        return None
 
     def scratch(self, where: str | Path | None = None) -> Path:
         """The run's working directory (the workers' arrays, features on disk), removed with

@@ -5,6 +5,8 @@ checkpoint does not hold yet, and it calls ``finished(record)`` in this process 
 comes back, so the checkpoint, ``--resume`` and the assembly of the round are the local
 engine's. Each fold runs ``fit_fold``, on one thread, with the seeds the local engine uses,
 so the records, and the run's files, are the same bytes whichever engine trained them.
+Pretrained text and image models run on Ray actors too (``inference``,
+``refine.learn.ray_inference``).
 
 Ray is an optional dependency (``pip install 'refine[ray]'``), imported only here.
 """
@@ -22,6 +24,7 @@ from refine.errors import ConfigError, RefineError, WorkerError
 from refine.learn.crossfit import FoldJob, FoldRunner, fit_fold
 
 if TYPE_CHECKING:
+    from refine.encode.embedding import Inference
     from refine.learn.checkpoint import Checkpoint
 
 ENGINES = ("local", "ray")
@@ -104,6 +107,14 @@ class RayFoldRunner(FoldRunner):
             self._ray.shutdown()
             self._started = False
         super().__exit__(*exc)
+
+    def inference(self, device: str) -> Inference | None:
+        """Pretrained encoders' batch inference on Ray actors (``refine.learn.ray_inference``):
+        one per GPU of the cluster unless ``device`` is ``cpu``, else one per CPU."""
+        from refine.learn.ray_inference import RayInference
+
+        cpus = int(self._ray.cluster_resources().get("CPU", 1))
+        return RayInference(self._ray, cpus, 0 if device == "cpu" else self._gpus)
 
     def _object_ref(self, name: str, array: np.ndarray) -> Any:
         """``array`` in the object store: put once for as long as the same array comes back

@@ -1,0 +1,168 @@
+"""Pretrained encoders' batch inference on Ray actors, for ``--engine ray``.
+
+With ``--text-model`` or ``--image-model DIR``, the values no embedding cache holds go through
+the model as Ray Data batch inference instead of in this process: they become Ray Data blocks,
+in the order and the batches the local path runs them (``refine.encode.pretrained._run``
+embeds texts longest first, ``refine.encode.vision._run`` images as they come), and
+``map_batches`` maps the blocks over a pool of actors. Each actor loads the model once, from
+the same path, its files checked against the fingerprint this process took (a node with other
+files is refused, as a changed model is), and runs the local path on its block. On a cluster
+with GPUs each actor holds one GPU (unless ``--device cpu``) and batches as the GPU allows;
+otherwise there is one actor per CPU of the cluster, and a block holds whole CPU batches, so
+every batch is the one the local engine runs and the embeddings are its own. Rows come back
+by their position, in whatever order the actors finish.
+
+Ray is an optional dependency, imported by ``refine.learn.ray_engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from refine.encode.embedding import Inference
+from refine.errors import RefineError
+from refine.progress import NULL_PROGRESS, Progress
+
+# Rows per Ray Data block: whole batches of the local path (``device_batch``'s largest GPU
+# batch is 1024 rows), and few enough blocks that Ray's cost per block stays small.
+ROWS_PER_BLOCK = 4096
+# Blocks per actor at the least, where there are rows for them: an actor that finishes early
+# takes the next block, so the actors end together.
+BLOCKS_PER_ACTOR = 4
+
+
+class RayInference:
+    """Runs a pretrained text or image model on Ray actors: called as the encoders' ``_run``
+    is, ``(model, values, progress) -> (N, D)`` float32. Ray must be initialised; the pool has
+    ``gpus`` actors of one GPU each where ``gpus`` > 0, else ``cpus`` actors of one CPU."""
+
+    def __init__(self, ray: Any, cpus: int, gpus: int):
+        self.ray = ray
+        self.cpus = max(cpus, 1)
+        self.gpus = gpus
+
+    def __call__(self, model: Any, values: list[Any], progress: Progress) -> np.ndarray:
+        from refine.encode.pretrained import TextModel, batch_order
+        from refine.encode.pretrained import _run as run_texts
+        from refine.encode.vision import _run as run_images
+
+        text = isinstance(model, TextModel)
+        if not values:  # the width alone: the local path knows it without the cluster
+            return (run_texts if text else run_images)(model, values, progress)
+        order = batch_order(values) if text else np.arange(len(values))
+        step = _block_rows(len(values), model.batch_size, self._actors())
+        kind = pa.string() if text else pa.binary()
+        blocks = [
+            pa.table(
+                {
+                    "row": pa.array(order[start : start + step], pa.int64()),
+                    "value": pa.array([values[i] for i in order[start : start + step]], kind),
+                }
+            )
+            for start in range(0, len(values), step)
+        ]
+        return self._embed(blocks, len(values), text, model, progress)
+
+    def _actors(self) -> int:
+        return self.gpus if self.gpus > 0 else self.cpus
+
+    def _embed(
+        self, blocks: list[pa.Table], rows: int, text: bool, model: Any, progress: Progress
+    ) -> np.ndarray:
+        """The embeddings ``(rows, D)`` of ``blocks``' values, placed by their ``row``."""
+        data = self.ray.data
+        context = data.DataContext.get_current()
+        context.enable_progress_bars = False  # refine's own bar counts the rows
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        on_gpu = self.gpus > 0
+        actors = min(self._actors(), len(blocks))
+        resources = {"num_gpus": 1} if on_gpu else {"num_cpus": 1}
+        mapped = data.from_arrow(blocks).map_batches(
+            Embedder,
+            fn_constructor_args=(
+                "text" if text else "image",
+                str(model.path),
+                model.sha256,
+                "auto" if on_gpu else "cpu",
+                model.batch if on_gpu else model.batch_size,
+            ),
+            batch_size=None,  # a block is one call: the whole batches cut above
+            batch_format="pyarrow",
+            compute=data.ActorPoolStrategy(size=actors),
+            **resources,
+        )
+        where = f"{actors} Ray actor{'s' if actors > 1 else ''}"
+        task = progress.start(
+            "encode", f"encoding {'text' if text else 'images'} on {where}", total=rows
+        )
+        out: np.ndarray | None = None
+        try:
+            for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+                placed = batch.column("row").to_numpy()
+                vectors = batch.column("vector").combine_chunks()
+                flat = vectors.flatten().to_numpy(zero_copy_only=False)
+                if out is None:
+                    out = np.empty((rows, vectors.type.list_size), np.float32)
+                out[placed] = flat.reshape(len(placed), -1)
+                progress.advance(task, len(placed))
+        except Exception as exc:
+            cause = _refine_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
+        progress.finish(task)
+        assert out is not None
+        return out
+
+
+def _block_rows(rows: int, batch: int, actors: int) -> int:
+    """Rows per block: whole batches, at most ``ROWS_PER_BLOCK``, and few enough that each of
+    the ``actors`` gets ``BLOCKS_PER_ACTOR`` blocks where there are batches for them."""
+    batches = -(-rows // batch)
+    per_block = min(-(-batches // (actors * BLOCKS_PER_ACTOR)), max(ROWS_PER_BLOCK // batch, 1))
+    return max(per_block, 1) * batch
+
+
+class Embedder:
+    """A Ray Data actor: the ``kind`` of model at ``path`` loaded once on ``device``, its files
+    checked against ``sha256``; each call embeds a block of ``value``s with the local path, in
+    batches of ``batch`` rows (0: the device's), and gives them back by ``row``."""
+
+    def __init__(self, kind: str, path: str, sha256: str, device: str, batch: int):
+        from refine.encode import pretrained, vision
+
+        self.model: Any
+        self.run: Inference
+        if kind == "text":
+            self.model, self.run = pretrained.load_text_model(path, device, sha256), pretrained._run
+        else:
+            self.model, self.run = vision.load_vision_model(path, device, sha256), vision._run
+        self.model.batch = batch  # the CPU batches of the process that cut the blocks, or 0
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        vectors = self.run(self.model, block.column("value").to_pylist(), NULL_PROGRESS)
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+        return pa.table({"row": block.column("row"), "vector": column})
+
+
+def _refine_cause(exc: BaseException) -> RefineError | None:
+    """The refine error (a model a node cannot load, say) behind what Ray raised, if any: Ray
+    wraps a task's error as ``cause``, and an actor that died in its constructor as the first
+    of its ``args``."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, RefineError):
+            return current
+        seen.add(id(current))
+        pending += [getattr(current, "cause", None), current.__cause__, *current.args]
+    return None
