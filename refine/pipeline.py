@@ -35,6 +35,7 @@ from refine.prepare import (
     encoder_notes,
     let_input_go,
     read_run_input,
+    shard_source,
     streamed_features,
 )
 from refine.progress import NULL_PROGRESS, Progress
@@ -153,7 +154,8 @@ def _run(
         plan = dataclasses.replace(plan, workers=runner.workers)
     elif runner is not None:
         runner.workers = plan.workers
-    X = streamed_features(encoder, labelled_table, X, runner, where, timings)
+    shards = shard_source(source, config, votes is not None, encoder)
+    X = streamed_features(encoder, labelled_table, X, runner, where, timings, shards, progress)
     labelled_table, source, key, reread = let_input_go(
         labelled_table, source, config, votes is not None, encoder, plan, out
     )

@@ -26,8 +26,9 @@ from refine.io.votes import Votes
 from refine.learn.budget import Plan
 from refine.learn.budget import plan as budget_plan
 from refine.learn.crossfit import FoldRunner
+from refine.learn.ray_engine import RayFoldRunner
 from refine.learn.stream import save_features, window_bytes
-from refine.progress import Progress
+from refine.progress import NULL_PROGRESS, Progress
 
 
 def read_run_input(
@@ -72,14 +73,24 @@ def streamed_features(
     runner: FoldRunner | None,
     where: Path | None,
     timings: dict[str, float],
+    shards: Path | None = None,
+    progress: Progress = NULL_PROGRESS,
 ) -> np.ndarray:
     """``X``; where it is None (streaming), ``data``'s features written to a file in the run's
-    working directory (``where``) and mapped, or encoded in memory without a runner."""
+    working directory (``where``) and mapped, or encoded in memory without a runner. With
+    ``--engine ray`` and ``shards``, the Parquet input ``data`` was read from, Ray Data reads
+    and encodes the shards on the cluster's workers instead, to the same bytes."""
     if X is not None:
         return X
     started = time.perf_counter()
     if runner is not None:
-        X = _encode_to_disk(encoder, data.table, runner.scratch(where))
+        scratch = runner.scratch(where)
+        if isinstance(runner, RayFoldRunner) and shards is not None:
+            X = runner.encode_shards(
+                encoder, shards, data.table.num_rows, scratch / "features.npy", progress
+            )
+        if X is None:
+            X = _encode_to_disk(encoder, data.table, scratch)
     else:
         X = encoder.transform(data.table)
     timings["encode"] += time.perf_counter() - started
@@ -103,6 +114,14 @@ def let_input_go(
     key = row_key(data.table, config.label, config.key, config.ignore)
     # The path, not the Input: the Input holds the table.
     return _schema_only(data), _schema_only(source), key, source.path
+
+
+def shard_source(
+    source: Input, config: RunConfig, votes: bool, encoder: FeatureEncoder
+) -> Path | None:
+    """The Parquet input a streaming run may read again, shard by shard, for its features or
+    to write refined.parquet (``_can_read_again``), or None."""
+    return source.path if _can_read_again(source, config, votes, encoder) else None
 
 
 def _can_read_again(source: Input, config: RunConfig, votes: bool, encoder: FeatureEncoder) -> bool:

@@ -544,12 +544,16 @@ def test_ray_engine_main_runs_every_engine_and_compares_their_output(tmp_path, m
     ray_engine.main()
     text = capsys.readouterr().out
     assert (tmp_path / "table.md").read_text() == text
+    budget = str(ray_engine.streaming_budget(120, 4, 3, 3))
     assert [c[c.index("--max-epochs") + 2 :] for c in commands] == [
         ["--workers", "1"],
         ["--workers", str(os.cpu_count())],
         ["--engine", "ray"],
+        ["--engine", "ray", "--memory", budget],
     ]
     assert len(_table_rows(text, "local, --workers 1")) == 1
+    streamed = _table_rows(text, "--engine ray, streaming (shards encoded by Ray Data)")
+    assert len(streamed) == 1 and float(streamed[0][3]) >= 0  # its encode seconds
     assert "Same refined.parquet from every engine and run: yes." in text
 
 

@@ -246,3 +246,23 @@ def test_images_embed_on_ray_actors_as_here(local_ray, png_digits, tmp_path, mon
     )
     np.testing.assert_array_equal(on_actors, here)  # NaN where a value is not an image
     assert np.isnan(here[70:72]).all() and not np.isnan(here[:70]).any()
+
+
+def test_a_streaming_ray_run_encodes_the_shards_where_they_lie(local_ray, tmp_path, monkeypatch):
+    from refine import prepare
+
+    table = noisy_table(n=150)[0]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for part, start in enumerate(range(0, 150, 50)):
+        pq.write_table(table.slice(start, 50), shards / f"part-{part}.parquet", row_group_size=20)
+    refine.run(shards, tmp_path / "local", **SMALL)
+
+    def not_here(*args):
+        raise AssertionError("the refine process encoded the shards itself")
+
+    monkeypatch.setattr(prepare, "_encode_to_disk", not_here)
+    refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **SMALL)
+    plan = json.loads((tmp_path / "ray" / "run.json").read_text())["execution"]
+    assert plan["features"] == "streaming"
+    assert same_files(tmp_path / "ray", tmp_path / "local")

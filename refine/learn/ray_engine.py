@@ -5,7 +5,8 @@ checkpoint does not hold yet, and it calls ``finished(record)`` in this process 
 comes back, so the checkpoint, ``--resume`` and the assembly of the round are the local
 engine's. Each fold runs ``fit_fold``, on one thread, with the seeds the local engine uses,
 so the records, and the run's files, are the same bytes whichever engine trained them.
-Pretrained text and image models run on Ray actors too (``inference``,
+Pretrained text and image models run on Ray actors too (``inference``), and a streaming run
+reads and encodes its Parquet shards with Ray Data where they lie (``encode_shards``; both in
 ``refine.learn.ray_inference``).
 
 Ray is an optional dependency (``pip install 'refine[ray]'``), imported only here.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +27,9 @@ from refine.learn.crossfit import FoldJob, FoldRunner, fit_fold
 
 if TYPE_CHECKING:
     from refine.encode.embedding import Inference
+    from refine.encode.features import FeatureEncoder
     from refine.learn.checkpoint import Checkpoint
+    from refine.progress import Progress
 
 ENGINES = ("local", "ray")
 INSTALL = "pip install 'refine[ray]'"
@@ -115,6 +119,21 @@ class RayFoldRunner(FoldRunner):
 
         cpus = int(self._ray.cluster_resources().get("CPU", 1))
         return RayInference(self._ray, cpus, 0 if device == "cpu" else self._gpus)
+
+    def encode_shards(
+        self, encoder: FeatureEncoder, path: Path, rows: int, out: Path, progress: Progress
+    ) -> np.ndarray | None:
+        """``encoder``'s features of the Parquet input at ``path`` (``rows`` rows), read and
+        encoded by Ray Data where the shards lie and written to ``out`` here
+        (``refine.learn.ray_inference.encode_shards``); None where the workers cannot encode
+        as this process does (a pretrained or TorchScript model, a hive partition's column),
+        to encode it here."""
+        from refine.learn.ray_inference import encode_shards, shard_encodable
+
+        if not shard_encodable(encoder):
+            return None
+        cpus = int(self._ray.cluster_resources().get("CPU", 1))
+        return encode_shards(self._ray, encoder, path, rows, out, cpus, progress)
 
     def _object_ref(self, name: str, array: np.ndarray) -> Any:
         """``array`` in the object store: put once for as long as the same array comes back

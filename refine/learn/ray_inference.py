@@ -18,6 +18,8 @@ Ray is an optional dependency, imported by ``refine.learn.ray_engine``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,3 +168,111 @@ def _refine_cause(exc: BaseException) -> RefineError | None:
         seen.add(id(current))
         pending += [getattr(current, "cause", None), current.__cause__, *current.args]
     return None
+
+
+def encode_shards(
+    ray: Any, encoder: Any, path: Path, rows: int, out: Path, cpus: int, progress: Progress
+) -> np.ndarray | None:
+    """``encoder``'s features of the Parquet file or directory ``path`` (``rows`` rows), each
+    row group read and encoded by a Ray Data actor on the cluster's workers, where the shards
+    lie, and written in order to ``out`` (``.npy``) here, mapped read-only; None where a
+    feature column is not in the files themselves (a hive partition's), to encode it here.
+
+    The row groups go in the order ``pyarrow.dataset`` reads them (its files in turn, each
+    file's groups in order), and come back in it; every encoder works row by row, so the bytes
+    are those of one ``encoder.transform`` of the table ``refine.io.read.read_table`` reads.
+    ``cpus`` actors each rebuild the encoder once from its state (no pretrained model, no
+    TorchScript network: ``shard_encodable``). Ray Data's own ``read_parquet`` is not used:
+    it guesses paths through fsspec, which fails without aiohttp."""
+    import pyarrow.parquet as pq
+
+    from refine.learn.stream import save_features
+
+    groups = []
+    for file in parquet_files(path):
+        metadata = pq.ParquetFile(file)
+        if not set(encoder.columns) <= set(metadata.schema_arrow.names):
+            return None
+        groups += [{"file": str(file), "group": g} for g in range(metadata.num_row_groups)]
+    data = ray.data
+    context = data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    mapped = data.from_items(groups, override_num_blocks=max(len(groups), 1)).map_batches(
+        Encode,
+        fn_constructor_args=(encoder.state(), encoder.columns),
+        batch_size=1,  # a row group a call
+        batch_format="pyarrow",
+        compute=data.ActorPoolStrategy(size=max(min(cpus, len(groups)), 1)),
+        num_cpus=1,
+    )
+    actors = f"{cpus} Ray actor{'s' if cpus > 1 else ''}"
+    task = progress.start("encode", f"encoding the shards on {actors}", total=rows)
+
+    def batches() -> Iterator[np.ndarray]:
+        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+            column = batch.column("features").combine_chunks()
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            progress.advance(task, len(column))
+            yield flat.reshape(len(column), encoder.width)
+
+    ordered = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # the rows' order is the run's
+    try:
+        X = save_features(out, batches(), (rows, encoder.width))
+    except Exception as exc:
+        cause = _refine_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
+    finally:
+        context.execution_options.preserve_order = ordered
+    progress.finish(task)
+    return X
+
+
+def shard_encodable(encoder: Any) -> bool:
+    """Whether Ray workers can encode shards with ``encoder`` as this process would: it holds
+    no pretrained model (their embeddings are in this process's cache) and no TorchScript
+    network (its state does not carry it)."""
+    from refine.encode.image import ImageEncoder
+
+    return not encoder.embedded and not any(
+        isinstance(e, ImageEncoder) and e.model is not None for e in encoder.encoders
+    )
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The Parquet files of ``path`` (a file, or a directory read as ``read_table`` reads it),
+    in the order ``pyarrow.dataset`` reads them."""
+    import pyarrow.dataset as ds
+
+    if path.is_file():
+        return [path]
+    return [Path(f) for f in ds.dataset(path, format="parquet", partitioning="hive").files]
+
+
+class Encode:
+    """A Ray Data actor: the feature encoder rebuilt once from its ``state``; each call reads
+    the ``columns`` of the row groups its batch names (``file``, ``group``) and encodes them
+    into one ``features`` column (a fixed-size list per row)."""
+
+    def __init__(self, state: dict[str, Any], columns: list[str]):
+        from refine.encode.features import FeatureEncoder
+
+        self.encoder = FeatureEncoder.from_state(state)
+        self.columns = columns
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        pieces = [
+            pq.ParquetFile(file).read_row_group(group, columns=self.columns)
+            for file, group in zip(
+                batch.column("file").to_pylist(), batch.column("group").to_pylist(), strict=True
+            )
+        ]
+        X = np.ascontiguousarray(self.encoder.transform(pa.concat_tables(pieces)), np.float32)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), self.encoder.width)
+        return pa.table({"features": column})
