@@ -99,12 +99,13 @@ def timed_run(command: list[str]) -> tuple[float, int]:
 
 def arms(cpus: int, streaming_budget: int) -> dict[str, list[str]]:
     """Each engine's flags, by the name the table gives it. The last streams the features
-    (``streaming_budget`` bytes of --memory), so Ray Data encodes the shards on its workers."""
+    (``streaming_budget`` bytes of --memory): a table with a text or image column is then
+    encoded on Ray Data actors, shard by shard (docs/ray.md)."""
     return {
         "local, --workers 1": ["--workers", "1"],
         f"local, --workers {cpus}": ["--workers", str(cpus)],
         f"--engine ray (local instance, {cpus} CPUs)": ["--engine", "ray"],
-        "--engine ray, streaming (shards encoded by Ray Data)": [
+        "--engine ray, streaming (--memory under the in-memory plan)": [
             "--engine",
             "ray",
             "--memory",

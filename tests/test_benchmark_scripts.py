@@ -552,7 +552,7 @@ def test_ray_engine_main_runs_every_engine_and_compares_their_output(tmp_path, m
         ["--engine", "ray", "--memory", budget],
     ]
     assert len(_table_rows(text, "local, --workers 1")) == 1
-    streamed = _table_rows(text, "--engine ray, streaming (shards encoded by Ray Data)")
+    streamed = _table_rows(text, "--engine ray, streaming (--memory under the in-memory plan)")
     assert len(streamed) == 1 and float(streamed[0][3]) >= 0  # its encode seconds
     assert "Same refined.parquet from every engine and run: yes." in text
 

@@ -249,20 +249,44 @@ def test_images_embed_on_ray_actors_as_here(local_ray, png_digits, tmp_path, mon
 
 
 def test_a_streaming_ray_run_encodes_the_shards_where_they_lie(local_ray, tmp_path, monkeypatch):
-    from refine import prepare
+    import pyarrow as pa
 
-    table = noisy_table(n=150)[0]
+    from refine import prepare
+    from tests.test_text_model import texts
+
+    table, truth = noisy_table(n=150)
+    note = pa.array(texts(150)[0])  # two topics, beside the numbers: a text column to encode
+    table = table.append_column("note", note)
     shards = tmp_path / "shards"
     shards.mkdir()
     for part, start in enumerate(range(0, 150, 50)):
         pq.write_table(table.slice(start, 50), shards / f"part-{part}.parquet", row_group_size=20)
-    refine.run(shards, tmp_path / "local", **SMALL)
+    options = dict(SMALL, text=("note",))
+    refine.run(shards, tmp_path / "local", **options)
 
     def not_here(*args):
         raise AssertionError("the refine process encoded the shards itself")
 
     monkeypatch.setattr(prepare, "_encode_to_disk", not_here)
-    refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **SMALL)
+    refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **options)
     plan = json.loads((tmp_path / "ray" / "run.json").read_text())["execution"]
     assert plan["features"] == "streaming"
+    assert same_files(tmp_path / "ray", tmp_path / "local")
+
+
+def test_numbers_alone_are_encoded_here_where_a_copy_costs_less(local_ray, tmp_path, monkeypatch):
+    from refine.learn import ray_inference
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    table = noisy_table(n=150)[0]
+    for part, start in enumerate(range(0, 150, 75)):
+        pq.write_table(table.slice(start, 75), shards / f"part-{part}.parquet")
+
+    def not_on_ray(*args):
+        raise AssertionError("Ray encoded numbers and embeddings")
+
+    monkeypatch.setattr(ray_inference, "encode_shards", not_on_ray)
+    refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **SMALL)
+    refine.run(shards, tmp_path / "local", **SMALL)
     assert same_files(tmp_path / "ray", tmp_path / "local")

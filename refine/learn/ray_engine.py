@@ -125,12 +125,12 @@ class RayFoldRunner(FoldRunner):
     ) -> np.ndarray | None:
         """``encoder``'s features of the Parquet input at ``path`` (``rows`` rows), read and
         encoded by Ray Data where the shards lie and written to ``out`` here
-        (``refine.learn.ray_inference.encode_shards``); None where the workers cannot encode
-        as this process does (a pretrained or TorchScript model, a hive partition's column),
-        to encode it here."""
-        from refine.learn.ray_inference import encode_shards, shard_encodable
+        (``refine.learn.ray_inference.encode_shards``); None where that does not pay or the
+        workers cannot encode as this process does (``shard_encoding_pays``; a hive
+        partition's column), to encode it here."""
+        from refine.learn.ray_inference import encode_shards, shard_encoding_pays
 
-        if not shard_encodable(encoder):
+        if not shard_encoding_pays(encoder):
             return None
         cpus = int(self._ray.cluster_resources().get("CPU", 1))
         return encode_shards(self._ray, encoder, path, rows, out, cpus, progress)
