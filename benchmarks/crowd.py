@@ -112,7 +112,8 @@ def wrench(name: str, data: Path) -> dict:
 
 
 def recipe_crowd(name: str, seed: int) -> dict:
-    from refine.bench.recipes import build_dataset, crowd_truth
+    from refine.bench.crowds import crowd_truth
+    from refine.bench.recipes import build_dataset
 
     built = build_dataset(name, seed)
     train = built.train

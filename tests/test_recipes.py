@@ -17,6 +17,7 @@ import pytest
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from refine.bench.crowds import crowd_truth
 from refine.bench.noise import (
     crowd_annotators,
     crowd_votes,
@@ -30,7 +31,6 @@ from refine.bench.recipes import (
     BuiltDataset,
     Recipe,
     build_dataset,
-    crowd_truth,
     list_recipes,
     load_recipe,
     write_dataset,

@@ -11,6 +11,7 @@ the row, and the true labels stay aside in ``label_true`` to score a method.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -24,16 +25,13 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 
 from refine.bench.baselines import logistic_regression
+from refine.bench.crowds import check_crowd, draw_crowd, with_crowd
 from refine.bench.noise import (
-    crowd_annotators,
-    crowd_votes,
-    crowd_workloads,
     flip_instance_dependent,
     flip_one_direction,
     flip_pair,
     flip_symmetric,
     hide_labels,
-    item_hardness,
 )
 from refine.bench.sources import (
     IMAGE_COLUMN,
@@ -84,8 +82,6 @@ NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # A crowd recipe's train table: the votes as a list column, one entry per annotator (-1 = no
 # vote), and under this schema metadata key the crowd's truth, as JSON (``_crowd_metadata``).
-VOTES_COLUMN = "votes"
-CROWD_KEY = b"refine.crowd"
 CLEAN_MODEL_FOLDS = 5
 EMBEDDING_COLUMN = "embedding"
 LABEL_FIELDS = (
@@ -185,7 +181,7 @@ class Recipe:
         if model == "none" and rate != 0:
             fail("noise model 'none' flips nothing; remove 'rate' or set it to 0")
         if model == "crowd":
-            _check_crowd(self.noise, self.unlabelled, fail)
+            check_crowd(self.noise, self.unlabelled, fail)
         if not _is_number(self.unlabelled) or not 0 <= self.unlabelled < 1:
             fail(f"'unlabelled' must be a number in [0, 1), got {self.unlabelled!r}")
         if not _is_number(self.test_fraction) or not 0 < self.test_fraction < 1:
@@ -308,7 +304,8 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
     crowd = None
     try:
         if recipe.noise["model"] == "crowd":
-            crowd = _crowd(recipe.noise, X[train], truth, int(y.max()) + 1, noise_seed, model_seed)
+            clean = functools.partial(_clean_proba, X[train], truth, model_seed)
+            crowd = draw_crowd(recipe.noise, truth, int(y.max()) + 1, noise_seed, clean)
             # ties drawn with the recipe's seed, as refine.run(votes=...) draws them with its own
             noisy = majority_vote(crowd[0], int(y.max()) + 1, recipe.seed)
         else:
@@ -328,7 +325,7 @@ def build_dataset(recipe: Recipe | str, seed: int | None = None) -> BuiltDataset
         schema=pa.schema([*features, *LABEL_FIELDS]),
     )
     if crowd is not None:
-        train_table = _with_crowd(train_table, *crowd)
+        train_table = with_crowd(train_table, *crowd)
     test_table = pa.Table.from_arrays(
         [*_feature_arrays(X[test], names), pa.array(y[test], type=pa.int64())],
         schema=pa.schema([*features, LABEL_FIELDS[0]]),
@@ -399,115 +396,6 @@ def _apply_noise(
         return flip_one_direction(truth, noise["source"], noise["target"], noise["rate"], seed)
     proba = _clean_proba(X, truth, model_seed)
     return flip_instance_dependent(truth, proba, noise["rate"], seed)
-
-
-def _check_crowd(noise: dict[str, Any], unlabelled: float, fail: Any) -> None:
-    """A crowd noise model's keys: ``annotators`` (an integer >= 1), ``votes`` and
-    ``accuracy`` (``[low, high]`` ranges), ``concentration`` (> 0), ``one_direction`` ([0, 1])."""
-
-    def pair(key: str, kind: type | tuple[type, ...]) -> bool:
-        value = noise.get(key, [0, 1])
-        return (
-            isinstance(value, list)
-            and len(value) == 2
-            and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-            and value[0] <= value[1]
-        )
-
-    annotators = noise["annotators"]
-    if isinstance(annotators, bool) or not isinstance(annotators, int) or annotators < 1:
-        fail(f"crowd 'annotators' must be an integer of at least 1, got {annotators!r}")
-    if not pair("votes", int) or not 1 <= noise["votes"][0] <= noise["votes"][1] <= annotators:
-        fail(f"crowd 'votes' must be [low, high] votes per item within 1..{annotators}")
-    if not pair("accuracy", (int, float)) or not 0 <= noise.get("accuracy", [0, 1])[0]:
-        fail("crowd 'accuracy' must be [low, high] within [0, 1]")
-    if not 0 < noise.get("concentration", 1) or not 0 <= noise.get("one_direction", 0) <= 1:
-        fail("crowd 'concentration' must be above 0 and 'one_direction' a share in [0, 1]")
-    shares = [noise.get(k, 0) for k in ("spammers", "one_class", "difficulty")]
-    if not all(_is_number(v) and 0 <= v <= 1 for v in shares) or shares[0] + shares[1] > 1:
-        fail(
-            "crowd 'spammers' and 'one_class' must be shares summing to at most 1, and "
-            "'difficulty' a number in [0, 1]"
-        )
-    if not _is_number(noise.get("workload", 0)) or noise.get("workload", 0) < 0:
-        fail("crowd 'workload' must be a number >= 0 (the lognormal sigma of the workloads)")
-    if unlabelled:
-        fail("a crowd's items without a majority are its unlabelled rows: set 'unlabelled' to 0")
-
-
-def _crowd(
-    noise: dict[str, Any],
-    X: np.ndarray,
-    truth: np.ndarray,
-    n_classes: int,
-    seed: int,
-    model_seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A crowd noise model's votes ``(N, A)`` on the train rows ``X``, confusions
-    ``(A, K, K)``, and with ``difficulty`` each annotator's expected accuracy on the items it
-    voted ``(A,)`` (item hardness from a clean model's out-of-fold probabilities, seeded by
-    ``model_seed``); annotators, workloads and votes draw from independent streams of
-    ``seed``."""
-    annotator_seed, vote_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-    confusion = crowd_annotators(
-        n_classes,
-        noise["annotators"],
-        annotator_seed,
-        accuracy=tuple(noise.get("accuracy", (0.35, 0.9))),
-        concentration=noise.get("concentration", 0.5),
-        one_direction=noise.get("one_direction", 0.0),
-        spammers=noise.get("spammers", 0.0),
-        one_class=noise.get("one_class", 0.0),
-    )
-    per_item = tuple(noise["votes"])
-    difficulty = noise.get("difficulty", 0.0)
-    if not difficulty and not noise.get("workload"):
-        return crowd_votes(truth, confusion, per_item, vote_seed), confusion, None
-    workload_seed = int(np.random.SeedSequence(seed).generate_state(3)[2])
-    workload = crowd_workloads(noise["annotators"], noise.get("workload", 0.0), workload_seed)
-    hardness, confusable = item_hardness(_clean_proba(X, truth, model_seed), truth)
-    votes = crowd_votes(
-        truth,
-        confusion,
-        per_item,
-        vote_seed,
-        workload=workload,
-        hardness=hardness,
-        confusable=confusable,
-        difficulty=difficulty,
-    )
-    # The share of right votes each annotator is expected to give on the items it voted.
-    right = confusion[:, truth, truth].T * (1 - difficulty * hardness[:, None])  # (N, A)
-    voted = votes >= 0
-    attentive = ~np.all(np.isclose(confusion, confusion[:, :1]), axis=(1, 2))
-    right = np.where(attentive[None], right, confusion[:, truth, truth].T)
-    accuracy = (right * voted).sum(0) / np.maximum(voted.sum(0), 1)
-    return votes, confusion, np.where(voted.any(0), accuracy, np.nan)
-
-
-def _with_crowd(
-    train: pa.Table, votes: np.ndarray, confusion: np.ndarray, accuracy: np.ndarray | None
-) -> pa.Table:
-    """``train`` with the ``votes`` column and the crowd's truth in its metadata: per
-    annotator (in the column's order) its true accuracy (``accuracy`` ``(A,)``, else its
-    confusion's mean diagonal) and confusion matrix (before item difficulty)."""
-    column = pa.array(list(votes), type=pa.list_(pa.int64()))
-    if accuracy is None:
-        accuracy = np.array([np.diagonal(c).mean() for c in confusion])
-    truth = {
-        "accuracy": [None if np.isnan(a) else float(a) for a in accuracy],
-        "confusion": confusion.tolist(),
-    }
-    table = train.append_column(pa.field(VOTES_COLUMN, column.type), column)
-    metadata = {**(table.schema.metadata or {}), CROWD_KEY: json.dumps(truth).encode()}
-    return table.replace_schema_metadata(metadata)
-
-
-def crowd_truth(train: pa.Table) -> dict[str, Any] | None:
-    """A crowd recipe's truth from its train table's metadata (``accuracy`` ``(A,)``,
-    ``confusion`` ``(A, K, K)`` as lists), or None for other recipes."""
-    raw = (train.schema.metadata or {}).get(CROWD_KEY)
-    return None if raw is None else json.loads(raw)
 
 
 def _clean_proba(X: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:

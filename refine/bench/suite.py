@@ -36,7 +36,7 @@ from refine.errors import ConfigError
 from refine.progress import NULL_PROGRESS, Progress
 
 TRUTH_COLUMNS = ("label_true", "is_noisy")
-VOTES_COLUMN = "votes"  # a crowd recipe's votes (refine.bench.recipes.VOTES_COLUMN)
+VOTES_COLUMN = "votes"  # a crowd recipe's votes (refine.bench.crowds.VOTES_COLUMN)
 TEXT_COLUMN = "text"  # the text column of text recipes (refine.bench.sources.TEXT_COLUMN)
 IMAGE_COLUMN = "image"  # the image column of image recipes (refine.bench.sources.IMAGE_COLUMN)
 # The column refine reads revealed true labels from (``--verified``): null where not revealed.
@@ -283,7 +283,7 @@ def crowd_scores(case: Case, result: Any) -> dict[str, float]:
     (``annotator_error``), the same for Dawid-Skene's (``dawid_skene_annotator_error``),
     and the accuracy against the truth of the majority vote and of Dawid-Skene's consensus
     (each counting a row without a vote as wrong). Nothing on other recipes."""
-    from refine.bench.recipes import crowd_truth
+    from refine.bench.crowds import crowd_truth
     from refine.judge.annotators import annotator_accuracy, dawid_skene, majority_vote
 
     truth = crowd_truth(case.train)

@@ -229,7 +229,8 @@ def datasets_build(name: str, out: Path, seed: int | None) -> None:
       refine datasets build digits-sym20 --out digits.parquet
       refine run digits.parquet --ignore label_true,is_noisy --out runs/digits
     """
-    from refine.bench.recipes import VOTES_COLUMN, build_dataset, write_dataset
+    from refine.bench.crowds import VOTES_COLUMN
+    from refine.bench.recipes import build_dataset, write_dataset
 
     built = build_dataset(name, seed=seed)
     train_path, test_path = write_dataset(built, out)
