@@ -41,6 +41,8 @@ from refine.learn.modeldir import (
     train_student,
     write_model_dir,
 )
+from refine.learn.ray_engine import check_engine
+from refine.learn.ray_inference import carry_refine_errors
 from refine.learn.student import coverage_threshold, network_parameters
 from refine.progress import NULL_PROGRESS, Progress
 from refine.update import load_run
@@ -174,6 +176,8 @@ def predict(
     overwrite: bool = False,
     device: str = "auto",
     embedding_cache: str = "auto",
+    engine: str = "local",
+    address: str | None = None,
 ) -> Prediction:
     """Predict the rows of ``data`` with the student of ``model`` and write them to ``out``.
 
@@ -196,6 +200,12 @@ def predict(
         Where a ``--text-model`` or ``--image-model DIR`` student finds and keeps embeddings
         (``auto``, ``off`` or a directory, as ``refine run --embedding-cache``): values the run
         or an earlier prediction encoded are not encoded again.
+    engine : {"local", "ray"}
+        ``ray``: Ray Data actors read the Parquet ``data``'s row groups where they lie and
+        predict them (one actor per GPU of the cluster, else per CPU), and this process writes
+        the rows in order (docs/ray.md). The output is the local engine's.
+    address : str, optional
+        With ``engine="ray"``: the Ray cluster to join; without it a local Ray instance.
 
     Raises
     ------
@@ -209,14 +219,20 @@ def predict(
         raise ConfigError(
             f"--embedding-cache must be auto, off or a directory, got {embedding_cache!r}"
         )
+    check_engine(engine, address)
     student = model if isinstance(model, StudentModel) else load_model_dir(model, device)
     if student.encoder.embedded:
         student.encoder.use_cache(embedding_cache)
     threshold = _threshold(student, min_confidence, coverage)
     schema, batches = _batches(data, batch_rows)
-    plan = _Plan(student, schema, threshold)
+    plan = _Plan(student, schema, threshold)  # the data is checked here, before Ray starts
+    if engine == "ray":
+        setup = (_model_path(student), device, embedding_cache, schema, threshold, batch_rows)
+        outputs = _on_ray(plan, _ray_input(data, schema), setup, address)
+    else:
+        outputs = (plan.apply(batch) for batch in batches)
     if out is None:
-        tables = [plan.apply(batch) for batch in batches]
+        tables = list(outputs)
         table = pa.concat_tables(tables) if tables else plan.schema.empty_table()
         return Prediction(None, table.num_rows, plan.abstained, threshold, table)
     out = Path(out)
@@ -231,9 +247,104 @@ def predict(
         atomic_file(out, overwrite) as tmp,
         pq.ParquetWriter(tmp, plan.schema, compression="zstd") as w,
     ):
-        for batch in batches:
-            w.write_table(plan.apply(batch))
+        for table in outputs:
+            w.write_table(table)
     return Prediction(out, plan.rows, plan.abstained, threshold)
+
+
+def _model_path(student: StudentModel) -> str:
+    if student.path is None:
+        raise ConfigError(
+            "--engine ray loads the student on every actor from its directory: pass the model "
+            "directory (or run directory), not a StudentModel built in memory"
+        )
+    return str(student.path)
+
+
+def _ray_input(data: Any, schema: pa.Schema) -> Path:
+    """The Parquet file or directory Ray's actors read, each file holding every column."""
+    from refine.learn.ray_inference import row_groups
+
+    if not isinstance(data, str | Path):
+        raise ConfigError(
+            "--engine ray reads the data where it lies: pass a Parquet file or directory, not "
+            f"a table in memory ({type(data).__name__}), or use --engine local"
+        )
+    partitions = sorted(set(schema.names) - row_groups(Path(data))[1])
+    if partitions:
+        raise ConfigError(
+            f"--engine ray reads each Parquet file by itself, and the column(s) "
+            f"{', '.join(map(repr, partitions))} of {str(data)!r} are in none of them (hive "
+            "partitions): use --engine local, or write those columns into the files"
+        )
+    return Path(data)
+
+
+def _on_ray(plan: _Plan, path: Path, setup: tuple, address: str | None) -> Iterator[pa.Table]:
+    """The output tables of ``path``'s row groups, predicted by Ray Data actors (``_Predict``
+    with ``setup``) where the files lie, in row order, counted into ``plan``."""
+    from refine.learn.ray_engine import ray_session
+    from refine.learn.ray_inference import (
+        checked,
+        in_row_order,
+        map_row_groups,
+        raise_refine_cause,
+        row_groups,
+    )
+
+    groups = row_groups(path)[0]
+    with ray_session(address) as ray:
+        resources = ray.cluster_resources()
+        gpus = 0 if setup[1] == "cpu" else int(resources.get("GPU", 0))
+        mapped = map_row_groups(ray, groups, _Predict, setup, int(resources.get("CPU", 1)), gpus)
+        with raise_refine_cause():
+            arriving = checked(mapped.iter_batches(batch_size=None, batch_format="pyarrow"))
+            for table in in_row_order(arriving, ROW):
+                table = pa.Table.from_arrays(table.columns, schema=plan.schema)
+                plan.rows += table.num_rows
+                plan.abstained += int(pc.sum(table.column("abstain")).as_py() or 0)
+                yield table
+
+
+# The column a Ray actor numbers its output rows by, for them to be written in order.
+ROW = "__refine_row"
+
+
+class _Predict:
+    """A Ray Data actor: the student at ``model`` loaded once (on a GPU where it holds one);
+    each call reads the row groups its batch names (``file``, ``group``, ``start``) and
+    predicts them ``batch_rows`` at a time, as ``predict`` does here, its rows numbered."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        embedding_cache: str,
+        schema: pa.Schema,
+        threshold: float | None,
+        batch_rows: int,
+    ):
+        student = load_model_dir(model, "auto" if device != "cpu" else "cpu")
+        if student.encoder.embedded:
+            student.encoder.use_cache(embedding_cache)
+        self.plan = _Plan(student, schema, threshold)
+        self.batch_rows = batch_rows
+
+    @carry_refine_errors
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        outputs = []
+        named = (batch.column(c).to_pylist() for c in ("file", "group", "start"))
+        for file, group, start in zip(*named, strict=True):
+            table = pq.ParquetFile(file).read_row_group(group)
+            for piece in table.to_batches(max_chunksize=self.batch_rows):
+                first = self.plan.rows = start  # the row a category error names
+                output = self.plan.apply(piece)
+                start += output.num_rows
+                rows = np.arange(first, start, dtype=np.int64)
+                outputs.append(output.append_column(ROW, pa.array(rows)))
+        return pa.concat_tables(outputs)
 
 
 def _threshold(

@@ -256,11 +256,7 @@ def test_a_streaming_ray_run_encodes_the_shards_where_they_lie(local_ray, tmp_pa
 
     table, truth = noisy_table(n=150)
     note = pa.array(texts(150)[0])  # two topics, beside the numbers: a text column to encode
-    table = table.append_column("note", note)
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    for part, start in enumerate(range(0, 150, 50)):
-        pq.write_table(table.slice(start, 50), shards / f"part-{part}.parquet", row_group_size=20)
+    shards = write_shards(table.append_column("note", note), tmp_path / "shards")
     options = dict(SMALL, text=("note",))
     refine.run(shards, tmp_path / "local", **options)
 
@@ -277,11 +273,7 @@ def test_a_streaming_ray_run_encodes_the_shards_where_they_lie(local_ray, tmp_pa
 def test_numbers_alone_are_encoded_here_where_a_copy_costs_less(local_ray, tmp_path, monkeypatch):
     from refine.learn import ray_inference
 
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    table = noisy_table(n=150)[0]
-    for part, start in enumerate(range(0, 150, 75)):
-        pq.write_table(table.slice(start, 75), shards / f"part-{part}.parquet")
+    shards = write_shards(noisy_table(n=150)[0], tmp_path / "shards")
 
     def not_on_ray(*args):
         raise AssertionError("Ray encoded numbers and embeddings")
@@ -290,3 +282,53 @@ def test_numbers_alone_are_encoded_here_where_a_copy_costs_less(local_ray, tmp_p
     refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **SMALL)
     refine.run(shards, tmp_path / "local", **SMALL)
     assert same_files(tmp_path / "ray", tmp_path / "local")
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    """A run with a student, and its input split into three files of several row groups."""
+    root = tmp_path_factory.mktemp("ray-student")
+    table = noisy_table(n=150)[0]
+    shards = write_shards(table, root / "shards")
+    refine.run(shards, root / "run", student=True, student_size="16", **SMALL)
+    return root, table
+
+
+def write_shards(table, folder: Path) -> Path:
+    """``table`` as three Parquet files of 20-row groups under ``folder``."""
+    folder.mkdir()
+    for part, start in enumerate(range(0, table.num_rows, 50)):
+        pq.write_table(table.slice(start, 50), folder / f"part-{part}.parquet", row_group_size=20)
+    return folder
+
+
+def test_predict_on_ray_actors_writes_what_predict_writes_here(local_ray, student_dir, tmp_path):
+    root, _ = student_dir
+    common = ["predict", root / "run", root / "shards", "--batch-rows", 7, "--coverage", 0.8]
+    here = invoke(*common, "--out", tmp_path / "here.parquet")
+    there = invoke(*common, "--out", tmp_path / "ray.parquet", "--engine", "ray")
+    assert there.exit_code == 0, there.output
+    written = pq.read_table(tmp_path / "ray.parquet")
+    assert written.num_rows == 150
+    assert written.equals(pq.read_table(tmp_path / "here.parquet"), check_metadata=True)
+    assert there.output == here.output.replace("here.parquet", "ray.parquet")  # abstain count
+
+
+def test_predict_on_ray_names_the_row_of_an_unknown_category(local_ray, student_dir, tmp_path):
+    import pyarrow as pa
+
+    root, table = student_dir
+    colour = table.column("colour").cast(pa.string()).to_pylist()
+    colour[123] = "purple"
+    bad = write_shards(table.set_column(3, "colour", pa.array(colour)), tmp_path / "bad")
+    out = tmp_path / "p.parquet"
+    result = invoke("predict", root / "run", bad, "--out", out, "--engine", "ray")
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: column 'colour' holds 'purple' (row 123), a category")
+    assert not out.exists()
+
+
+def test_predict_on_ray_needs_parquet_where_it_lies(student_dir):
+    root, table = student_dir
+    with pytest.raises(ConfigError, match=r"^--engine ray reads the data where it lies"):
+        refine.predict(root / "run", table, engine="ray")

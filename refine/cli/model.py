@@ -130,6 +130,20 @@ def distill_command(
     "computed and keeps new ones: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the rows are predicted: here, or by Ray Data actors that read the Parquet row "
+    "groups where they lie (pip install 'refine[ray]'; docs/ray.md). The output is the same.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --engine ray: the Ray cluster to join (ray://HEAD:10001, or auto); "
+    "without it a local Ray instance is started.",
+)
 @handle_refine_errors
 def predict_command(
     model: Path,
@@ -141,6 +155,8 @@ def predict_command(
     device: str,
     embedding_cache: str,
     overwrite: bool,
+    engine: str,
+    address: str | None,
 ) -> None:
     """Predict the rows of DATA with the student in MODEL (a model directory, or a run
     directory with a student/).
@@ -153,6 +169,7 @@ def predict_command(
     Examples:
       refine predict models/first new.parquet --out predicted.parquet
       refine predict runs/first new.parquet --out predicted.parquet --coverage 0.9
+      refine predict models/first shards/ --out predicted.parquet --engine ray --address auto
     """
     from refine.deploy import predict
 
@@ -166,6 +183,8 @@ def predict_command(
         overwrite=overwrite,
         device=device,
         embedding_cache=embedding_cache,
+        engine=engine,
+        address=address,
     )
     abstained = (
         f"; {count_rows(result.abstained)} abstain (confidence below {result.threshold:.4g})"

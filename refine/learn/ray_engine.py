@@ -14,9 +14,10 @@ Ray is an optional dependency (``pip install 'refine[ray]'``), imported only her
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,33 @@ def import_ray() -> Any:
     return ray
 
 
+def join_ray(ray: Any, address: str | None) -> bool:
+    """Connect to the Ray cluster at ``address``, or start a Ray instance on this machine
+    (all its cores) without one; a connection this process holds already is used as it is.
+    Whether it started one (for the caller to stop with ``ray.shutdown()``)."""
+    if ray.is_initialized():
+        return False
+    # refine never reports usage anywhere; nor should the Ray it starts.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+    )
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """The ``ray`` module, joined to the cluster at ``address`` (``join_ray``) for the block,
+    and the Ray instance it started, if any, stopped after it."""
+    ray = import_ray()
+    started = join_ray(ray, address)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
 class RayFoldRunner(FoldRunner):
     """Folds as Ray tasks, one per fold, on the cluster at ``address`` or, without one, on a
     Ray instance started on this machine for the run (using all its cores) and stopped after
@@ -88,16 +116,7 @@ class RayFoldRunner(FoldRunner):
 
     def __enter__(self) -> RayFoldRunner:
         ray = self._ray = import_ray()
-        if not ray.is_initialized():
-            # refine never reports usage anywhere; nor should the Ray it starts.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-            )
-            self._started = True
+        self._started = join_ray(ray, self.address)
         resources = ray.cluster_resources()
         self._gpus = int(resources.get("GPU", 0))
         # cross_fit trains in this process when only one fold could run at a time anyway.

@@ -17,7 +17,10 @@ Ray is an optional dependency, imported by ``refine.learn.ray_engine``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,36 @@ ROWS_PER_BLOCK = 4096
 # Blocks per actor at the least, where there are rows for them: an actor that finishes early
 # takes the next block, so the actors end together.
 BLOCKS_PER_ACTOR = 4
+
+
+# Columns of the table a Ray Data actor gives back in place of its output when a refine error
+# stops a call: Ray keeps only the text of an error raised in a call, and the CLI must print
+# its message and exit 2 (an error in an actor's constructor reaches here whole).
+ERROR, ERROR_MESSAGE = "__refine_error", "__refine_error_message"
+
+
+def carry_refine_errors(call: Any) -> Any:
+    """A Ray Data actor's ``__call__`` whose refine errors come back as a table (``ERROR``)."""
+
+    @functools.wraps(call)
+    def carried(self: Any, batch: pa.Table) -> pa.Table:
+        try:
+            return call(self, batch)
+        except RefineError as exc:
+            return pa.table({ERROR: [type(exc).__name__], ERROR_MESSAGE: [str(exc)]})
+
+    return carried
+
+
+def checked(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``tables``, raising the refine error an actor carried back in place of one."""
+    from refine import errors
+
+    for table in tables:
+        if ERROR in table.column_names:
+            kind = getattr(errors, table.column(ERROR)[0].as_py(), RefineError)
+            raise kind(table.column(ERROR_MESSAGE)[0].as_py())
+        yield table
 
 
 class RayInference:
@@ -75,11 +108,7 @@ class RayInference:
         self, blocks: list[pa.Table], rows: int, text: bool, model: Any, progress: Progress
     ) -> np.ndarray:
         """The embeddings ``(rows, D)`` of ``blocks``' values, placed by their ``row``."""
-        data = self.ray.data
-        context = data.DataContext.get_current()
-        context.enable_progress_bars = False  # refine's own bar counts the rows
-        context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        data = quiet_data(self.ray)
         on_gpu = self.gpus > 0
         actors = min(self._actors(), len(blocks))
         resources = {"num_gpus": 1} if on_gpu else {"num_cpus": 1}
@@ -102,8 +131,8 @@ class RayInference:
             "encode", f"encoding {'text' if text else 'images'} on {where}", total=rows
         )
         out: np.ndarray | None = None
-        try:
-            for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        with raise_refine_cause():
+            for batch in checked(mapped.iter_batches(batch_size=None, batch_format="pyarrow")):
                 placed = batch.column("row").to_numpy()
                 vectors = batch.column("vector").combine_chunks()
                 flat = vectors.flatten().to_numpy(zero_copy_only=False)
@@ -111,11 +140,6 @@ class RayInference:
                     out = np.empty((rows, vectors.type.list_size), np.float32)
                 out[placed] = flat.reshape(len(placed), -1)
                 progress.advance(task, len(placed))
-        except Exception as exc:
-            cause = _refine_cause(exc)
-            if cause is None:
-                raise
-            raise cause from None
         progress.finish(task)
         assert out is not None
         return out
@@ -145,11 +169,25 @@ class Embedder:
             self.model, self.run = vision.load_vision_model(path, device, sha256), vision._run
         self.model.batch = batch  # the CPU batches of the process that cut the blocks, or 0
 
+    @carry_refine_errors
     def __call__(self, block: pa.Table) -> pa.Table:
         vectors = self.run(self.model, block.column("value").to_pylist(), NULL_PROGRESS)
         vectors = np.ascontiguousarray(vectors, np.float32)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
         return pa.table({"row": block.column("row"), "vector": column})
+
+
+@contextlib.contextmanager
+def raise_refine_cause() -> Iterator[None]:
+    """Inside the block, an error Ray raises with a refine error behind it (``_refine_cause``)
+    is raised as that error, so the CLI prints its message and exits 2."""
+    try:
+        yield
+    except Exception as exc:
+        cause = _refine_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _refine_cause(exc: BaseException) -> RefineError | None:
@@ -183,47 +221,23 @@ def encode_shards(
     actors each rebuild the encoder once from its state (no pretrained model, no TorchScript
     network: ``shard_encoding_pays``). Ray Data's own ``read_parquet`` is not used: in Ray 2.60 it
     imports fsspec's HTTP filesystem to check the paths, which fails without aiohttp."""
-    import pyarrow.parquet as pq
-
-    groups, start = [], 0
-    for file in parquet_files(path):
-        metadata = pq.ParquetFile(file)
-        if not set(encoder.columns) <= set(metadata.schema_arrow.names):
-            return None
-        for g in range(metadata.num_row_groups):
-            groups.append({"file": str(file), "group": g, "start": start})
-            start += metadata.metadata.row_group(g).num_rows
-    if start != rows:
+    groups, names = row_groups(path)
+    if not set(encoder.columns) <= names:
+        return None
+    if sum(g["rows"] for g in groups) != rows:
         return None  # not the table this process read (changed since): encode that one here
-    data = ray.data
-    context = data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    mapped = data.from_items(groups, override_num_blocks=max(len(groups), 1)).map_batches(
-        Encode,
-        fn_constructor_args=(encoder.state(), encoder.columns),
-        batch_size=1,  # a row group a call
-        batch_format="pyarrow",
-        compute=data.ActorPoolStrategy(size=max(min(cpus, len(groups)), 1)),
-        num_cpus=1,
-    )
+    mapped = map_row_groups(ray, groups, Encode, (encoder.state(), encoder.columns), cpus, 0)
     actors = f"{cpus} Ray actor{'s' if cpus > 1 else ''}"
     task = progress.start("encode", f"encoding the shards on {actors}", total=rows)
     X = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(rows, encoder.width))
     written = 0
-    try:
-        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+    with raise_refine_cause():
+        for batch in checked(mapped.iter_batches(batch_size=None, batch_format="pyarrow")):
             placed = batch.column("row").to_numpy()
             column = batch.column("features").combine_chunks()
             X[placed] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(placed), -1)
             written += len(placed)
             progress.advance(task, len(placed))
-    except Exception as exc:
-        cause = _refine_cause(exc)
-        if cause is None:
-            raise
-        raise cause from None
     if written != rows:
         raise ValueError(f"Ray encoded {written} rows of features, expected {rows}")
     X.flush()
@@ -245,6 +259,74 @@ def shard_encoding_pays(encoder: Any) -> bool:
     heavy = [e for e in encoder.encoders if isinstance(e, TextEncoder | ImageEncoder)]
     torchscript = any(isinstance(e, ImageEncoder) and e.model is not None for e in heavy)
     return bool(heavy) and not encoder.embedded and not torchscript
+
+
+def row_groups(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
+    """The row groups of the Parquet file or directory ``path``, in the order
+    ``pyarrow.dataset`` reads them (its files in turn, each file's groups in order), each as
+    ``file``, ``group``, ``start`` (its first row in the table) and ``rows``; and the columns
+    every file holds itself (a hive partition's column is in none)."""
+    import pyarrow.parquet as pq
+
+    groups: list[dict[str, Any]] = []
+    names: set[str] | None = None
+    start = 0
+    for file in parquet_files(path):
+        parquet = pq.ParquetFile(file)
+        held = set(parquet.schema_arrow.names)
+        names = held if names is None else names & held
+        for g in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(g).num_rows
+            groups.append({"file": str(file), "group": g, "start": start, "rows": rows})
+            start += rows
+    return groups, names or set()
+
+
+def map_row_groups(
+    ray: Any, groups: list[dict[str, Any]], actor: type, args: tuple, cpus: int, gpus: int
+) -> Any:
+    """Ray Data's map of ``actor(*args)`` over ``groups`` (``row_groups``'), a group a call, on
+    a pool of one actor per GPU (``gpus`` > 0, each holding one) or per CPU; its output comes
+    in the order the calls finish."""
+    data = quiet_data(ray)
+    size = max(min(gpus or cpus, len(groups)), 1)
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    return data.from_items(groups, override_num_blocks=max(len(groups), 1)).map_batches(
+        actor,
+        fn_constructor_args=args,
+        batch_size=1,  # a row group a call
+        batch_format="pyarrow",
+        compute=data.ActorPoolStrategy(size=size),
+        **resources,
+    )
+
+
+def quiet_data(ray: Any) -> Any:
+    """``ray.data``, set to print neither its progress bars (refine's own bar counts the rows)
+    nor its plan, and to log errors only (it warns that the bars are off)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return ray.data
+
+
+def in_row_order(tables: Iterator[pa.Table], first: str = "row") -> Iterator[pa.Table]:
+    """``tables`` (each a run of consecutive rows, its ``first`` column their row numbers), as
+    they arrive, given back in row order without that column: each waits until the rows
+    before it have gone."""
+    waiting: dict[int, pa.Table] = {}
+    following = 0
+    for table in tables:
+        if not table.num_rows:
+            continue
+        waiting[int(table.column(first)[0].as_py())] = table
+        while following in waiting:
+            ready = waiting.pop(following)
+            following += ready.num_rows
+            yield ready.drop_columns([first])
+    if waiting:
+        raise ValueError(f"rows from {min(waiting)} came back, but none from row {following}")
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -269,6 +351,7 @@ class Encode:
         self.encoder = FeatureEncoder.from_state(state)
         self.columns = columns
 
+    @carry_refine_errors
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow.parquet as pq
 
