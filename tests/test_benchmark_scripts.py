@@ -517,6 +517,39 @@ def test_ray_inference_main_times_both_paths_and_finds_the_same_embeddings(
     assert "same embeddings: True (largest difference 0.00e+00)" in out
 
 
+# ray_predict.py -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ray_predict_main_times_both_engines_and_compares_their_tables(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("ray")
+    ray_predict = script("ray_predict")
+    commands: list[list[str]] = []
+
+    def in_process(*args):
+        args = list(args)
+        if args[0] == "run":  # a tiny run: the script's defaults are for a real measurement
+            args += ["--rounds", "1", "--folds", "2", "--max-epochs", "2"]
+        commands.append(args)
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return 1.0
+
+    monkeypatch.setattr(ray_predict, "cli", in_process)
+    argv = ["ray_predict.py", "--rows", "300", "--files", "3", "--train-rows", "200"]
+    argv += ["--dim", "4", "--classes", "3", "--runs", "1", "--workdir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    ray_predict.main()
+    out = capsys.readouterr().out
+    assert [c[0] for c in commands] == ["run", "distill", "predict", "predict"]
+    assert [c[c.index("--engine") + 1] for c in commands[2:]] == ["local", "ray"]
+    assert len(list((tmp_path / "data_300").iterdir())) == 3
+    assert len(_table_rows(out, "here")) == 1
+    assert "Same table from both engines: yes." in out
+
+
 def cli_in_process(commands, measured):
     """A stand-in for a script's `python -m refine run` subprocess: the same arguments go to
     refine's CLI in this process (a second interpreter costs more than the tiny run itself),
