@@ -1,5 +1,5 @@
 """A pretrained text encoder run here against the same model on Ray actors (``--engine ray``'s
-batch inference, ``refine.learn.ray_inference``), side by side: the same texts, no cache, in
+batch inference, ``refine.learn.ray_data``), side by side: the same texts, no cache, in
 turn, several times. Prints rows/s of each (medians; the Ray figure counts starting the actors
 and loading the model in each, since a run pays for them) and whether both gave the same
 embeddings; reports/scale-ray.md holds the figures.
@@ -46,7 +46,7 @@ def main() -> None:
     import ray
 
     from refine.encode.pretrained import encode_texts, load_text_model
-    from refine.learn.ray_inference import RayInference
+    from refine.learn.ray_data import RayInference
 
     table = pq.read_table(args.texts)
     column = next(n for n in ("text", "sentence") if n in table.column_names)

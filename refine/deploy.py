@@ -41,8 +41,8 @@ from refine.learn.modeldir import (
     train_student,
     write_model_dir,
 )
+from refine.learn.ray_data import carry_refine_errors
 from refine.learn.ray_engine import check_engine
-from refine.learn.ray_inference import carry_refine_errors
 from refine.learn.student import coverage_threshold, network_parameters
 from refine.progress import NULL_PROGRESS, Progress
 from refine.update import load_run
@@ -263,7 +263,7 @@ def _model_path(student: StudentModel) -> str:
 
 def _ray_input(data: Any, schema: pa.Schema) -> Path:
     """The Parquet file or directory Ray's actors read, each file holding every column."""
-    from refine.learn.ray_inference import row_groups
+    from refine.learn.ray_data import row_groups
 
     if not isinstance(data, str | Path):
         raise ConfigError(
@@ -283,14 +283,14 @@ def _ray_input(data: Any, schema: pa.Schema) -> Path:
 def _on_ray(plan: _Plan, path: Path, setup: tuple, address: str | None) -> Iterator[pa.Table]:
     """The output tables of ``path``'s row groups, predicted by Ray Data actors (``_Predict``
     with ``setup``) where the files lie, in row order, counted into ``plan``."""
-    from refine.learn.ray_engine import ray_session
-    from refine.learn.ray_inference import (
+    from refine.learn.ray_data import (
         checked,
         in_row_order,
         map_row_groups,
         raise_refine_cause,
         row_groups,
     )
+    from refine.learn.ray_engine import ray_session
 
     groups = row_groups(path)[0]
     with ray_session(address) as ray:

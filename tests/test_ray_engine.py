@@ -196,7 +196,7 @@ def test_a_text_model_runs_on_ray_actors_and_embeds_as_here(
     local_ray, tiny_text_model, tmp_path, monkeypatch
 ):
     from refine.encode import pretrained
-    from refine.learn import ray_inference
+    from refine.learn import ray_data
     from tests.conftest import count_calls
 
     data = text_table(tmp_path / "texts.parquet")
@@ -206,7 +206,7 @@ def test_a_text_model_runs_on_ray_actors_and_embeds_as_here(
     options.update(max_epochs=4, report=False)
     refine.run(data, tmp_path / "local", **options)
     # blocks of two CPU batches: several blocks, over both actors
-    monkeypatch.setattr(ray_inference, "ROWS_PER_BLOCK", 32)
+    monkeypatch.setattr(ray_data, "ROWS_PER_BLOCK", 32)
     here = count_calls(monkeypatch, pretrained)
     refine.run(data, tmp_path / "ray", engine="ray", **options)
     assert here == []  # the network never ran in this process
@@ -222,7 +222,7 @@ def test_an_actor_that_cannot_load_the_model_is_the_same_clean_error(local_ray, 
 
     from refine.encode.pretrained import load_text_model
     from refine.errors import InputError
-    from refine.learn.ray_inference import RayInference
+    from refine.learn.ray_data import RayInference
 
     model = dataclasses.replace(load_text_model(str(tiny_text_model)), sha256="0" * 64)
     with pytest.raises(InputError, match=r"has changed since the run used it \(SHA-256 \w+"):
@@ -232,14 +232,14 @@ def test_an_actor_that_cannot_load_the_model_is_the_same_clean_error(local_ray, 
 def test_images_embed_on_ray_actors_as_here(local_ray, png_digits, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     from refine.encode.vision import encode_images, load_vision_model
-    from refine.learn import ray_inference
-    from refine.learn.ray_inference import RayInference
+    from refine.learn import ray_data
+    from refine.learn.ray_data import RayInference
     from tests.test_image_model import build_tiny_vit
 
     model = load_vision_model(build_tiny_vit(tmp_path / "vit"))
     images = list(png_digits[0][:70])
     values = [*images, None, b"\x89PNG\r\n\x1a\n broken", images[0]]
-    monkeypatch.setattr(ray_inference, "ROWS_PER_BLOCK", 32)  # blocks of one CPU batch
+    monkeypatch.setattr(ray_data, "ROWS_PER_BLOCK", 32)  # blocks of one CPU batch
     here = encode_images(values, model, cache="off")
     on_actors = encode_images(
         values, model, cache="off", inference=RayInference(local_ray, cpus=2, gpus=0)
@@ -271,14 +271,14 @@ def test_a_streaming_ray_run_encodes_the_shards_where_they_lie(local_ray, tmp_pa
 
 
 def test_numbers_alone_are_encoded_here_where_a_copy_costs_less(local_ray, tmp_path, monkeypatch):
-    from refine.learn import ray_inference
+    from refine.learn import ray_data
 
     shards = write_shards(noisy_table(n=150)[0], tmp_path / "shards")
 
     def not_on_ray(*args):
         raise AssertionError("Ray encoded numbers and embeddings")
 
-    monkeypatch.setattr(ray_inference, "encode_shards", not_on_ray)
+    monkeypatch.setattr(ray_data, "encode_shards", not_on_ray)
     refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **SMALL)
     refine.run(shards, tmp_path / "local", **SMALL)
     assert same_files(tmp_path / "ray", tmp_path / "local")

@@ -64,6 +64,27 @@ def execution_options(function):
     )(function)
 
 
+def engine_options(engine_help: str):
+    """--engine and --address, with ``engine_help`` saying what each engine runs."""
+
+    def add(function):
+        function = click.option(
+            "--address",
+            default=None,
+            help="With --engine ray: the Ray cluster to join (ray://HEAD:10001, or auto); "
+            "without it a local Ray instance is started.",
+        )(function)
+        return click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=f"{engine_help} (pip install 'refine[ray]'; docs/ray.md). The output is the same.",
+        )(function)
+
+    return add
+
+
 def count_rows(n: int) -> str:
     return f"{n:,} row{'' if n == 1 else 's'}"
 

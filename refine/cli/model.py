@@ -9,6 +9,7 @@ import click
 from refine.cli.common import (
     DEFAULTS,
     count_rows,
+    engine_options,
     handle_refine_errors,
 )
 from refine.config import (
@@ -130,19 +131,9 @@ def distill_command(
     "computed and keeps new ones: auto is ~/.cache/refine (or $REFINE_CACHE_DIR).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where the rows are predicted: here, or by Ray Data actors that read the Parquet row "
-    "groups where they lie (pip install 'refine[ray]'; docs/ray.md). The output is the same.",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="With --engine ray: the Ray cluster to join (ray://HEAD:10001, or auto); "
-    "without it a local Ray instance is started.",
+@engine_options(
+    "Where the rows are predicted: here, or by Ray Data actors that read the Parquet row "
+    "groups where they lie"
 )
 @handle_refine_errors
 def predict_command(

@@ -14,6 +14,7 @@ from refine.cli.common import (
     DEFAULTS,
     MODEL_DEFAULTS,
     command_line,
+    engine_options,
     execution_options,
     handle_refine_errors,
     split_columns,
@@ -301,20 +302,7 @@ from refine.progress import RichProgress
     "same result as an uninterrupted run.",
 )
 @execution_options
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where folds train: this machine's --workers, or Ray tasks, one per fold "
-    "(pip install 'refine[ray]'; docs/ray.md). The output is the same.",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="With --engine ray: the Ray cluster to join (ray://HEAD:10001, or auto); "
-    "without it a local Ray instance is started for the run.",
-)
+@engine_options("Where folds train: this machine's --workers, or Ray tasks, one per fold")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_refine_errors
 def run_command(

@@ -13,7 +13,7 @@ images (``--image-model DIR``, ``refine.encode.vision``) share.
   threads capped at the cores the process may use.
 * A column's block is its embeddings centred, with one scale (``EmbeddingBlock``).
 * Where the network runs is the block's ``inference``: here (None), or on a pool of Ray actors
-  (``refine.learn.ray_inference``, ``--engine ray``).
+  (``refine.learn.ray_data``, ``--engine ray``).
 """
 
 from __future__ import annotations

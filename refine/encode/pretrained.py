@@ -200,7 +200,7 @@ def encode_texts(
         Filled in with the rows, the rows encoded (not cached) and the seconds taken.
     inference : callable, optional
         Runs the model on the values no cache holds, as ``_run`` does here (the default):
-        ``refine.learn.ray_inference.RayInference`` runs it on Ray actors.
+        ``refine.learn.ray_data.RayInference`` runs it on Ray actors.
     """
     run = inference or _run
     if isinstance(model, str):

@@ -7,7 +7,7 @@ engine's. Each fold runs ``fit_fold``, on one thread, with the seeds the local e
 so the records, and the run's files, are the same bytes whichever engine trained them.
 Pretrained text and image models run on Ray actors too (``inference``), and a streaming run
 reads and encodes its Parquet shards with Ray Data where they lie (``encode_shards``; both in
-``refine.learn.ray_inference``).
+``refine.learn.ray_data``).
 
 Ray is an optional dependency (``pip install 'refine[ray]'``), imported only here.
 """
@@ -132,9 +132,9 @@ class RayFoldRunner(FoldRunner):
         super().__exit__(*exc)
 
     def inference(self, device: str) -> Inference | None:
-        """Pretrained encoders' batch inference on Ray actors (``refine.learn.ray_inference``):
+        """Pretrained encoders' batch inference on Ray actors (``refine.learn.ray_data``):
         one per GPU of the cluster unless ``device`` is ``cpu``, else one per CPU."""
-        from refine.learn.ray_inference import RayInference
+        from refine.learn.ray_data import RayInference
 
         cpus = int(self._ray.cluster_resources().get("CPU", 1))
         return RayInference(self._ray, cpus, 0 if device == "cpu" else self._gpus)
@@ -144,10 +144,10 @@ class RayFoldRunner(FoldRunner):
     ) -> np.ndarray | None:
         """``encoder``'s features of the Parquet input at ``path`` (``rows`` rows), read and
         encoded by Ray Data where the shards lie and written to ``out`` here
-        (``refine.learn.ray_inference.encode_shards``); None where that does not pay or the
+        (``refine.learn.ray_data.encode_shards``); None where that does not pay or the
         workers cannot encode as this process does (``shard_encoding_pays``; a hive
         partition's column), to encode it here."""
-        from refine.learn.ray_inference import encode_shards, shard_encoding_pays
+        from refine.learn.ray_data import encode_shards, shard_encoding_pays
 
         if not shard_encoding_pays(encoder):
             return None

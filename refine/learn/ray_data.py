@@ -1,18 +1,25 @@
-"""Pretrained encoders' batch inference on Ray actors, for ``--engine ray``.
+"""Ray Data's share of ``--engine ray``: batch inference and reading shards where they lie.
 
-With ``--text-model`` or ``--image-model DIR``, the values no embedding cache holds go through
-the model as Ray Data batch inference instead of in this process: they become Ray Data blocks,
-in the order and the batches the local path runs them (``refine.encode.pretrained._run``
-embeds texts longest first, ``refine.encode.vision._run`` images as they come), and
-``map_batches`` maps the blocks over a pool of actors. Each actor loads the model once, from
-the same path, its files checked against the fingerprint this process took (a node with other
-files is refused, as a changed model is), and runs the local path on its block. On a cluster
-with GPUs each actor holds one GPU (unless ``--device cpu``) and batches as the GPU allows;
-otherwise there is one actor per CPU of the cluster, and a block holds whole CPU batches, so
-every batch is the one the local engine runs and the embeddings are its own. Rows come back
-by their position, in whatever order the actors finish.
+* **Pretrained encoders** (``RayInference``). With ``--text-model`` or ``--image-model DIR``,
+  the values no embedding cache holds go through the model on a pool of actors instead of in
+  this process: they become Ray Data blocks, in the order and the batches the local path runs
+  them (``refine.encode.pretrained._run`` embeds texts longest first,
+  ``refine.encode.vision._run`` images as they come), and ``map_batches`` maps the blocks over
+  the actors. Each loads the model once, from the same path, its files checked against the
+  fingerprint this process took (a node with other files is refused, as a changed model is),
+  and runs the local path on its block. With GPUs each actor holds one (unless ``--device
+  cpu``) and batches as it allows; otherwise there is one actor per CPU and a block holds whole
+  CPU batches, so every batch is the local engine's and so are the embeddings.
+* **A streaming run's shards** (``encode_shards``): each Parquet row group is read and encoded
+  by an actor where the file lies, with the run's fitted encoder, where a text or image column
+  makes that pay (``shard_encoding_pays``).
+* **``refine predict``** maps its actor (``refine.deploy``) over the row groups the same way
+  (``row_groups``, ``map_row_groups``, ``in_row_order``).
 
-Ray is an optional dependency, imported by ``refine.learn.ray_engine``.
+Rows come back by their position, in whatever order the actors finish. A refine error in an
+actor's call comes back as a table (``carry_refine_errors``, ``checked``) and one in its
+constructor inside Ray's error (``raise_refine_cause``), and is raised here as itself. Ray is
+an optional dependency, imported by ``refine.learn.ray_engine``.
 """
 
 from __future__ import annotations
