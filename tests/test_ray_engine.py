@@ -332,3 +332,28 @@ def test_predict_on_ray_needs_parquet_where_it_lies(student_dir):
     root, table = student_dir
     with pytest.raises(ConfigError, match=r"^--engine ray reads the data where it lies"):
         refine.predict(root / "run", table, engine="ray")
+
+
+def test_tables_that_arrive_out_of_order_are_given_back_in_row_order():
+    import pyarrow as pa
+
+    from refine.learn.ray_data import in_row_order
+
+    def rows(first, n):
+        return pa.table({"row": np.arange(first, first + n), "x": np.arange(first, first + n) * 2})
+
+    arriving = [rows(5, 3), pa.table({"row": [], "x": []}), rows(0, 2), rows(8, 1), rows(2, 3)]
+    back = list(in_row_order(iter(arriving)))
+    assert [t.num_rows for t in back] == [2, 3, 3, 1] and back[0].column_names == ["x"]
+    assert pa.concat_tables(back).column("x").to_pylist() == [2 * i for i in range(9)]
+    with pytest.raises(ValueError, match="rows from 5 came back, but none from row 2"):
+        list(in_row_order(iter([rows(0, 2), rows(5, 1)])))
+
+
+def test_inference_blocks_are_whole_batches_and_give_every_actor_work():
+    from refine.learn.ray_data import ROWS_PER_BLOCK, _block_rows
+
+    assert _block_rows(4000, 16, 2) == 512  # 8 blocks: four for each actor
+    assert _block_rows(10, 16, 2) == 16  # never less than one batch
+    assert _block_rows(10**7, 16, 2) == ROWS_PER_BLOCK  # never more than the cap
+    assert _block_rows(10**7, 1000, 16) % 1000 == 0
