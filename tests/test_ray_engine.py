@@ -280,6 +280,8 @@ def test_numbers_alone_are_encoded_here_where_a_copy_costs_less(local_ray, tmp_p
 
     monkeypatch.setattr(ray_data, "encode_shards", not_on_ray)
     refine.run(shards, tmp_path / "ray", engine="ray", memory="1KB", **SMALL)
+    plan = json.loads((tmp_path / "ray" / "run.json").read_text())["execution"]
+    assert plan["features"] == "streaming"  # where Ray could have encoded, and did not
     refine.run(shards, tmp_path / "local", **SMALL)
     assert same_files(tmp_path / "ray", tmp_path / "local")
 
