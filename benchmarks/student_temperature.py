@@ -18,6 +18,11 @@ by top-label ECE on the recipe's clean test split beside the teacher ensemble's:
 - ``oracle``: the Brier score against the true training labels (unattainable: the ceiling of a
   single temperature).
 
+Two calibrators more flexible than a temperature, each an isotonic map of the top-class
+confidence (at refine's temperature) fitted on the out-of-fold rows, the other classes scaled to
+fill the rest: ``belief-isotonic`` to the belief's probability of the top class, and
+``oracle-isotonic`` to whether the top class is the true training label.
+
 Recipes where refine keeps the given labels find no true-class temperature and are skipped.
 
     python benchmarks/student_temperature.py --seeds 10,11 --recipes digits-sym20,...
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq, minimize_scalar
 from scipy.special import softmax
+from sklearn.isotonic import IsotonicRegression
 
 import refine
 import refine.judge.trust as trust
@@ -109,6 +115,20 @@ def binned(oof: np.ndarray, belief: np.ndarray, bins: int = 10) -> float:
     return float(np.exp(minimize_scalar(gap, bounds=SPAN, method="bounded").x))
 
 
+def with_top(proba: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """``proba`` ``(N, K)`` with each row's top class set to ``confidence`` ``(N,)`` and the
+    other classes scaled to fill the rest."""
+    rows, top = np.arange(len(proba)), proba.argmax(1)
+    rest = np.maximum(1.0 - proba[rows, top], 1e-12)
+    out = proba * ((1.0 - confidence) / rest)[:, None]
+    out[rows, top] = confidence
+    return out
+
+
+def isotonic(confidence: np.ndarray, target: np.ndarray) -> IsotonicRegression:
+    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(confidence, target)
+
+
 def case(name: str, seed: int, capture: Capture, work: Path) -> dict | None:
     built = build_dataset(name, seed=seed)
     true_train = built.train.column("label_true").to_pylist()
@@ -143,16 +163,27 @@ def case(name: str, seed: int, capture: Capture, work: Path) -> dict | None:
         ),
         "oracle": fit_temperature_to(oof, onehot),
     }
+    ece = {
+        k: expected_calibration_error(scaled(deployed, t / t0), truth)
+        for k, t in temperatures.items()
+    }
+    at_t0 = scaled(oof, t0)  # the out-of-fold rows as the deployed network is calibrated
+    top, confidence = at_t0.argmax(1), at_t0.max(1)
+    rows = np.arange(len(top))
+    true_train = np.array([classes.index(v) for v in true_train])
+    for key, target in (
+        ("belief-isotonic", belief[rows, top]),
+        ("oracle-isotonic", (top == true_train).astype(np.float64)),
+    ):
+        mapped = isotonic(confidence, target).predict(deployed.max(1))
+        ece[key] = expected_calibration_error(with_top(deployed, mapped), truth)
     return {
         "recipe": name,
         "seed": seed,
         "ensemble_ece": expected_calibration_error(ensemble, truth),
         "temperature": temperatures,
-        # the deployed network's probabilities at t0, rescaled to each temperature
-        "ece": {
-            k: expected_calibration_error(scaled(deployed, t / t0), truth)
-            for k, t in temperatures.items()
-        },
+        # the deployed network's probabilities at t0, rescaled to each temperature or mapped
+        "ece": ece,
     }
 
 
