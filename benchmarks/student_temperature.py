@@ -65,16 +65,20 @@ RECIPES = (
     "wine-sym20",
     "wine-pair30",
 )
-SPAN = (np.log(0.05), np.log(20.0))
+SPAN = (0.05, 20.0)  # the temperatures searched, as refine's fits search them
 
 
 class Capture:
-    """Records what refine's student temperature is fitted on: the student's out-of-fold
-    probabilities ``(N, K)``, the run's belief ``(N, K)`` and its row-only part."""
+    """Within ``with``: records what refine's student temperature is fitted on, the student's
+    out-of-fold probabilities ``(N, K)``, the run's belief ``(N, K)`` and its row-only part, by
+    wrapping the two functions of ``refine.judge.trust`` that see them (put back on exit)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, np.ndarray] = {}
-        fit, posterior = trust.fit_temperature_to, trust.given_label_posterior
+        self._originals = (trust.fit_temperature_to, trust.given_label_posterior)
+
+    def __enter__(self) -> Capture:
+        fit, posterior = self._originals
 
         def fit_spy(proba: np.ndarray, truth: np.ndarray) -> float:
             self.seen["oof"], self.seen["belief"] = proba.copy(), truth.copy()
@@ -84,8 +88,11 @@ class Capture:
             self.seen["row"] = truth.copy()
             return posterior(truth, labels)
 
-        trust.fit_temperature_to = fit_spy
-        trust.given_label_posterior = posterior_spy
+        trust.fit_temperature_to, trust.given_label_posterior = fit_spy, posterior_spy
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        trust.fit_temperature_to, trust.given_label_posterior = self._originals
 
 
 def scaled(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -99,7 +106,8 @@ def mean_matched(oof: np.ndarray, belief: np.ndarray) -> float:
     def gap(log_t: float) -> float:
         return float(scaled(oof, np.exp(log_t)).max(1).mean() - target)
 
-    return float(np.exp(brentq(gap, *SPAN))) if gap(SPAN[0]) * gap(SPAN[1]) < 0 else 1.0
+    low, high = np.log(SPAN)
+    return float(np.exp(brentq(gap, low, high))) if gap(low) * gap(high) < 0 else 1.0
 
 
 def binned(oof: np.ndarray, belief: np.ndarray, bins: int = 10) -> float:
@@ -112,7 +120,8 @@ def binned(oof: np.ndarray, belief: np.ndarray, bins: int = 10) -> float:
         sums = np.bincount(which, confidence - expected, bins)
         return float(np.abs(sums).sum() / len(oof))
 
-    return float(np.exp(minimize_scalar(gap, bounds=SPAN, method="bounded").x))
+    bounds = tuple(np.log(SPAN))
+    return float(np.exp(minimize_scalar(gap, bounds=bounds, method="bounded").x))
 
 
 def with_top(proba: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -194,17 +203,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON Lines, one case a line")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    capture = Capture()
     rows = []
-    for name in args.recipes.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            with tempfile.TemporaryDirectory() as tmp:
-                result = case(name, seed, capture, Path(tmp))
-            if result is None:
-                print(name, seed, "no true-class temperature: skipped", flush=True)
-                continue
-            rows.append(result)
-            print(json.dumps(result), flush=True)
+    with Capture() as capture:
+        for name in args.recipes.split(","):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    result = case(name, seed, capture, Path(tmp))
+                if result is None:
+                    print(name, seed, "no true-class temperature: skipped", flush=True)
+                    continue
+                rows.append(result)
+                print(json.dumps(result), flush=True)
     targets = list(rows[0]["ece"]) if rows else []
     print(
         "\n| target | cases below the ensemble's ECE | mean student ECE | mean student - ensemble |"

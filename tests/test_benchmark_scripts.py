@@ -992,3 +992,40 @@ def test_encoders_main_scores_each_method_and_the_cache(tmp_path, monkeypatch, f
     assert set(firsts[0]["costs"]) == {"sms"} and firsts[1]["costs"] == {}
     assert [r.get("f1") for r in firsts[0]["rows"]] == [r.get("f1") for r in firsts[1]["rows"]]
     assert "--cache DIR" in (tmp_path / "again.md").read_text()
+
+
+# student_temperature.py ---------------------------------------------------------------------
+
+
+def test_student_temperature_helpers_known_answers():
+    module = script("student_temperature")
+    rng = np.random.default_rng(0)
+    oof = rng.dirichlet(np.ones(4), size=50)
+    # The belief is the student's own probabilities at T = 2: matching the mean confidence, or
+    # every bin of it, finds T = 2 again.
+    belief = module.scaled(oof, 2.0)
+    assert module.mean_matched(oof, belief) == pytest.approx(2.0, rel=1e-6)
+    assert module.binned(oof, belief) == pytest.approx(2.0, rel=1e-2)
+    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+    moved = module.with_top(proba, np.array([0.8, 0.9]))
+    np.testing.assert_allclose(moved, [[0.8, 0.12, 0.08], [0.025, 0.9, 0.075]])
+
+
+def test_student_temperature_main_scores_each_target(tmp_path, monkeypatch):
+    import refine.judge.trust as trust
+
+    # Default settings: at FAST ones the run keeps the labels and finds no temperature to study.
+    module = script("student_temperature")
+    originals = (trust.fit_temperature_to, trust.given_label_posterior)
+    out = tmp_path / "cases.jsonl"
+    argv = ["student_temperature.py", "--seeds", "10", "--recipes", "wine-pair30"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    module.main()
+    assert (trust.fit_temperature_to, trust.given_label_posterior) == originals  # put back
+    (case,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (case["recipe"], case["seed"]) == ("wine-pair30", 10)
+    targets = {"belief", "belief-mean", "belief-binned", "row-belief", "noise", "noise-teacher"}
+    assert set(case["temperature"]) == targets | {"oracle"}
+    assert set(case["ece"]) == targets | {"oracle", "belief-isotonic", "oracle-isotonic"}
+    assert all(0.05 <= t <= 20.0 for t in case["temperature"].values())
+    assert all(0.0 <= e <= 1.0 for e in case["ece"].values())
