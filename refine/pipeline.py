@@ -24,7 +24,7 @@ from refine.io.votes import Votes
 from refine.io.write import check_output, output_lock
 from refine.judge.relabel import true_class_of
 from refine.judge.trust import student_temperature
-from refine.learn.budget import parse_memory, parse_workers
+from refine.learn.budget import check_not_spawning, parse_memory, parse_workers
 from refine.learn.checkpoint import check_execution, kill_point, open_checkpoint
 from refine.learn.crossfit import FoldRunner
 from refine.learn.modeldir import StudentModel, describe_student, train_student
@@ -103,6 +103,7 @@ def run(
     """
     config = with_options(config or RunConfig(), options)
     config.validate()
+    check_not_spawning()
     execution = (parse_workers(workers), parse_memory(memory))
     check_execution(out, overwrite, resume, execution[0] or 1)
     check_engine(engine, address)

@@ -41,7 +41,7 @@ from refine.io.read import (
 from refine.io.rundir import read_summary
 from refine.io.verify import verified_labels
 from refine.io.write import check_output, output_lock
-from refine.learn.budget import parse_memory, parse_workers
+from refine.learn.budget import check_not_spawning, parse_memory, parse_workers
 from refine.learn.budget import plan as budget_plan
 from refine.learn.calibrate import apply_temperature
 from refine.learn.crossfit import FoldRunner, ensemble_agreement
@@ -254,6 +254,7 @@ def update(
     if not 0 <= replay <= 100:
         raise ConfigError(f"--replay must be in [0, 100] replayed rows per new row, got {replay}")
     # Held until the run directory is renamed into place: one refine process per --out.
+    check_not_spawning()
     execution = (parse_workers(workers), parse_memory(memory))
     with output_lock(out):
         return _update(run_dir, data, out, replay, overwrite, progress, options, command, execution)

@@ -410,3 +410,24 @@ def test_resume_keeps_the_noise_directions_of_the_first_round(tmp_path, monkeypa
     interrupted_run(data, out, monkeypatch, "round:1", **options)
     refine.run(data, out, **options, resume=True)
     assert refined_bytes(out) == refined_bytes(tmp_path / "whole")
+
+
+def test_an_unguarded_script_gets_the_main_guard_error_not_a_run_per_worker(tmp_path):
+    # A script that calls refine.run at its top level: each spawned worker reruns it.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import numpy as np, pyarrow as pa, refine\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.normal(size=120)\n"
+        "table = pa.table({'x': x, 'label': (x > 0).astype(int)})\n"
+        "refine.run(table, workers=2, folds=3, rounds=1, max_epochs=2, report=False)\n"
+        "print('finished')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode != 0 and "finished" not in result.stdout
+    guard = 'put its refine calls under `if __name__ == "__main__":` (or pass workers=1)'
+    assert guard in result.stderr  # each worker's own error
+    assert "does this too: its workers rerun it" in result.stderr  # and the run's
+    assert "bootstrapping phase" not in result.stderr  # refused before a worker spawned more

@@ -6,6 +6,7 @@ what a run computes (same seed, same bytes), only its time and its peak memory.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
 from dataclasses import dataclass
@@ -62,6 +63,23 @@ def parse_workers(value: str | int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"--workers must be 'auto' or a whole number >= 1, got {value!r}")
     return value
+
+
+def check_not_spawning() -> None:
+    """Refuse to start a run inside a --workers process that is still starting up.
+
+    The fold processes are spawned, and a spawned process first reruns the script that started
+    the run under the name ``__mp_main__``. A script that calls ``refine.run`` at its top level,
+    with no ``if __name__ == "__main__":`` guard, would start the whole run again in every
+    worker. Each of those would then die when it tried to spawn workers of its own, and the
+    parent would see its pool break with no sign of why."""
+    # The flag multiprocessing's own check reads: set while a spawned process imports its main.
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError(
+            "refine was called while a --workers process was starting: worker processes rerun "
+            "the script that started them, so put its refine calls under "
+            '`if __name__ == "__main__":` (or pass workers=1)'
+        )
 
 
 def machine_memory() -> int:

@@ -468,7 +468,9 @@ class FoldRunner:
         except BrokenProcessPool:
             raise WorkerError(
                 "a --workers process died while training a fold (often: out of memory); "
-                "rerun with fewer --workers, adding --resume to keep the finished folds"
+                "rerun with fewer --workers, adding --resume to keep the finished folds. From "
+                'Python, a script that calls refine outside `if __name__ == "__main__":` '
+                "does this too: its workers rerun it"
             ) from None
         finally:
             for future in futures:
