@@ -45,6 +45,7 @@ from sklearn.isotonic import IsotonicRegression
 import refine
 import refine.judge.trust as trust
 from refine.bench.recipes import build_dataset
+from refine.deploy import _class_codes as class_codes
 from refine.deploy import distill
 from refine.judge.posterior import truth_temperature
 from refine.learn.calibrate import (
@@ -140,7 +141,6 @@ def isotonic(confidence: np.ndarray, target: np.ndarray) -> IsotonicRegression:
 
 def case(name: str, seed: int, capture: Capture, work: Path) -> dict | None:
     built = build_dataset(name, seed=seed)
-    true_train = built.train.column("label_true").to_pylist()
     train = built.train.drop_columns(["label_true", "is_noisy"])
     truth = built.test.column("label").to_numpy()
     test = built.test.drop_columns(["label"])
@@ -153,14 +153,12 @@ def case(name: str, seed: int, capture: Capture, work: Path) -> dict | None:
     ensemble, _ = previous.predict(test)
     deployed = student.net.predict_proba(previous.encoder.transform(test))
     t0 = student.net.temperature
-    classes = previous.classes.to_pylist()
-    given = np.array(
-        [classes.index(v) if v in classes else -1 for v in train.column("label").to_pylist()]
-    )
+    given = class_codes(train.column("label"), previous.classes)
+    true_train = class_codes(built.train.column("label_true"), previous.classes)
     labelled = given >= 0
     oof, belief = capture.seen["oof"], capture.seen["belief"]
     row = capture.seen.get("row", belief)  # the posterior policy's belief has no row-only part
-    onehot = np.eye(len(classes))[[classes.index(v) for v in true_train]]
+    onehot = np.eye(len(previous.classes))[true_train]
     temperatures = {
         "belief": t0,
         "belief-mean": mean_matched(oof, belief),
@@ -179,7 +177,6 @@ def case(name: str, seed: int, capture: Capture, work: Path) -> dict | None:
     at_t0 = scaled(oof, t0)  # the out-of-fold rows as the deployed network is calibrated
     top, confidence = at_t0.argmax(1), at_t0.max(1)
     rows = np.arange(len(top))
-    true_train = np.array([classes.index(v) for v in true_train])
     for key, target in (
         ("belief-isotonic", belief[rows, top]),
         ("oracle-isotonic", (top == true_train).astype(np.float64)),

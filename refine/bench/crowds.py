@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from refine.bench.noise import crowd_annotators, crowd_votes, crowd_workloads, item_hardness
 
+# A crowd recipe's train table: the votes as a list column, one entry per annotator (-1 = no
+# vote), and under this schema metadata key the crowd's truth, as JSON (``with_crowd``).
 VOTES_COLUMN = "votes"
 CROWD_KEY = b"refine.crowd"
 

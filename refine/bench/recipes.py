@@ -80,8 +80,6 @@ NOISE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
 }
-# A crowd recipe's train table: the votes as a list column, one entry per annotator (-1 = no
-# vote), and under this schema metadata key the crowd's truth, as JSON (``_crowd_metadata``).
 CLEAN_MODEL_FOLDS = 5
 EMBEDDING_COLUMN = "embedding"
 LABEL_FIELDS = (
