@@ -56,6 +56,31 @@ def test_parse_size_reads_widths_budgets_and_auto():
         parse_size("wide", 10, 3, (256,))
 
 
+def test_the_student_trains_to_the_same_weights_on_any_number_of_threads():
+    """Same seed, same student on any machine: its fits run on one thread, as the fold models'
+    do (on these digits PyTorch's two-thread sums moved the weights by up to 2.5e-6)."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).astype(np.float32)
+    soft = np.eye(10, dtype=np.float32)[y] * 0.8 + 0.02
+    folds = np.arange(len(X)) % 2
+    model = ModelConfig(hidden=(256, 256), max_epochs=3)
+    before = torch.get_num_threads()
+    fits = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            fits.append(fit_student(X, soft, np.ones(len(X)), folds, (256, 256), model, 0))
+            assert torch.get_num_threads() == threads  # put back
+    finally:
+        torch.set_num_threads(before)
+    for name, tensor in fits[0].net.state.items():
+        assert torch_equal(tensor, fits[1].net.state[name]), name
+    np.testing.assert_array_equal(fits[0].oof_proba, fits[1].oof_proba)
+
+
 def test_risk_coverage_answers_the_most_confident_rows_first():
     proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
     labels = np.array([0, 1, 1, 0])  # the two least confident rows: one wrong, one right

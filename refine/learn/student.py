@@ -32,6 +32,7 @@ from torch import nn
 from refine.config import ModelConfig
 from refine.errors import ConfigError
 from refine.learn.calibrate import expected_calibration_error, fit_temperature
+from refine.learn.crossfit import one_thread
 from refine.learn.model import MLPClassifier, build_network, resolve_device
 
 # Coverages the risk-coverage curve reports, and the grid of out-of-fold confidence quantiles
@@ -186,12 +187,14 @@ def fit_student(
     # One set of weights (no snapshot averaging): one forward pass per row, and one graph to export.
     config = dataclasses.replace(model, hidden=tuple(hidden), snapshots=1)
     oof = np.zeros_like(targets)
-    for fold in np.unique(folds[folds >= 0]):
-        train, held = folds != fold, folds == fold
-        member = _classifier(config, n_classes, seed + 1 + int(fold))
-        member.fit(X[train], targets[train], weight[train])
-        oof[held] = member.predict_proba(X[held])
-    full = _classifier(config, n_classes, seed).fit(X, targets, weight)
+    # One thread, as the fold models train: the same weights on any machine's core count.
+    with one_thread():
+        for fold in np.unique(folds[folds >= 0]):
+            train, held = folds != fold, folds == fold
+            member = _classifier(config, n_classes, seed + 1 + int(fold))
+            member.fit(X[train], targets[train], weight[train])
+            oof[held] = member.predict_proba(X[held])
+        full = _classifier(config, n_classes, seed).fit(X, targets, weight)
     judged = (weight > 0) & (folds >= 0)
     refined = targets.argmax(1)
     found = true_class(oof) if true_class is not None else None
