@@ -5,8 +5,10 @@ live in ``refine.prepare``, the summary and the writing in ``refine.finish``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,22 +110,30 @@ def run(
     check_execution(out, overwrite, resume, execution[0] or 1)
     check_engine(engine, address)
     # Held until the run directory is renamed into place: one refine process per --out.
-    with output_lock(out), _fold_runner(engine, execution[0] or 1, address) as runner:
-        try:
-            result = _run(
-                data, out, config, overwrite, progress, command, resume, runner, execution
-            )
-        except RefineError as exc:
-            if runner.checkpoint is None:
-                raise
-            raise type(exc)(
-                f"{exc}. The finished folds and rounds are kept in "
-                f"{str(runner.checkpoint.path)!r}: rerun with --resume to go on from them"
-            ) from None
-        if runner.checkpoint is not None:
-            kill_point("renamed")
-            runner.checkpoint.remove()
-        return result
+    with (
+        output_lock(out),
+        _fold_runner(engine, execution[0] or 1, address) as runner,
+        _resumable(runner),
+    ):
+        return _run(data, out, config, overwrite, progress, command, resume, runner, execution)
+
+
+@contextlib.contextmanager
+def _resumable(runner: FoldRunner) -> Iterator[None]:
+    """A run's checkpoint: named by any ``RefineError`` the run stops with, so the user can
+    ``--resume`` from it, and removed once the run has finished."""
+    try:
+        yield
+    except RefineError as exc:
+        if runner.checkpoint is None:
+            raise
+        raise type(exc)(
+            f"{exc}. The finished folds and rounds are kept in "
+            f"{str(runner.checkpoint.path)!r}: rerun with --resume to go on from them"
+        ) from None
+    if runner.checkpoint is not None:
+        kill_point("renamed")
+        runner.checkpoint.remove()
 
 
 def _fold_runner(engine: str, workers: int, address: str | None) -> FoldRunner:

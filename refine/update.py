@@ -253,8 +253,8 @@ def update(
         )
     if not 0 <= replay <= 100:
         raise ConfigError(f"--replay must be in [0, 100] replayed rows per new row, got {replay}")
-    # Held until the run directory is renamed into place: one refine process per --out.
     check_not_spawning()
+    # Held until the run directory is renamed into place: one refine process per --out.
     execution = (parse_workers(workers), parse_memory(memory))
     with output_lock(out):
         return _update(run_dir, data, out, replay, overwrite, progress, options, command, execution)
